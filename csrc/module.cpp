@@ -1,0 +1,123 @@
+// The binding layer: check, convert, release the GIL, call a kernel.
+// Kernels live in headers free of pybind11 and trust what they are given.
+#include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cblas.h>
+
+#include <string>
+#include <vector>
+
+#include "clip.h"
+
+namespace py = pybind11;
+
+namespace {
+
+struct GradView {
+    void* ptr;
+    std::size_t n;
+    bool is_double;
+};
+
+// Checks one gradient array for in-place clipping and returns a raw view of it.
+GradView grad_view(const py::handle& obj, std::size_t i) {
+    const std::string name = "grads[" + std::to_string(i) + "]";
+    if (!py::isinstance<py::array>(obj))
+        throw py::value_error(name + ": expected a NumPy array, got " +
+                              std::string(py::str(obj.get_type().attr("__name__"))));
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    const bool is_f = a.dtype().is(py::dtype::of<float>());
+    const bool is_d = a.dtype().is(py::dtype::of<double>());
+    if (!is_f && !is_d)
+        throw py::value_error(name + ": expected dtype float32 or float64, got " +
+                              std::string(py::str(a.dtype())));
+    const int flags = a.flags();
+    if (!(flags & (py::array::c_style | py::array::f_style)))
+        throw py::value_error(name + ": expected a contiguous array (clipping is in place; "
+                              "pass np.ascontiguousarray(g) and use the result)");
+    if (!a.writeable())
+        throw py::value_error(name + ": expected a writeable array (clipping is in place)");
+    return {a.mutable_data(), static_cast<std::size_t>(a.size()), is_d};
+}
+
+double clip_grad_norm(const py::iterable& grads, double theta) {
+    if (!(theta > 0) || !std::isfinite(theta))
+        throw py::value_error("theta: expected a finite number > 0, got " + std::to_string(theta));
+    std::vector<GradView> views;
+    std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
+    std::size_t i = 0;
+    for (py::handle g : grads) {
+        views.push_back(grad_view(g, i++));
+        keep.push_back(py::reinterpret_borrow<py::object>(g));
+    }
+    double norm;
+    {
+        py::gil_scoped_release nogil;
+        double ss = 0;
+        for (const auto& v : views)
+            ss += v.is_double ? fastseq::sumsq_n(static_cast<const double*>(v.ptr), v.n)
+                              : fastseq::sumsq_n(static_cast<const float*>(v.ptr), v.n);
+        norm = std::sqrt(ss);
+        const double f = fastseq::clip_factor(norm, theta);
+        if (f != 1.0)
+            for (const auto& v : views) {
+                if (v.is_double) fastseq::scale_n(static_cast<double*>(v.ptr), v.n, f);
+                else fastseq::scale_n(static_cast<float*>(v.ptr), v.n, static_cast<float>(f));
+            }
+    }
+    return norm;
+}
+
+py::dict build_info() {
+    py::dict d;
+    d["blas"] = "scipy-openblas32";
+    d["blas_version"] = FASTSEQ_BLAS_VERSION;
+    d["blas_config"] = std::string(scipy_openblas_get_config());
+    d["blas_threads"] = scipy_openblas_get_num_threads();
+#if defined(__clang__)
+    d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+    d["compiler"] = "unknown";
+#endif
+    d["isa_flags"] = FASTSEQ_ISA_FLAGS;
+    d["build_type"] = FASTSEQ_BUILD_TYPE;
+    py::list isa;
+#ifdef __SSE2__
+    isa.append("sse2");
+#endif
+#ifdef __AVX__
+    isa.append("avx");
+#endif
+#ifdef __AVX2__
+    isa.append("avx2");
+#endif
+#ifdef __FMA__
+    isa.append("fma");
+#endif
+#ifdef __AVX512F__
+    isa.append("avx512f");
+#endif
+#ifdef __ARM_NEON
+    isa.append("neon");
+#endif
+    d["isa"] = isa;
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "fastseq compiled kernels (private; use the fastseq package)";
+    m.def("clip_grad_norm", &clip_grad_norm, py::arg("grads"), py::arg("theta"),
+          "Clip in place: g <- min(1, theta/||g||) g over all arrays together; returns ||g|| before clipping.");
+    m.def("build_info", &build_info);
+    m.def("set_num_threads", [](int n) {
+        if (n < 1) throw py::value_error("n: expected a number of threads >= 1, got " + std::to_string(n));
+        scipy_openblas_set_num_threads(n);
+    }, py::arg("n"));
+    m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
+}

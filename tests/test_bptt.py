@@ -331,7 +331,7 @@ def test_bad_tau(tau):
         Truncated(tau)
 
 
-@pytest.mark.parametrize("pi", [0.0, -0.2, 1.5, np.nan, [0.5, 0.0], [[0.5]]])
+@pytest.mark.parametrize("pi", [0.0, -0.2, 1.5, np.nan, [0.5, 0.0], [[0.5]], []])
 def test_bad_pi(pi):
     with pytest.raises(ValueError, match="pi"):
         Randomized(pi)
@@ -347,3 +347,9 @@ def test_bad_plans():
         m.loss_and_grad(X, Y, h0, bptt=Randomized(xi=np.ones((T, B + 1))))
     with pytest.raises(ValueError, match="xi"):
         Randomized(xi=-np.ones((T, B)))
+    with pytest.raises(ValueError, match="pi, xi"):
+        Randomized(0.5, xi=np.ones((T, B)))
+    with pytest.raises(ValueError, match="rng"):
+        Randomized(0.5, 7)            # a seed passed where the Generator goes
+    with pytest.raises(ValueError, match="rng, seed"):
+        Randomized(0.5, rng=np.random.default_rng(), seed=1)

@@ -173,9 +173,12 @@ class _Params:
 
     def load_state_dict(self, d):
         """Copy the arrays of `d` into the parameters; names, shapes and finiteness checked."""
-        if not isinstance(d, dict) or set(d) != set(self.params):
-            got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"state_dict: expected keys {sorted(self.params)}, got {got}")
+        if not isinstance(d, dict):
+            raise ValueError(f"state_dict: expected a dict of arrays, got {type(d).__name__}")
+        for k in sorted(set(self.params) - set(d)):
+            raise ValueError(f"{k}: missing from the state_dict (expected keys {sorted(self.params)})")
+        for k in sorted(set(d) - set(self.params), key=str):
+            raise ValueError(f"{k}: unexpected key in the state_dict (expected keys {sorted(self.params)})")
         for k, p in self.params.items():
             a = np.asarray(d[k])
             if a.shape != p.shape:

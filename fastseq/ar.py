@@ -33,6 +33,19 @@ x_0..x_603). Every model is scored on the same held-out targets x_t,
 t = 604..999: the k-step MSE predicts each x_t from the observations up to
 x_{t-k}, for k = 1 (one-step), 4, 16 and 64. ``--png FILE`` draws the
 predictions and the MSE against k in one figure (needs matplotlib).
+
+Measured with ``python -m fastseq.ar --seed 0`` (default hyperparameters:
+MLP 4 -> 10 ReLU -> 1, Adam lr 0.01, 10 epochs, batches of 16; RNN H = 16 tanh,
+chunks of 64 steps, Adam lr 0.003, 600 epochs, clip 1.0), held-out MSE:
+
+    | model  | 1-step | 4-step | 16-step | 64-step |
+    | linear | 0.0436 | 0.0513 | 0.0660  | 0.2582  |
+    | mlp    | 0.0463 | 0.0580 | 0.1080  | 0.3559  |
+    | rnn    | 0.0412 | 0.0471 | 0.0726  | 0.2728  |
+
+One-step errors sit at the noise variance 0.2^2 = 0.04; every model's error
+grows with k. Seeds 1-3 show the same growth; the RNN's 64-step error varies
+most across seeds (0.27-1.41), the linear model's least (0.24-0.26).
 """
 import argparse
 import numbers
@@ -41,13 +54,9 @@ import sys
 import numpy as np
 
 from .bptt import Full
+from .optim import Adam
 from .reference.clip import clip_grad_norm
 from .reference.rnn import RNN
-
-try:  # the package's optimisers (fastseq.optim); a minimal Adam until they exist
-    from .optim import Adam as _Adam
-except ImportError:  # pragma: no cover - only before fastseq.optim is merged
-    _Adam = None
 
 __all__ = [
     "lag_features", "LinearAR", "MLPAR", "RNNAR", "sine_series", "book_experiment",
@@ -96,31 +105,6 @@ def lag_features(series, tau):
     N = x.shape[0] - tau
     features = np.stack([x[i:i + N] for i in range(tau)], axis=1)   # column i: x_{t-tau+i}
     return features, x[tau:].copy()
-
-
-class _LocalAdam:
-    """Adam (Kingma & Ba), the bare minimum: step(params, grads) updates in place."""
-
-    def __init__(self, lr=0.01, betas=(0.9, 0.999), eps=1e-8):
-        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
-        self.t, self.m, self.v = 0, {}, {}
-
-    def step(self, params, grads):
-        self.t += 1
-        for k, g in grads.items():
-            m = self.m.setdefault(k, np.zeros_like(g))
-            v = self.v.setdefault(k, np.zeros_like(g))
-            m *= self.b1
-            m += (1 - self.b1) * g                          # first moment
-            v *= self.b2
-            v += (1 - self.b2) * g * g                      # second moment
-            mhat = m / (1 - self.b1 ** self.t)              # bias corrections
-            vhat = v / (1 - self.b2 ** self.t)
-            params[k] -= self.lr * mhat / (np.sqrt(vhat) + self.eps)
-
-
-def _adam(lr):
-    return _Adam(lr=lr) if _Adam is not None else _LocalAdam(lr=lr)
 
 
 # ----------------------------------------------------------------------------- window models
@@ -242,7 +226,7 @@ class MLPAR(_WindowAR):
     def fit(self, series):
         """Train on the lag features of `series` (n,); returns self (training continues on refit)."""
         features, targets = lag_features(series, self.tau)
-        opt = _adam(self.lr)
+        opt = Adam(lr=self.lr)
         N = len(targets)
         for _ in range(self.epochs):
             order = self.rng.permutation(N)
@@ -312,7 +296,7 @@ class RNNAR:
     def fit(self, series):
         """Train on `series` (n,) (inputs x_0..x_{n-2}, targets x_1..x_{n-1}); returns self."""
         x = _check_series(series, self.tau + 1)
-        opt = _adam(self.lr)
+        opt = Adam(lr=self.lr)
         inputs, targets = x[:-1], x[1:]
         params = dict(self.rnn.params, **self.readout)         # the same arrays, updated in place
         for _ in range(self.epochs):

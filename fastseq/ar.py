@@ -80,9 +80,12 @@ def _check_positive(name, v):
 def _check_series(series, min_len, name="series"):
     """A finite 1-D float64 copy of `series` with at least `min_len` points."""
     try:
-        x = np.array(series, dtype=np.float64)
-    except (TypeError, ValueError):
+        a = np.asarray(series)
+    except (TypeError, ValueError):                      # e.g. ragged nested lists
         raise ValueError(f"{name}: expected a 1-D sequence of real numbers") from None
+    if a.dtype.kind not in "iuf":                        # no bool, complex, str or object
+        raise ValueError(f"{name}: expected a 1-D sequence of real numbers, got dtype {a.dtype}")
+    x = a.astype(np.float64)                             # always a copy
     if x.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D array, got shape {x.shape}")
     if x.shape[0] < min_len:

@@ -276,7 +276,12 @@ def test_bad_tau(tau):
     (np.ones((6, 2)), "1-D"),
     (np.float64(3.0), "1-D"),
     (["a", "b", "c", "d", "e", "f"], "real numbers"),
-], ids=["short", "empty", "nan", "inf", "-inf", "2d", "scalar", "strings"])
+    (np.ones(6, dtype=complex), "real numbers"),
+    ([1.0, None, 3.0, 4.0, 5.0, 6.0], "real numbers"),
+    (np.ones(6, dtype=bool), "real numbers"),
+    ([[1.0, 2.0], [3.0]], "real numbers"),
+], ids=["short", "empty", "nan", "inf", "-inf", "2d", "scalar", "strings", "complex", "none",
+        "bool", "ragged"])
 def test_bad_series(series, what):
     with pytest.raises(ValueError, match=f"series: .*{what}"):
         lag_features(series, 4)

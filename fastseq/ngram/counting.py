@@ -29,7 +29,9 @@ class NGramCounts:
     ``counts_of(n)`` gives the pair; ``to_dict(n)`` a {tuple: count} dict.
     """
 
-    def __init__(self, grams, counts, vocab_size):
+    def __init__(self, grams, counts, vocab_size, parents=None):
+        # parents[n][k]: row of grams[n - 1] that is the prefix of grams[n][k] (from the kernel; None after a merge)
+        self.parents = parents
         self.grams = {n: np.ascontiguousarray(g, dtype=np.int32) for n, g in grams.items()}
         self.counts = {n: np.ascontiguousarray(c, dtype=np.int64) for n, c in counts.items()}
         self.order = max(self.grams) if self.grams else 0
@@ -146,15 +148,15 @@ def _prepare(ids, order, lengths, bos, eos, vocab_size, context):
 
 def _from_kernel(stream, room, order, V):
     levels = _count.count_orders(stream, room, order, V)
-    grams, counts = {}, {}
+    grams, counts, parents = {}, {}, {}
     prev = np.zeros((1, 0), dtype=np.int32)
     for n, (last, parent, cnt) in enumerate(levels, start=1):
         rows = np.empty((len(last), n), dtype=np.int32)
         rows[:, :-1] = prev[parent]
         rows[:, -1] = last
-        grams[n], counts[n] = rows, cnt
+        grams[n], counts[n], parents[n] = rows, cnt, parent
         prev = rows
-    return NGramCounts(grams, counts, V)
+    return NGramCounts(grams, counts, V, parents)
 
 
 def count_ngrams(ids, order, *, lengths=None, bos=None, eos=None, vocab_size=None, context=None):

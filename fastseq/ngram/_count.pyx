@@ -6,75 +6,14 @@ the segment that holds position i (so an n-gram may start at i iff room[i] >= n)
 Callers (fastseq.ngram.counting) check both; everything here runs without the GIL.
 
 Counting is hierarchical: the n-gram starting at i is the pair (rank of the
-(n-1)-gram starting at i, rank of the word at i+n-1), packed into one uint64
-key. Ranks are positions in lexicographic order, so sorting the keys sorts the
-n-grams lexicographically, and a key never needs more than log2(T * V) bits,
-whatever the order: no 64-bit overflow at order 6, 10 or 20.
+(n-1)-gram starting at i, word at i+n-1). Ranks are positions in lexicographic
+order, so bucketing by the prefix rank (a counting sort) and sorting each bucket
+by the last word sorts the n-grams lexicographically, at any order (nothing is
+packed into a fixed number of bits, so order 6, 10 or 20 cannot overflow).
 """
 import numpy as np
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset
-
-cdef enum:
-    DIGIT = 11
-    BUCKETS = 2048
-
-
-cdef int _radix_sort(uint64_t* keys, int32_t* vals, Py_ssize_t n, int bits) noexcept nogil:
-    """LSD radix sort of (key, value) pairs by key, stable; 0 on success, -1 out of memory."""
-    cdef int nd = (bits + DIGIT - 1) // DIGIT
-    if nd < 1 or n < 2:
-        return 0
-    cdef uint64_t* kt = <uint64_t*> malloc(n * sizeof(uint64_t))
-    cdef int32_t* vt = <int32_t*> malloc(n * sizeof(int32_t))
-    cdef Py_ssize_t* hist = <Py_ssize_t*> malloc(nd * BUCKETS * sizeof(Py_ssize_t))
-    if kt == NULL or vt == NULL or hist == NULL:
-        free(kt); free(vt); free(hist)
-        return -1
-    memset(hist, 0, nd * BUCKETS * sizeof(Py_ssize_t))
-    cdef Py_ssize_t i, s, c
-    cdef int d
-    cdef uint64_t k
-    # One pass for all histograms: the keys are read once instead of once per digit.
-    for i in range(n):
-        k = keys[i]
-        for d in range(nd):
-            hist[d * BUCKETS + <int>((k >> (d * DIGIT)) & (BUCKETS - 1))] += 1
-    cdef uint64_t* src_k = keys
-    cdef int32_t* src_v = vals
-    cdef uint64_t* dst_k = kt
-    cdef int32_t* dst_v = vt
-    cdef uint64_t* tk
-    cdef int32_t* tv
-    cdef Py_ssize_t* h
-    cdef int b, shift
-    for d in range(nd):
-        h = hist + d * BUCKETS
-        shift = d * DIGIT
-        # A digit shared by every key leaves the order unchanged: skip the pass.
-        if h[<int>((src_k[0] >> shift) & (BUCKETS - 1))] == n:
-            continue
-        s = 0
-        for b in range(BUCKETS):
-            c = h[b]
-            h[b] = s
-            s += c
-        for i in range(n):
-            k = src_k[i]
-            b = <int>((k >> shift) & (BUCKETS - 1))
-            dst_k[h[b]] = k
-            dst_v[h[b]] = src_v[i]
-            h[b] += 1
-        tk = src_k; src_k = dst_k; dst_k = tk
-        tv = src_v; src_v = dst_v; dst_v = tv
-    if src_k != keys:
-        memcpy(keys, src_k, n * sizeof(uint64_t))
-        memcpy(vals, src_v, n * sizeof(int32_t))
-    free(kt); free(vt); free(hist)
-    return 0
-
 
 def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int64_t V):
     """Counts of every n-gram, n = 1..order, in lexicographic order.
@@ -83,7 +22,7 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     order: the n-gram k is the (n-1)-gram parent[k] of the previous order
     followed by the word last[k] (parent is 0 for unigrams).
     """
-    cdef Py_ssize_t T = ids.shape[0], i, j, m, r
+    cdef Py_ssize_t T = ids.shape[0], i, j, m, r, b, s, e, p
     cdef int n
     c1 = np.zeros(V, dtype=np.int64)
     cdef int64_t[::1] cc1 = c1
@@ -98,30 +37,52 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     cdef int32_t[::1] rmap = rmap_a
     rank_a = np.empty(T, dtype=np.int32)
     cdef int32_t[::1] rank = rank_a
+    # by_word: the positions sorted by their word (a counting sort, stable), word1[w] its bucket start
+    word1_a = np.zeros(K1 + 1, dtype=np.int64)
+    cdef int64_t[::1] word1 = word1_a
+    by_word_a = np.empty(T, dtype=np.int32)
+    cdef int32_t[::1] by_word = by_word_a
+    cdef int64_t[::1] fill
+    fill_a = np.empty(max(K1, 1), dtype=np.int64)
+    fill = fill_a
     with nogil:
         for i in range(T):
             rank[i] = rmap[ids[i]]
+            word1[rank[i] + 1] += 1
+        for b in range(K1):
+            word1[b + 1] += word1[b]
+            fill[b] = word1[b]
+        for i in range(T):
+            by_word[fill[rank[i]]] = <int32_t> i
+            fill[rank[i]] += 1
     out = [(present, np.zeros(K1, dtype=np.int32), c1[present])]
     cdef int64_t Kprev = K1
-    cdef uint64_t[::1] keys
-    cdef int32_t[::1] pos, newrank, parent, last
-    cdef int64_t[::1] counts
-    cdef uint64_t key, prev
-    cdef int bits, rc
+    cdef uint64_t[::1] buf
+    cdef int64_t[::1] start, counts
+    cdef int32_t[::1] newrank, parent, last
+    cdef uint64_t v, lastr, prevlast = 0, w
+    cdef uint64_t low32 = (<uint64_t> 1 << 32) - 1
+    cdef Py_ssize_t pb
     for n in range(2, order + 1):
         if Kprev == 0:
             out.append((np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)))
             continue
+        # Two-digit LSD sort of the valid starts i by (prefix rank, last word): visiting the
+        # positions by last word (by_word shifted by n-1) makes the first digit free, and one
+        # stable counting sort by the prefix rank does the second.
+        start_a = np.zeros(Kprev + 1, dtype=np.int64)
+        start = start_a
         with nogil:
-            m = 0
             for i in range(T):
                 if room[i] >= n:
-                    m += 1
-        keys_a = np.empty(m, dtype=np.uint64)
-        pos_a = np.empty(m, dtype=np.int32)
-        keys = keys_a
-        pos = pos_a
-        bits = int(Kprev * K1 - 1).bit_length()
+                    start[rank[i] + 1] += 1
+            for b in range(Kprev):
+                start[b + 1] += start[b]
+        m = start[Kprev]
+        fill_a = start_a[:Kprev].copy()
+        fill = fill_a
+        buf_a = np.empty(m, dtype=np.uint64)
+        buf = buf_a
         newrank_a = np.empty(T, dtype=np.int32)
         parent_a = np.empty(m, dtype=np.int32)
         last_a = np.empty(m, dtype=np.int32)
@@ -131,28 +92,29 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
         last = last_a
         counts = counts_a
         with nogil:
-            j = 0
-            for i in range(T):
-                if room[i] >= n:
-                    keys[j] = <uint64_t> rank[i] * <uint64_t> K1 + <uint64_t> rmap[ids[i + n - 1]]
-                    pos[j] = <int32_t> i
-                    j += 1
-            rc = _radix_sort(&keys[0], &pos[0], m, bits) if m > 0 else 0
+            for w in range(<uint64_t> K1):
+                for j in range(word1[w], word1[w + 1]):
+                    i = by_word[j] - (n - 1)             # the n-gram starting at i ends with word w
+                    if i >= 0 and room[i] >= n:
+                        pb = rank[i]
+                        buf[fill[pb]] = (w << 32) | <uint64_t> i
+                        fill[pb] += 1
             r = -1
-            prev = 0
-            for j in range(m):
-                key = keys[j]
-                if r < 0 or key != prev:
-                    r += 1
-                    parent[r] = <int32_t> (key // <uint64_t> K1)
-                    last[r] = pres[<Py_ssize_t> (key % <uint64_t> K1)]
-                    counts[r] = 0
-                    prev = key
-                counts[r] += 1
-                newrank[pos[j]] = <int32_t> r
-        if rc != 0:
-            raise MemoryError(f"count_ngrams: out of memory sorting {m} {n}-grams")
-        del keys_a, pos_a
+            for b in range(Kprev):
+                s = start[b]
+                e = start[b + 1]
+                for j in range(s, e):
+                    v = buf[j]
+                    lastr = v >> 32
+                    if j == s or lastr != prevlast:
+                        r += 1
+                        parent[r] = <int32_t> b
+                        last[r] = pres[<Py_ssize_t> lastr]
+                        counts[r] = 0
+                        prevlast = lastr
+                    counts[r] += 1
+                    newrank[<Py_ssize_t> (v & low32)] = <int32_t> r
+        del buf_a, fill_a, start_a
         K = r + 1
         out.append((last_a[:K].copy(), parent_a[:K].copy(), counts_a[:K].copy()))
         rank_a = newrank_a

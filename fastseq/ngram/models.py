@@ -386,8 +386,14 @@ class KneserNeyLM(_Estimator):
     substitutes lmplz's fallback (0.5, 1, 1.5) for the orders that need it, as
     ``lmplz --discount_fallback`` does. ``discounts``: {order: (D1, D2, D3+)} to force.
 
-    Deliberate difference: lmplz deletes '<unk>' tokens from its training text; here a
-    '<unk>' in the training data (e.g. from a Vocab with min_freq) is an ordinary token.
+    Differences from lmplz, all deliberate: (1) lmplz deletes '<unk>' tokens from its
+    training text; here a '<unk>' in the training data (e.g. from a Vocab with min_freq)
+    is an ordinary token. (2) lmplz computes in float32, this in float64 (perplexities
+    agree to about 1e-7 relative on the Time Machine split). (3) Some lmplz versions
+    add the raw instead of the adjusted count of the very last n-gram of each lower
+    order (in its sort order) to the counts of counts; here every n-gram counts with
+    its adjusted count, which is Chen and Goodman's definition (at most one count of
+    counts differs by one).
     """
 
     def __init__(self, order, discount_fallback=None, discounts=None):

@@ -156,7 +156,9 @@ class NGramLM:
             if len(ctx):
                 ctx[0] = -1
             ctx[q < k - 1] = -1                          # the context would leave the sentence
-            idx = self._lookup(k, ctx, stream)
+            idx = np.full_like(ctx, -1)
+            has = np.flatnonzero(ctx >= 0)               # only stored contexts can have k-grams
+            idx[has] = self._lookup(k, ctx[has], stream[has])
             hit = idx >= 0
             backoff = ~hit & (ctx >= 0)
             lp = np.where(hit, self._logp[k][np.maximum(idx, 0)], lp)

@@ -1,19 +1,44 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""N-gram counting and scoring kernels behind fastseq.ngram (private).
+"""N-gram counting kernels behind fastseq.ngram (private).
 
 Contract: ids are int32 in [0, V); room[i] >= 1 is how many tokens remain in
 the segment that holds position i (so an n-gram may start at i iff room[i] >= n).
 Callers (fastseq.ngram.counting) check both; everything here runs without the GIL.
 
-Counting is hierarchical: the n-gram starting at i is the pair (rank of the
-(n-1)-gram starting at i, word at i+n-1). Ranks are positions in lexicographic
-order, so bucketing by the prefix rank (a counting sort) and sorting each bucket
-by the last word sorts the n-grams lexicographically, at any order (nothing is
-packed into a fixed number of bits, so order 6, 10 or 20 cannot overflow).
+Counting is hierarchical: the n-gram starting at i is the (n-1)-gram starting
+at i followed by the word at i+n-1; sorting the positions of each (n-1)-gram by
+that word sorts the n-grams lexicographically, at any order (nothing is packed
+into a fixed number of bits, so order 6, 10 or 20 cannot overflow).
 """
 import numpy as np
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.string cimport memcpy, memset
+from libcpp.algorithm cimport sort
+
+cdef void _sort_group(uint64_t* v, uint64_t* tmp, int64_t* hist, Py_ssize_t n, int64_t K) noexcept nogil:
+    """Sort n items (rank << 32 | position) by rank: a counting sort when n is large next to K."""
+    cdef Py_ssize_t i, b
+    cdef int64_t c, s
+    if n < 2:
+        return
+    if n < 64 or n * 8 < K:
+        sort(v, v + n)
+        return
+    memset(hist, 0, K * sizeof(int64_t))
+    for i in range(n):
+        hist[<Py_ssize_t> (v[i] >> 32)] += 1
+    s = 0
+    for b in range(K):
+        c = hist[b]
+        hist[b] = s
+        s += c
+    for i in range(n):
+        b = <Py_ssize_t> (v[i] >> 32)
+        tmp[hist[b]] = v[i]
+        hist[b] += 1
+    memcpy(v, tmp, n * sizeof(uint64_t))
+
 
 def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int64_t V):
     """Counts of every n-gram, n = 1..order, in lexicographic order.
@@ -21,8 +46,13 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     Returns a list of (last int32[K], parent int32[K], counts int64[K]) per
     order: the n-gram k is the (n-1)-gram parent[k] of the previous order
     followed by the word last[k] (parent is 0 for unigrams).
+
+    The positions of each order are kept grouped by their n-gram (groups in
+    lexicographic order). An (n+1)-gram is an n-gram followed by one word, so
+    sorting each group by its next word gives the groups of order n+1 in
+    lexicographic order: no global sort, and memory is read group by group.
     """
-    cdef Py_ssize_t T = ids.shape[0], i, j, m, r, b, s, e, p
+    cdef Py_ssize_t T = ids.shape[0], i, j, m, r, g, s, e, k, sz
     cdef int n
     c1 = np.zeros(V, dtype=np.int64)
     cdef int64_t[::1] cc1 = c1
@@ -35,90 +65,89 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     rmap_a = np.full(V, -1, dtype=np.int32)
     rmap_a[present] = np.arange(K1, dtype=np.int32)
     cdef int32_t[::1] rmap = rmap_a
-    rank_a = np.empty(T, dtype=np.int32)
-    cdef int32_t[::1] rank = rank_a
-    # by_word: the positions sorted by their word (a counting sort, stable), word1[w] its bucket start
-    word1_a = np.zeros(K1 + 1, dtype=np.int64)
-    cdef int64_t[::1] word1 = word1_a
-    by_word_a = np.empty(T, dtype=np.int32)
-    cdef int32_t[::1] by_word = by_word_a
-    cdef int64_t[::1] fill
+    # Order 1: positions grouped by word (a counting sort), group g = word rank g.
+    G_a = np.zeros(K1 + 1, dtype=np.int64)
+    P_a = np.empty(T, dtype=np.int32)
     fill_a = np.empty(max(K1, 1), dtype=np.int64)
-    fill = fill_a
+    cdef int64_t[::1] G = G_a, fill = fill_a
+    cdef int32_t[::1] P = P_a
     with nogil:
         for i in range(T):
-            rank[i] = rmap[ids[i]]
-            word1[rank[i] + 1] += 1
-        for b in range(K1):
-            word1[b + 1] += word1[b]
-            fill[b] = word1[b]
+            G[rmap[ids[i]] + 1] += 1
+        for g in range(K1):
+            G[g + 1] += G[g]
+            fill[g] = G[g]
         for i in range(T):
-            by_word[fill[rank[i]]] = <int32_t> i
-            fill[rank[i]] += 1
+            g = rmap[ids[i]]
+            P[fill[g]] = <int32_t> i
+            fill[g] += 1
+    del fill_a
     out = [(present, np.zeros(K1, dtype=np.int32), c1[present])]
     cdef int64_t Kprev = K1
-    cdef uint64_t[::1] buf
-    cdef int64_t[::1] start, counts
-    cdef int32_t[::1] newrank, parent, last
-    cdef uint64_t v, lastr, prevlast = 0, w
+    cdef int64_t[::1] Gn, counts
+    cdef int32_t[::1] Pn, parent, last
+    cdef uint64_t[::1] items, tmp
+    cdef int64_t[::1] hist
+    cdef uint64_t v, lastr, prevlast = 0
     cdef uint64_t low32 = (<uint64_t> 1 << 32) - 1
-    cdef Py_ssize_t pb
+    hist_a = np.empty(max(K1, 1), dtype=np.int64)
+    hist = hist_a
     for n in range(2, order + 1):
-        if Kprev == 0:
+        m = P.shape[0]
+        if Kprev == 0 or m == 0:
             out.append((np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)))
+            Kprev = 0
             continue
-        # Two-digit LSD sort of the valid starts i by (prefix rank, last word): visiting the
-        # positions by last word (by_word shifted by n-1) makes the first digit free, and one
-        # stable counting sort by the prefix rank does the second.
-        start_a = np.zeros(Kprev + 1, dtype=np.int64)
-        start = start_a
-        with nogil:
-            for i in range(T):
-                if room[i] >= n:
-                    start[rank[i] + 1] += 1
-            for b in range(Kprev):
-                start[b + 1] += start[b]
-        m = start[Kprev]
-        fill_a = start_a[:Kprev].copy()
-        fill = fill_a
-        buf_a = np.empty(m, dtype=np.uint64)
-        buf = buf_a
-        newrank_a = np.empty(T, dtype=np.int32)
+        items_a = np.empty(m, dtype=np.uint64)
+        tmp_a = np.empty(m, dtype=np.uint64)
+        Pn_a = np.empty(m, dtype=np.int32)
+        Gn_a = np.empty(m + 1, dtype=np.int64)
         parent_a = np.empty(m, dtype=np.int32)
         last_a = np.empty(m, dtype=np.int32)
         counts_a = np.empty(m, dtype=np.int64)
-        newrank = newrank_a
+        items = items_a
+        tmp = tmp_a
+        Pn = Pn_a
+        Gn = Gn_a
         parent = parent_a
         last = last_a
         counts = counts_a
         with nogil:
-            for w in range(<uint64_t> K1):
-                for j in range(word1[w], word1[w + 1]):
-                    i = by_word[j] - (n - 1)             # the n-gram starting at i ends with word w
-                    if i >= 0 and room[i] >= n:
-                        pb = rank[i]
-                        buf[fill[pb]] = (w << 32) | <uint64_t> i
-                        fill[pb] += 1
             r = -1
-            for b in range(Kprev):
-                s = start[b]
-                e = start[b + 1]
-                for j in range(s, e):
-                    v = buf[j]
+            k = 0
+            Gn[0] = 0
+            for g in range(Kprev):
+                # the positions of (n-1)-gram g that start an n-gram, keyed by the next word
+                sz = 0
+                for j in range(G[g], G[g + 1]):
+                    i = P[j]
+                    if room[i] >= n:
+                        items[sz] = (<uint64_t> rmap[ids[i + n - 1]] << 32) | <uint64_t> i
+                        sz += 1
+                _sort_group(&items[0], &tmp[0], &hist[0], sz, K1)
+                for j in range(sz):
+                    v = items[j]
                     lastr = v >> 32
-                    if j == s or lastr != prevlast:
+                    if j == 0 or lastr != prevlast:
+                        if r >= 0:
+                            Gn[r + 1] = k
                         r += 1
-                        parent[r] = <int32_t> b
+                        parent[r] = <int32_t> g
                         last[r] = pres[<Py_ssize_t> lastr]
                         counts[r] = 0
                         prevlast = lastr
                     counts[r] += 1
-                    newrank[<Py_ssize_t> (v & low32)] = <int32_t> r
-        del buf_a, fill_a, start_a
+                    Pn[k] = <int32_t> (v & low32)
+                    k += 1
+            if r >= 0:
+                Gn[r + 1] = k
+        del items_a, tmp_a
         K = r + 1
         out.append((last_a[:K].copy(), parent_a[:K].copy(), counts_a[:K].copy()))
-        rank_a = newrank_a
-        rank = rank_a
+        P_a = Pn_a[:k]
+        G_a = Gn_a[:K + 1]
+        P = P_a
+        G = G_a
         Kprev = K
     return out
 

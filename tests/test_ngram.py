@@ -9,6 +9,8 @@ os.environ.setdefault("FASTSEQ_DATA_DIR", str(Path(__file__).resolve().parents[1
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastseq.ngram import (ArpaError, BadDiscountError, KneserNeyLM, LaplaceLM, count_in_pieces,
                            count_ngrams, count_ngrams_reference, load_arpa)
@@ -99,6 +101,23 @@ def test_counts_merge_across_cuts():
     second = count_ngrams(ids[400:], 4, vocab_size=5, context=ids[:400])
     assert count_ngrams(ids[:400], 4, vocab_size=5) + second == whole
     assert second == count_ngrams_reference(ids[400:], 4, vocab_size=5, context=ids[:400])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 4), max_size=7), min_size=1, max_size=6), st.integers(1, 6))
+def test_counting_sentences_property(sentences, order):
+    ids = np.array([w for s in sentences for w in s], dtype=np.int64)
+    got = count_ngrams(ids, order, lengths=[len(s) for s in sentences], bos=5, eos=6, vocab_size=7)
+    for n in range(1, order + 1):
+        want = Counter()
+        for s in sentences:
+            want.update(counter_oracle([5] + s + [6], n))
+        assert got.to_dict(n) == dict(want)
+
+
+def test_empty_stream_counts_nothing():
+    c = count_ngrams(np.zeros(0, np.int32), 3)
+    assert all(len(c.counts[n]) == 0 for n in (1, 2, 3)) and c == count_ngrams_reference([], 3)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -236,6 +236,15 @@ def test_perplexity_is_kenlm_query_arithmetic(tm_split, cls, order, kw):
     assert pp.excluding_oov == pytest.approx(10 ** (-(sum(scores) - oov_lp) / (tokens - oov)), rel=1e-12)
 
 
+@pytest.mark.parametrize("cls, order, kw", MODELS + [(KneserNeyLM, 5, dict(discount_fallback=True))])
+def test_cython_scoring_equals_numpy_scoring(tm_split, cls, order, kw):
+    train, test = tm_split
+    m = cls(order, **kw).fit(train)
+    for bos in (True, False):
+        stream, q, _, _ = m._corpus(test[:150] + [[], ["zzz", "qq"]], bos, True)
+        assert np.allclose(m._logp_fast(stream, q), m._logp_stream(stream, q), rtol=0, atol=1e-12)
+
+
 def test_fit_from_ids_with_vocab_equals_fit_from_sentences(tm_split):
     train, test = tm_split
     vocab = Vocab(train)

@@ -200,3 +200,83 @@ def merge_sorted(const int32_t[:, ::1] a, const int64_t[::1] ca, const int32_t[:
                 counts[k] = s
                 k += 1
     return rows_a[:k].copy(), counts_a[:k].copy()
+
+
+def backoff_logp(const int64_t[::1] stream, const int64_t[::1] q, list starts, list lasts, list logps, list logbs):
+    """log10 P(stream[i] | its sentence before i) of a back-off model, for every i.
+
+    Order k = 1..N tables (lists indexed k - 1): lasts[k-1] int32[K_k] last words,
+    logps[k-1] / logbs[k-1] float64[K_k]; starts[k-1] int64[K_{k-1} + 1]: the children of
+    row c of table k-1 are rows starts[k-1][c] .. starts[k-1][c+1] - 1 of table k, sorted
+    by last word (starts[0] unused; table 1 is dense: row = word id). q[i]: position of i
+    in its sentence. The same back-off as NGramLM._logp_stream, one position at a time:
+    a binary search among a context's children instead of over a whole table.
+    """
+    cdef Py_ssize_t T = stream.shape[0], i, lo, hi, mid, j
+    cdef int N = len(lasts), k
+    if N > 64:
+        raise ValueError("order: at most 64")
+    out_a = np.empty(T, dtype=np.float64)
+    cdef double[::1] out = out_a
+    cdef const int64_t* st[64]
+    cdef const int32_t* la[64]
+    cdef const double* lp[64]
+    cdef const double* lb[64]
+    cdef const int64_t[::1] mv64
+    cdef const int32_t[::1] mv32
+    cdef const double[::1] mvd
+    keep = []
+    for k in range(N):
+        a64 = np.ascontiguousarray(starts[k], dtype=np.int64)
+        a32 = np.ascontiguousarray(lasts[k], dtype=np.int32)
+        ap = np.ascontiguousarray(logps[k], dtype=np.float64)
+        ab = np.ascontiguousarray(logbs[k], dtype=np.float64)
+        keep += [a64, a32, ap, ab]
+        mv64 = a64
+        st[k] = &mv64[0] if a64.shape[0] else NULL
+        mv32 = a32
+        la[k] = &mv32[0] if a32.shape[0] else NULL
+        mvd = ap
+        lp[k] = &mvd[0] if ap.shape[0] else NULL
+        mvd = ab
+        lb[k] = &mvd[0] if ab.shape[0] else NULL
+    cdef int64_t prev[65]
+    cdef int64_t cur[65]
+    cdef int64_t w, ctx
+    cdef double r
+    cdef bint missed
+    with nogil:
+        for k in range(N + 1):
+            prev[k] = -1
+        for i in range(T):
+            w = stream[i]
+            r = lp[0][w]
+            cur[1] = w
+            missed = False
+            for k in range(2, N + 1):
+                ctx = prev[k - 1] if q[i] >= k - 1 else -1
+                if ctx < 0:
+                    cur[k] = -1
+                    continue
+                j = -1
+                if not missed:
+                    lo = st[k - 1][ctx]
+                    hi = st[k - 1][ctx + 1]
+                    while lo < hi:                      # w among the children of ctx
+                        mid = (lo + hi) >> 1
+                        if la[k - 1][mid] < w:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    if lo < st[k - 1][ctx + 1] and la[k - 1][lo] == w:
+                        j = lo
+                if j >= 0:
+                    r = lp[k - 1][j]
+                else:
+                    missed = True                       # no longer n-gram ends here either
+                    r += lb[k - 2][ctx]
+                cur[k] = j
+            for k in range(1, N + 1):
+                prev[k] = cur[k]
+            out[i] = r
+    return out_a

@@ -21,6 +21,7 @@ from collections import namedtuple
 import numpy as np
 
 from .. import _text
+from . import _count
 from .counting import count_ngrams, padded_stream
 
 __all__ = ["BadDiscountError", "KneserNeyLM", "LaplaceLM", "Perplexity", "NGramLM"]
@@ -106,6 +107,7 @@ class NGramLM:
         self.token_to_id = {t: i for i, t in enumerate(self.vocab)}
         self._V = V = len(self.vocab)
         self._rows, self._logp, self._logb, self._parent, self._key = {}, {}, {}, {}, {}
+        self._children = None
         for k in range(1, self.order + 1):
             self._rows[k] = rows[k]
             self._parent[k] = parent[k]
@@ -140,6 +142,21 @@ class NGramLM:
     # ----- scoring -------------------------------------------------------------------------
     def _ids(self, tokens):
         return np.array([self.token_to_id.get(t, UNK_ID) for t in tokens], dtype=np.int64)
+
+    def _scoring_tables(self):
+        if getattr(self, "_children", None) is None:
+            starts = [np.zeros(1, np.int64)] + [
+                np.searchsorted(self._parent[k], np.arange(len(self._rows[k - 1]) + 1)).astype(np.int64)
+                for k in range(2, self.order + 1)]
+            self._children = (starts, [self._rows[k][:, -1] for k in range(1, self.order + 1)],
+                              [self._logp[k] for k in range(1, self.order + 1)],
+                              [self._logb[k] for k in range(1, self.order + 1)])
+        return self._children
+
+    def _logp_fast(self, stream, q):
+        """_logp_stream in Cython (GIL released): the scoring path used by score and perplexity."""
+        return _count.backoff_logp(np.ascontiguousarray(stream, dtype=np.int64),
+                                   np.ascontiguousarray(q, dtype=np.int64), *self._scoring_tables())
 
     def _logp_stream(self, stream, q):
         """log10 P(stream[i] | the tokens before it in its sentence), for every i.
@@ -197,7 +214,7 @@ class NGramLM:
         """
         self._check_fitted()
         stream, q, predicted, _ = self._corpus([words], bos, eos)
-        return float(self._logp_stream(stream, q)[predicted].sum())
+        return float(self._logp_fast(stream, q)[predicted].sum())
 
     def logprob(self, words, bos=True, eos=True):
         """Natural-log probability of one sentence (score times ln 10)."""
@@ -241,7 +258,7 @@ class NGramLM:
         """
         self._check_fitted()
         stream, q, predicted, oov = self._corpus(sentences, True, True)
-        lp = self._logp_stream(stream, q)[predicted]
+        lp = self._logp_fast(stream, q)[predicted]
         oov = oov[predicted]
         tokens, n_oov = int(predicted.sum()), int(oov.sum())
         if tokens == 0:

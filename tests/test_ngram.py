@@ -282,9 +282,15 @@ def test_model_bad_input(cls, kw):
         cls(2).fit("the time machine")
     with pytest.raises(ValueError, match="reserved"):
         cls(2).fit([["a", "</s>", "b"]])
+    with pytest.raises(ValueError, match="vocab="):
+        cls(2).fit([1, 2, 3])
     vocab = Vocab(["a", "b"])
     with pytest.raises(ValueError, match=r"ids must lie in \[0, 3\)"):
         cls(2).fit(np.array([1, 2, 7]), vocab=vocab)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 3\)"):
+        cls(2).fit([1, 2, 7], vocab=vocab)
+    with pytest.raises(ValueError, match="Vocab"):
+        cls(2).fit(np.array([1, 2]))
     with pytest.raises(RuntimeError, match="fit"):
         cls(2).score("a b")
     with pytest.raises(ValueError, match="eps"):

@@ -381,3 +381,15 @@ def test_arpa_with_missing_context_names_the_line(tmp_path):
     p.write_text(ARPA.replace("ngram 2=2", "ngram 2=2\nngram 3=1").replace("\\end\\", "\\3-grams:\n-0.1\tb a b\n\n\\end\\"))
     with pytest.raises(ArpaError, match=r"bad\.arpa:17: the context 'b a' of this 3-gram"):
         load_arpa(p)
+
+
+def test_arpa_with_missing_suffix_scores_the_stored_ngram(tmp_path):
+    # pruned-style file: '<s> a a' is stored but its suffix 'a a' is not
+    p = tmp_path / "m.arpa"
+    p.write_text(ARPA.replace("ngram 2=2", "ngram 2=2\nngram 3=1")
+                 .replace("-0.2\t<s> a", "-0.2\t<s> a\t-0.1").replace("-0.4\ta b", "-0.4\ta b\t0")
+                 .replace("\\end\\", "\\3-grams:\n-0.05\t<s> a a\n\n\\end\\"))
+    m = load_arpa(p)
+    assert m.score("a a") == pytest.approx(-0.2 - 0.05 + (-0.5 - 0.2))
+    assert m.prob("a", ["<s>", "a"]) == pytest.approx(10 ** -0.05)
+    assert m.prob("b", ["<s>", "a"]) == pytest.approx(10 ** (-0.1 - 0.4))

@@ -236,6 +236,18 @@ def test_perplexity_is_kenlm_query_arithmetic(tm_split, cls, order, kw):
     assert pp.excluding_oov == pytest.approx(10 ** (-(sum(scores) - oov_lp) / (tokens - oov)), rel=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcd"), max_size=6), min_size=1, max_size=8).filter(lambda c: any(c)),
+       st.integers(1, 4), st.booleans(), st.lists(st.sampled_from(["a", "b", "c", "d", "<s>", "zz"]), max_size=4))
+def test_any_model_any_context_sums_to_one_property(corpus, order, kn, context):
+    m = (KneserNeyLM(order, discount_fallback=True) if kn else LaplaceLM(order, eps=0.7)).fit(corpus)
+    p = m.distribution(context)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    assert p[m.vocab.index("<s>")] == 0 and np.delete(p, m.vocab.index("<s>")).min() > 0
+    stream, q, _, _ = m._corpus(corpus + [context], True, True)
+    assert np.allclose(m._logp_fast(stream, q), m._logp_stream(stream, q), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("cls, order, kw", MODELS + [(KneserNeyLM, 5, dict(discount_fallback=True))])
 def test_cython_scoring_equals_numpy_scoring(tm_split, cls, order, kw):
     train, test = tm_split
@@ -320,6 +332,8 @@ def test_kenlm_scores_fastseq_arpa(tm_split, tmp_path, cls, order, kw):
                 assert k.score(s, bos=bos, eos=eos) == pytest.approx(ours, rel=1e-4, abs=1e-4)
                 assert loaded.score(s, bos=bos, eos=eos) == pytest.approx(ours, rel=1e-7)
     assert loaded.perplexity(test) == pytest.approx(m.perplexity(test), rel=1e-7)
+    for ctx in ([], ["<s>", "the"], ["zzz", "time"], ["of", "the", "time", "traveller"]):
+        assert loaded.distribution(ctx).sum() == pytest.approx(1.0, abs=1e-6)
 
 
 ARPA = """\\data\\

@@ -181,7 +181,7 @@ class NGramLM:
             idx[has] = self._lookup(k, ctx[has], stream[has])
             hit = idx >= 0
             backoff = ~hit & (ctx >= 0)
-            lp = np.where(hit, self._logp[k][np.maximum(idx, 0)], lp)
+            lp[hit] = self._logp[k][idx[hit]]
             lp[backoff] += self._logb[k - 1][ctx[backoff]]
         return lp
 

@@ -407,3 +407,19 @@ def test_arpa_with_missing_suffix_scores_the_stored_ngram(tmp_path):
     assert m.score("a a") == pytest.approx(-0.2 - 0.05 + (-0.5 - 0.2))
     assert m.prob("a", ["<s>", "a"]) == pytest.approx(10 ** -0.05)
     assert m.prob("b", ["<s>", "a"]) == pytest.approx(10 ** (-0.1 - 0.4))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcde"), max_size=6), min_size=1, max_size=8).filter(lambda c: any(c)),
+       st.integers(2, 5), st.booleans(),
+       st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "zz"]), max_size=6), min_size=1, max_size=4))
+def test_kenlm_agrees_on_random_small_models_property(tmp_path_factory, corpus, order, kn, sentences):
+    kenlm = pytest.importorskip("kenlm")
+    m = (KneserNeyLM(order, discount_fallback=True) if kn else LaplaceLM(order, eps=0.7)).fit(corpus)
+    path = tmp_path_factory.mktemp("arpa") / "m.arpa"
+    m.to_arpa(path)
+    k = kenlm.Model(str(path))
+    for s in sentences:
+        s = " ".join(s)
+        for bos, eos in ((True, True), (False, True), (True, False)):
+            assert k.score(s, bos=bos, eos=eos) == pytest.approx(m.score(s, bos=bos, eos=eos), rel=1e-4, abs=1e-4)

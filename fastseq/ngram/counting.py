@@ -26,7 +26,7 @@ class NGramCounts:
     """Counts of all n-grams of orders 1..order.
 
     ``grams[n]``: (K, n) int32 ids in lexicographic order; ``counts[n]``: int64[K].
-    ``counts[n]``-style access: ``self[n]`` gives the pair; ``to_dict(n)`` a {tuple: count} dict;
+    ``self[n]`` gives the pair; ``to_dict(n)`` a {tuple: count} dict;
     ``a + b`` merges (sums) two counts, ``a - b`` subtracts.
     """
 

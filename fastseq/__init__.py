@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _core
 from .clip import clip_grad_norm
+from .rnn import RNN, RNNLM
 from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
 from .text import Vocab, clean, load_corpus, read_lines, tokenize
 
@@ -40,3 +41,4 @@ __all__ = [
     "load_corpus", "read_lines", "seq_data_iter_random", "seq_data_iter_sequential",
     "set_num_threads", "tokenize",
 ]
+__all__ += ["RNN", "RNNLM"]

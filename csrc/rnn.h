@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "kernels.h"
 
 namespace fastseq {
 namespace rnn {
@@ -69,14 +70,27 @@ struct ElmanCell {
     const T* W_hh;  // (H, H)
     int H;
     Act act;
+    const T* Wf = nullptr;  // W_hh packed as the right operand of H_{t-1} W_hh
+    const T* Wb = nullptr;  // W_hh^T packed as the right operand of dZ W_hh^T
 
+    // Scratch for prepare(): the packed copies of W_hh, shared by all slices.
+    static std::size_t workspace(int H) { return 2 * kern::packed_size<T>(H, H); }
+    // Packs W_hh once per call, so no step repacks it.
+    void prepare(T* ws) {
+        T* f = ws;
+        T* b = ws + kern::packed_size<T>(H, H);
+        kern::pack_b(H, H, W_hh, H, false, f);
+        kern::pack_b(H, H, W_hh, H, true, b);
+        Wf = f;
+        Wb = b;
+    }
     // 2. Z_t += H_{t-1} W_hh ; 3. H_t = phi(Z_t). Z and H may alias (the plain
     // RNN keeps no pre-activation: phi' is computed from H).
     void forward_step(int R, const T* hprev, T* z, T* h) const {
-        blas::gemm(false, false, R, H, H, T(1), hprev, H, W_hh, H, T(1), z, H);
+        kern::gemm_pb(R, H, H, hprev, H, false, Wf, z, H, true);
         const idx n = idx(R) * H;
         if (act == Act::Tanh) {
-            for (idx i = 0; i < n; ++i) h[i] = std::tanh(z[i]);
+            kern::tanh_n(z, h, n);
         } else {
             for (idx i = 0; i < n; ++i) h[i] = z[i] > T(0) ? z[i] : T(0);
         }
@@ -85,16 +99,16 @@ struct ElmanCell {
     void backward_step(int R, const T* dh, const T* h, const T* /*z*/, T* dz) const {
         const idx n = idx(R) * H;
         if (act == Act::Tanh) {
-            for (idx i = 0; i < n; ++i) dz[i] = dh[i] * (T(1) - h[i] * h[i]);
+            kern::dtanh_n(dh, h, dz, n);
         } else {
             for (idx i = 0; i < n; ++i) dz[i] = h[i] > T(0) ? dh[i] : T(0);
         }
     }
-    // 2'. out = dZ W_hh^T + beta out, for M rows (one step, or several stacked terms).
-    void message(int M, const T* dz, T* out, T beta) const {
-        blas::gemm(false, true, M, H, H, T(1), dz, H, W_hh, H, beta, out, H);
+    // 2'. out = dZ W_hh^T (+ out when acc), for M rows (one step, or several stacked terms).
+    void message(int M, const T* dz, T* out, bool acc) const {
+        kern::gemm_pb(M, H, H, dz, H, false, Wb, out, H, acc);
     }
-    // 2'. dW_hh = beta dW_hh + Hprev^T dZ over M rows.
+    // 2'. dW_hh = beta dW_hh + Hprev^T dZ over M rows: one large product, BLAS.
     void recurrent_grad(int M, const T* hprev, const T* dz, T* dW_hh, T beta) const {
         blas::gemm(true, false, H, H, M, T(1), hprev, H, dz, H, beta, dW_hh, H);
     }
@@ -153,7 +167,7 @@ void loop_backward(const Cell& c, int Tn, int R, Seq<const T> Hs, Seq<const T> Z
                 std::fill(out, out + n, T(0));
                 continue;
             }
-            c.message(R, dz, out, T(0));
+            c.message(R, dz, out, false);
             if (s)
                 for (int r = 0; r < R; ++r) {
                     const T f = s[r];
@@ -186,11 +200,11 @@ void loop_backward(const Cell& c, int Tn, int R, Seq<const T> Hs, Seq<const T> Z
             for (idx i = 0; i < R * GH; ++i) dz[i] += src[i];
         }
         if (s == 0) {
-            c.message(R, dz, dh0, T(0));  // linear: the sum of every live term's message
+            c.message(R, dz, dh0, false);  // linear: the sum of every live term's message
             break;
         }
         const int cont = std::min(nk, tau - 1);  // terms that go on to step s-1
-        if (cont > 0) c.message(cont * R, dzk, next + n, T(0));
+        if (cont > 0) c.message(cont * R, dzk, next + n, false);
         std::swap(cur, next);
         live = cont;
     }
@@ -204,6 +218,7 @@ void parallel_slices(int B, int parts, F&& f) {
         f(0, 0, B);
         return;
     }
+    blas::SingleThreaded one;
     std::vector<std::thread> th;
     th.reserve(parts - 1);
     const int base = B / parts, extra = B % parts;
@@ -223,7 +238,7 @@ void parallel_slices(int B, int parts, F&& f) {
 // How many batch slices to run side by side: each core takes its own rows
 // while the per-step products are too small for threaded BLAS to pay off.
 inline int auto_parts(int B, int H, int requested) {
-    int p = requested > 0 ? requested : (H <= 1024 ? blas::num_threads() : 1);
+    int p = requested > 0 ? requested : blas::SingleThreaded::user_threads();
     return std::max(1, std::min(p, B));
 }
 
@@ -255,6 +270,8 @@ void layer_forward(const LayerParams<T>& P, int Tn, int B, const T* X, const T* 
     for (idx r = 0; r < idx(Tn) * B; ++r) std::memcpy(Hs + r * H, P.b_h, sizeof(T) * H);
     blas::gemm(false, false, Tn * B, H, P.D, T(1), X, P.D, P.W_xh, H, T(1), Hs, H);
     ElmanCell<T> cell{P.W_hh, H, P.act};
+    Buffer<T> packed(ElmanCell<T>::workspace(H));
+    cell.prepare(packed.get());
     parallel_slices(B, auto_parts(B, H, parts), [&](int, int b0, int R) {
         Seq<T> s{Hs + idx(b0) * H, idx(B) * H};
         loop_forward<T>(cell, Tn, R, h0 + idx(b0) * H, s, s);
@@ -277,6 +294,8 @@ void layer_backward(const LayerParams<T>& P, int Tn, int B, const T* X, const T*
         for (idx i = 0; i < idx(B) * H; ++i) last[i] += dH_T[i];
     }
     ElmanCell<T> cell{P.W_hh, H, P.act};
+    Buffer<T> packed(ElmanCell<T>::workspace(H));
+    cell.prepare(packed.get());
     const int np = auto_parts(B, H, parts);
     const std::size_t per = backward_scratch(H, 1, (B + np - 1) / np, Tn, window);
     Buffer<T> scratch(per * np);
@@ -343,7 +362,7 @@ inline std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, boo
 // Returns the slice's sum of -log p (the caller divides by B*T); gradients are
 // written (not accumulated) into g; new_state receives H_{T-1} (R x H).
 template <typename T>
-double lm_step_slice(const LMParams<T>& P, int Tn, int R, int Btot, const std::int64_t* ids,
+double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, int Tn, int R, int Btot, const std::int64_t* ids,
                      const std::int64_t* tgt, const T* h0, const T* scale, idx sts, int window,
                      const LMGrads<T>& g, T* new_state, T* work) {
     const int H = P.H, V = P.V;
@@ -353,7 +372,6 @@ double lm_step_slice(const LMParams<T>& P, int Tn, int R, int Btot, const std::i
     T* dZ = O + M * V;                 // (T, R, H)
     T* dh0 = dZ + M * H;
     T* scratch = dh0 + idx(R) * H;
-    ElmanCell<T> cell{P.W_hh, H, P.act};
 
     std::memcpy(Hb, h0, sizeof(T) * R * H);
     gather_inputs(P, Tn, R, ids, Hb + idx(R) * H);                           // 1.
@@ -362,26 +380,29 @@ double lm_step_slice(const LMParams<T>& P, int Tn, int R, int Btot, const std::i
     // 4. O = H W_hq + b_q over all T*R rows
     for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
     blas::gemm(false, false, int(M), V, H, T(1), Hb + idx(R) * H, H, P.W_hq, V, T(1), O, V);
-    // 5., 5'. loss and dO = (softmax - onehot) / (B*T), in place of O
+    // 5., 5'. loss and dO = (softmax - onehot) / (B*T), in place of O; the
+    // exponentials of all rows in one vectorised pass
     const T inv = T(1) / T(double(Btot) * Tn);
     double nll = 0;
-    for (int t = 0; t < Tn; ++t)
-        for (int r = 0; r < R; ++r) {
-            T* o = O + (idx(t) * R + r) * V;
-            const std::int64_t y = tgt[idx(r) * Tn + t];
-            T m = o[0];
-            for (int j = 1; j < V; ++j) m = std::max(m, o[j]);
-            T s = 0;
-            const T oy = o[y];
-            for (int j = 0; j < V; ++j) {
-                o[j] = std::exp(o[j] - m);
-                s += o[j];
-            }
-            nll += double(std::log(s)) - double(oy - m);
-            const T f = inv / s;
-            for (int j = 0; j < V; ++j) o[j] *= f;
-            o[y] -= inv;
-        }
+    for (idx i = 0; i < M; ++i) {
+        T* o = O + i * V;
+        T m = o[0];
+        for (int j = 1; j < V; ++j) m = std::max(m, o[j]);
+        for (int j = 0; j < V; ++j) o[j] -= m;
+        const int t = int(i / R), r = int(i % R);
+        nll -= double(o[tgt[idx(r) * Tn + t]]);  // -(O_y - max), the log-sum-exp follows
+    }
+    kern::exp_n(O, M * V);
+    for (idx i = 0; i < M; ++i) {
+        T* o = O + i * V;
+        T s = 0;
+        for (int j = 0; j < V; ++j) s += o[j];
+        nll += std::log(double(s));
+        const T f = inv / s;
+        for (int j = 0; j < V; ++j) o[j] *= f;
+        const int t = int(i / R), r = int(i % R);
+        o[tgt[idx(r) * Tn + t]] -= inv;
+    }
     // 4'. dW_hq = H^T dO ; db_q = sum dO ; direct dH = dO W_hq^T
     blas::gemm(true, false, H, V, int(M), T(1), Hb + idx(R) * H, H, O, V, T(0), g.W_hq, V);
     std::fill(g.b_q, g.b_q + V, T(0));
@@ -420,6 +441,9 @@ double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t*
     Buffer<T> work(per0 + per * (np - 1));
     std::vector<double> nll(np, 0.0);
     std::vector<LMGrads<T>> gs(np, g);
+    ElmanCell<T> cell{P.W_hh, H, P.act};
+    Buffer<T> packed(ElmanCell<T>::workspace(H));
+    cell.prepare(packed.get());
     for (int p = 1; p < np; ++p) {
         // slices p >= 1 keep their own gradients after their working memory
         T* own = work.get() + per0 + per * (p - 1) + per0;
@@ -428,7 +452,7 @@ double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t*
     }
     parallel_slices(B, np, [&](int p, int b0, int R) {
         T* w = p == 0 ? work.get() : work.get() + per0 + per * (p - 1);
-        nll[p] = lm_step_slice(P, Tn, R, B, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, h0 + idx(b0) * H,
+        nll[p] = lm_step_slice(P, cell, Tn, R, B, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, h0 + idx(b0) * H,
                                scale ? scale + b0 : nullptr, B, window, gs[p], new_state + idx(b0) * H, w);
     });
     double total = 0;
@@ -456,6 +480,8 @@ void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, co
     const std::size_t per = std::size_t(Tn + 1) * Rmax * H + std::size_t(Tn) * Rmax * V;
     Buffer<T> work(per * np);
     ElmanCell<T> cell{P.W_hh, H, P.act};
+    Buffer<T> packed(ElmanCell<T>::workspace(H));
+    cell.prepare(packed.get());
     parallel_slices(B, np, [&](int p, int b0, int R) {
         T* Hb = work.get() + per * p;
         T* O = Hb + idx(Tn + 1) * R * H;

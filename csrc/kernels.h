@@ -1,0 +1,189 @@
+// Small dense kernels for the RNN time loop: a GEMM against a pre-packed right
+// operand, and vectorised float exp/tanh. Free of pybind11.
+//
+// Why not BLAS here: the recurrent product H_{t-1} W_hh is small (R rows of a
+// batch slice) and repeated T times with the same W_hh. A BLAS call repacks
+// W_hh every time and pays its fixed overhead per step; here W_hh is packed once
+// per call and each step only streams the packed panels.
+//
+// The wheel is built for baseline x86-64 (SSE2), so the hot loops are compiled
+// several times with target_clones and the best version is picked at load time
+// by the CPU (AVX-512, AVX2+FMA, or the baseline).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTSEQ_NO_CLONES)
+#define FASTSEQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTSEQ_CLONES
+#endif
+#define FASTSEQ_INLINE inline __attribute__((always_inline))
+
+namespace fastseq {
+namespace kern {
+
+using idx = std::ptrdiff_t;
+
+// 64-byte vectors (one AVX-512 register, two AVX2, four SSE2 ones).
+typedef float vf __attribute__((vector_size(64)));
+typedef double vd __attribute__((vector_size(64)));
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+    using type = vf;
+};
+template <>
+struct Vec<double> {
+    using type = vd;
+};
+template <typename T>
+constexpr int NR = int(64 / sizeof(T));  // columns of a packed panel
+constexpr int MR = 6;                    // rows of a register tile
+
+// Elements a packed K x N operand takes: ceil(N / NR) panels of K x NR.
+template <typename T>
+std::size_t packed_size(int K, int N) {
+    return std::size_t((N + NR<T> - 1) / NR<T>) * std::size_t(K) * NR<T>;
+}
+
+// Packs op(B) (K x N) into panels: out[(p*K + k)*NR + j] = op(B)[k, p*NR + j],
+// zero beyond N. trans: B is stored N x K (op(B) = B^T), row stride ldb.
+template <typename T>
+void pack_b(int K, int N, const T* B, idx ldb, bool trans, T* out) {
+    constexpr int W = NR<T>;
+    for (int p0 = 0; p0 < N; p0 += W) {
+        const int w = std::min(W, N - p0);
+        T* o = out + idx(p0 / W) * K * W;
+        for (int k = 0; k < K; ++k, o += W) {
+            if (!trans) {
+                std::memcpy(o, B + idx(k) * ldb + p0, sizeof(T) * w);
+            } else {
+                for (int j = 0; j < w; ++j) o[j] = B[idx(p0 + j) * ldb + k];
+            }
+            for (int j = w; j < W; ++j) o[j] = T(0);
+        }
+    }
+}
+
+// C (M x N, ldc) = op(A) (M x K) Bp + beta C, beta in {0, 1}. ta: A is stored
+// K x M (op(A) = A^T), row stride lda. Rows past M in a tile read row M-1 again
+// (never out of bounds) and are not stored.
+template <typename T, bool TA>
+FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const T* Bp, T* C, idx ldc, bool acc) {
+    using V = typename Vec<T>::type;
+    constexpr int W = NR<T>;
+    for (int p0 = 0; p0 < N; p0 += W) {
+        const int w = std::min(W, N - p0);
+        const T* bp = Bp + idx(p0 / W) * K * W;
+        for (int i0 = 0; i0 < M; i0 += MR) {
+            const int mr = std::min(MR, M - i0);
+            const T* a[MR];
+            for (int i = 0; i < MR; ++i) {
+                const int row = i0 + std::min(i, mr - 1);
+                a[i] = TA ? A + row : A + idx(row) * lda;
+            }
+            V c0 = {}, c1 = {}, c2 = {}, c3 = {}, c4 = {}, c5 = {};
+            const T* b = bp;
+            for (int k = 0; k < K; ++k, b += W) {
+                V bv;
+                std::memcpy(&bv, b, sizeof(V));
+                const idx ka = TA ? idx(k) * lda : k;
+                c0 += a[0][ka] * bv;
+                c1 += a[1][ka] * bv;
+                c2 += a[2][ka] * bv;
+                c3 += a[3][ka] * bv;
+                c4 += a[4][ka] * bv;
+                c5 += a[5][ka] * bv;
+            }
+            const V cs[MR] = {c0, c1, c2, c3, c4, c5};
+            for (int i = 0; i < mr; ++i) {
+                T* c = C + idx(i0 + i) * ldc + p0;
+                T tmp[W];
+                std::memcpy(tmp, &cs[i], sizeof(V));
+                if (acc)
+                    for (int j = 0; j < w; ++j) c[j] += tmp[j];
+                else
+                    for (int j = 0; j < w; ++j) c[j] = tmp[j];
+            }
+        }
+    }
+}
+
+FASTSEQ_CLONES static void gemm_pb(int M, int N, int K, const float* A, idx lda, bool ta, const float* Bp, float* C,
+                                   idx ldc, bool acc) {
+    if (ta) gemm_pb_impl<float, true>(M, N, K, A, lda, Bp, C, ldc, acc);
+    else gemm_pb_impl<float, false>(M, N, K, A, lda, Bp, C, ldc, acc);
+}
+FASTSEQ_CLONES static void gemm_pb(int M, int N, int K, const double* A, idx lda, bool ta, const double* Bp,
+                                   double* C, idx ldc, bool acc) {
+    if (ta) gemm_pb_impl<double, true>(M, N, K, A, lda, Bp, C, ldc, acc);
+    else gemm_pb_impl<double, false>(M, N, K, A, lda, Bp, C, ldc, acc);
+}
+
+// exp for float, branch-free so it vectorises: x = n ln2 + r (Cody-Waite split
+// of ln2), e^r by its Taylor series to r^7 (|r| <= ln2/2: error < 1 ulp),
+// 2^n through the exponent bits. Inputs are clamped to the normal range
+// (below e^-87.3 it returns ~1.2e-38 rather than a denormal or 0).
+FASTSEQ_INLINE float exp_approx(float x) {
+    x = std::min(std::max(x, -87.3f), 88.7f);
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const std::int32_t bits = (std::int32_t(n) + 127) << 23;
+    float s;
+    std::memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
+// tanh for float: (1 - e)/(1 + e) with e = exp(-2|x|) away from 0, where the
+// subtraction loses no digits; the odd Taylor series to x^9 below |x| = 0.2
+// (next term < 1e-9 relative). |x| >= 9 gives +-1 (tanh(9) rounds to 1 in float).
+FASTSEQ_INLINE float tanh_approx(float x) {
+    const float a = std::min(std::fabs(x), 9.0f);
+    const float e = exp_approx(-2.0f * a);
+    const float big = std::copysign((1.0f - e) / (1.0f + e), x);
+    const float x2 = x * x;
+    float p = 62.0f / 2835;
+    p = p * x2 - 17.0f / 315;
+    p = p * x2 + 2.0f / 15;
+    p = p * x2 - 1.0f / 3;
+    const float small = x + x * x2 * p;
+    return a < 0.2f ? small : big;
+}
+
+FASTSEQ_CLONES static void tanh_n(const float* z, float* h, idx n) {
+    for (idx i = 0; i < n; ++i) h[i] = tanh_approx(z[i]);
+}
+// float64 keeps libm: the reference comparison is to 1e-10 there.
+static void tanh_n(const double* z, double* h, idx n) {
+    for (idx i = 0; i < n; ++i) h[i] = std::tanh(z[i]);
+}
+FASTSEQ_CLONES static void exp_n(float* x, idx n) {
+    for (idx i = 0; i < n; ++i) x[i] = exp_approx(x[i]);
+}
+static void exp_n(double* x, idx n) {
+    for (idx i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// dz = dh * (1 - h^2) and relu' versions: trivially vectorised, cloned for width.
+FASTSEQ_CLONES static void dtanh_n(const float* dh, const float* h, float* dz, idx n) {
+    for (idx i = 0; i < n; ++i) dz[i] = dh[i] * (1.0f - h[i] * h[i]);
+}
+FASTSEQ_CLONES static void dtanh_n(const double* dh, const double* h, double* dz, idx n) {
+    for (idx i = 0; i < n; ++i) dz[i] = dh[i] * (1.0 - h[i] * h[i]);
+}
+
+}  // namespace kern
+}  // namespace fastseq

@@ -260,7 +260,7 @@ py::tuple lm_loss_and_grad_t(const py::handle& Xo, const py::handle& Yo, const p
 template <typename T>
 py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, int num_preds, const py::dict& params,
                                         const std::string& nonlinearity, double temperature, int top_k,
-                                        const py::object& uniformso) {
+                                        const py::object& uniformso, int threads) {
     auto a = lm_args<T>(params, nonlinearity);
     auto prefix = checked_ids(prefixo, "prefix_ids", {-1}, a.P.V);
     if (num_preds < 0)
@@ -283,7 +283,7 @@ py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, int num_preds
     {
         py::gil_scoped_release nogil;
         fastseq::rnn::lm_generate<T>(a.P, prefix.data(), int(prefix.shape(0)), num_preds, temperature, top_k,
-                                     sampling ? u.data() : nullptr, out.mutable_data());
+                                     sampling ? u.data() : nullptr, out.mutable_data(), threads);
     }
     return out;
 }
@@ -334,12 +334,13 @@ void bind_rnn(py::module_& m) {
     m.def(
         "lm_generate",
         [](const py::handle& prefix, int num_preds, const py::dict& params, const std::string& nl,
-           double temperature, int top_k, const py::object& uniforms) {
+           double temperature, int top_k, const py::object& uniforms, int threads) {
+            check_threads(threads);
             return kind_of(params) == Kind::F32
-                       ? lm_generate_t<float>(prefix, num_preds, params, nl, temperature, top_k, uniforms)
-                       : lm_generate_t<double>(prefix, num_preds, params, nl, temperature, top_k, uniforms);
+                       ? lm_generate_t<float>(prefix, num_preds, params, nl, temperature, top_k, uniforms, threads)
+                       : lm_generate_t<double>(prefix, num_preds, params, nl, temperature, top_k, uniforms, threads);
         },
         py::arg("prefix_ids"), py::arg("num_preds"), py::arg("params"), py::arg("nonlinearity"),
-        py::arg("temperature"), py::arg("top_k"), py::arg("uniforms"),
+        py::arg("temperature"), py::arg("top_k"), py::arg("uniforms"), py::arg("threads") = 0,
         "Generation from a prefix: int32 ids (num_preds,).");
 }

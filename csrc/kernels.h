@@ -125,6 +125,46 @@ FASTSEQ_CLONES static void gemm_pb(int M, int N, int K, const double* A, idx lda
     else gemm_pb_impl<double, false>(M, N, K, A, lda, Bp, C, ldc, acc);
 }
 
+// y[cols of panels p0..p1) = x (1 x K) Bp + y: one row against packed panels,
+// four independent accumulators so the FMA latency is hidden.
+template <typename T>
+FASTSEQ_INLINE void gemv_pb_impl(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N) {
+    using V = typename Vec<T>::type;
+    constexpr int W = NR<T>;
+    for (int p = p0; p < p1; ++p) {
+        const T* b = Bp + idx(p) * K * W;
+        V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        int k = 0;
+        for (; k + 4 <= K; k += 4, b += 4 * W) {
+            V b0, b1, b2, b3;
+            std::memcpy(&b0, b, sizeof(V));
+            std::memcpy(&b1, b + W, sizeof(V));
+            std::memcpy(&b2, b + 2 * W, sizeof(V));
+            std::memcpy(&b3, b + 3 * W, sizeof(V));
+            a0 += x[k] * b0;
+            a1 += x[k + 1] * b1;
+            a2 += x[k + 2] * b2;
+            a3 += x[k + 3] * b3;
+        }
+        for (; k < K; ++k, b += W) {
+            V b0;
+            std::memcpy(&b0, b, sizeof(V));
+            a0 += x[k] * b0;
+        }
+        const V s = (a0 + a1) + (a2 + a3);
+        T tmp[W];
+        std::memcpy(tmp, &s, sizeof(V));
+        const int w = std::min(W, N - p * W);
+        for (int j = 0; j < w; ++j) y[p * W + j] += tmp[j];
+    }
+}
+FASTSEQ_CLONES static void gemv_pb(int K, const float* x, const float* Bp, int p0, int p1, float* y, int N) {
+    gemv_pb_impl<float>(K, x, Bp, p0, p1, y, N);
+}
+FASTSEQ_CLONES static void gemv_pb(int K, const double* x, const double* Bp, int p0, int p1, double* y, int N) {
+    gemv_pb_impl<double>(K, x, Bp, p0, p1, y, N);
+}
+
 // exp for float, branch-free so it vectorises: x = n ln2 + r (Cody-Waite split
 // of ln2), e^r by its Taylor series to r^7 (|r| <= ln2/2: error < 1 ulp),
 // 2^n through the exponent bits. Inputs are clamped to the normal range

@@ -19,6 +19,7 @@
 //   1'. dW_xh = sum X_t^T dZ_t (LM: scatter-add), db_h = sum dZ_t, dX_t = dZ_t W_xh^T
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -526,36 +527,90 @@ int sample_token(const T* logits, int V, double temperature, int top_k, double u
     return std::min(cnt, V - 1);
 }
 
+// A barrier for a few threads that spin briefly (a step is microseconds) and
+// then yield, so a descheduled partner on a busy machine costs no more than a wait.
+class SpinBarrier {
+   public:
+    explicit SpinBarrier(int n) : n_(n) {}
+    void wait() {
+        const int g = gen_.load(std::memory_order_acquire);
+        if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+            count_.store(0, std::memory_order_relaxed);
+            gen_.store(g + 1, std::memory_order_release);
+            return;
+        }
+        for (int spins = 0; gen_.load(std::memory_order_acquire) == g; ++spins) {
+            if (spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+                __builtin_ia32_pause();
+#endif
+            } else {
+                std::this_thread::yield();
+            }
+        }
+    }
+
+   private:
+    std::atomic<int> count_{0};
+    std::atomic<int> gen_{0};
+    const int n_;
+};
+
 // Generation from a prefix (the book's predict): warm up on the prefix, then
-// feed back each prediction. out: num_preds ids.
+// feed back each prediction. out: num_preds ids. B=1 makes every product a
+// matrix-vector one, bound by reading W_hh: it is packed once per call and
+// split by columns between `parts` threads, so each core streams its half from
+// its own cache; one barrier per step. Every thread computes the (small)
+// logits and the same token itself, so no second barrier is needed.
 template <typename T>
 void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
-                 int top_k, const double* uniforms, std::int32_t* out) {
+                 int top_k, const double* uniforms, std::int32_t* out, int parts) {
     const int H = P.H, V = P.V;
-    Buffer<T> buf(std::size_t(2) * H + V);
-    T* h = buf.get();
-    T* z = h + H;
-    T* o = z + H;
-    std::vector<double> e(V);
-    std::vector<int> order(V);
-    std::fill(h, h + H, T(0));
-    auto feed = [&](std::int64_t tok) {
-        const T* w = P.W_xh + idx(tok) * H;
-        for (int j = 0; j < H; ++j) z[j] = w[j] + P.b_h[j];
-        blas::gemv(true, H, H, T(1), P.W_hh, H, h, T(1), z);  // z += h W_hh
-        if (P.act == Act::Tanh)
-            for (int j = 0; j < H; ++j) h[j] = std::tanh(z[j]);
-        else
-            for (int j = 0; j < H; ++j) h[j] = z[j] > T(0) ? z[j] : T(0);
+    constexpr int W = kern::NR<T>;
+    const int panels = (H + W - 1) / W;
+    if (parts <= 0) parts = (H >= 256 && blas::SingleThreaded::user_threads() >= 2) ? 2 : 1;
+    parts = std::max(1, std::min(parts, panels));
+    Buffer<T> packed(kern::packed_size<T>(H, H) + kern::packed_size<T>(H, V));
+    T* Wf = packed.get();
+    T* Wq = Wf + kern::packed_size<T>(H, H);
+    kern::pack_b(H, H, P.W_hh, H, false, Wf);
+    kern::pack_b(H, V, P.W_hq, V, false, Wq);
+    Buffer<T> hbuf(std::size_t(2) * H);
+    std::fill(hbuf.get(), hbuf.get() + 2 * H, T(0));
+    SpinBarrier barrier(parts);
+
+    auto worker = [&](int part) {
+        const int p0 = panels * part / parts, p1 = panels * (part + 1) / parts;
+        const int c0 = p0 * W, c1 = std::min(H, p1 * W);
+        std::vector<T> o(V);
+        std::vector<double> e(V);
+        std::vector<int> order(V);
+        T* cur = hbuf.get();
+        T* next = cur + H;
+        auto step = [&](std::int64_t tok) {  // 1.-3. for this thread's columns of H_t
+            const T* w = P.W_xh + idx(tok) * H;
+            for (int j = c0; j < c1; ++j) next[j] = w[j] + P.b_h[j];
+            kern::gemv_pb(H, cur, Wf, p0, p1, next, H);
+            if (P.act == Act::Tanh) kern::tanh_n(next + c0, next + c0, c1 - c0);
+            else
+                for (int j = c0; j < c1; ++j) next[j] = next[j] > T(0) ? next[j] : T(0);
+            barrier.wait();
+            std::swap(cur, next);
+        };
+        for (int i = 0; i < np; ++i) step(prefix[i]);
+        for (int i = 0; i < num_preds; ++i) {
+            std::memcpy(o.data(), P.b_q, sizeof(T) * V);  // 4. O = H W_hq + b_q
+            kern::gemv_pb(H, cur, Wq, 0, (V + W - 1) / W, o.data(), V);
+            const int tok = sample_token(o.data(), V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(),
+                                         order.data());
+            if (part == 0) out[i] = tok;
+            if (i + 1 < num_preds) step(tok);
+        }
     };
-    for (int i = 0; i < np; ++i) feed(prefix[i]);
-    for (int i = 0; i < num_preds; ++i) {
-        std::memcpy(o, P.b_q, sizeof(T) * V);
-        blas::gemv(true, H, V, T(1), P.W_hq, V, h, T(1), o);  // o = h W_hq + b_q
-        const int tok = sample_token(o, V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(), order.data());
-        out[i] = tok;
-        if (i + 1 < num_preds) feed(tok);
-    }
+    std::vector<std::thread> th;
+    for (int p = 1; p < parts; ++p) th.emplace_back(worker, p);
+    worker(0);
+    for (auto& x : th) x.join();
 }
 
 }  // namespace rnn

@@ -406,3 +406,44 @@ def test_same_public_api_on_both_backends(pair):
     assert fast(4, 3, backend="numpy").backend == "numpy"
     assert slow(4, 3).backend == "numpy"
     assert fast(4, 3).config == slow(4, 3).config
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_kernel_thread_splits_match_reference(threads, dtype):
+    """Explicit splits of the batch (uneven: B=5 over 3 threads) and of generation's columns (H=40 spans
+    several packed panels) give the reference's results."""
+    rng = np.random.default_rng(6)
+    V, H, B, T = 7, 40, 5, 6
+    slow = ref.RNNLM(V, H, dtype=dtype)
+    randomize(slow, rng)
+    p = slow.params
+    X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    h0 = rng.normal(size=(B, H)).astype(dtype)
+    for strategy in (Full(), Truncated(2, "sliding"), make_strategy("randomized", 0, T, B, rng)):
+        scale, window = strategy.plan(T, B, dtype)
+        loss, g, s = _core.lm_loss_and_grad(X, Y, h0, p, "tanh", scale, window, threads=threads)
+        loss_r, g_r, s_r = slow.loss_and_grad(X, Y, h0, bptt=strategy)
+        assert abs(loss - loss_r) <= RTOL[dtype] * loss_r
+        assert_close(s, s_r, dtype, "state")
+        for k in g:
+            assert_close(g[k], g_r[k], dtype, k)
+    logits, _ = _core.lm_forward(X, h0, p, "tanh", threads=threads)
+    assert_close(logits, slow(X, h0)[0], dtype, "logits")
+    u = rng.random(30)
+    for temperature, uniforms in ((0.0, None), (0.7, u)):
+        out = _core.lm_generate(np.array([1, 2]), 30, p, "tanh", temperature, 3, uniforms, threads=threads)
+        np.testing.assert_array_equal(out, slow.generate([1, 2], 30, temperature=temperature, top_k=3, uniforms=uniforms))
+    layer = ref.RNN(4, H, dtype=dtype)
+    randomize(layer, rng)
+    Xd = rng.normal(size=(T, B, 4)).astype(dtype)
+    Hs = _core.rnn_forward(Xd, h0, layer.params, "tanh", threads=threads)
+    Hs_r, cache_r = layer.forward(Xd, h0)
+    assert_close(Hs, Hs_r, dtype, "Hs")
+    dHs = rng.normal(size=(T, B, H)).astype(dtype)
+    dX, dh0, g = _core.rnn_backward(dHs, Xd, h0, Hs, layer.params, "tanh", None, None, 3, threads=threads)
+    dX_r, dh0_r, g_r = layer.backward(dHs, cache_r, bptt=Truncated(3, "sliding"))
+    assert_close(dX, dX_r, dtype, "dX")
+    assert_close(dh0, dh0_r, dtype, "dh0")
+    for k in g:
+        assert_close(g[k], g_r[k], dtype, k)

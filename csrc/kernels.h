@@ -41,9 +41,10 @@ template <>
 struct Vec<double> {
     using type = vd;
 };
+// Columns of a packed panel: two vectors, so a register tile of MR rows keeps
+// 2*MR independent accumulators (enough to cover the FMA latency).
 template <typename T>
-constexpr int NR = int(64 / sizeof(T));  // columns of a packed panel
-constexpr int MR = 6;                    // rows of a register tile
+constexpr int NR = int(128 / sizeof(T));
 
 // Elements a packed K x N operand takes: ceil(N / NR) panels of K x NR.
 template <typename T>
@@ -70,41 +71,45 @@ void pack_b(int K, int N, const T* B, idx ldb, bool trans, T* out) {
     }
 }
 
-// C (M x N, ldc) = op(A) (M x K) Bp + beta C, beta in {0, 1}. ta: A is stored
-// K x M (op(A) = A^T), row stride lda. Rows past M in a tile read row M-1 again
-// (never out of bounds) and are not stored.
-template <typename T, bool TA>
+// C (M x N, ldc) = op(A) (M x K) Bp (+ C when acc). ta: A is stored K x M
+// (op(A) = A^T), row stride lda. A tile is MR rows x one panel; rows past M
+// read row M-1 again (never out of bounds) and are not stored.
+template <typename T, int MR, bool TA>
 FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const T* Bp, T* C, idx ldc, bool acc) {
     using V = typename Vec<T>::type;
-    constexpr int W = NR<T>;
+    constexpr int W = NR<T>, HW = W / 2;
     for (int p0 = 0; p0 < N; p0 += W) {
         const int w = std::min(W, N - p0);
         const T* bp = Bp + idx(p0 / W) * K * W;
         for (int i0 = 0; i0 < M; i0 += MR) {
             const int mr = std::min(MR, M - i0);
             const T* a[MR];
+#pragma GCC unroll 16
             for (int i = 0; i < MR; ++i) {
                 const int row = i0 + std::min(i, mr - 1);
                 a[i] = TA ? A + row : A + idx(row) * lda;
             }
-            V c0 = {}, c1 = {}, c2 = {}, c3 = {}, c4 = {}, c5 = {};
+            V lo[MR], hi[MR];
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i) lo[i] = hi[i] = V{};
             const T* b = bp;
             for (int k = 0; k < K; ++k, b += W) {
-                V bv;
-                std::memcpy(&bv, b, sizeof(V));
+                V b0, b1;
+                std::memcpy(&b0, b, sizeof(V));
+                std::memcpy(&b1, b + HW, sizeof(V));
                 const idx ka = TA ? idx(k) * lda : k;
-                c0 += a[0][ka] * bv;
-                c1 += a[1][ka] * bv;
-                c2 += a[2][ka] * bv;
-                c3 += a[3][ka] * bv;
-                c4 += a[4][ka] * bv;
-                c5 += a[5][ka] * bv;
+#pragma GCC unroll 16
+                for (int i = 0; i < MR; ++i) {
+                    const T av = a[i][ka];
+                    lo[i] += av * b0;
+                    hi[i] += av * b1;
+                }
             }
-            const V cs[MR] = {c0, c1, c2, c3, c4, c5};
             for (int i = 0; i < mr; ++i) {
                 T* c = C + idx(i0 + i) * ldc + p0;
                 T tmp[W];
-                std::memcpy(tmp, &cs[i], sizeof(V));
+                std::memcpy(tmp, &lo[i], sizeof(V));
+                std::memcpy(tmp + HW, &hi[i], sizeof(V));
                 if (acc)
                     for (int j = 0; j < w; ++j) c[j] += tmp[j];
                 else
@@ -114,46 +119,82 @@ FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const
     }
 }
 
-FASTSEQ_CLONES static void gemm_pb(int M, int N, int K, const float* A, idx lda, bool ta, const float* Bp, float* C,
-                                   idx ldc, bool acc) {
-    if (ta) gemm_pb_impl<float, true>(M, N, K, A, lda, Bp, C, ldc, acc);
-    else gemm_pb_impl<float, false>(M, N, K, A, lda, Bp, C, ldc, acc);
+// One version per instruction set, each with the tile that fits its registers
+// (AVX-512: 6 x 2 zmm accumulators of 32; AVX2: 3 x 4 ymm of 16; SSE2: 1 x 8 xmm).
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTSEQ_NO_CLONES)
+#define FASTSEQ_DISPATCH 1
+#define FASTSEQ_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define FASTSEQ_AVX2 __attribute__((target("avx2,fma")))
+inline int isa_level() {
+    static const int level = [] {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("fma"))
+            return 2;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+        return 0;
+    }();
+    return level;
 }
-FASTSEQ_CLONES static void gemm_pb(int M, int N, int K, const double* A, idx lda, bool ta, const double* Bp,
-                                   double* C, idx ldc, bool acc) {
-    if (ta) gemm_pb_impl<double, true>(M, N, K, A, lda, Bp, C, ldc, acc);
-    else gemm_pb_impl<double, false>(M, N, K, A, lda, Bp, C, ldc, acc);
+#define FASTSEQ_GEMM_VERSIONS(T)                                                                             \
+    FASTSEQ_AVX512 static void gemm_pb_512(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,  \
+                                           T* C, idx ldc, bool acc) {                                         \
+        if (ta) gemm_pb_impl<T, 6, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
+        else gemm_pb_impl<T, 6, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                      \
+    }                                                                                                         \
+    FASTSEQ_AVX2 static void gemm_pb_256(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,    \
+                                         T* C, idx ldc, bool acc) {                                           \
+        if (ta) gemm_pb_impl<T, 3, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
+        else gemm_pb_impl<T, 3, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                      \
+    }
+FASTSEQ_GEMM_VERSIONS(float)
+FASTSEQ_GEMM_VERSIONS(double)
+#endif
+
+template <typename T>
+static void gemm_pb(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp, T* C, idx ldc, bool acc) {
+#ifdef FASTSEQ_DISPATCH
+    const int level = isa_level();
+    if (level == 2) return gemm_pb_512(M, N, K, A, lda, ta, Bp, C, ldc, acc);
+    if (level == 1) return gemm_pb_256(M, N, K, A, lda, ta, Bp, C, ldc, acc);
+#endif
+    if (ta) gemm_pb_impl<T, 1, true>(M, N, K, A, lda, Bp, C, ldc, acc);
+    else gemm_pb_impl<T, 1, false>(M, N, K, A, lda, Bp, C, ldc, acc);
 }
 
-// y[cols of panels p0..p1) = x (1 x K) Bp + y: one row against packed panels,
-// four independent accumulators so the FMA latency is hidden.
+// y[cols of panels p0..p1) += x (1 x K) Bp: one row against packed panels,
+// two k-steps in flight (four accumulators) to cover the FMA latency.
 template <typename T>
 FASTSEQ_INLINE void gemv_pb_impl(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N) {
     using V = typename Vec<T>::type;
-    constexpr int W = NR<T>;
+    constexpr int W = NR<T>, HW = W / 2;
     for (int p = p0; p < p1; ++p) {
         const T* b = Bp + idx(p) * K * W;
         V a0 = {}, a1 = {}, a2 = {}, a3 = {};
         int k = 0;
-        for (; k + 4 <= K; k += 4, b += 4 * W) {
+        for (; k + 2 <= K; k += 2, b += 2 * W) {
             V b0, b1, b2, b3;
             std::memcpy(&b0, b, sizeof(V));
-            std::memcpy(&b1, b + W, sizeof(V));
-            std::memcpy(&b2, b + 2 * W, sizeof(V));
-            std::memcpy(&b3, b + 3 * W, sizeof(V));
+            std::memcpy(&b1, b + HW, sizeof(V));
+            std::memcpy(&b2, b + W, sizeof(V));
+            std::memcpy(&b3, b + W + HW, sizeof(V));
             a0 += x[k] * b0;
-            a1 += x[k + 1] * b1;
-            a2 += x[k + 2] * b2;
-            a3 += x[k + 3] * b3;
+            a1 += x[k] * b1;
+            a2 += x[k + 1] * b2;
+            a3 += x[k + 1] * b3;
         }
         for (; k < K; ++k, b += W) {
-            V b0;
+            V b0, b1;
             std::memcpy(&b0, b, sizeof(V));
+            std::memcpy(&b1, b + HW, sizeof(V));
             a0 += x[k] * b0;
+            a1 += x[k] * b1;
         }
-        const V s = (a0 + a1) + (a2 + a3);
+        const V s0 = a0 + a2, s1 = a1 + a3;
         T tmp[W];
-        std::memcpy(tmp, &s, sizeof(V));
+        std::memcpy(tmp, &s0, sizeof(V));
+        std::memcpy(tmp + HW, &s1, sizeof(V));
         const int w = std::min(W, N - p * W);
         for (int j = 0; j < w; ++j) y[p * W + j] += tmp[j];
     }

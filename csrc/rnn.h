@@ -348,12 +348,56 @@ void gather_inputs(const LMParams<T>& P, int Tn, int R, const std::int64_t* ids,
         }
 }
 
+// The output projection's weights packed once per call for the register-tiled
+// kernel, used while the model is small: there the products are thin (N = V or
+// H) and BLAS's per-call packing and overhead dominate; above kSmallH, BLAS.
+constexpr int kSmallH = 256;
+template <typename T>
+struct OutProj {
+    bool small;
+    Buffer<T> buf;
+    const T* Wq = nullptr;   // W_hq packed, right operand of H W_hq
+    const T* WqT = nullptr;  // W_hq^T packed, right operand of dO W_hq^T
+    explicit OutProj(const LMParams<T>& P)
+        : small(P.H <= kSmallH),
+          buf(small ? kern::packed_size<T>(P.H, P.V) + kern::packed_size<T>(P.V, P.H) : 0) {
+        if (!small) return;
+        T* a = buf.get();
+        T* b = a + kern::packed_size<T>(P.H, P.V);
+        kern::pack_b(P.H, P.V, P.W_hq, P.V, false, a);
+        kern::pack_b(P.V, P.H, P.W_hq, P.V, true, b);
+        Wq = a;
+        WqT = b;
+    }
+    // O (M x V) += H (M x H) W_hq
+    void project(const LMParams<T>& P, int M, const T* Hs, T* O) const {
+        if (small) kern::gemm_pb(M, P.V, P.H, Hs, P.H, false, Wq, O, P.V, true);
+        else blas::gemm(false, false, M, P.V, P.H, T(1), Hs, P.H, P.W_hq, P.V, T(1), O, P.V);
+    }
+    // dH (M x H) = dO (M x V) W_hq^T
+    void back(const LMParams<T>& P, int M, const T* dO, T* dH) const {
+        if (small) kern::gemm_pb(M, P.H, P.V, dO, P.V, false, WqT, dH, P.H, false);
+        else blas::gemm(false, true, M, P.H, P.V, T(1), dO, P.V, P.W_hq, P.V, T(0), dH, P.H);
+    }
+    // C (Ka x N) = A^T B over M rows, A (M x Ka), B (M x N); pk: scratch for packing B
+    void tn(int M, int Ka, int N, const T* A, const T* Bm, T* C, T* pk) const {
+        if (small) {
+            kern::pack_b(M, N, Bm, N, false, pk);
+            kern::gemm_pb(Ka, N, M, A, Ka, true, pk, C, N, false);
+        } else {
+            blas::gemm(true, false, Ka, N, M, T(1), A, Ka, Bm, N, T(0), C, N);
+        }
+    }
+};
+
 // Work one slice of R rows needs for the training step (elements of T).
-inline std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, bool own_grads) {
+template <typename T>
+std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, bool own_grads) {
     std::size_t n = std::size_t(Tn + 1) * R * H   // h0, H_0..H_{T-1}
                     + std::size_t(Tn) * R * V      // O, then dO
                     + std::size_t(Tn) * R * H      // direct dH, then dZ
                     + std::size_t(R) * H           // dh0 (unused: the LM's state is detached)
+                    + std::max(kern::packed_size<T>(Tn * R, V), kern::packed_size<T>(Tn * R, H))
                     + backward_scratch(H, 1, R, Tn, window);
     if (own_grads) n += std::size_t(V) * H * 2 + std::size_t(H) * H + H + V;
     return n;
@@ -363,7 +407,7 @@ inline std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, boo
 // Returns the slice's sum of -log p (the caller divides by B*T); gradients are
 // written (not accumulated) into g; new_state receives H_{T-1} (R x H).
 template <typename T>
-double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, int Tn, int R, int Btot, const std::int64_t* ids,
+double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, const OutProj<T>& op, int Tn, int R, int Btot, const std::int64_t* ids,
                      const std::int64_t* tgt, const T* h0, const T* scale, idx sts, int window,
                      const LMGrads<T>& g, T* new_state, T* work) {
     const int H = P.H, V = P.V;
@@ -372,7 +416,8 @@ double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, int Tn, int
     T* O = Hb + (M + R) * H;           // (T, R, V)
     T* dZ = O + M * V;                 // (T, R, H)
     T* dh0 = dZ + M * H;
-    T* scratch = dh0 + idx(R) * H;
+    T* pk = dh0 + idx(R) * H;  // packing scratch
+    T* scratch = pk + std::max(kern::packed_size<T>(int(M), V), kern::packed_size<T>(int(M), H));
 
     std::memcpy(Hb, h0, sizeof(T) * R * H);
     gather_inputs(P, Tn, R, ids, Hb + idx(R) * H);                           // 1.
@@ -380,7 +425,7 @@ double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, int Tn, int
                     Seq<T>{Hb + idx(R) * H, idx(R) * H});
     // 4. O = H W_hq + b_q over all T*R rows
     for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
-    blas::gemm(false, false, int(M), V, H, T(1), Hb + idx(R) * H, H, P.W_hq, V, T(1), O, V);
+    op.project(P, int(M), Hb + idx(R) * H, O);
     // 5., 5'. loss and dO = (softmax - onehot) / (B*T), in place of O; the
     // exponentials of all rows in one vectorised pass
     const T inv = T(1) / T(double(Btot) * Tn);
@@ -394,27 +439,32 @@ double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, int Tn, int
         nll -= double(o[tgt[idx(r) * Tn + t]]);  // -(O_y - max), the log-sum-exp follows
     }
     kern::exp_n(O, M * V);
+    double prod = 1;  // log of a product of 8 sums (each in [1, V]): 8x fewer logs
     for (idx i = 0; i < M; ++i) {
         T* o = O + i * V;
         T s = 0;
         for (int j = 0; j < V; ++j) s += o[j];
-        nll += std::log(double(s));
+        prod *= double(s);
+        if ((i & 7) == 7 || i == M - 1) {
+            nll += std::log(prod);
+            prod = 1;
+        }
         const T f = inv / s;
         for (int j = 0; j < V; ++j) o[j] *= f;
         const int t = int(i / R), r = int(i % R);
         o[tgt[idx(r) * Tn + t]] -= inv;
     }
     // 4'. dW_hq = H^T dO ; db_q = sum dO ; direct dH = dO W_hq^T
-    blas::gemm(true, false, H, V, int(M), T(1), Hb + idx(R) * H, H, O, V, T(0), g.W_hq, V);
+    op.tn(int(M), H, V, Hb + idx(R) * H, O, g.W_hq, pk);
     std::fill(g.b_q, g.b_q + V, T(0));
     colsum_add(int(M), V, O, g.b_q);
-    blas::gemm(false, true, int(M), H, V, T(1), O, V, P.W_hq, V, T(0), dZ, H);
+    op.back(P, int(M), O, dZ);
     // 3'., 2'. the recurrence backward
     const Seq<const T> hs{Hb + idx(R) * H, idx(R) * H};
     loop_backward<T>(cell, Tn, R, hs, hs, Seq<const T>{dZ, idx(R) * H}, Seq<T>{dZ, idx(R) * H}, scale, sts,
                      window, dh0, scratch);
     // 2'. dW_hh = [h0; H_0..H_{T-2}]^T dZ as one product over all steps
-    cell.recurrent_grad(int(M), Hb, dZ, g.W_hh, T(0));
+    op.tn(int(M), H, H, Hb, dZ, g.W_hh, pk);
     // 1'. db_h = sum dZ ; dW_xh[ids] += dZ rows
     std::fill(g.b_h, g.b_h + H, T(0));
     colsum_add(int(M), H, dZ, g.b_h);
@@ -437,14 +487,15 @@ double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t*
     const int H = P.H, V = P.V;
     const int np = auto_parts(B, H, parts);
     const int Rmax = (B + np - 1) / np;
-    const std::size_t per0 = lm_slice_scratch(V, H, Rmax, Tn, window, false);
-    const std::size_t per = lm_slice_scratch(V, H, Rmax, Tn, window, true);
+    const std::size_t per0 = lm_slice_scratch<T>(V, H, Rmax, Tn, window, false);
+    const std::size_t per = lm_slice_scratch<T>(V, H, Rmax, Tn, window, true);
     Buffer<T> work(per0 + per * (np - 1));
     std::vector<double> nll(np, 0.0);
     std::vector<LMGrads<T>> gs(np, g);
     ElmanCell<T> cell{P.W_hh, H, P.act};
     Buffer<T> packed(ElmanCell<T>::workspace(H));
     cell.prepare(packed.get());
+    const OutProj<T> op(P);
     for (int p = 1; p < np; ++p) {
         // slices p >= 1 keep their own gradients after their working memory
         T* own = work.get() + per0 + per * (p - 1) + per0;
@@ -453,7 +504,7 @@ double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t*
     }
     parallel_slices(B, np, [&](int p, int b0, int R) {
         T* w = p == 0 ? work.get() : work.get() + per0 + per * (p - 1);
-        nll[p] = lm_step_slice(P, cell, Tn, R, B, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, h0 + idx(b0) * H,
+        nll[p] = lm_step_slice(P, cell, op, Tn, R, B, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, h0 + idx(b0) * H,
                                scale ? scale + b0 : nullptr, B, window, gs[p], new_state + idx(b0) * H, w);
     });
     double total = 0;
@@ -483,6 +534,7 @@ void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, co
     ElmanCell<T> cell{P.W_hh, H, P.act};
     Buffer<T> packed(ElmanCell<T>::workspace(H));
     cell.prepare(packed.get());
+    const OutProj<T> op(P);
     parallel_slices(B, np, [&](int p, int b0, int R) {
         T* Hb = work.get() + per * p;
         T* O = Hb + idx(Tn + 1) * R * H;
@@ -491,7 +543,7 @@ void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, co
         gather_inputs(P, Tn, R, ids + idx(b0) * Tn, Hb + idx(R) * H);
         loop_forward<T>(cell, Tn, R, Hb, Seq<T>{Hb + idx(R) * H, idx(R) * H}, Seq<T>{Hb + idx(R) * H, idx(R) * H});
         for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
-        blas::gemm(false, false, int(M), V, H, T(1), Hb + idx(R) * H, H, P.W_hq, V, T(1), O, V);
+        op.project(P, int(M), Hb + idx(R) * H, O);
         for (int t = 0; t < Tn; ++t)
             for (int r = 0; r < R; ++r)
                 std::memcpy(logits + (idx(b0 + r) * Tn + t) * V, O + (idx(t) * R + r) * V, sizeof(T) * V);

@@ -156,6 +156,17 @@ def test_lm_step_matches_reference(blas_threads, size, kind, tau, dtype, nl, see
     assert_close(s2, s2_r, dtype, "state")
 
 
+def test_lm_accepts_any_integer_id_dtype():
+    rng = np.random.default_rng(8)
+    m = fastseq.RNNLM(6, 4, dtype=np.float64)
+    randomize(m, rng)
+    X = rng.integers(0, 6, (3, 5))
+    logits, _ = m(X, None)
+    for dt in (np.int32, np.uint8, np.uint64, np.int16):
+        np.testing.assert_array_equal(m(X.astype(dt), None)[0], logits)
+    np.testing.assert_array_equal(m(np.asfortranarray(X), None)[0], logits)
+
+
 def test_lm_gradient_is_the_one_hot_layer_gradient():
     """The LM's row gather and scatter-add agree with the dense layer fed one-hot inputs (both on C++)."""
     rng = np.random.default_rng(3)
@@ -238,6 +249,8 @@ def lm_cases():
         ("X", lambda m: m(np.full((2, 3), 5), None)),                              # id == V
         ("X", lambda m: m(np.full((2, 3), -1), None)),                             # negative id
         ("X", lambda m: m(np.zeros((2, 3), dtype=np.float32), None)),              # not integer
+        ("X", lambda m: m(np.full((2, 3), 2**63, dtype=np.uint64), None)),         # would wrap in int64
+        ("X", lambda m: m(np.full((2, 3), 5, dtype=np.int32), None)),              # id == V, another dtype
         ("X", lambda m: m(np.zeros(3, dtype=np.int64), None)),                     # not 2-D
         ("X", lambda m: m(np.zeros((0, 3), dtype=np.int64), None)),                # B = 0
         ("state", lambda m: m(ok_X, np.zeros((2, 3)))),                             # wrong H

@@ -12,6 +12,9 @@ from .clip import clip_grad_norm
 from .rnn import RNN, RNNLM
 from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
 from .text import Vocab, clean, load_corpus, read_lines, tokenize
+from . import optim
+from .bptt import Full, Randomized, Truncated
+from .train import DivergenceError, evaluate, predict, train
 
 try:
     __version__ = _version("fastseq")
@@ -42,3 +45,4 @@ __all__ = [
     "set_num_threads", "tokenize",
 ]
 __all__ += ["RNN", "RNNLM"]
+__all__ += ["DivergenceError", "Full", "Randomized", "Truncated", "evaluate", "optim", "predict", "train"]

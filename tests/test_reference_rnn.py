@@ -225,8 +225,13 @@ def test_state_dict_roundtrip_and_checks():
         np.testing.assert_array_equal(m2.params[k], m.params[k])
     bad = m.state_dict()
     del bad["b_q"]
-    with pytest.raises(ValueError, match="state_dict"):
+    with pytest.raises(ValueError, match="b_q: missing"):
         m2.load_state_dict(bad)
+    bad = {**m.state_dict(), "W_extra": np.zeros(2)}
+    with pytest.raises(ValueError, match="W_extra: unexpected"):
+        m2.load_state_dict(bad)
+    with pytest.raises(ValueError, match="state_dict"):
+        m2.load_state_dict([1, 2])
     bad = m.state_dict()
     bad["W_hq"] = bad["W_hq"].T
     with pytest.raises(ValueError, match="W_hq"):

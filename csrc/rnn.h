@@ -236,11 +236,15 @@ void parallel_slices(int B, int parts, F&& f) {
     for (auto& x : th) x.join();
 }
 
-// How many batch slices to run side by side: each core takes its own rows
-// while the per-step products are too small for threaded BLAS to pay off.
-inline int auto_parts(int B, int H, int requested) {
-    int p = requested > 0 ? requested : blas::SingleThreaded::user_threads();
-    return std::max(1, std::min(p, B));
+// How many batch slices to run side by side: each core takes its own rows.
+// Starting a thread costs tens of microseconds, so a call splits only when its
+// products (about rows * (H^2 + H*width) multiply-adds per step and pass) are
+// large enough to repay that: from about H = 128 for the book's B*T = 1120.
+inline int auto_parts(int B, int Tn, int H, int width, int requested) {
+    if (requested > 0) return std::max(1, std::min(requested, B));
+    const double macs = double(B) * Tn * (double(H) * H + double(H) * width);
+    if (macs < 16e6) return 1;
+    return std::max(1, std::min(blas::SingleThreaded::user_threads(), B));
 }
 
 template <typename T>
@@ -273,7 +277,7 @@ void layer_forward(const LayerParams<T>& P, int Tn, int B, const T* X, const T* 
     ElmanCell<T> cell{P.W_hh, H, P.act};
     Buffer<T> packed(ElmanCell<T>::workspace(H));
     cell.prepare(packed.get());
-    parallel_slices(B, auto_parts(B, H, parts), [&](int, int b0, int R) {
+    parallel_slices(B, auto_parts(B, Tn, H, P.D, parts), [&](int, int b0, int R) {
         Seq<T> s{Hs + idx(b0) * H, idx(B) * H};
         loop_forward<T>(cell, Tn, R, h0 + idx(b0) * H, s, s);
     });
@@ -297,7 +301,7 @@ void layer_backward(const LayerParams<T>& P, int Tn, int B, const T* X, const T*
     ElmanCell<T> cell{P.W_hh, H, P.act};
     Buffer<T> packed(ElmanCell<T>::workspace(H));
     cell.prepare(packed.get());
-    const int np = auto_parts(B, H, parts);
+    const int np = auto_parts(B, Tn, H, P.D, parts);
     const std::size_t per = backward_scratch(H, 1, (B + np - 1) / np, Tn, window);
     Buffer<T> scratch(per * np);
     parallel_slices(B, np, [&](int p, int b0, int R) {
@@ -485,7 +489,7 @@ template <typename T>
 double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const std::int64_t* tgt,
                         const T* h0, const T* scale, int window, const LMGrads<T>& g, T* new_state, int parts) {
     const int H = P.H, V = P.V;
-    const int np = auto_parts(B, H, parts);
+    const int np = auto_parts(B, Tn, H, P.V, parts);
     const int Rmax = (B + np - 1) / np;
     const std::size_t per0 = lm_slice_scratch<T>(V, H, Rmax, Tn, window, false);
     const std::size_t per = lm_slice_scratch<T>(V, H, Rmax, Tn, window, true);
@@ -527,7 +531,7 @@ template <typename T>
 void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const T* h0, T* logits,
                 T* new_state, int parts) {
     const int H = P.H, V = P.V;
-    const int np = auto_parts(B, H, parts);
+    const int np = auto_parts(B, Tn, H, P.V, parts);
     const int Rmax = (B + np - 1) / np;
     const std::size_t per = std::size_t(Tn + 1) * Rmax * H + std::size_t(Tn) * Rmax * V;
     Buffer<T> work(per * np);

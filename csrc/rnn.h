@@ -596,7 +596,7 @@ class SpinBarrier {
             return;
         }
         for (int spins = 0; gen_.load(std::memory_order_acquire) == g; ++spins) {
-            if (spins < 4000) {
+            if (spins < 500) {
 #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
 #endif

@@ -300,12 +300,15 @@ def report(path=None):
     say(f"Machine: {machine_line()}.")
     say("The machine is shared with other engineers' builds and tests; every ratio below compares "
         "timings taken in the same run, interleaved, best of 5 rounds.")
+    t = best_times({n: (n, sgemm()) for n in (1, 2)}, rounds=3, min_round=0.3)
+    peak = max(2 * 2048**3 / t[n] / 1e9 for n in (1, 2))
+    say(f"OpenBLAS sgemm 2048^3 at the start of the run: {peak:.0f} GFLOP/s (best of 1 and 2 threads).")
     say("")
     say("### Training step, V=28, B=32, T=35, float32 (tokens/s = B*T / step time)")
     say("")
     say("| H | C++ tokens/s (threads) | PyTorch best tokens/s (input, threads) | C++ / PyTorch | target | met "
-        "| NumPy ref tokens/s (threads) | C++ / NumPy (target 5x) |")
-    say("|---|---|---|---|---|---|---|---|")
+        "| NumPy ref tokens/s (threads) | C++ / NumPy (target 5x) | C++ GFLOP/s | GFLOP/s 5x NumPy needs |")
+    say("|---|---|---|---|---|---|---|---|---|---|")
     for H in HS:
         cases = {("cpp", n): (n, fastseq_step(H)) for n in (1, 2)}
         if torch is not None:
@@ -326,9 +329,11 @@ def report(path=None):
         if H <= 256:
             nb = min((v, k) for k, v in t.items() if k[0] == "numpy")
             rn = nb[0] / cpp[0]
-            row += f"{B * T / nb[0]:,.0f} ({nb[1][1]}) | {rn:.1f}x {'yes' if rn >= 5 else 'NO'} |"
+            row += f"{B * T / nb[0]:,.0f} ({nb[1][1]}) | {rn:.1f}x {'yes' if rn >= 5 else 'NO'} | "
+            need = 5 * step_flops(H) / nb[0] / 1e9
+            row += f"{step_flops(H) / cpp[0] / 1e9:.0f} | {need:.0f} ({need / peak:.0%} of sgemm) |"
         else:
-            row += "- | - |"
+            row += f"- | - | {step_flops(H) / cpp[0] / 1e9:.0f} | - |"
         say(row)
         print(row, flush=True)
     say("")
@@ -359,18 +364,21 @@ def report(path=None):
     cases = {("cpp", n): (n, fastseq_generate(GEN_H, GEN_N)) for n in (1, 2)}
     if torch is not None:
         cases.update({("torch", n): (n, torch_generate(GEN_H, GEN_N)) for n in (1, 2)})
-    t = best_times(cases, rounds=5, min_round=0.2)
+    t = best_times(cases, rounds=9, min_round=0.2)
     for n in (1, 2):
         c = t[("cpp", n)] / GEN_N * 1e6
         tt = t[("torch", n)] / GEN_N * 1e6 if torch is not None else float("nan")
         row = f"| {n} | {c:.1f} | {tt:.1f} | {tt / c:.1f}x |"
         say(row)
         print(row, flush=True)
+    c = min(t[("cpp", n)] for n in (1, 2))
+    weights = 4 * (GEN_H * GEN_H + GEN_H * V)  # bytes of W_hh and W_hq read per character
     if torch is not None:
-        c = min(t[("cpp", n)] for n in (1, 2))
         tt = min(t[("torch", n)] for n in (1, 2))
         say("")
         say(f"Best against best: {tt / c:.1f}x ({'met' if tt / c >= 5 else 'NOT met'}).")
+    say(f"Each character reads W_hh and W_hq ({weights / 1e6:.2f} MB); the best C++ time streams them at "
+        f"{weights / (c / GEN_N) / 1e9:.0f} GB/s.")
     say("")
     say(f"Load average (1, 5, 15 min) at start {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, "
         f"at end {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores).")

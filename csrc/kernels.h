@@ -165,11 +165,16 @@ static void gemm_pb(int M, int N, int K, const T* A, idx lda, bool ta, const T* 
 
 // y[cols of panels p0..p1) += x (1 x K) Bp: one row against packed panels,
 // two k-steps in flight (four accumulators) to cover the FMA latency.
+// reverse: visit the panels last to first. A caller that streams the same
+// matrix every step alternates the direction, so the panels it read last are
+// the first it needs again and are still in cache when the matrix is a little
+// larger than the cache (plain LRU order would miss on every panel).
 template <typename T>
-FASTSEQ_INLINE void gemv_pb_impl(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N) {
+FASTSEQ_INLINE void gemv_pb_impl(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N, bool reverse) {
     using V = typename Vec<T>::type;
     constexpr int W = NR<T>, HW = W / 2;
-    for (int p = p0; p < p1; ++p) {
+    for (int q = p0; q < p1; ++q) {
+        const int p = reverse ? p0 + p1 - 1 - q : q;
         const T* b = Bp + idx(p) * K * W;
         V a0 = {}, a1 = {}, a2 = {}, a3 = {};
         int k = 0;
@@ -199,11 +204,13 @@ FASTSEQ_INLINE void gemv_pb_impl(int K, const T* x, const T* Bp, int p0, int p1,
         for (int j = 0; j < w; ++j) y[p * W + j] += tmp[j];
     }
 }
-FASTSEQ_CLONES static void gemv_pb(int K, const float* x, const float* Bp, int p0, int p1, float* y, int N) {
-    gemv_pb_impl<float>(K, x, Bp, p0, p1, y, N);
+FASTSEQ_CLONES static void gemv_pb(int K, const float* x, const float* Bp, int p0, int p1, float* y, int N,
+                                   bool reverse) {
+    gemv_pb_impl<float>(K, x, Bp, p0, p1, y, N, reverse);
 }
-FASTSEQ_CLONES static void gemv_pb(int K, const double* x, const double* Bp, int p0, int p1, double* y, int N) {
-    gemv_pb_impl<double>(K, x, Bp, p0, p1, y, N);
+FASTSEQ_CLONES static void gemv_pb(int K, const double* x, const double* Bp, int p0, int p1, double* y, int N,
+                                   bool reverse) {
+    gemv_pb_impl<double>(K, x, Bp, p0, p1, y, N, reverse);
 }
 
 // exp for float, branch-free so it vectorises: x = n ln2 + r (Cody-Waite split

@@ -643,10 +643,12 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
         std::vector<int> order(V);
         T* cur = hbuf.get();
         T* next = cur + H;
+        bool zig = false;  // panel order alternates step to step (see gemv_pb)
         auto step = [&](std::int64_t tok) {  // 1.-3. for this thread's columns of H_t
             const T* w = P.W_xh + idx(tok) * H;
             for (int j = c0; j < c1; ++j) next[j] = w[j] + P.b_h[j];
-            kern::gemv_pb(H, cur, Wf, p0, p1, next, H);
+            kern::gemv_pb(H, cur, Wf, p0, p1, next, H, zig);
+            zig = !zig;
             if (P.act == Act::Tanh) kern::tanh_n(next + c0, next + c0, c1 - c0);
             else
                 for (int j = c0; j < c1; ++j) next[j] = next[j] > T(0) ? next[j] : T(0);
@@ -656,7 +658,7 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
         for (int i = 0; i < np; ++i) step(prefix[i]);
         for (int i = 0; i < num_preds; ++i) {
             std::memcpy(o.data(), P.b_q, sizeof(T) * V);  // 4. O = H W_hq + b_q
-            kern::gemv_pb(H, cur, Wq, 0, (V + W - 1) / W, o.data(), V);
+            kern::gemv_pb(H, cur, Wq, 0, (V + W - 1) / W, o.data(), V, false);
             const int tok = sample_token(o.data(), V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(),
                                          order.data());
             if (part == 0) out[i] = tok;

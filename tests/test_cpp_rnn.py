@@ -460,3 +460,27 @@ def test_kernel_thread_splits_match_reference(threads, dtype):
     assert_close(dh0, dh0_r, dtype, "dh0")
     for k in g:
         assert_close(g[k], g_r[k], dtype, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_large_hidden_paths_match_reference(blas_threads, dtype):
+    """H > 256 takes other code paths: BLAS for the output products, generation split over threads."""
+    rng = np.random.default_rng(9)
+    V, H, B, T = 5, 272, 3, 4
+    fast = fastseq.RNNLM(V, H, dtype=dtype)
+    randomize(fast, rng, scale=0.1)
+    slow = ref.RNNLM(V, H, dtype=dtype)
+    slow.load_state_dict(fast.state_dict())
+    X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    for strategy in (Full(), Truncated(2, "sliding")):
+        loss, g, s = fast.loss_and_grad(X, Y, None, bptt=strategy)
+        loss_r, g_r, s_r = slow.loss_and_grad(X, Y, None, bptt=strategy)
+        assert abs(loss - loss_r) <= RTOL[dtype] * loss_r
+        assert_close(s, s_r, dtype, "state")
+        for k in g:
+            assert_close(g[k], g_r[k], dtype, k)
+    assert_close(fast(X, None)[0], slow(X, None)[0], dtype, "logits")
+    u = rng.random(40)
+    np.testing.assert_array_equal(fast.generate([1, 2], 40, temperature=1.0, uniforms=u),
+                                  slow.generate([1, 2], 40, temperature=1.0, uniforms=u))
+    np.testing.assert_array_equal(fast.generate([3], 40), slow.generate([3], 40))

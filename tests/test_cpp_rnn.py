@@ -379,8 +379,10 @@ def test_binding_validation_errors(case):
 def test_two_models_in_two_threads_match_serial_runs():
     """The kernels release the GIL and share no state: concurrent runs give the serial results exactly."""
     rng = np.random.default_rng(5)
-    models = [fastseq.RNNLM(28, 48, dtype=np.float64, seed=s) for s in (1, 2)]
-    data = [(rng.integers(0, 28, (16, 20)), rng.integers(0, 28, (16, 20))) for _ in models]
+    # big enough (B*T*(H^2 + H*V) > 16e6) that each call also splits its batch over two threads
+    models = [fastseq.RNNLM(28, 200, dtype=np.float64, seed=s) for s in (1, 2)]
+    data = [(rng.integers(0, 28, (32, 20)), rng.integers(0, 28, (32, 20))) for _ in models]
+    threads_before = fastseq.get_num_threads()
     serial = [m.loss_and_grad(X, Y, None) for m, (X, Y) in zip(models, data)]
     results = [[None] * 10 for _ in models]
 
@@ -393,6 +395,7 @@ def test_two_models_in_two_threads_match_serial_runs():
         t.start()
     for t in threads:
         t.join()
+    assert fastseq.get_num_threads() == threads_before      # the kernels restored the BLAS thread count
     for i, (loss, g, s) in enumerate(serial):
         for loss2, g2, s2 in results[i]:
             assert loss2 == loss

@@ -22,16 +22,6 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
     scipy_cblas_dgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-// y = alpha op(A) x + beta y, A row-major M x N.
-inline void gemv(bool ta, int M, int N, float alpha, const float* A, int lda, const float* x,
-                 float beta, float* y) {
-    scipy_cblas_sgemv(CblasRowMajor, tr(ta), M, N, alpha, A, lda, x, 1, beta, y, 1);
-}
-inline void gemv(bool ta, int M, int N, double alpha, const double* A, int lda, const double* x,
-                 double beta, double* y) {
-    scipy_cblas_dgemv(CblasRowMajor, tr(ta), M, N, alpha, A, lda, x, 1, beta, y, 1);
-}
-
 inline int num_threads() { return scipy_openblas_get_num_threads(); }
 
 // While any kernel runs its own threads (one batch slice per core), the shared

@@ -61,8 +61,10 @@ void pack_b(int K, int N, const T* B, idx ldb, bool trans, T* out) {
         const int w = std::min(W, N - p0);
         T* o = out + idx(p0 / W) * K * W;
         for (int k = 0; k < K; ++k, o += W) {
+            // rows are short (W elements): plain loops, not a library call per row
             if (!trans) {
-                std::memcpy(o, B + idx(k) * ldb + p0, sizeof(T) * w);
+                const T* src = B + idx(k) * ldb + p0;
+                for (int j = 0; j < w; ++j) o[j] = src[j];
             } else {
                 for (int j = 0; j < w; ++j) o[j] = B[idx(p0 + j) * ldb + k];
             }

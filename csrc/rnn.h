@@ -7,7 +7,12 @@
 // R rows of the batch slice one worker owns.
 // Layouts: every sequence buffer is time-major, (T, B, width) with rows of a
 // time step contiguous, so a batch slice [b0, b0+R) of step t is one R x width
-// block at offset (t*B + b0)*width and the loop can run on slices in place.
+// block at offset (t*B + b0)*width and the loop can run on slices in place
+// (the layer's user arrays). The LM's workspace is private to each slice,
+// (T, R, width), so its products over all steps are single large calls.
+// Threads: the batch rows are independent through the recurrence, so each
+// thread runs the whole time loop on its own slice; nothing is shared but the
+// read-only (packed) weights.
 //
 // Maths, numbered as in the contract (fastseq/reference/rnn.py uses the same):
 //   1. A_t = X_t W_xh + b_h     2. Z_t = A_t + H_{t-1} W_hh     3. H_t = phi(Z_t)

@@ -122,7 +122,8 @@ FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const
 }
 
 // One version per instruction set, each with the tile that fits its registers
-// (AVX-512: 6 x 2 zmm accumulators of 32; AVX2: 3 x 4 ymm of 16; SSE2: 1 x 8 xmm).
+// (AVX-512: 8 x 2 zmm accumulators of 32, so 16- and 32-row slices need no padding
+// rows; AVX2: 3 x 4 ymm of 16; SSE2: 1 x 8 xmm).
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTSEQ_NO_CLONES)
 #define FASTSEQ_DISPATCH 1
 #define FASTSEQ_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
@@ -142,8 +143,8 @@ inline int isa_level() {
 #define FASTSEQ_GEMM_VERSIONS(T)                                                                             \
     FASTSEQ_AVX512 static void gemm_pb_512(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,  \
                                            T* C, idx ldc, bool acc) {                                         \
-        if (ta) gemm_pb_impl<T, 6, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
-        else gemm_pb_impl<T, 6, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                      \
+        if (ta) gemm_pb_impl<T, 8, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
+        else gemm_pb_impl<T, 8, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                      \
     }                                                                                                         \
     FASTSEQ_AVX2 static void gemm_pb_256(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,    \
                                          T* C, idx ldc, bool acc) {                                           \

@@ -64,7 +64,10 @@ struct Seq {
 
 // ---------------------------------------------------------------------------
 // The cell: everything specific to one recurrence lives here, so GRU or LSTM is
-// a new cell type with the same members, not a copy of the time loop.
+// a new cell type with the same members, not a copy of the time loop. (An LSTM
+// also carries its cell state c_t backwards: the message from step t to t-1
+// then holds dH and dc, so the loops would take its width from the cell instead
+// of assuming H; the loops already treat messages as opaque R-row blocks.)
 //   G                       gate blocks of the pre-activation (width G*H)
 //   forward_step            Z_t (in: A_t, the input part with bias) -> H_t
 //   backward_step           dH_t (total) -> dZ_t (linear in dH_t, which sliding

@@ -16,6 +16,7 @@ book's B*T = 1120) splits its batch into n slices run side by side (the rows
 are independent through the recurrence); generation at H >= 256 splits W_hh's
 columns. The kernels release the GIL, so models can also run in several
 Python threads. Nothing but speed depends on the thread count.
+"""
 
 import numbers
 

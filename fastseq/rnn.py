@@ -15,7 +15,7 @@ A training step or layer pass large enough to repay it (about H >= 48 at the
 book's B*T = 1120) splits its batch into n slices run side by side (the rows
 are independent through the recurrence); generation at H >= 256 splits W_hh's
 columns. The kernels release the GIL, so models can also run in several
-Python threads. Nothing but speed depends on the thread count.
+Python threads. Results agree to rounding whatever the thread count.
 """
 
 import numbers

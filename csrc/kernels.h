@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTSEQ_NO_CLONES)
@@ -28,18 +29,12 @@ namespace kern {
 
 using idx = std::ptrdiff_t;
 
-// 64-byte vectors (one AVX-512 register, two AVX2, four SSE2 ones).
-typedef float vf __attribute__((vector_size(64)));
-typedef double vd __attribute__((vector_size(64)));
-template <typename T>
-struct Vec;
-template <>
-struct Vec<float> {
-    using type = vf;
-};
-template <>
-struct Vec<double> {
-    using type = vd;
+// Vectors of VB bytes (64: one AVX-512 register, 32: AVX2, 16: SSE2). Each
+// instruction-set version uses its native width: a wider generic vector than the
+// target has is lowered element by element by the compiler (measured 75x slower).
+template <typename T, int VB>
+struct Vec {
+    typedef T type __attribute__((vector_size(VB)));
 };
 // Columns of a packed panel: two vectors, so a register tile of MR rows keeps
 // 2*MR independent accumulators (enough to cover the FMA latency).
@@ -74,12 +69,13 @@ void pack_b(int K, int N, const T* B, idx ldb, bool trans, T* out) {
 }
 
 // C (M x N, ldc) = op(A) (M x K) Bp (+ C when acc). ta: A is stored K x M
-// (op(A) = A^T), row stride lda. A tile is MR rows x one panel; rows past M
-// read row M-1 again (never out of bounds) and are not stored.
-template <typename T, int MR, bool TA>
+// (op(A) = A^T), row stride lda. A tile is MR rows x one panel (NR columns in
+// NR*sizeof(T)/VB vectors); rows past M read row M-1 again (never out of
+// bounds) and are not stored.
+template <typename T, int VB, int MR, bool TA>
 FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const T* Bp, T* C, idx ldc, bool acc) {
-    using V = typename Vec<T>::type;
-    constexpr int W = NR<T>, HW = W / 2;
+    using V = typename Vec<T, VB>::type;
+    constexpr int W = NR<T>, L = VB / int(sizeof(T)), NV = W / L;
     for (int p0 = 0; p0 < N; p0 += W) {
         const int w = std::min(W, N - p0);
         const T* bp = Bp + idx(p0 / W) * K * W;
@@ -91,68 +87,132 @@ FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const
                 const int row = i0 + std::min(i, mr - 1);
                 a[i] = TA ? A + row : A + idx(row) * lda;
             }
-            V lo[MR], hi[MR];
+            V c[MR][NV];
 #pragma GCC unroll 16
-            for (int i = 0; i < MR; ++i) lo[i] = hi[i] = V{};
+            for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 16
+                for (int v = 0; v < NV; ++v) c[i][v] = V{};
             const T* b = bp;
             for (int k = 0; k < K; ++k, b += W) {
-                V b0, b1;
-                std::memcpy(&b0, b, sizeof(V));
-                std::memcpy(&b1, b + HW, sizeof(V));
+                V bv[NV];
+#pragma GCC unroll 16
+                for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + v * L, sizeof(V));
                 const idx ka = TA ? idx(k) * lda : k;
 #pragma GCC unroll 16
                 for (int i = 0; i < MR; ++i) {
                     const T av = a[i][ka];
-                    lo[i] += av * b0;
-                    hi[i] += av * b1;
+#pragma GCC unroll 16
+                    for (int v = 0; v < NV; ++v) c[i][v] += av * bv[v];
                 }
             }
             for (int i = 0; i < mr; ++i) {
-                T* c = C + idx(i0 + i) * ldc + p0;
+                T* out = C + idx(i0 + i) * ldc + p0;
                 T tmp[W];
-                std::memcpy(tmp, &lo[i], sizeof(V));
-                std::memcpy(tmp + HW, &hi[i], sizeof(V));
+                std::memcpy(tmp, c[i], sizeof(tmp));
                 if (acc)
-                    for (int j = 0; j < w; ++j) c[j] += tmp[j];
+                    for (int j = 0; j < w; ++j) out[j] += tmp[j];
                 else
-                    for (int j = 0; j < w; ++j) c[j] = tmp[j];
+                    for (int j = 0; j < w; ++j) out[j] = tmp[j];
             }
         }
     }
 }
 
-// One version per instruction set, each with the tile that fits its registers
-// (AVX-512: 8 x 2 zmm accumulators of 32, so 16- and 32-row slices need no padding
-// rows; AVX2: 3 x 4 ymm of 16; SSE2: 1 x 8 xmm).
+// y[cols of panels p0..p1) += x (1 x K) Bp: one row against packed panels,
+// two k-steps in flight to cover the FMA latency.
+// reverse: visit the panels last to first. A caller that streams the same
+// matrix every step alternates the direction, so the panels it read last are
+// the first it needs again and are still in cache when the matrix is a little
+// larger than the cache (plain LRU order would miss on every panel).
+template <typename T, int VB>
+FASTSEQ_INLINE void gemv_pb_impl(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N, bool reverse) {
+    using V = typename Vec<T, VB>::type;
+    constexpr int W = NR<T>, L = VB / int(sizeof(T)), NV = W / L;
+    for (int q = p0; q < p1; ++q) {
+        const int p = reverse ? p0 + p1 - 1 - q : q;
+        const T* b = Bp + idx(p) * K * W;
+        V a0[NV], a1[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) a0[v] = a1[v] = V{};
+        int k = 0;
+        for (; k + 2 <= K; k += 2, b += 2 * W) {
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; ++v) {
+                V b0, b1;
+                std::memcpy(&b0, b + v * L, sizeof(V));
+                std::memcpy(&b1, b + W + v * L, sizeof(V));
+                a0[v] += x[k] * b0;
+                a1[v] += x[k + 1] * b1;
+            }
+        }
+        for (; k < K; ++k, b += W) {
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; ++v) {
+                V b0;
+                std::memcpy(&b0, b + v * L, sizeof(V));
+                a0[v] += x[k] * b0;
+            }
+        }
+        T tmp[W];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) {
+            const V sum = a0[v] + a1[v];
+            std::memcpy(tmp + v * L, &sum, sizeof(V));
+        }
+        const int w = std::min(W, N - p * W);
+        for (int j = 0; j < w; ++j) y[p * W + j] += tmp[j];
+    }
+}
+
+// One version per instruction set, each with its vector width and the tile
+// that fits its registers: AVX-512 8 rows x 2 zmm (16 accumulators of 32, and
+// 16- or 32-row slices need no padding rows); AVX2 3 rows x 4 ymm (12 of 16);
+// SSE2 1 row x 8 xmm (8 of 16).
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTSEQ_NO_CLONES)
 #define FASTSEQ_DISPATCH 1
 #define FASTSEQ_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #define FASTSEQ_AVX2 __attribute__((target("avx2,fma")))
+// FASTSEQ_ISA=avx2 or baseline lowers the level (never raises it), so the tests
+// can run the other versions on a machine that would always pick AVX-512.
 inline int isa_level() {
     static const int level = [] {
         __builtin_cpu_init();
+        int l = 0;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
             __builtin_cpu_supports("fma"))
-            return 2;
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
-        return 0;
+            l = 2;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            l = 1;
+        if (const char* e = std::getenv("FASTSEQ_ISA")) {
+            if (std::strcmp(e, "avx2") == 0) l = std::min(l, 1);
+            if (std::strcmp(e, "baseline") == 0) l = 0;
+        }
+        return l;
     }();
     return level;
 }
-#define FASTSEQ_GEMM_VERSIONS(T)                                                                             \
-    FASTSEQ_AVX512 static void gemm_pb_512(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,  \
-                                           T* C, idx ldc, bool acc) {                                         \
-        if (ta) gemm_pb_impl<T, 8, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
-        else gemm_pb_impl<T, 8, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                      \
-    }                                                                                                         \
-    FASTSEQ_AVX2 static void gemm_pb_256(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,    \
-                                         T* C, idx ldc, bool acc) {                                           \
-        if (ta) gemm_pb_impl<T, 3, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
-        else gemm_pb_impl<T, 3, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                      \
+#define FASTSEQ_VERSIONS(T)                                                                                    \
+    FASTSEQ_AVX512 static void gemm_pb_512(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,    \
+                                           T* C, idx ldc, bool acc) {                                           \
+        if (ta) gemm_pb_impl<T, 64, 8, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                  \
+        else gemm_pb_impl<T, 64, 8, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
+    }                                                                                                           \
+    FASTSEQ_AVX2 static void gemm_pb_256(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,      \
+                                         T* C, idx ldc, bool acc) {                                             \
+        if (ta) gemm_pb_impl<T, 32, 3, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                  \
+        else gemm_pb_impl<T, 32, 3, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
+    }                                                                                                           \
+    FASTSEQ_AVX512 static void gemv_pb_512(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N,       \
+                                           bool reverse) {                                                      \
+        gemv_pb_impl<T, 64>(K, x, Bp, p0, p1, y, N, reverse);                                                   \
+    }                                                                                                           \
+    FASTSEQ_AVX2 static void gemv_pb_256(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N,         \
+                                         bool reverse) {                                                        \
+        gemv_pb_impl<T, 32>(K, x, Bp, p0, p1, y, N, reverse);                                                   \
     }
-FASTSEQ_GEMM_VERSIONS(float)
-FASTSEQ_GEMM_VERSIONS(double)
+FASTSEQ_VERSIONS(float)
+FASTSEQ_VERSIONS(double)
 #endif
 
 template <typename T>
@@ -162,58 +222,18 @@ static void gemm_pb(int M, int N, int K, const T* A, idx lda, bool ta, const T* 
     if (level == 2) return gemm_pb_512(M, N, K, A, lda, ta, Bp, C, ldc, acc);
     if (level == 1) return gemm_pb_256(M, N, K, A, lda, ta, Bp, C, ldc, acc);
 #endif
-    if (ta) gemm_pb_impl<T, 1, true>(M, N, K, A, lda, Bp, C, ldc, acc);
-    else gemm_pb_impl<T, 1, false>(M, N, K, A, lda, Bp, C, ldc, acc);
+    if (ta) gemm_pb_impl<T, 16, 1, true>(M, N, K, A, lda, Bp, C, ldc, acc);
+    else gemm_pb_impl<T, 16, 1, false>(M, N, K, A, lda, Bp, C, ldc, acc);
 }
 
-// y[cols of panels p0..p1) += x (1 x K) Bp: one row against packed panels,
-// two k-steps in flight (four accumulators) to cover the FMA latency.
-// reverse: visit the panels last to first. A caller that streams the same
-// matrix every step alternates the direction, so the panels it read last are
-// the first it needs again and are still in cache when the matrix is a little
-// larger than the cache (plain LRU order would miss on every panel).
 template <typename T>
-FASTSEQ_INLINE void gemv_pb_impl(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N, bool reverse) {
-    using V = typename Vec<T>::type;
-    constexpr int W = NR<T>, HW = W / 2;
-    for (int q = p0; q < p1; ++q) {
-        const int p = reverse ? p0 + p1 - 1 - q : q;
-        const T* b = Bp + idx(p) * K * W;
-        V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-        int k = 0;
-        for (; k + 2 <= K; k += 2, b += 2 * W) {
-            V b0, b1, b2, b3;
-            std::memcpy(&b0, b, sizeof(V));
-            std::memcpy(&b1, b + HW, sizeof(V));
-            std::memcpy(&b2, b + W, sizeof(V));
-            std::memcpy(&b3, b + W + HW, sizeof(V));
-            a0 += x[k] * b0;
-            a1 += x[k] * b1;
-            a2 += x[k + 1] * b2;
-            a3 += x[k + 1] * b3;
-        }
-        for (; k < K; ++k, b += W) {
-            V b0, b1;
-            std::memcpy(&b0, b, sizeof(V));
-            std::memcpy(&b1, b + HW, sizeof(V));
-            a0 += x[k] * b0;
-            a1 += x[k] * b1;
-        }
-        const V s0 = a0 + a2, s1 = a1 + a3;
-        T tmp[W];
-        std::memcpy(tmp, &s0, sizeof(V));
-        std::memcpy(tmp + HW, &s1, sizeof(V));
-        const int w = std::min(W, N - p * W);
-        for (int j = 0; j < w; ++j) y[p * W + j] += tmp[j];
-    }
-}
-FASTSEQ_CLONES static void gemv_pb(int K, const float* x, const float* Bp, int p0, int p1, float* y, int N,
-                                   bool reverse) {
-    gemv_pb_impl<float>(K, x, Bp, p0, p1, y, N, reverse);
-}
-FASTSEQ_CLONES static void gemv_pb(int K, const double* x, const double* Bp, int p0, int p1, double* y, int N,
-                                   bool reverse) {
-    gemv_pb_impl<double>(K, x, Bp, p0, p1, y, N, reverse);
+static void gemv_pb(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N, bool reverse) {
+#ifdef FASTSEQ_DISPATCH
+    const int level = isa_level();
+    if (level == 2) return gemv_pb_512(K, x, Bp, p0, p1, y, N, reverse);
+    if (level == 1) return gemv_pb_256(K, x, Bp, p0, p1, y, N, reverse);
+#endif
+    gemv_pb_impl<T, 16>(K, x, Bp, p0, p1, y, N, reverse);
 }
 
 // exp for float, branch-free so it vectorises: x = n ln2 + r (Cody-Waite split

@@ -503,3 +503,36 @@ def test_float32_tanh_is_accurate_over_its_whole_range():
     err = np.abs(h.ravel().astype(np.float64) - exact) / ulp
     assert err.max() <= 4, f"max error {err.max():.1f} ulp at x = {x[err.argmax()]}"
     assert np.all(np.abs(h) <= 1)
+
+
+_ISA_CHECK = r"""
+import numpy as np, fastseq
+from fastseq import reference as ref
+from fastseq.bptt import Truncated
+rng = np.random.default_rng(0)
+for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+    for V, H, B, T in ((5, 37, 7, 4), (3, 300, 2, 3)):
+        fast = fastseq.RNNLM(V, H, dtype=dtype)
+        fast.load_state_dict({k: rng.normal(0, 0.3, v.shape) for k, v in fast.params.items()})
+        slow = ref.RNNLM(V, H, dtype=dtype)
+        slow.load_state_dict(fast.state_dict())
+        X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+        for bptt in (None, Truncated(2, "sliding")):
+            a, b = fast.loss_and_grad(X, Y, None, bptt=bptt), slow.loss_and_grad(X, Y, None, bptt=bptt)
+            assert abs(a[0] - b[0]) <= tol * b[0], (a[0], b[0])
+            for k in a[1]:
+                assert np.max(np.abs(a[1][k] - b[1][k])) <= tol * np.max(np.abs(b[1][k])), k
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_lower_instruction_set_tiles_match_reference(isa):
+    """The GEMM tiles for AVX2 and for baseline x86-64 (picked on CPUs without AVX-512) give the
+    reference's results; FASTSEQ_ISA forces the lower level on this machine."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, FASTSEQ_ISA=isa)
+    r = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

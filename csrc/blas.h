@@ -1,0 +1,69 @@
+// Thin typed front of the scipy-openblas32 cblas interface, so the kernels are
+// written once as templates over float and double.
+// Row-major everywhere: C (M x N) = alpha op(A) op(B) + beta C.
+#pragma once
+#include <cblas.h>
+
+#include <mutex>
+
+namespace fastseq {
+namespace blas {
+
+inline CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
+
+inline void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+                 const float* B, int ldb, float beta, float* C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    scipy_cblas_sgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda,
+                 const double* B, int ldb, double beta, double* C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    scipy_cblas_dgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+inline int num_threads() { return scipy_openblas_get_num_threads(); }
+
+// While any kernel runs its own threads (one batch slice per core), the shared
+// OpenBLAS runs single-threaded so the two levels do not oversubscribe the
+// cores; the count the user set is restored when the last such kernel ends.
+// (This OpenBLAS build exports no per-thread setting, so it is a process-wide
+// count guarded by a reference count.)
+class SingleThreaded {
+   public:
+    SingleThreaded() {
+        std::lock_guard<std::mutex> lock(mu());
+        if (users()++ == 0) {
+            saved() = scipy_openblas_get_num_threads();
+            if (saved() != 1) scipy_openblas_set_num_threads(1);
+        }
+    }
+    ~SingleThreaded() {
+        std::lock_guard<std::mutex> lock(mu());
+        if (--users() == 0 && saved() != 1) scipy_openblas_set_num_threads(saved());
+    }
+    SingleThreaded(const SingleThreaded&) = delete;
+    SingleThreaded& operator=(const SingleThreaded&) = delete;
+    // The user's count, also while a kernel has lowered it.
+    static int user_threads() {
+        std::lock_guard<std::mutex> lock(mu());
+        return users() ? saved() : scipy_openblas_get_num_threads();
+    }
+
+   private:
+    static std::mutex& mu() {
+        static std::mutex m;
+        return m;
+    }
+    static int& users() {
+        static int n = 0;
+        return n;
+    }
+    static int& saved() {
+        static int n = 1;
+        return n;
+    }
+};
+
+}  // namespace blas
+}  // namespace fastseq

@@ -6,6 +6,9 @@ Interning Python strings needs the GIL; everything after it runs without.
 """
 import numpy as np
 
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM
+from cpython.ref cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint32_t
 
 MAX_CODEPOINT = 0x110000
@@ -18,15 +21,19 @@ def intern_tokens(list tokens):
     cdef list uniq = []
     ids = np.empty(n, dtype=np.int32)
     cdef int32_t[::1] out = ids
-    cdef object tok, j
+    cdef PyObject* tok
+    cdef PyObject* j
+    cdef int32_t k
     for i in range(n):
-        tok = tokens[i]
-        j = index.get(tok)
-        if j is None:
-            j = len(uniq)
-            index[tok] = j
-            uniq.append(tok)
-        out[i] = j
+        tok = PyList_GET_ITEM(tokens, i)
+        j = PyDict_GetItem(index, <object>tok)  # borrowed; NULL when absent
+        if j is NULL:
+            k = len(uniq)
+            PyDict_SetItem(index, <object>tok, k)
+            uniq.append(<object>tok)
+        else:
+            k = <object>j
+        out[i] = k
     return ids, uniq
 
 

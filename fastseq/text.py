@@ -89,9 +89,12 @@ class Vocab:
         flat = tokens if isinstance(tokens, str) else _flatten(tokens)
         if any(not isinstance(t, str) for t in flat[:1000]):
             raise ValueError("tokens: expected strings")
-        uniq, counts = _count(flat)
-        order = np.argsort(-counts, kind="stable")  # stable: ties keep first appearance
-        self._token_freqs = [(uniq[i], int(counts[i])) for i in order]
+        self._fit(*_count(flat), min_freq, reserved)
+
+    def _fit(self, uniq, counts, min_freq, reserved):
+        order = np.argsort(-counts, kind="stable").tolist()  # stable: ties keep first appearance
+        counts = counts.tolist()
+        self._token_freqs = [(uniq[i], counts[i]) for i in order]
         self.idx_to_token = [self.UNK] + reserved
         self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
         for tok, freq in self._token_freqs:
@@ -149,10 +152,26 @@ class Vocab:
                 if len(tok) == 1:
                     table[ord(tok)] = i
             return _text.remap_codepoints(cps, table)
-        flat = _flatten(tokens)
-        prov, uniq = _text.intern_tokens(list(flat))
+        prov, uniq = _text.intern_tokens(list(_flatten(tokens)))
+        return self._remap(prov, uniq)
+
+    def _remap(self, prov, uniq):
         table = np.fromiter((self.token_to_idx.get(t, 0) for t in uniq), dtype=np.int32, count=len(uniq))
         return _text.remap(prov, table)
+
+    @classmethod
+    def build(cls, tokens, min_freq=0, reserved_tokens=None):
+        """(Vocab(tokens, ...), its ids of tokens): one counting pass instead of two."""
+        if isinstance(tokens, str):
+            vocab = cls(tokens, min_freq, reserved_tokens)
+            return vocab, vocab.encode(tokens)
+        flat = list(_flatten(tokens))
+        vocab = cls((), min_freq, reserved_tokens)
+        if any(not isinstance(t, str) for t in flat[:1000]):
+            raise ValueError("tokens: expected strings")
+        prov, uniq = _text.intern_tokens(flat)
+        vocab._fit(uniq, _text.count_ids(prov, len(uniq)), min_freq, list(reserved_tokens or []))
+        return vocab, vocab._remap(prov, uniq)
 
     def to_dict(self):
         return {"format": "fastseq.Vocab", "version": 1, "idx_to_token": self.idx_to_token,
@@ -191,7 +210,7 @@ class Vocab:
 
 
 def _count(flat):
-    """Unique tokens in order of first appearance and their counts."""
+    """(unique tokens in order of first appearance, their counts)."""
     if isinstance(flat, str) or (flat and all(len(t) == 1 for t in flat[:64]) and all(len(t) == 1 for t in flat)):
         text = flat if isinstance(flat, str) else "".join(flat)
         cps, counts = _text.count_codepoints(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
@@ -223,5 +242,7 @@ def load_corpus(name_or_path="timemachine", token="char", cleaning=None, max_tok
         tokens = tokens[:max_tokens]
     if len(tokens) == 0:
         raise ValueError(f"{name_or_path}: the corpus has no tokens")
-    vocab = vocab if vocab is not None else Vocab(tokens)
-    return vocab.encode(tokens), vocab
+    if vocab is not None:
+        return vocab.encode(tokens), vocab
+    vocab, ids = Vocab.build(tokens)
+    return ids, vocab

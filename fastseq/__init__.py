@@ -11,6 +11,9 @@ from . import _core
 from .clip import clip_grad_norm
 from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
 from .text import Vocab, clean, load_corpus, read_lines, tokenize
+from . import optim
+from .bptt import Full, Randomized, Truncated
+from .train import DivergenceError, evaluate, predict, train
 
 try:
     __version__ = _version("fastseq")
@@ -40,3 +43,4 @@ __all__ = [
     "load_corpus", "read_lines", "seq_data_iter_random", "seq_data_iter_sequential",
     "set_num_threads", "tokenize",
 ]
+__all__ += ["DivergenceError", "Full", "Randomized", "Truncated", "evaluate", "optim", "predict", "train"]

@@ -79,6 +79,8 @@ class Randomized:
     """
 
     def __init__(self, pi=None, rng=None, seed=None, xi=None):
+        if xi is not None and pi is not None:
+            raise ValueError("pi, xi: pass pi (to draw xi) or a fixed xi, not both")
         if xi is not None:
             xi = np.asarray(xi)
             if xi.ndim != 2 or not np.issubdtype(xi.dtype, np.floating):
@@ -90,11 +92,13 @@ class Randomized:
             if pi is None:
                 raise ValueError("pi: expected a probability in (0, 1] or an array of them (or pass xi)")
             p = np.asarray(pi, dtype=np.float64)
-            if p.ndim > 1 or not np.all((p > 0) & (p <= 1)):
+            if p.ndim > 1 or p.size == 0 or not np.all((p > 0) & (p <= 1)):
                 raise ValueError(f"pi: expected values in (0, 1], got {pi!r}")
             self.pi = p
         if rng is not None and seed is not None:
             raise ValueError("rng, seed: pass one of them, not both")
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng: expected a numpy.random.Generator (or pass seed=), got {type(rng).__name__}")
         self.rng = rng if rng is not None else np.random.default_rng(seed)
         self.xi = xi
 

@@ -13,6 +13,8 @@
 
 namespace py = pybind11;
 
+void bind_rnn(py::module_& m);  // csrc/bind_rnn.cpp
+
 namespace {
 
 struct GradView {
@@ -120,4 +122,5 @@ PYBIND11_MODULE(_core, m) {
         scipy_openblas_set_num_threads(n);
     }, py::arg("n"));
     m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
+    bind_rnn(m);
 }

@@ -1,0 +1,536 @@
+// RNN kernels: a generic time loop (forward, and backward under every BPTT plan)
+// over a pluggable cell, the dense layer, the fused language-model training
+// step and generation. Free of pybind11: callers pass checked, contiguous data.
+//
+// Legend: B batch, T steps, D input size, H hidden size, V vocabulary size,
+// G gate blocks of a cell (its pre-activation is G*H wide; 1 for the plain RNN),
+// R rows of the batch slice one worker owns.
+// Layouts: every sequence buffer is time-major, (T, B, width) with rows of a
+// time step contiguous, so a batch slice [b0, b0+R) of step t is one R x width
+// block at offset (t*B + b0)*width and the loop can run on slices in place.
+//
+// Maths, numbered as in the contract (fastseq/reference/rnn.py uses the same):
+//   1. A_t = X_t W_xh + b_h     2. Z_t = A_t + H_{t-1} W_hh     3. H_t = phi(Z_t)
+//   4. O_t = H_t W_hq + b_q     5. loss = mean -log softmax(O_t)[Y_t]
+//   5'. dO_t = (softmax(O_t) - onehot(Y_t)) / (B*T)
+//   4'. dW_hq = sum H_t^T dO_t, db_q = sum dO_t, dH_t(direct) = dO_t W_hq^T
+//   3'. dZ_t = (direct_t + carry_t) * phi'(H_t)
+//   2'. carry_{t-1} = scale_t * (dZ_t W_hh^T), dh0 = carry_{-1}, dW_hh = sum H_{t-1}^T dZ_t
+//   1'. dW_xh = sum X_t^T dZ_t (LM: scatter-add), db_h = sum dZ_t, dX_t = dZ_t W_xh^T
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "blas.h"
+
+namespace fastseq {
+namespace rnn {
+
+using idx = std::ptrdiff_t;
+
+enum class Act { Tanh, Relu };
+
+// Uninitialised scratch memory, sized once per call (never inside a time loop).
+template <typename T>
+struct Buffer {
+    std::unique_ptr<T[]> p;
+    explicit Buffer(std::size_t n) : p(new T[n > 0 ? n : 1]) {}
+    T* get() { return p.get(); }
+};
+
+// A time-major sequence seen from one batch slice: step t starts at p + t*ts.
+template <typename T>
+struct Seq {
+    T* p;
+    idx ts;
+    T* at(idx t) const { return p + t * ts; }
+};
+
+// ---------------------------------------------------------------------------
+// The cell: everything specific to one recurrence lives here, so GRU or LSTM is
+// a new cell type with the same members, not a copy of the time loop.
+//   G                       gate blocks of the pre-activation (width G*H)
+//   forward_step            Z_t (in: A_t, the input part with bias) -> H_t
+//   backward_step           dH_t (total) -> dZ_t (linear in dH_t, which sliding
+//                           truncation relies on to run terms side by side)
+//   message                 out = dZ W_hh^T (+ beta out): the backward message to H_{t-1}
+//   recurrent_grad          dW_hh (+)= Hprev^T dZ over many rows at once
+// ---------------------------------------------------------------------------
+template <typename T>
+struct ElmanCell {
+    static constexpr int G = 1;
+    const T* W_hh;  // (H, H)
+    int H;
+    Act act;
+
+    // 2. Z_t += H_{t-1} W_hh ; 3. H_t = phi(Z_t). Z and H may alias (the plain
+    // RNN keeps no pre-activation: phi' is computed from H).
+    void forward_step(int R, const T* hprev, T* z, T* h) const {
+        blas::gemm(false, false, R, H, H, T(1), hprev, H, W_hh, H, T(1), z, H);
+        const idx n = idx(R) * H;
+        if (act == Act::Tanh) {
+            for (idx i = 0; i < n; ++i) h[i] = std::tanh(z[i]);
+        } else {
+            for (idx i = 0; i < n; ++i) h[i] = z[i] > T(0) ? z[i] : T(0);
+        }
+    }
+    // 3'. dZ_t = dH_t * phi'(H_t); z unused (phi' from H alone).
+    void backward_step(int R, const T* dh, const T* h, const T* /*z*/, T* dz) const {
+        const idx n = idx(R) * H;
+        if (act == Act::Tanh) {
+            for (idx i = 0; i < n; ++i) dz[i] = dh[i] * (T(1) - h[i] * h[i]);
+        } else {
+            for (idx i = 0; i < n; ++i) dz[i] = h[i] > T(0) ? dh[i] : T(0);
+        }
+    }
+    // 2'. out = dZ W_hh^T + beta out, for M rows (one step, or several stacked terms).
+    void message(int M, const T* dz, T* out, T beta) const {
+        blas::gemm(false, true, M, H, H, T(1), dz, H, W_hh, H, beta, out, H);
+    }
+    // 2'. dW_hh = beta dW_hh + Hprev^T dZ over M rows.
+    void recurrent_grad(int M, const T* hprev, const T* dz, T* dW_hh, T beta) const {
+        blas::gemm(true, false, H, H, M, T(1), hprev, H, dz, H, beta, dW_hh, H);
+    }
+};
+
+// ---------------------------------------------------------------------------
+// The generic time loop.
+// ---------------------------------------------------------------------------
+
+// Forward over T steps for R rows: Z holds A_t on entry; H receives H_t.
+template <typename T, class Cell>
+void loop_forward(const Cell& c, int Tn, int R, const T* h0, Seq<T> Z, Seq<T> Hs) {
+    for (int t = 0; t < Tn; ++t) c.forward_step(R, t ? Hs.at(t - 1) : h0, Z.at(t), Hs.at(t));
+}
+
+// Scratch the backward loop needs for R rows (elements of T).
+inline std::size_t backward_scratch(int H, int G, int R, int Tn, int window) {
+    std::size_t n = 2 * std::size_t(R) * H;  // dh, carry
+    if (window > 0 && window < Tn) {
+        const std::size_t w = std::size_t(window);
+        n += 2 * w * R * H + w * R * H * G;  // messages (cur, next), per-term dZ
+    }
+    return n;
+}
+
+// Backward over T steps for R rows under the plan (scale, window).
+//   direct: dH_t(direct) per step (width H); may alias dZ (read before written).
+//   dZ:     receives dZ_t (width G*H), the sum over all loss terms.
+//   scale:  nullptr (ones) or scale[t*sts + r] for step t, row r of this slice.
+//   window: 0, or tau (sliding truncation) with 0 < tau < T.
+//   dh0:    R x H, receives dL/dh0.
+template <typename T, class Cell>
+void loop_backward(const Cell& c, int Tn, int R, Seq<const T> Hs, Seq<const T> Z, Seq<const T> direct,
+                   Seq<T> dZ, const T* scale, idx sts, int window, T* dh0, T* scratch) {
+    const int H = c.H;
+    const idx n = idx(R) * H;
+    T* dh = scratch;
+    T* carry = scratch + n;
+    if (window <= 0 || window >= Tn) {
+        // Full, block truncation, randomized: one message per step.
+        for (int t = Tn - 1; t >= 0; --t) {
+            const T* d = direct.at(t);
+            if (t == Tn - 1) std::memcpy(dh, d, sizeof(T) * n);
+            else
+                for (idx i = 0; i < n; ++i) dh[i] = d[i] + carry[i];
+            T* dz = dZ.at(t);
+            c.backward_step(R, dh, Hs.at(t), Z.at(t), dz);
+            T* out = t ? carry : dh0;
+            const T* s = scale ? scale + t * sts : nullptr;
+            bool any = true;
+            if (s) {
+                any = false;
+                for (int r = 0; r < R; ++r) any |= (s[r] != T(0));
+            }
+            if (!any) {  // block boundary: the state is detached, nothing flows back
+                std::fill(out, out + n, T(0));
+                continue;
+            }
+            c.message(R, dz, out, T(0));
+            if (s)
+                for (int r = 0; r < R; ++r) {
+                    const T f = s[r];
+                    T* row = out + idx(r) * H;
+                    for (int j = 0; j < H; ++j) row[j] *= f;
+                }
+        }
+        return;
+    }
+    // Sliding truncation: loss term t back-propagates through steps t..t-tau+1.
+    // The terms alive at step s are t = s..s+tau-1; term k = t - s keeps its own
+    // message (rows k*R..k*R+R-1 of cur), so all of them cross one step with one
+    // stacked product. The term with k = tau-1 ends at s and is dropped, except
+    // at s = 0 where every live term reaches h0.
+    const int tau = window;
+    const idx GH = idx(c.G) * H;
+    T* cur = carry + n;
+    T* next = cur + idx(tau) * n;
+    T* dzk = next + idx(tau) * n;
+    int live = 0;  // terms carried in from step s+1 (k = 1..live in cur)
+    for (int s = Tn - 1; s >= 0; --s) {
+        std::memcpy(cur, direct.at(s), sizeof(T) * n);  // term t = s enters, k = 0
+        const int nk = std::min(live + 1, tau);
+        for (int k = 0; k < nk; ++k)
+            c.backward_step(R, cur + k * n, Hs.at(s), Z.at(s), dzk + k * R * GH);
+        T* dz = dZ.at(s);
+        std::memcpy(dz, dzk, sizeof(T) * R * GH);
+        for (int k = 1; k < nk; ++k) {
+            const T* src = dzk + k * R * GH;
+            for (idx i = 0; i < R * GH; ++i) dz[i] += src[i];
+        }
+        if (s == 0) {
+            c.message(R, dz, dh0, T(0));  // linear: the sum of every live term's message
+            break;
+        }
+        const int cont = std::min(nk, tau - 1);  // terms that go on to step s-1
+        if (cont > 0) c.message(cont * R, dzk, next + n, T(0));
+        std::swap(cur, next);
+        live = cont;
+    }
+}
+
+// Runs f(slice, b0, rows) on `parts` slices of B rows, one thread each (the
+// caller runs slice 0); every worker's BLAS calls are single-threaded.
+template <class F>
+void parallel_slices(int B, int parts, F&& f) {
+    if (parts <= 1) {
+        f(0, 0, B);
+        return;
+    }
+    std::vector<std::thread> th;
+    th.reserve(parts - 1);
+    const int base = B / parts, extra = B % parts;
+    int b0 = 0;
+    std::vector<int> starts(parts + 1);
+    for (int p = 0; p < parts; ++p) {
+        starts[p] = b0;
+        b0 += base + (p < extra ? 1 : 0);
+    }
+    starts[parts] = B;
+    for (int p = 1; p < parts; ++p)
+        th.emplace_back([&, p] { f(p, starts[p], starts[p + 1] - starts[p]); });
+    f(0, starts[0], starts[1] - starts[0]);
+    for (auto& x : th) x.join();
+}
+
+// How many batch slices to run side by side: each core takes its own rows
+// while the per-step products are too small for threaded BLAS to pay off.
+inline int auto_parts(int B, int H, int requested) {
+    int p = requested > 0 ? requested : (H <= 1024 ? blas::num_threads() : 1);
+    return std::max(1, std::min(p, B));
+}
+
+template <typename T>
+void colsum_add(int M, int N, const T* A, T* out) {  // out[j] += sum_i A[i, j]
+    for (int i = 0; i < M; ++i) {
+        const T* row = A + idx(i) * N;
+        for (int j = 0; j < N; ++j) out[j] += row[j];
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The layer on dense inputs.
+// ---------------------------------------------------------------------------
+template <typename T>
+struct LayerParams {
+    const T* W_xh;  // (D, H)
+    const T* W_hh;  // (H, H)
+    const T* b_h;   // (H,)
+    int D, H;
+    Act act;
+};
+
+// Hs (T, B, H) = the hidden states for X (T, B, D) from h0 (B, H).
+template <typename T>
+void layer_forward(const LayerParams<T>& P, int Tn, int B, const T* X, const T* h0, T* Hs, int parts) {
+    const int H = P.H;
+    // 1. A_t = X_t W_xh + b_h for all steps at once, written where H_t will be.
+    for (idx r = 0; r < idx(Tn) * B; ++r) std::memcpy(Hs + r * H, P.b_h, sizeof(T) * H);
+    blas::gemm(false, false, Tn * B, H, P.D, T(1), X, P.D, P.W_xh, H, T(1), Hs, H);
+    ElmanCell<T> cell{P.W_hh, H, P.act};
+    parallel_slices(B, auto_parts(B, H, parts), [&](int, int b0, int R) {
+        Seq<T> s{Hs + idx(b0) * H, idx(B) * H};
+        loop_forward<T>(cell, Tn, R, h0 + idx(b0) * H, s, s);
+    });
+}
+
+// The layer's backward. dHs (T, B, H) direct gradients; dH_T (B, H) or nullptr;
+// scale (T, B) or nullptr; window 0 or tau. Outputs dX (T, B, D), dh0 (B, H), grads.
+template <typename T>
+void layer_backward(const LayerParams<T>& P, int Tn, int B, const T* X, const T* h0, const T* Hs,
+                    const T* dHs, const T* dH_T, const T* scale, int window, T* dX, T* dh0,
+                    T* dW_xh, T* dW_hh, T* db_h, int parts) {
+    const int H = P.H, D = P.D;
+    const idx n = idx(Tn) * B * H;
+    Buffer<T> dZbuf(n);
+    T* dZ = dZbuf.get();
+    std::memcpy(dZ, dHs, sizeof(T) * n);  // direct gradients, turned into dZ in place
+    if (dH_T) {
+        T* last = dZ + idx(Tn - 1) * B * H;
+        for (idx i = 0; i < idx(B) * H; ++i) last[i] += dH_T[i];
+    }
+    ElmanCell<T> cell{P.W_hh, H, P.act};
+    const int np = auto_parts(B, H, parts);
+    const std::size_t per = backward_scratch(H, 1, (B + np - 1) / np, Tn, window);
+    Buffer<T> scratch(per * np);
+    parallel_slices(B, np, [&](int p, int b0, int R) {
+        const idx off = idx(b0) * H;
+        Seq<const T> hs{Hs + off, idx(B) * H};
+        Seq<T> dz{dZ + off, idx(B) * H};
+        loop_backward<T>(cell, Tn, R, hs, hs, Seq<const T>{dz.p, dz.ts}, dz, scale ? scale + b0 : nullptr,
+                         B, window, dh0 + off, scratch.get() + per * p);
+    });
+    // 2'. dW_hh = h0^T dZ_0 + sum_{t>=1} H_{t-1}^T dZ_t
+    cell.recurrent_grad(B, h0, dZ, dW_hh, T(0));
+    if (Tn > 1) cell.recurrent_grad((Tn - 1) * B, Hs, dZ + idx(B) * H, dW_hh, T(1));
+    // 1'. dW_xh = X^T dZ ; db_h = sum dZ ; dX = dZ W_xh^T
+    blas::gemm(true, false, D, H, Tn * B, T(1), X, D, dZ, H, T(0), dW_xh, H);
+    std::fill(db_h, db_h + H, T(0));
+    colsum_add(Tn * B, H, dZ, db_h);
+    blas::gemm(false, true, Tn * B, D, H, T(1), dZ, H, P.W_xh, H, T(0), dX, D);
+}
+
+// ---------------------------------------------------------------------------
+// The language model on token ids (batch-major (B, T), like the book).
+// ---------------------------------------------------------------------------
+template <typename T>
+struct LMParams {
+    const T* W_xh;  // (V, H)
+    const T* W_hh;  // (H, H)
+    const T* b_h;   // (H,)
+    const T* W_hq;  // (H, V)
+    const T* b_q;   // (V,)
+    int V, H;
+    Act act;
+};
+
+template <typename T>
+struct LMGrads {
+    T *W_xh, *W_hh, *b_h, *W_hq, *b_q;
+};
+
+// 1. the row gather A_t = W_xh[ids[:, t]] + b_h for R rows of ids (stride Tn).
+template <typename T>
+void gather_inputs(const LMParams<T>& P, int Tn, int R, const std::int64_t* ids, T* A) {
+    const int H = P.H;
+    for (int t = 0; t < Tn; ++t)
+        for (int r = 0; r < R; ++r) {
+            const T* w = P.W_xh + idx(ids[idx(r) * Tn + t]) * H;
+            T* a = A + (idx(t) * R + r) * H;
+            for (int j = 0; j < H; ++j) a[j] = w[j] + P.b_h[j];
+        }
+}
+
+// Work one slice of R rows needs for the training step (elements of T).
+inline std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, bool own_grads) {
+    std::size_t n = std::size_t(Tn + 1) * R * H   // h0, H_0..H_{T-1}
+                    + std::size_t(Tn) * R * V      // O, then dO
+                    + std::size_t(Tn) * R * H      // direct dH, then dZ
+                    + std::size_t(R) * H           // dh0 (unused: the LM's state is detached)
+                    + backward_scratch(H, 1, R, Tn, window);
+    if (own_grads) n += std::size_t(V) * H * 2 + std::size_t(H) * H + H + V;
+    return n;
+}
+
+// The fused training step on a slice: forward, loss, and the whole backward.
+// Returns the slice's sum of -log p (the caller divides by B*T); gradients are
+// written (not accumulated) into g; new_state receives H_{T-1} (R x H).
+template <typename T>
+double lm_step_slice(const LMParams<T>& P, int Tn, int R, int Btot, const std::int64_t* ids,
+                     const std::int64_t* tgt, const T* h0, const T* scale, idx sts, int window,
+                     const LMGrads<T>& g, T* new_state, T* work) {
+    const int H = P.H, V = P.V;
+    const idx M = idx(Tn) * R;  // rows of this slice over all steps
+    T* Hb = work;                      // (T+1, R, H): Hb[0] = h0, Hb[t+1] = H_t
+    T* O = Hb + (M + R) * H;           // (T, R, V)
+    T* dZ = O + M * V;                 // (T, R, H)
+    T* dh0 = dZ + M * H;
+    T* scratch = dh0 + idx(R) * H;
+    ElmanCell<T> cell{P.W_hh, H, P.act};
+
+    std::memcpy(Hb, h0, sizeof(T) * R * H);
+    gather_inputs(P, Tn, R, ids, Hb + idx(R) * H);                           // 1.
+    loop_forward<T>(cell, Tn, R, Hb, Seq<T>{Hb + idx(R) * H, idx(R) * H},  // 2., 3.
+                    Seq<T>{Hb + idx(R) * H, idx(R) * H});
+    // 4. O = H W_hq + b_q over all T*R rows
+    for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
+    blas::gemm(false, false, int(M), V, H, T(1), Hb + idx(R) * H, H, P.W_hq, V, T(1), O, V);
+    // 5., 5'. loss and dO = (softmax - onehot) / (B*T), in place of O
+    const T inv = T(1) / T(double(Btot) * Tn);
+    double nll = 0;
+    for (int t = 0; t < Tn; ++t)
+        for (int r = 0; r < R; ++r) {
+            T* o = O + (idx(t) * R + r) * V;
+            const std::int64_t y = tgt[idx(r) * Tn + t];
+            T m = o[0];
+            for (int j = 1; j < V; ++j) m = std::max(m, o[j]);
+            T s = 0;
+            const T oy = o[y];
+            for (int j = 0; j < V; ++j) {
+                o[j] = std::exp(o[j] - m);
+                s += o[j];
+            }
+            nll += double(std::log(s)) - double(oy - m);
+            const T f = inv / s;
+            for (int j = 0; j < V; ++j) o[j] *= f;
+            o[y] -= inv;
+        }
+    // 4'. dW_hq = H^T dO ; db_q = sum dO ; direct dH = dO W_hq^T
+    blas::gemm(true, false, H, V, int(M), T(1), Hb + idx(R) * H, H, O, V, T(0), g.W_hq, V);
+    std::fill(g.b_q, g.b_q + V, T(0));
+    colsum_add(int(M), V, O, g.b_q);
+    blas::gemm(false, true, int(M), H, V, T(1), O, V, P.W_hq, V, T(0), dZ, H);
+    // 3'., 2'. the recurrence backward
+    const Seq<const T> hs{Hb + idx(R) * H, idx(R) * H};
+    loop_backward<T>(cell, Tn, R, hs, hs, Seq<const T>{dZ, idx(R) * H}, Seq<T>{dZ, idx(R) * H}, scale, sts,
+                     window, dh0, scratch);
+    // 2'. dW_hh = [h0; H_0..H_{T-2}]^T dZ as one product over all steps
+    cell.recurrent_grad(int(M), Hb, dZ, g.W_hh, T(0));
+    // 1'. db_h = sum dZ ; dW_xh[ids] += dZ rows
+    std::fill(g.b_h, g.b_h + H, T(0));
+    colsum_add(int(M), H, dZ, g.b_h);
+    std::fill(g.W_xh, g.W_xh + idx(V) * H, T(0));
+    for (int t = 0; t < Tn; ++t)
+        for (int r = 0; r < R; ++r) {
+            T* w = g.W_xh + idx(ids[idx(r) * Tn + t]) * H;
+            const T* d = dZ + (idx(t) * R + r) * H;
+            for (int j = 0; j < H; ++j) w[j] += d[j];
+        }
+    std::memcpy(new_state, Hb + idx(Tn) * R * H, sizeof(T) * R * H);
+    return nll;
+}
+
+// The whole training step: slices of the batch side by side, then their
+// gradients summed. Returns the mean loss.
+template <typename T>
+double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const std::int64_t* tgt,
+                        const T* h0, const T* scale, int window, const LMGrads<T>& g, T* new_state, int parts) {
+    const int H = P.H, V = P.V;
+    const int np = auto_parts(B, H, parts);
+    const int Rmax = (B + np - 1) / np;
+    const std::size_t per0 = lm_slice_scratch(V, H, Rmax, Tn, window, false);
+    const std::size_t per = lm_slice_scratch(V, H, Rmax, Tn, window, true);
+    Buffer<T> work(per0 + per * (np - 1));
+    std::vector<double> nll(np, 0.0);
+    std::vector<LMGrads<T>> gs(np, g);
+    for (int p = 1; p < np; ++p) {
+        // slices p >= 1 keep their own gradients after their working memory
+        T* own = work.get() + per0 + per * (p - 1) + per0;
+        gs[p] = LMGrads<T>{own, own + idx(V) * H, own + idx(V) * H + idx(H) * H,
+                           own + idx(V) * H + idx(H) * H + H, own + 2 * idx(V) * H + idx(H) * H + H};
+    }
+    parallel_slices(B, np, [&](int p, int b0, int R) {
+        T* w = p == 0 ? work.get() : work.get() + per0 + per * (p - 1);
+        nll[p] = lm_step_slice(P, Tn, R, B, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, h0 + idx(b0) * H,
+                               scale ? scale + b0 : nullptr, B, window, gs[p], new_state + idx(b0) * H, w);
+    });
+    double total = 0;
+    for (int p = 0; p < np; ++p) total += nll[p];
+    for (int p = 1; p < np; ++p) {
+        auto add = [](T* dst, const T* src, idx n) {
+            for (idx i = 0; i < n; ++i) dst[i] += src[i];
+        };
+        add(g.W_xh, gs[p].W_xh, idx(V) * H);
+        add(g.W_hh, gs[p].W_hh, idx(H) * H);
+        add(g.b_h, gs[p].b_h, H);
+        add(g.W_hq, gs[p].W_hq, idx(H) * V);
+        add(g.b_q, gs[p].b_q, V);
+    }
+    return total / (double(B) * Tn);
+}
+
+// Inference: logits (B, T, V) batch-major and the final state (B, H).
+template <typename T>
+void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const T* h0, T* logits,
+                T* new_state, int parts) {
+    const int H = P.H, V = P.V;
+    const int np = auto_parts(B, H, parts);
+    const int Rmax = (B + np - 1) / np;
+    const std::size_t per = std::size_t(Tn + 1) * Rmax * H + std::size_t(Tn) * Rmax * V;
+    Buffer<T> work(per * np);
+    ElmanCell<T> cell{P.W_hh, H, P.act};
+    parallel_slices(B, np, [&](int p, int b0, int R) {
+        T* Hb = work.get() + per * p;
+        T* O = Hb + idx(Tn + 1) * R * H;
+        const idx M = idx(Tn) * R;
+        std::memcpy(Hb, h0 + idx(b0) * H, sizeof(T) * R * H);
+        gather_inputs(P, Tn, R, ids + idx(b0) * Tn, Hb + idx(R) * H);
+        loop_forward<T>(cell, Tn, R, Hb, Seq<T>{Hb + idx(R) * H, idx(R) * H}, Seq<T>{Hb + idx(R) * H, idx(R) * H});
+        for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
+        blas::gemm(false, false, int(M), V, H, T(1), Hb + idx(R) * H, H, P.W_hq, V, T(1), O, V);
+        for (int t = 0; t < Tn; ++t)
+            for (int r = 0; r < R; ++r)
+                std::memcpy(logits + (idx(b0 + r) * Tn + t) * V, O + (idx(t) * R + r) * V, sizeof(T) * V);
+        std::memcpy(new_state + idx(b0) * H, Hb + idx(Tn) * R * H, sizeof(T) * R * H);
+    });
+}
+
+// The contract's sampling rule, in float64 exactly as the reference computes it.
+// order: scratch of V ints.
+template <typename T>
+int sample_token(const T* logits, int V, double temperature, int top_k, double u, double* e, int* order) {
+    if (temperature == 0.0) {  // greedy: the first maximum
+        int best = 0;
+        for (int j = 1; j < V; ++j)
+            if (logits[j] > logits[best]) best = j;
+        return best;
+    }
+    double m = double(logits[0]);
+    for (int j = 1; j < V; ++j) m = std::max(m, double(logits[j]));
+    for (int j = 0; j < V; ++j) e[j] = std::exp((double(logits[j]) - m) / temperature);
+    if (top_k > 0 && top_k < V) {
+        std::iota(order, order + V, 0);
+        // the top_k largest logits, ties toward the lower id
+        std::nth_element(order, order + top_k, order + V, [&](int a, int b) {
+            return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+        });
+        for (int i = top_k; i < V; ++i) e[order[i]] = 0.0;
+    }
+    for (int j = 1; j < V; ++j) e[j] += e[j - 1];  // cumsum in id order
+    const double thr = u * e[V - 1];
+    int cnt = 0;
+    for (int j = 0; j < V; ++j) cnt += (e[j] <= thr);
+    return std::min(cnt, V - 1);
+}
+
+// Generation from a prefix (the book's predict): warm up on the prefix, then
+// feed back each prediction. out: num_preds ids.
+template <typename T>
+void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
+                 int top_k, const double* uniforms, std::int32_t* out) {
+    const int H = P.H, V = P.V;
+    Buffer<T> buf(std::size_t(2) * H + V);
+    T* h = buf.get();
+    T* z = h + H;
+    T* o = z + H;
+    std::vector<double> e(V);
+    std::vector<int> order(V);
+    std::fill(h, h + H, T(0));
+    auto feed = [&](std::int64_t tok) {
+        const T* w = P.W_xh + idx(tok) * H;
+        for (int j = 0; j < H; ++j) z[j] = w[j] + P.b_h[j];
+        blas::gemv(true, H, H, T(1), P.W_hh, H, h, T(1), z);  // z += h W_hh
+        if (P.act == Act::Tanh)
+            for (int j = 0; j < H; ++j) h[j] = std::tanh(z[j]);
+        else
+            for (int j = 0; j < H; ++j) h[j] = z[j] > T(0) ? z[j] : T(0);
+    };
+    for (int i = 0; i < np; ++i) feed(prefix[i]);
+    for (int i = 0; i < num_preds; ++i) {
+        std::memcpy(o, P.b_q, sizeof(T) * V);
+        blas::gemv(true, H, V, T(1), P.W_hq, V, h, T(1), o);  // o = h W_hq + b_q
+        const int tok = sample_token(o, V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(), order.data());
+        out[i] = tok;
+        if (i + 1 < num_preds) feed(tok);
+    }
+}
+
+}  // namespace rnn
+}  // namespace fastseq

@@ -779,7 +779,7 @@ def _ngram_baselines(args, run):
     try:
         from . import ngram
     except ImportError:
-        return [{"order": None, "error": "fastseq.ngram is not available"}]
+        return [{"order": o, "error": "fastseq.ngram is not available"} for o in args.ngram_orders]
     tok = run.vocab.idx_to_token
     train = [[tok[i] for i in run.train_ids.tolist()]]
     val = [[tok[i] for i in run.val_ids.tolist()]]
@@ -1014,7 +1014,8 @@ def cmd_grad_norms(args):
     Y = np.stack([ids[s + 1:s + T + 1] for s in starts]).astype(np.int32)
     norms = _hidden_grad_norms(ck.model.params, ck.model.nonlinearity, X, Y)
     W_hh = np.asarray(ck.model.params["W_hh"], dtype=np.float64)
-    rho = float(np.max(np.abs(np.linalg.eigvals(W_hh))))
+    from .train import spectral_radius
+    rho = spectral_radius(ck.model)
     sigma = float(np.linalg.norm(W_hh, 2))
     with np.errstate(divide="ignore"):
         logn = np.log10(norms)

@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _core
 from .clip import clip_grad_norm
+from .rnn import RNN, RNNLM
 from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
 from .text import Vocab, clean, load_corpus, read_lines, tokenize
 from . import optim
@@ -44,3 +45,4 @@ __all__ = [
     "set_num_threads", "tokenize",
 ]
 __all__ += ["DivergenceError", "Full", "Randomized", "Truncated", "evaluate", "optim", "predict", "train"]
+__all__ += ["RNN", "RNNLM"]

@@ -1,0 +1,408 @@
+"""The C++ backend (fastseq.RNN / fastseq.RNNLM) against the NumPy reference.
+
+Legend: B batch, T steps, D input size, H hidden size, V vocabulary size.
+Every expected value comes from fastseq.reference (or from the backend='numpy'
+path, which is the reference itself); nothing is compared with itself.
+"""
+import inspect
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastseq
+from fastseq import _core
+from fastseq import reference as ref
+from fastseq.bptt import Full, Randomized, Truncated
+
+RTOL = {np.float64: 1e-10, np.float32: 1e-4}
+# The thread-count fixture is set once per parametrisation on purpose, not per example.
+HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def assert_close(a, b, dtype, what):
+    """max |a - b| <= rtol * max |b|: relative to the array's scale (entries near 0 included)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
+    scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-30)
+    err = float(np.max(np.abs(a - b))) if b.size else 0.0
+    assert err <= RTOL[dtype] * scale, f"{what}: max abs error {err:.3e} vs scale {scale:.3e}"
+
+
+def randomize(model, rng, scale=0.5):
+    """Weights large enough that every term of the gradient matters (the init's 0.01 hides errors)."""
+    model.load_state_dict({k: rng.normal(0, scale, v.shape) for k, v in model.params.items()})
+
+
+def make_strategy(kind, tau, T, B, rng):
+    if kind == "full":
+        return Full()
+    if kind == "block":
+        return Truncated(tau, mode="block")
+    if kind == "sliding":
+        return Truncated(tau, mode="sliding")
+    xi = np.where(rng.random((T, B)) < 0.6, 1 / 0.6, 0.0)   # one draw, given to both backends
+    return Randomized(xi=xi)
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def blas_threads(request):
+    """1 thread: one slice of the batch; 2: two slices side by side (the kernels' split)."""
+    old = fastseq.get_num_threads()
+    fastseq.set_num_threads(request.param)
+    yield request.param
+    fastseq.set_num_threads(old)
+
+
+sizes = st.tuples(st.integers(1, 7), st.integers(1, 5), st.integers(1, 6), st.integers(1, 9))
+kinds = st.sampled_from(["full", "block", "sliding", "randomized"])
+dtypes = st.sampled_from([np.float64, np.float32])
+nonlins = st.sampled_from(["tanh", "relu"])
+
+
+# ----------------------------------------------------------------------------- layer
+@HYP
+@given(size=sizes, kind=kinds, tau=st.integers(1, 8), dtype=dtypes, nl=nonlins, seed=st.integers(0, 2**31 - 1),
+       with_h0=st.booleans(), with_dHT=st.booleans())
+def test_layer_matches_reference(blas_threads, size, kind, tau, dtype, nl, seed, with_h0, with_dHT):
+    T, B, D, H = size
+    rng = np.random.default_rng(seed)
+    fast = fastseq.RNN(D, H, nonlinearity=nl, dtype=dtype)
+    slow = ref.RNN(D, H, nonlinearity=nl, dtype=dtype)
+    randomize(fast, rng)
+    slow.load_state_dict(fast.state_dict())
+    X = rng.normal(size=(T, B, D)).astype(dtype)
+    h0 = rng.normal(size=(B, H)).astype(dtype) if with_h0 else None
+    dHs = rng.normal(size=(T, B, H)).astype(dtype)
+    dH_T = rng.normal(size=(B, H)).astype(dtype) if with_dHT else None
+    strategy = make_strategy(kind, tau, T, B, rng)
+
+    Hs, cache = fast.forward(X, h0)
+    Hs_r, cache_r = slow.forward(X, h0)
+    assert Hs.dtype == dtype
+    assert_close(Hs, Hs_r, dtype, "Hs")
+    dX, dh0, g = fast.backward(dHs, cache, dH_T=dH_T, bptt=strategy)
+    dX_r, dh0_r, g_r = slow.backward(dHs, cache_r, dH_T=dH_T, bptt=strategy)
+    assert_close(dX, dX_r, dtype, "dX")
+    assert_close(dh0, dh0_r, dtype, "dh0")
+    assert set(g) == set(g_r) == set(fast.params)
+    for k in g:
+        assert g[k].dtype == dtype
+        assert_close(g[k], g_r[k], dtype, k)
+
+
+def test_layer_caches_are_interchangeable():
+    """The cache is a plain (X, h0, Hs) tuple: each backend runs the backward of the other's forward."""
+    rng = np.random.default_rng(1)
+    fast = fastseq.RNN(3, 5, dtype=np.float64)
+    randomize(fast, rng)
+    slow = fastseq.RNN(3, 5, dtype=np.float64, backend="numpy")
+    slow.load_state_dict(fast.state_dict())
+    X = rng.normal(size=(4, 2, 3))
+    dHs = rng.normal(size=(4, 2, 5))
+    _, c_fast = fast.forward(X)
+    _, c_slow = slow.forward(X)
+    a = fast.backward(dHs, c_slow)
+    b = slow.backward(dHs, c_fast)
+    assert_close(a[0], b[0], np.float64, "dX")
+    assert_close(a[1], b[1], np.float64, "dh0")
+    for k in a[2]:
+        assert_close(a[2][k], b[2][k], np.float64, k)
+
+
+def test_layer_accepts_non_contiguous_inputs():
+    rng = np.random.default_rng(2)
+    fast = fastseq.RNN(3, 4, dtype=np.float64)
+    randomize(fast, rng)
+    slow = ref.RNN(3, 4, dtype=np.float64)
+    slow.load_state_dict(fast.state_dict())
+    X = rng.normal(size=(3, 5, 6))[:, :, ::2]          # a strided view
+    assert not X.flags.c_contiguous
+    assert_close(fast.forward(X)[0], slow.forward(X)[0], np.float64, "Hs")
+
+
+# ----------------------------------------------------------------------------- language model
+@HYP
+@given(size=sizes, kind=kinds, tau=st.integers(1, 8), dtype=dtypes, nl=nonlins, seed=st.integers(0, 2**31 - 1),
+       with_state=st.booleans())
+def test_lm_step_matches_reference(blas_threads, size, kind, tau, dtype, nl, seed, with_state):
+    T, B, V, H = size
+    rng = np.random.default_rng(seed)
+    fast = fastseq.RNNLM(V, H, nonlinearity=nl, dtype=dtype)
+    slow = ref.RNNLM(V, H, nonlinearity=nl, dtype=dtype)
+    randomize(fast, rng)
+    slow.load_state_dict(fast.state_dict())
+    X = rng.integers(0, V, (B, T))
+    Y = rng.integers(0, V, (B, T))
+    state = rng.normal(size=(B, H)).astype(dtype) if with_state else None
+    strategy = make_strategy(kind, tau, T, B, rng)
+
+    loss, g, s = fast.loss_and_grad(X, Y, state, bptt=strategy)
+    loss_r, g_r, s_r = slow.loss_and_grad(X, Y, state, bptt=strategy)
+    assert isinstance(loss, float)
+    assert abs(loss - loss_r) <= RTOL[dtype] * max(abs(loss_r), 1e-30)
+    assert_close(s, s_r, dtype, "new_state")
+    assert set(g) == set(g_r) == set(fast.params)
+    for k in g:
+        assert g[k].dtype == dtype and g[k].shape == fast.params[k].shape
+        assert_close(g[k], g_r[k], dtype, k)
+
+    logits, s2 = fast(X, state)
+    logits_r, s2_r = slow(X, state)
+    assert logits.shape == (B, T, V) and logits.dtype == dtype
+    assert_close(logits, logits_r, dtype, "logits")
+    assert_close(s2, s2_r, dtype, "state")
+
+
+def test_lm_gradient_is_the_one_hot_layer_gradient():
+    """The LM's row gather and scatter-add agree with the dense layer fed one-hot inputs (both on C++)."""
+    rng = np.random.default_rng(3)
+    V, H, B, T = 6, 5, 3, 4
+    lm = fastseq.RNNLM(V, H, dtype=np.float64)
+    randomize(lm, rng)
+    layer = fastseq.RNN(V, H, dtype=np.float64)
+    layer.load_state_dict({k: lm.params[k] for k in layer.params})
+    X = rng.integers(0, V, (B, T))
+    Hs, _ = layer.forward(np.eye(V)[X.T])
+    logits, _ = lm(X, None)
+    ref_logits = Hs @ lm.params["W_hq"] + lm.params["b_q"]
+    assert_close(logits, ref_logits.transpose(1, 0, 2), np.float64, "logits")
+
+
+def test_sgd_clip_training_trajectories_agree():
+    """Twenty steps of SGD (lr 1) with clipping (theta 1), state carried (detached): same losses on both backends."""
+    rng = np.random.default_rng(4)
+    V, H, B, T = 28, 32, 4, 8
+    text = np.tile(rng.integers(0, V, 50), 20)                # a repeating pattern, learnable
+    models = {b: fastseq.RNNLM(V, H, dtype=np.float64, seed=7, backend=b) for b in ("cpp", "numpy")}
+    history = {}
+    for backend, model in models.items():
+        clip = fastseq.clip_grad_norm if model.backend == "cpp" else ref.clip_grad_norm
+        state, losses, norms = None, [], []
+        for step in range(20):
+            i = step * T
+            X = np.stack([text[i + b * 100: i + b * 100 + T] for b in range(B)])
+            Y = np.stack([text[i + b * 100 + 1: i + b * 100 + T + 1] for b in range(B)])
+            loss, grads, state = model.loss_and_grad(X, Y, state, bptt=Truncated(5))
+            norms.append(clip(grads, 1.0))
+            for k, p in model.params.items():
+                p -= 1.0 * grads[k]
+            losses.append(loss)
+        history[backend] = np.array(losses), np.array(norms)
+    losses, norms = history["cpp"]
+    losses_r, norms_r = history["numpy"]
+    assert losses_r[-1] < losses_r[0] - 0.1                     # it trains (a real trajectory)
+    assert np.max(np.abs(losses - losses_r) / losses_r) <= 1e-10
+    assert np.max(np.abs(norms - norms_r) / norms_r) <= 1e-10
+    for k in models["cpp"].params:
+        assert_close(models["cpp"].params[k], models["numpy"].params[k], np.float64, k)
+
+
+# ----------------------------------------------------------------------------- generation
+@HYP
+@given(V=st.integers(1, 9), H=st.integers(1, 12), dtype=dtypes, nl=nonlins, seed=st.integers(0, 2**31 - 1),
+       temperature=st.sampled_from([0.0, 0.5, 1.0, 3.0]), top_k=st.integers(0, 10), n=st.integers(0, 15),
+       plen=st.integers(1, 4))
+def test_generation_matches_reference(V, H, dtype, nl, seed, temperature, top_k, n, plen):
+    rng = np.random.default_rng(seed)
+    fast = fastseq.RNNLM(V, H, nonlinearity=nl, dtype=dtype)
+    randomize(fast, rng, scale=1.0)
+    slow = ref.RNNLM(V, H, nonlinearity=nl, dtype=dtype)
+    slow.load_state_dict(fast.state_dict())
+    prefix = rng.integers(0, V, plen)
+    u = rng.random(n) if temperature > 0 else None
+    out = fast.generate(prefix, n, temperature=temperature, top_k=top_k, uniforms=u)
+    out_r = slow.generate(prefix, n, temperature=temperature, top_k=top_k, uniforms=u)
+    assert out.dtype == np.int32 and out.shape == (n,)
+    np.testing.assert_array_equal(out, out_r)
+
+
+def test_generation_ties_and_top_k_edges():
+    """Equal logits: greedy takes the lowest id; top_k keeps the lower ids among ties."""
+    V, H = 5, 3
+    for backend in ("cpp", "numpy"):
+        m = fastseq.RNNLM(V, H, dtype=np.float64, backend=backend)
+        m.load_state_dict({k: np.zeros_like(v) for k, v in m.params.items()})   # all logits equal
+        assert m.generate([0], 3).tolist() == [0, 0, 0]
+        # top_k = 2 keeps ids 0 and 1: u < 0.5 -> 0, u >= 0.5 -> 1
+        assert m.generate([0], 3, temperature=1.0, top_k=2, uniforms=np.array([0.1, 0.6, 0.99])).tolist() == [0, 1, 1]
+        assert m.generate([0], 2, temperature=1.0, uniforms=np.array([0.0, 0.999999])).tolist() == [0, 4]
+
+
+# ----------------------------------------------------------------------------- validation
+def lm_cases():
+    ok_X = np.zeros((2, 3), dtype=np.int64)
+    return [
+        ("X", lambda m: m(np.full((2, 3), 5), None)),                              # id == V
+        ("X", lambda m: m(np.full((2, 3), -1), None)),                             # negative id
+        ("X", lambda m: m(np.zeros((2, 3), dtype=np.float32), None)),              # not integer
+        ("X", lambda m: m(np.zeros(3, dtype=np.int64), None)),                     # not 2-D
+        ("X", lambda m: m(np.zeros((0, 3), dtype=np.int64), None)),                # B = 0
+        ("state", lambda m: m(ok_X, np.zeros((2, 3)))),                             # wrong H
+        ("state", lambda m: m(ok_X, np.zeros((2, 4), dtype=np.float64))),          # wrong dtype
+        ("Y", lambda m: m.loss_and_grad(ok_X, np.zeros((2, 4), dtype=np.int64), None)),
+        ("Y", lambda m: m.loss_and_grad(ok_X, np.full((2, 3), 9), None)),
+        ("bptt", lambda m: m.loss_and_grad(ok_X, ok_X, None, bptt="full")),
+        ("xi", lambda m: m.loss_and_grad(ok_X, ok_X, None, bptt=Randomized(xi=np.ones((3, 3))))),
+        ("prefix_ids", lambda m: m.generate([], 3)),
+        ("prefix_ids", lambda m: m.generate([7], 3)),
+        ("num_preds", lambda m: m.generate([1], -1)),
+        ("temperature", lambda m: m.generate([1], 2, temperature=-1.0)),
+        ("temperature", lambda m: m.generate([1], 2, temperature=float("nan"))),
+        ("top_k", lambda m: m.generate([1], 2, top_k=-2)),
+        ("uniforms", lambda m: m.generate([1], 2, temperature=1.0)),
+        ("uniforms", lambda m: m.generate([1], 2, temperature=1.0, uniforms=np.zeros(3))),
+        ("uniforms", lambda m: m.generate([1], 2, temperature=1.0, uniforms=np.zeros(2, dtype=np.float32))),
+        ("uniforms", lambda m: m.generate([1], 2, temperature=1.0, uniforms=np.array([0.5, 1.0]))),
+        ("batch_size", lambda m: m.begin_state(0)),
+        ("W_hh", lambda m: m.load_state_dict({**m.state_dict(), "W_hh": np.zeros((3, 3))})),
+        ("W_hq", lambda m: m.load_state_dict({**m.state_dict(), "W_hq": np.full((4, 5), np.nan)})),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("case", range(len(lm_cases())))
+def test_lm_validation_errors(backend, case):
+    name, call = lm_cases()[case]
+    m = fastseq.RNNLM(5, 4, backend=backend)
+    with pytest.raises(ValueError, match=name):
+        call(m)
+
+
+def layer_cases():
+    X = np.zeros((3, 2, 4), dtype=np.float32)
+    return [
+        ("X", lambda m: m.forward(X.astype(np.float64))),
+        ("X", lambda m: m.forward(np.zeros((3, 2, 5), dtype=np.float32))),
+        ("X", lambda m: m.forward(np.zeros((0, 2, 4), dtype=np.float32))),
+        ("X", lambda m: m.forward(X.tolist())),
+        ("h0", lambda m: m.forward(X, np.zeros((3, 6), dtype=np.float32))),
+        ("dHs", lambda m: m.backward(np.zeros((3, 2, 5), dtype=np.float32), m.forward(X)[1])),
+        ("dH_T", lambda m: m.backward(np.zeros((3, 2, 6), dtype=np.float32), m.forward(X)[1],
+                                      dH_T=np.zeros((2, 6)))),
+        ("cache", lambda m: m.backward(np.zeros((3, 2, 6), dtype=np.float32), (X,))),
+        ("cache Hs", lambda m: m.backward(np.zeros((3, 2, 6), dtype=np.float32), (X, np.zeros((2, 6), np.float32),
+                                                                                    np.zeros((3, 2, 5), np.float32)))),
+        ("tau", lambda m: m.backward(np.zeros((3, 2, 6), dtype=np.float32), m.forward(X)[1], bptt=Truncated(0))),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("case", range(len(layer_cases())))
+def test_layer_validation_errors(backend, case):
+    name, call = layer_cases()[case]
+    m = fastseq.RNN(4, 6, backend=backend)
+    with pytest.raises(ValueError, match=name):
+        call(m)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="backend"):
+        fastseq.RNNLM(5, 4, backend="gpu")
+    with pytest.raises(ValueError, match="nonlinearity"):
+        fastseq.RNNLM(5, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="dtype"):
+        fastseq.RNN(5, 4, dtype=np.int32)
+
+
+def _params(V=5, H=4, dtype=np.float64):
+    rng = np.random.default_rng(0)
+    return {"W_xh": rng.normal(size=(V, H)).astype(dtype), "W_hh": rng.normal(size=(H, H)).astype(dtype),
+            "b_h": np.zeros(H, dtype), "W_hq": rng.normal(size=(H, V)).astype(dtype), "b_q": np.zeros(V, dtype)}
+
+
+def binding_cases():
+    """Arguments that only the C++ boundary sees (the Python layer checks or fixes the rest first)."""
+    ids = np.zeros((2, 3), dtype=np.int64)
+    h0 = np.zeros((2, 4))
+    p = _params()
+    X = np.zeros((3, 2, 5))
+    lp = {k: p[k] for k in ("W_xh", "W_hh", "b_h")}
+    Hs = np.zeros((3, 2, 4))
+    return [
+        ("X", lambda: _core.lm_forward(ids.astype(np.int32), h0, p, "tanh")),
+        ("X", lambda: _core.lm_forward(np.zeros((3, 2), np.int64).T, h0, p, "tanh")),       # not C-contiguous
+        ("X", lambda: _core.lm_forward(np.full((2, 3), 5, np.int64), h0, p, "tanh")),
+        ("X", lambda: _core.lm_forward([[0, 1]], h0, p, "tanh")),
+        ("state", lambda: _core.lm_forward(ids, h0.astype(np.float32), p, "tanh")),
+        ("state", lambda: _core.lm_forward(ids, np.zeros((3, 4)), p, "tanh")),
+        ("W_hq", lambda: _core.lm_forward(ids, h0, {**p, "W_hq": np.zeros((4, 6))}, "tanh")),
+        ("W_hq", lambda: _core.lm_forward(ids, h0, {**p, "W_hq": np.asfortranarray(np.zeros((4, 5)))}, "tanh")),
+        ("b_q", lambda: _core.lm_forward(ids, h0, {k: v for k, v in p.items() if k != "b_q"}, "tanh")),
+        ("W_xh", lambda: _core.lm_forward(ids, h0, {**p, "W_xh": p["W_xh"].astype(np.float32)}, "tanh")),
+        ("W_hh", lambda: _core.lm_forward(ids, h0, {**p, "W_hh": np.zeros((4, 5))}, "tanh")),
+        ("W_hh", lambda: _core.lm_forward(ids, h0, {**p, "W_hh": np.zeros((4, 4), np.int64)}, "tanh")),
+        ("nonlinearity", lambda: _core.lm_forward(ids, h0, p, "sigmoid")),
+        ("threads", lambda: _core.lm_forward(ids, h0, p, "tanh", threads=-1)),
+        ("Y", lambda: _core.lm_loss_and_grad(ids, np.zeros((2, 4), np.int64), h0, p, "tanh", None, 0)),
+        ("scale", lambda: _core.lm_loss_and_grad(ids, ids, h0, p, "tanh", np.ones((2, 3)), 0)),
+        ("scale", lambda: _core.lm_loss_and_grad(ids, ids, h0, p, "tanh", np.ones((3, 2), np.float32), 0)),
+        ("window", lambda: _core.lm_loss_and_grad(ids, ids, h0, p, "tanh", None, -1)),
+        ("prefix_ids", lambda: _core.lm_generate(np.array([5]), 2, p, "tanh", 0.0, 0, None)),
+        ("num_preds", lambda: _core.lm_generate(np.array([1]), -2, p, "tanh", 0.0, 0, None)),
+        ("uniforms", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", 1.0, 0, np.array([0.1, 2.0]))),
+        ("uniforms", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", 1.0, 0, None)),
+        ("top_k", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", 1.0, -1, np.array([0.1, 0.2]))),
+        ("temperature", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", -1.0, 0, None)),
+        ("X", lambda: _core.rnn_forward(np.zeros((3, 2, 6)), h0, lp, "tanh")),
+        ("h0", lambda: _core.rnn_forward(X, np.zeros((2, 4, 1)), lp, "tanh")),
+        ("Hs", lambda: _core.rnn_backward(Hs, X, h0, np.zeros((3, 2, 3)), lp, "tanh", None, None, 0)),
+        ("dHs", lambda: _core.rnn_backward(Hs[:, :, ::2], X, h0, Hs, lp, "tanh", None, None, 0)),
+        ("dH_T", lambda: _core.rnn_backward(Hs, X, h0, Hs, lp, "tanh", np.zeros((2, 5)), None, 0)),
+        ("b_h", lambda: _core.rnn_forward(X, h0, {**lp, "b_h": np.zeros(5)}, "tanh")),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(binding_cases())))
+def test_binding_validation_errors(case):
+    name, call = binding_cases()[case]
+    with pytest.raises(ValueError, match=name):
+        call()
+
+
+# ----------------------------------------------------------------------------- threads and API
+def test_two_models_in_two_threads_match_serial_runs():
+    """The kernels release the GIL and share no state: concurrent runs give the serial results exactly."""
+    rng = np.random.default_rng(5)
+    models = [fastseq.RNNLM(28, 48, dtype=np.float64, seed=s) for s in (1, 2)]
+    data = [(rng.integers(0, 28, (16, 20)), rng.integers(0, 28, (16, 20))) for _ in models]
+    serial = [m.loss_and_grad(X, Y, None) for m, (X, Y) in zip(models, data)]
+    results = [[None] * 10 for _ in models]
+
+    def work(i):
+        for r in range(10):
+            results[i][r] = models[i].loss_and_grad(*data[i], None)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (loss, g, s) in enumerate(serial):
+        for loss2, g2, s2 in results[i]:
+            assert loss2 == loss
+            np.testing.assert_array_equal(s2, s)
+            for k in g:
+                np.testing.assert_array_equal(g2[k], g[k])
+
+
+@pytest.mark.parametrize("pair", [(fastseq.RNN, ref.RNN), (fastseq.RNNLM, ref.RNNLM)], ids=["RNN", "RNNLM"])
+def test_same_public_api_on_both_backends(pair):
+    fast, slow = pair
+
+    def public(cls):
+        return {n for n in dir(cls) if not n.startswith("_") or n == "__call__"}
+
+    assert public(fast) == public(slow)
+    for name in public(slow):
+        a, b = getattr(fast, name), getattr(slow, name)
+        if callable(a) and not isinstance(a, property):
+            assert inspect.signature(a) == inspect.signature(b), name
+    init_fast = [p for p in inspect.signature(fast.__init__).parameters.values() if p.name != "backend"]
+    assert init_fast == list(inspect.signature(slow.__init__).parameters.values())
+    assert fast(4, 3).backend == "cpp"
+    assert fast(4, 3, backend="numpy").backend == "numpy"
+    assert slow(4, 3).backend == "numpy"
+    assert fast(4, 3).config == slow(4, 3).config

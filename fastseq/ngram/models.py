@@ -1,0 +1,471 @@
+"""N-gram language models: the seed's Laplace smoothing and interpolated modified Kneser-Ney.
+
+Legend: V model vocabulary size, N model order, K_k number of k-grams in table k,
+T tokens in a padded stream.
+
+Every model is stored the way an ARPA file stores it (and scored the way KenLM
+scores it): for each order k a table of k-grams (rows (K_k, k) int32 in
+lexicographic order of model ids) with log10 P(w | c) and log10 backoff b(c).
+Unseen n-grams back off: P(w | c) = b(c) P(w | c') where c' drops the first word
+of c and b(c) = 1 when c is not a context. Both estimators are interpolated
+models, so this form is exact, not an approximation.
+
+Model ids: 0 '<unk>', 1 '<s>', 2 '</s>', then the words in order of first
+appearance in the training data (the order lmplz gives them). Each sentence is
+``<s> w1 .. wk </s>``: one ``<s>`` that is never predicted, and ``</s>`` that is.
+The uniform base covers the vocabulary without ``<s>`` (V - 1 tokens, with
+'<unk>' and '</s>').
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from .. import _text
+from .counting import count_ngrams, padded_stream
+
+__all__ = ["BadDiscountError", "KneserNeyLM", "LaplaceLM", "Perplexity", "NGramLM"]
+
+UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+# log10 probability written for '<s>', which is never predicted (the ARPA convention).
+NEVER = -99.0
+LMPLZ_FALLBACK = (0.5, 1.0, 1.5)
+
+Perplexity = namedtuple("Perplexity", "including_oov excluding_oov tokens oov")
+Perplexity.__doc__ = """KenLM query's summary: '</s>' is a token; OOV tokens are scored as '<unk>'
+(including_oov) or left out of both sum and count (excluding_oov)."""
+
+
+class BadDiscountError(ValueError):
+    """A modified Kneser-Ney discount falls outside its valid range (lmplz's BadDiscountException)."""
+
+
+def _sentences_to_ids(sentences):
+    """(ids int32, lengths int64, tokens list): model ids of a corpus of sentences."""
+    if isinstance(sentences, (str, bytes)):
+        raise ValueError("sentences: expected an iterable of sentences (token lists or strings), got one string")
+    flat, lengths = [], []
+    for s in sentences:
+        toks = s.split() if isinstance(s, str) else list(s)
+        if toks and not isinstance(toks[0], str):
+            raise ValueError(f"sentences: expected lists of string tokens, got {type(toks[0]).__name__} tokens")
+        flat.extend(toks)
+        lengths.append(len(toks))
+    if not lengths or not flat:
+        raise ValueError("sentences: empty corpus (no tokens to fit)")
+    prov, uniq = _text.intern_tokens(flat)
+    for t in (BOS, EOS):
+        if t in uniq:
+            raise ValueError(f"sentences: {t!r} is reserved (each sentence is wrapped in <s> ... </s> for you)")
+    if any(not isinstance(t, str) for t in uniq):
+        raise ValueError("sentences: expected string tokens")
+    tokens = [UNK, BOS, EOS] + [t for t in uniq if t != UNK]
+    index = {t: i for i, t in enumerate(tokens)}
+    table = np.array([index[t] for t in uniq], dtype=np.int32)
+    return table[prov], np.asarray(lengths, dtype=np.int64), tokens
+
+
+def _ids_with_vocab(ids, vocab, lengths):
+    """Model ids from a Vocab-encoded array: '<unk>', '<s>', '</s>' first, then the Vocab's order."""
+    if vocab is None or not hasattr(vocab, "idx_to_token"):
+        raise ValueError("vocab: an id array needs the fastseq.Vocab that encoded it")
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"sentences: expected a 1-D integer id array, got shape {ids.shape} dtype {ids.dtype}")
+    n = len(vocab.idx_to_token)
+    if ids.size == 0:
+        raise ValueError("sentences: empty corpus (no tokens to fit)")
+    if ids.min() < 0 or ids.max() >= n:
+        raise ValueError(f"sentences: ids must lie in [0, {n}) (the vocabulary), got [{ids.min()}, {ids.max()}]")
+    tokens = [UNK, BOS, EOS] + [t for t in vocab.idx_to_token if t not in (UNK, BOS, EOS)]
+    index = {t: i for i, t in enumerate(tokens)}
+    table = np.array([index[t] for t in vocab.idx_to_token], dtype=np.int32)
+    if lengths is None:
+        lengths = [len(ids)]
+    return table[ids.astype(np.int64)], np.asarray(lengths), tokens
+
+
+class NGramLM:
+    """A back-off n-gram model (what an ARPA file holds); the base of every model here.
+
+    prob / logprob / score / perplexity / distribution / generate / to_arpa work
+    the same for a fitted model and one read by ``load_arpa``.
+    """
+
+    def __init__(self, order):
+        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
+            raise ValueError(f"order: expected an integer >= 1, got {order!r}")
+        self.order = int(order)
+        self.vocab = None
+
+    # ----- storage -------------------------------------------------------------------------
+    def _set_tables(self, tokens, rows, parent, logp, logb):
+        """rows[k] (K_k, k), parent[k] int64 (row of table k-1; table 1 is dense: row = id),
+        logp[k], logb[k] float64 (log10)."""
+        self.vocab = list(tokens)
+        self.token_to_id = {t: i for i, t in enumerate(self.vocab)}
+        self._V = V = len(self.vocab)
+        self._rows, self._logp, self._logb, self._parent, self._key = {}, {}, {}, {}, {}
+        for k in range(1, self.order + 1):
+            self._rows[k] = rows[k]
+            self._parent[k] = parent[k]
+            # key of a k-gram: (row of its prefix) * V + last word; sorted because rows are.
+            self._key[k] = parent[k].astype(np.int64) * V + rows[k][:, -1]
+            self._logp[k] = np.asarray(logp[k], dtype=np.float64)
+            self._logb[k] = np.asarray(logb[k], dtype=np.float64)
+
+    def _check_fitted(self):
+        if self.vocab is None:
+            raise RuntimeError(f"{type(self).__name__}: fit the model first")
+
+    def _lookup(self, k, prefix_row, word):
+        """Row of table k for (prefix row of table k-1, last word); -1 where absent."""
+        key = self._key[k]
+        q = np.asarray(prefix_row, dtype=np.int64) * self._V + word
+        j = np.searchsorted(key, q)
+        j = np.minimum(j, len(key) - 1) if len(key) else np.zeros_like(j)
+        found = (np.asarray(prefix_row) >= 0) & (len(key) > 0)
+        if len(key):
+            found &= key[j] == q
+        return np.where(found, j, -1)
+
+    def _find(self, rows):
+        """Row in table n of each n-gram in rows (M, n); -1 where absent (or a prefix is)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        idx = rows[:, 0].copy()
+        for m in range(2, rows.shape[1] + 1):
+            idx = self._lookup(m, idx, rows[:, m - 1])
+        return idx
+
+    # ----- scoring -------------------------------------------------------------------------
+    def _ids(self, tokens):
+        return np.array([self.token_to_id.get(t, UNK_ID) for t in tokens], dtype=np.int64)
+
+    def _logp_stream(self, stream, q):
+        """log10 P(stream[i] | the tokens before it in its sentence), for every i.
+
+        stream: int64 (T,) model ids; q: (T,) position of i in its sentence (0 = first
+        token, which is predicted from the empty context). Back-off as KenLM does it:
+        the longest stored n-gram ending at i, times the backoffs of the longer contexts.
+        """
+        lp = self._logp[1][stream]                       # order 1 is dense: always stored
+        idx = stream.copy()                              # row of the (k-1)-gram ending at i
+        for k in range(2, self.order + 1):
+            ctx = np.empty_like(idx)                     # row of the (k-1)-gram ending at i-1
+            ctx[1:] = idx[:-1]
+            if len(ctx):
+                ctx[0] = -1
+            ctx[q < k - 1] = -1                          # the context would leave the sentence
+            idx = self._lookup(k, ctx, stream)
+            hit = idx >= 0
+            backoff = ~hit & (ctx >= 0)
+            lp = np.where(hit, self._logp[k][np.maximum(idx, 0)], lp)
+            lp[backoff] += self._logb[k - 1][ctx[backoff]]
+        return lp
+
+    def _corpus(self, sentences, bos, eos):
+        """(stream, q, predicted mask, oov mask) of a corpus of sentences."""
+        if isinstance(sentences, str):
+            raise ValueError("sentences: expected an iterable of sentences, got one string")
+        flat, lengths = [], []
+        for s in sentences:
+            toks = s.split() if isinstance(s, str) else list(s)
+            flat.extend(toks)
+            lengths.append(len(toks))
+        if flat:
+            prov, uniq = _text.intern_tokens(flat)
+            table = np.array([self.token_to_id.get(t, UNK_ID) for t in uniq], dtype=np.int64)
+            ids = table[prov]
+        else:
+            ids = np.zeros(0, dtype=np.int64)
+        stream, room = padded_stream(ids, np.asarray(lengths, dtype=np.int64),
+                                     BOS_ID if bos else None, EOS_ID if eos else None)
+        stream = stream.astype(np.int64)
+        seg = np.asarray(lengths, dtype=np.int64) + bool(bos) + bool(eos)
+        start = np.repeat(np.concatenate([[0], np.cumsum(seg)[:-1]]), seg).astype(np.int64)
+        q = np.arange(len(stream)) - start
+        predicted = ~((q == 0) & bool(bos))              # '<s>' is context, never predicted
+        return stream, q, predicted, stream == UNK_ID
+
+    def score(self, words, bos=True, eos=True):
+        """log10 probability of one sentence: kenlm's ``Model.score`` contract.
+
+        words: a string (split on whitespace) or a list of tokens. bos: start from
+        '<s>' (else from the empty context); eos: include P('</s>' | ...).
+        """
+        self._check_fitted()
+        stream, q, predicted, _ = self._corpus([words], bos, eos)
+        return float(self._logp_stream(stream, q)[predicted].sum())
+
+    def logprob(self, words, bos=True, eos=True):
+        """Natural-log probability of one sentence (score times ln 10)."""
+        return self.score(words, bos, eos) * np.log(10.0)
+
+    def prob(self, word, context=()):
+        """P(word | context); context: tokens before it, starting with '<s>' at a sentence start."""
+        self._check_fitted()
+        context = context.split() if isinstance(context, str) else list(context)
+        ids = self._ids(context + [word])
+        if ids[-1] == BOS_ID:
+            return 0.0
+        lp = self._logp_stream(ids, np.arange(len(ids)))
+        return float(10.0 ** lp[-1])
+
+    def distribution(self, context=()):
+        """P(w | context) for every model id w (V,), summing to 1 ('<s>' has 0)."""
+        self._check_fitted()
+        context = context.split() if isinstance(context, str) else list(context)
+        ids = self._ids(context)[-(self.order - 1):] if self.order > 1 else np.zeros(0, np.int64)
+        lp = self._logp[1].copy()
+        for k in range(2, self.order + 1):
+            if len(ids) < k - 1:
+                break
+            c = self._find(ids[len(ids) - (k - 1):][None, :])[0]
+            if c < 0:
+                break                                    # longer contexts are absent too
+            lp += self._logb[k - 1][c]
+            lo, hi = np.searchsorted(self._key[k], [c * self._V, (c + 1) * self._V])
+            lp[self._rows[k][lo:hi, -1]] = self._logp[k][lo:hi]
+        p = 10.0 ** lp
+        p[BOS_ID] = 0.0
+        return p
+
+    def perplexity(self, sentences):
+        """Perplexity of a corpus of sentences as KenLM's ``query`` reports it.
+
+        Each sentence is scored from '<s>' and ends with '</s>', which is a token.
+        Tokens outside the vocabulary are OOV: scored as '<unk>' in including_oov,
+        left out (log-probability and count) in excluding_oov.
+        """
+        self._check_fitted()
+        stream, q, predicted, oov = self._corpus(sentences, True, True)
+        lp = self._logp_stream(stream, q)[predicted]
+        oov = oov[predicted]
+        tokens, n_oov = int(predicted.sum()), int(oov.sum())
+        if tokens == 0:
+            raise ValueError("sentences: empty corpus")
+        total, total_oov = lp.sum(), lp[oov].sum()
+        excl = 10.0 ** (-(total - total_oov) / (tokens - n_oov)) if tokens > n_oov else float("nan")
+        return Perplexity(float(10.0 ** (-total / tokens)), float(excl), tokens, n_oov)
+
+    def generate(self, n, prefix=(), rng=None):
+        """n tokens sampled after '<s>' + prefix; after '</s>' a new sentence starts."""
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n: expected an integer >= 0, got {n!r}")
+        rng = np.random.default_rng(rng)
+        context = [BOS] + (prefix.split() if isinstance(prefix, str) else list(prefix))
+        out = []
+        for _ in range(n):
+            p = self.distribution(context[-(self.order - 1):] if self.order > 1 else ())
+            w = self.vocab[int(rng.choice(len(p), p=p / p.sum()))]
+            out.append(w)
+            context = [BOS] if w == EOS else context + [w]
+        return out
+
+    # ----- ARPA ------------------------------------------------------------------------------
+    def to_arpa(self, path):
+        """Write the model as an ARPA file (readable by KenLM, SRILM and ``load_arpa``)."""
+        self._check_fitted()
+        bad = [t for t in self.vocab if not t or any(ch.isspace() for ch in t)]
+        if bad:
+            raise ValueError(f"to_arpa: ARPA separates words by whitespace; the vocabulary has "
+                             f"tokens {bad[:3]!r} that are empty or contain whitespace")
+        vocab = np.array(self.vocab, dtype=object)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\\data\\\n")
+            for k in range(1, self.order + 1):
+                f.write(f"ngram {k}={len(self._rows[k])}\n")
+            for k in range(1, self.order + 1):
+                f.write(f"\n\\{k}-grams:\n")
+                words = vocab[self._rows[k][:, 0]]
+                for j in range(1, k):
+                    words = words + " " + vocab[self._rows[k][:, j]]
+                lp = self._logp[k]
+                if k < self.order:
+                    lines = [f"{p:.9g}\t{w}\t{b:.9g}\n" for p, w, b in zip(lp.tolist(), words.tolist(),
+                                                                          self._logb[k].tolist())]
+                else:
+                    lines = [f"{p:.9g}\t{w}\n" for p, w in zip(lp.tolist(), words.tolist())]
+                f.writelines(lines)
+            f.write("\n\\end\\\n")
+
+
+class _Estimator(NGramLM):
+    """Shared fit: ids -> counts -> tables of rows with parent and suffix links."""
+
+    def _counts(self, sentences, vocab, lengths):
+        if isinstance(sentences, np.ndarray) or (vocab is not None and not isinstance(sentences, (list, tuple))):
+            ids, lengths, tokens = _ids_with_vocab(sentences, vocab, lengths)
+        else:
+            if lengths is not None:
+                raise ValueError("lengths: only with an id array (sentences of tokens carry their own lengths)")
+            ids, lengths, tokens = _sentences_to_ids(sentences)
+        V = len(tokens)
+        counts = count_ngrams(ids, self.order, lengths=lengths, bos=BOS_ID, eos=EOS_ID, vocab_size=V)
+        N = self.order
+        rows = {1: np.arange(V, dtype=np.int32)[:, None]}
+        c = {1: np.zeros(V, dtype=np.int64)}
+        c[1][counts.grams[1][:, 0]] = counts.counts[1]
+        parent = {1: np.zeros(V, dtype=np.int64)}
+        suffix = {1: np.zeros(V, dtype=np.int64)}
+        self._V = V
+        self._key = {1: np.arange(V, dtype=np.int64)}
+        for k in range(2, N + 1):
+            rows[k], c[k] = counts.grams[k], counts.counts[k]
+            if k == 2:
+                parent[k] = rows[k][:, 0].astype(np.int64)
+                suffix[k] = rows[k][:, 1].astype(np.int64)
+            else:
+                parent[k] = counts.parents[k].astype(np.int64)
+                # suffix of (w0..w_{k-1}) = (suffix row of its prefix, last word) in table k-1
+                suffix[k] = self._lookup(k - 1, suffix[k - 1][parent[k]], rows[k][:, -1])
+            self._key[k] = parent[k] * V + rows[k][:, -1]
+        return tokens, rows, c, parent, suffix
+
+
+class LaplaceLM(_Estimator):
+    """The seed's Laplace smoothing, applied recursively down to the uniform distribution.
+
+    P(x) = (n(x) + eps_1 / m) / (n + eps_1), m = V - 1 predictable tokens (every
+    word, '</s>', '<unk>'), n = their total count; and for a context c of k-1 tokens
+    P(w | c) = (n(c, w) + eps_k P(w | c')) / (n(c) + eps_k), c' = c without its first
+    token, n(c) = sum_w n(c, w) (c's count as a context). The seed prints the bigram
+    numerator as n(x, x') + eps_2 P(x): a slip (it does not normalise); the lower-order
+    estimate of the predicted token, P(x'), is the right one, as in the book it follows.
+
+    eps: one positive number for every order, or one per order (eps_1 .. eps_N).
+    """
+
+    def __init__(self, order, eps=1.0):
+        super().__init__(order)
+        e = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+        if e.ndim != 1 or len(e) not in (1, self.order) or not np.all(np.isfinite(e)) or np.any(e <= 0):
+            raise ValueError(f"eps: expected a positive number or {self.order} positive numbers, got {eps!r}")
+        self.eps = np.broadcast_to(e, (self.order,)).copy()
+
+    def fit(self, sentences, vocab=None, lengths=None):
+        """Fit on sentences (token lists or strings), or on an id array with its Vocab
+        (``lengths``: sentence lengths; default one sentence)."""
+        tokens, rows, c, parent, suffix = self._counts(sentences, vocab, lengths)
+        V, N = len(tokens), self.order
+        n1 = c[1].astype(np.float64)
+        n1[BOS_ID] = 0.0                                 # '<s>' is never predicted
+        p = {1: (n1 + self.eps[0] / (V - 1)) / (n1.sum() + self.eps[0])}
+        p[1][BOS_ID] = 0.0
+        b = {}
+        for k in range(2, N + 1):
+            e = self.eps[k - 1]
+            nc = np.bincount(parent[k], weights=c[k], minlength=len(rows[k - 1]))   # n(c)
+            p[k] = (c[k] + e * p[k - 1][suffix[k]]) / (nc[parent[k]] + e)
+            b[k - 1] = np.where(nc > 0, e / (nc + e), 1.0)
+        b[N] = np.ones(len(rows[N]))
+        self._finish(tokens, rows, parent, p, b)
+        return self
+
+    def _finish(self, tokens, rows, parent, p, b):
+        with np.errstate(divide="ignore"):
+            logp = {k: np.log10(p[k]) for k in p}
+        logp[1][BOS_ID] = NEVER
+        self._set_tables(tokens, rows, parent, logp, {k: np.log10(b[k]) for k in b})
+
+
+class KneserNeyLM(_Estimator):
+    """Interpolated modified Kneser-Ney (Chen and Goodman), estimated as KenLM's lmplz does.
+
+    Adjusted counts a: the raw count at the highest order and for n-grams that start
+    with '<s>'; otherwise the number of distinct words seen to the left (continuation
+    count; '<s>' counts as one). Per order k, from the counts of counts n_1..n_4 of a:
+    Y = n_1 / (n_1 + 2 n_2), D_j = j - (j + 1) Y n_{j+1} / n_j (j = 1, 2, 3+).
+    u(w | c) = (a(c w) - D(a)) / sum_w a(c w), gamma(c) = sum_j D_j N_j(c .) / sum_w a(c w),
+    P(w | c) = u(w | c) + gamma(c) P(w | c'), and at the bottom gamma() / (V - 1), the
+    uniform distribution over every token but '<s>' (so '<unk>' gets only that share).
+
+    A discount outside [0, j] (too little data) raises BadDiscountError naming the
+    order, as lmplz does; ``discount_fallback=True`` (or a triple D1, D2, D3+)
+    substitutes lmplz's fallback (0.5, 1, 1.5) for the orders that need it, as
+    ``lmplz --discount_fallback`` does. ``discounts``: {order: (D1, D2, D3+)} to force.
+
+    Deliberate difference: lmplz deletes '<unk>' tokens from its training text; here a
+    '<unk>' in the training data (e.g. from a Vocab with min_freq) is an ordinary token.
+    """
+
+    def __init__(self, order, discount_fallback=None, discounts=None):
+        super().__init__(order)
+        if discount_fallback is True:
+            discount_fallback = LMPLZ_FALLBACK
+        if discount_fallback is not None and discount_fallback is not False:
+            d = np.asarray(discount_fallback, dtype=np.float64)
+            if d.shape != (3,) or not np.all(np.isfinite(d)) or np.any(d < 0) or np.any(d > [1, 2, 3]):
+                raise ValueError(f"discount_fallback: expected True or (D1, D2, D3+) with 0 <= Dj <= j, "
+                                 f"got {discount_fallback!r}")
+            self.discount_fallback = tuple(float(x) for x in d)
+        else:
+            self.discount_fallback = None
+        self.fixed_discounts = {}
+        for k, d in (discounts or {}).items():
+            d = np.asarray(d, dtype=np.float64)
+            if not (isinstance(k, (int, np.integer)) and 1 <= k <= self.order) or d.shape != (3,) \
+                    or np.any(d < 0) or np.any(d > [1, 2, 3]):
+                raise ValueError(f"discounts: expected {{order: (D1, D2, D3+)}} with 0 <= Dj <= j, got {discounts!r}")
+            self.fixed_discounts[int(k)] = tuple(float(x) for x in d)
+        self.discounts = {}
+
+    def _discount(self, k, a):
+        if k in self.fixed_discounts:
+            return np.array((0.0,) + self.fixed_discounts[k])
+        n = np.array([np.count_nonzero(a == j) for j in range(1, 5)], dtype=np.float64)
+        problem = None
+        if np.any(n[:3] == 0):
+            j = int(np.flatnonzero(n[:3] == 0)[0]) + 1
+            problem = f"no {k}-grams have adjusted count {j}"
+        else:
+            y = n[0] / (n[0] + 2 * n[1])
+            D = np.array([j - (j + 1) * y * n[j] / n[j - 1] for j in (1, 2, 3)])
+            for j in (1, 2, 3):
+                if not 0 <= D[j - 1] <= j:
+                    problem = f"the {k}-gram discount D{j} = {D[j - 1]:.6g} is outside [0, {j}]"
+                    break
+        if problem is None:
+            return np.concatenate([[0.0], D])
+        if self.discount_fallback is not None:
+            return np.array((0.0,) + self.discount_fallback)
+        raise BadDiscountError(
+            f"KneserNeyLM(order={self.order}): {problem} (counts of counts n1..n4 = "
+            f"{', '.join(str(int(x)) for x in n)}); the data is too small for modified Kneser-Ney "
+            f"at order {self.order}. Use a lower order, or pass discount_fallback=True to substitute "
+            f"lmplz's fallback discounts D1=0.5 D2=1 D3+=1.5 (lmplz --discount_fallback).")
+
+    def fit(self, sentences, vocab=None, lengths=None):
+        """Fit on sentences (token lists or strings), or on an id array with its Vocab
+        (``lengths``: sentence lengths; default one sentence)."""
+        tokens, rows, c, parent, suffix = self._counts(sentences, vocab, lengths)
+        V, N = len(tokens), self.order
+        # Adjusted counts.
+        a = {N: c[N].copy()}
+        for k in range(N - 1, 0, -1):
+            a[k] = np.bincount(suffix[k + 1], minlength=len(rows[k])).astype(np.int64)
+            starts = rows[k][:, 0] == BOS_ID
+            a[k][starts] = c[k][starts]
+        a[1][BOS_ID] = 0
+        D = {k: self._discount(k, a[k]) for k in range(1, N + 1)}
+        self.discounts = {k: tuple(float(x) for x in D[k][1:]) for k in D}
+        # Order 1: discounted continuation counts plus gamma times the uniform distribution.
+        d1 = D[1][np.minimum(a[1], 3)]
+        denom = float(a[1].sum())
+        gamma0 = float((d1 * (a[1] > 0)).sum()) / denom
+        p = {1: (a[1] - d1 * (a[1] > 0)) / denom + gamma0 / (V - 1)}
+        p[1][BOS_ID] = 0.0
+        b = {}
+        for k in range(2, N + 1):
+            K = len(rows[k - 1])
+            dk = D[k][np.minimum(a[k], 3)]
+            denom = np.bincount(parent[k], weights=a[k], minlength=K)                # sum_w a(c w)
+            gam = np.bincount(parent[k], weights=dk, minlength=K)                   # sum_j D_j N_j(c .)
+            ctx = denom > 0
+            gamma = np.where(ctx, gam / np.where(ctx, denom, 1.0), 1.0)
+            p[k] = (a[k] - dk) / denom[parent[k]] + gamma[parent[k]] * p[k - 1][suffix[k]]
+            b[k - 1] = gamma                                                         # 1 where not a context
+        b[N] = np.ones(len(rows[N]))
+        LaplaceLM._finish(self, tokens, rows, parent, p, b)
+        return self

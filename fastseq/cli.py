@@ -253,18 +253,14 @@ def _zipf(tokens, vocab, args):
 
 
 def _ngram_counts(ngram, ids, n):
-    """The counts of all distinct n-grams of order n (any order of the entries)."""
-    res = ngram.count_ngrams(np.ascontiguousarray(ids, dtype=np.int32), n)
-    got = res[n - 1] if isinstance(res, (list, tuple)) else res[n] if isinstance(res, dict) else res
-    if isinstance(got, tuple):
-        got = got[1]
-    elif hasattr(got, "counts"):
-        got = got.counts
-    return np.asarray(got)
+    """The counts of all distinct n-grams of order n (in no particular order)."""
+    _, counts = ngram.count_ngrams(np.ascontiguousarray(ids, dtype=np.int32), n)[n]
+    return np.asarray(counts)
 
 
 def _zipf_fit(ngram, freqs):
-    """alpha, c of log n_i = -alpha log i + c over the ranks before the long tail of singletons."""
+    """alpha, c of the seed's log n_i = -alpha log i + c, by least squares over the ranks
+    whose frequency is at least 2 (the singletons' flat tail would drag alpha down)."""
     fit = getattr(ngram, "zipf_fit", None)
     if fit is not None:
         r = fit(freqs)
@@ -276,7 +272,14 @@ def _zipf_fit(ngram, freqs):
             alpha, c = r[0], r[1]
         lo, hi = getattr(r, "rank_range", None) or (1, len(freqs))
         return {"alpha": float(alpha), "c": float(c), "rank_range": [int(lo), int(hi)]}
-    raise UsageError("fastseq.ngram has no zipf_fit")  # pragma: no cover - replaced at merge
+    hi = max(2, int(np.count_nonzero(freqs >= 2)))
+    hi = min(hi, len(freqs))
+    x = np.log(np.arange(1, hi + 1, dtype=np.float64))
+    y = np.log(freqs[:hi].astype(np.float64))
+    if hi < 2:
+        return {"alpha": float("nan"), "c": float(y[0]) if len(y) else float("nan"), "rank_range": [1, hi]}
+    slope, c = np.polyfit(x, y, 1)
+    return {"alpha": float(-slope), "c": float(c), "rank_range": [1, hi]}
 
 
 # --------------------------------------------------------------------------- ngram
@@ -319,12 +322,7 @@ def cmd_ngram_fit(args):
 def _ngram_model(ngram, order, smoothing, eps=1.0, fallback=False):
     if smoothing == "laplace":
         return ngram.LaplaceLM(order, eps=eps)
-    if fallback:
-        try:
-            return ngram.KneserNeyLM(order, discount_fallback=True)
-        except TypeError:
-            pass
-    return ngram.KneserNeyLM(order)
+    return ngram.KneserNeyLM(order, discount_fallback=True if fallback else None)
 
 
 def _sentences(name, token, cleaning):

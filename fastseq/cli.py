@@ -147,6 +147,17 @@ def _pyplot():
     return plt
 
 
+def _plain_log_y(ax):
+    """Log-scaled y axis labelled 3, 4, 6, 10, 20 rather than 3x10^0 (perplexities are small numbers)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(4.0, 6.0, 7.0, 8.0, 9.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
 def _check_png(path, option="--plot"):
     if path is None:
         return None
@@ -361,14 +372,14 @@ def cmd_ngram_eval(args):
 
 # --------------------------------------------------------------------------- training
 TRAIN_DEFAULTS = dict(
-    corpus="pydoc", token="char", cleaning="none", max_tokens=250_000, hidden=128, steps=35,
-    batch=32, optimizer="sgd", lr=None, clip=1.0, epochs=4, bptt="full", sampling="sequential",
+    corpus="pydoc", token="char", cleaning="none", max_tokens=0, hidden=256, steps=35,
+    batch=32, optimizer="adam", lr=None, clip=1.0, epochs=10, bptt="full", sampling="sequential",
     nonlinearity="tanh", dtype="float32", seed=0, val_fraction=0.1,
 )
 # Settings that define the run; they cannot change on --resume.
 RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "hidden", "steps", "batch", "optimizer", "lr",
             "clip", "bptt", "sampling", "nonlinearity", "dtype", "seed", "val_fraction")
-DEFAULT_LR = {"sgd": 1.0, "adam": 0.005}
+DEFAULT_LR = {"sgd": 1.0, "adam": 0.002}
 
 
 def _parse_bptt(spec):
@@ -786,7 +797,8 @@ def _ngram_baselines(args, run):
         rec = {"order": order}
         try:
             t0 = time.perf_counter()
-            model = ngram.KneserNeyLM(order)
+            # Character unigrams are too few for lmplz's discount estimate; use its fallback there.
+            model = ngram.KneserNeyLM(order, discount_fallback=True)
             model.fit(train)
             p = model.perplexity(val)
             rec.update(val_ppl=float(p.including_oov), seconds=round(time.perf_counter() - t0, 3))
@@ -834,7 +846,7 @@ def _plot_training(history, ngram_rows, path, title):
     styles = ["--", ":", "-."]
     for i, g in enumerate(r for r in ngram_rows if "val_ppl" in r):
         ax.axhline(g["val_ppl"], color="gray", ls=styles[i % 3], label=f"held-out, Kneser-Ney {g['order']}-gram")
-    ax.set_yscale("log")
+    _plain_log_y(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("perplexity (log scale)")
     ax.set_title(title, fontsize=10)
@@ -944,7 +956,7 @@ def _plot_bptt(rows, path, title):
     for r in rows:
         c = r["curve"]
         ax.plot([p["step"] for p in c], [p["val_ppl"] for p in c], "o-", label=r["bptt"])
-    ax.set_yscale("log")
+    _plain_log_y(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out perplexity (log scale)")
     ax.grid(True, which="both", alpha=0.3)
@@ -1054,9 +1066,13 @@ def cmd_grad_norms(args):
 
 
 # --------------------------------------------------------------------------- parser
-def _common(p, json_flag=True):
+def _common(p, json_flag=True, threads=False):
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    if threads:
+        p.add_argument("--threads", type=_positive_int("threads"), default=1,
+                       help="BLAS threads of the C++ kernels (default: 1; more threads only pay off for "
+                            "large H on an otherwise idle machine, and collapse when cores are shared)")
 
 
 def _sub(sub, name, help, epilog):
@@ -1121,8 +1137,8 @@ def _parser():
     t.add_argument("--hidden", type=_positive_int("hidden"), help=f"hidden units H (default: {d['hidden']})")
     t.add_argument("--steps", type=_positive_int("steps"), help=f"time steps T per batch (default: {d['steps']})")
     t.add_argument("--batch", type=_positive_int("batch"), help=f"batch size B (default: {d['batch']})")
-    t.add_argument("--optimizer", choices=("sgd", "adam"), help="optimizer (default: sgd)")
-    t.add_argument("--lr", type=_finite(0), help="learning rate (default: 1 for sgd, 0.005 for adam)")
+    t.add_argument("--optimizer", choices=("sgd", "adam"), help=f"optimizer (default: {d['optimizer']})")
+    t.add_argument("--lr", type=_finite(0), help="learning rate (default: 1 for sgd, 0.002 for adam)")
     t.add_argument("--clip", type=_finite(0, lo_open=False),
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")
     t.add_argument("--epochs", type=_positive_int("epochs"), help=f"epochs (default: {d['epochs']})")
@@ -1149,7 +1165,7 @@ def _parser():
     t.add_argument("--sample-length", type=_nonneg_int, default=200, help="tokens in the final sample (default: 200)")
     t.add_argument("--plot", metavar="FILE.png", help="perplexity curves (default: OUT/train.png)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _common(t)
+    _common(t, threads=True)
     t.set_defaults(func=cmd_train)
 
     g = _sub(sub, "generate", "generate text from a checkpoint (greedy, or sampled with a temperature)",
@@ -1162,14 +1178,14 @@ def _parser():
     g.add_argument("--top-k", type=_nonneg_int, default=0, help="sample from the k most likely only (default: 0, all)")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the sampling draws (default: 0)")
     g.add_argument("--backend", choices=("cpp", "numpy"))
-    _common(g)
+    _common(g, threads=True)
     g.set_defaults(func=cmd_generate)
 
     v = _sub(sub, "eval", "perplexity of a checkpoint's model on a text", EXAMPLES_EVAL)
     v.add_argument("checkpoint", help="a checkpoint folder written by fastseq train")
     v.add_argument("text", help=f"a text file or corpus name ({corpora}); tokenized as the model was trained")
     v.add_argument("--backend", choices=("cpp", "numpy"))
-    _common(v)
+    _common(v, threads=True)
     v.set_defaults(func=cmd_eval)
 
     c = _sub(sub, "compare-bptt", "train the same model with full, truncated and randomized BPTT and "
@@ -1190,7 +1206,7 @@ def _parser():
     c.add_argument("--backend", choices=("cpp", "numpy"))
     c.add_argument("--plot", metavar="FILE.png", default="bptt.png", help="output PNG (default: bptt.png)")
     c.add_argument("--no-progress", action="store_true")
-    _common(c)
+    _common(c, threads=True)
     c.set_defaults(func=cmd_compare_bptt)
 
     r = _sub(sub, "grad-norms", "vanishing/exploding gradients on a trained model: ||dl/dh_t|| against the "
@@ -1235,6 +1251,9 @@ def main(argv=None):
         print("fastseq ngram: error: expected a subcommand: fit or eval", file=sys.stderr)
         return 2
     name = args.command if args.command != "ngram" else f"ngram {args.ngram_command}"
+    if getattr(args, "threads", None):
+        from . import set_num_threads
+        set_num_threads(args.threads)
     try:
         return args.func(args)
     except TrainingError as e:

@@ -1,79 +1,43 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""N-gram counting and scoring kernels behind fastseq.ngram (private).
+"""N-gram counting kernels behind fastseq.ngram (private).
 
 Contract: ids are int32 in [0, V); room[i] >= 1 is how many tokens remain in
 the segment that holds position i (so an n-gram may start at i iff room[i] >= n).
 Callers (fastseq.ngram.counting) check both; everything here runs without the GIL.
 
-Counting is hierarchical: the n-gram starting at i is the pair (rank of the
-(n-1)-gram starting at i, rank of the word at i+n-1), packed into one uint64
-key. Ranks are positions in lexicographic order, so sorting the keys sorts the
-n-grams lexicographically, and a key never needs more than log2(T * V) bits,
-whatever the order: no 64-bit overflow at order 6, 10 or 20.
+Counting is hierarchical: the n-gram starting at i is the (n-1)-gram starting
+at i followed by the word at i+n-1; sorting the positions of each (n-1)-gram by
+that word sorts the n-grams lexicographically, at any order (nothing is packed
+into a fixed number of bits, so order 6, 10 or 20 cannot overflow).
 """
 import numpy as np
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
+from libcpp.algorithm cimport sort
 
-cdef enum:
-    DIGIT = 11
-    BUCKETS = 2048
-
-
-cdef int _radix_sort(uint64_t* keys, int32_t* vals, Py_ssize_t n, int bits) noexcept nogil:
-    """LSD radix sort of (key, value) pairs by key, stable; 0 on success, -1 out of memory."""
-    cdef int nd = (bits + DIGIT - 1) // DIGIT
-    if nd < 1 or n < 2:
-        return 0
-    cdef uint64_t* kt = <uint64_t*> malloc(n * sizeof(uint64_t))
-    cdef int32_t* vt = <int32_t*> malloc(n * sizeof(int32_t))
-    cdef Py_ssize_t* hist = <Py_ssize_t*> malloc(nd * BUCKETS * sizeof(Py_ssize_t))
-    if kt == NULL or vt == NULL or hist == NULL:
-        free(kt); free(vt); free(hist)
-        return -1
-    memset(hist, 0, nd * BUCKETS * sizeof(Py_ssize_t))
-    cdef Py_ssize_t i, s, c
-    cdef int d
-    cdef uint64_t k
-    # One pass for all histograms: the keys are read once instead of once per digit.
+cdef void _sort_group(uint64_t* v, uint64_t* tmp, int64_t* hist, Py_ssize_t n, int64_t K) noexcept nogil:
+    """Sort n items (rank << 32 | position) by rank: a counting sort when n is large next to K."""
+    cdef Py_ssize_t i, b
+    cdef int64_t c, s
+    if n < 2:
+        return
+    if n < 64 or n * 8 < K:
+        sort(v, v + n)
+        return
+    memset(hist, 0, K * sizeof(int64_t))
     for i in range(n):
-        k = keys[i]
-        for d in range(nd):
-            hist[d * BUCKETS + <int>((k >> (d * DIGIT)) & (BUCKETS - 1))] += 1
-    cdef uint64_t* src_k = keys
-    cdef int32_t* src_v = vals
-    cdef uint64_t* dst_k = kt
-    cdef int32_t* dst_v = vt
-    cdef uint64_t* tk
-    cdef int32_t* tv
-    cdef Py_ssize_t* h
-    cdef int b, shift
-    for d in range(nd):
-        h = hist + d * BUCKETS
-        shift = d * DIGIT
-        # A digit shared by every key leaves the order unchanged: skip the pass.
-        if h[<int>((src_k[0] >> shift) & (BUCKETS - 1))] == n:
-            continue
-        s = 0
-        for b in range(BUCKETS):
-            c = h[b]
-            h[b] = s
-            s += c
-        for i in range(n):
-            k = src_k[i]
-            b = <int>((k >> shift) & (BUCKETS - 1))
-            dst_k[h[b]] = k
-            dst_v[h[b]] = src_v[i]
-            h[b] += 1
-        tk = src_k; src_k = dst_k; dst_k = tk
-        tv = src_v; src_v = dst_v; dst_v = tv
-    if src_k != keys:
-        memcpy(keys, src_k, n * sizeof(uint64_t))
-        memcpy(vals, src_v, n * sizeof(int32_t))
-    free(kt); free(vt); free(hist)
-    return 0
+        hist[<Py_ssize_t> (v[i] >> 32)] += 1
+    s = 0
+    for b in range(K):
+        c = hist[b]
+        hist[b] = s
+        s += c
+    for i in range(n):
+        b = <Py_ssize_t> (v[i] >> 32)
+        tmp[hist[b]] = v[i]
+        hist[b] += 1
+    memcpy(v, tmp, n * sizeof(uint64_t))
 
 
 def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int64_t V):
@@ -82,8 +46,13 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     Returns a list of (last int32[K], parent int32[K], counts int64[K]) per
     order: the n-gram k is the (n-1)-gram parent[k] of the previous order
     followed by the word last[k] (parent is 0 for unigrams).
+
+    The positions of each order are kept grouped by their n-gram (groups in
+    lexicographic order). An (n+1)-gram is an n-gram followed by one word, so
+    sorting each group by its next word gives the groups of order n+1 in
+    lexicographic order: no global sort, and memory is read group by group.
     """
-    cdef Py_ssize_t T = ids.shape[0], i, j, m, r
+    cdef Py_ssize_t T = ids.shape[0], i, j, m, r, g, s, e, k, sz
     cdef int n
     c1 = np.zeros(V, dtype=np.int64)
     cdef int64_t[::1] cc1 = c1
@@ -96,67 +65,89 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     rmap_a = np.full(V, -1, dtype=np.int32)
     rmap_a[present] = np.arange(K1, dtype=np.int32)
     cdef int32_t[::1] rmap = rmap_a
-    rank_a = np.empty(T, dtype=np.int32)
-    cdef int32_t[::1] rank = rank_a
+    # Order 1: positions grouped by word (a counting sort), group g = word rank g.
+    G_a = np.zeros(K1 + 1, dtype=np.int64)
+    P_a = np.empty(T, dtype=np.int32)
+    fill_a = np.empty(max(K1, 1), dtype=np.int64)
+    cdef int64_t[::1] G = G_a, fill = fill_a
+    cdef int32_t[::1] P = P_a
     with nogil:
         for i in range(T):
-            rank[i] = rmap[ids[i]]
+            G[rmap[ids[i]] + 1] += 1
+        for g in range(K1):
+            G[g + 1] += G[g]
+            fill[g] = G[g]
+        for i in range(T):
+            g = rmap[ids[i]]
+            P[fill[g]] = <int32_t> i
+            fill[g] += 1
+    del fill_a
     out = [(present, np.zeros(K1, dtype=np.int32), c1[present])]
     cdef int64_t Kprev = K1
-    cdef uint64_t[::1] keys
-    cdef int32_t[::1] pos, newrank, parent, last
-    cdef int64_t[::1] counts
-    cdef uint64_t key, prev
-    cdef int bits, rc
+    cdef int64_t[::1] Gn, counts
+    cdef int32_t[::1] Pn, parent, last
+    cdef uint64_t[::1] items, tmp
+    cdef int64_t[::1] hist
+    cdef uint64_t v, lastr, prevlast = 0
+    cdef uint64_t low32 = (<uint64_t> 1 << 32) - 1
+    hist_a = np.empty(max(K1, 1), dtype=np.int64)
+    hist = hist_a
     for n in range(2, order + 1):
-        if Kprev == 0:
+        m = P.shape[0]
+        if Kprev == 0 or m == 0:
             out.append((np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)))
+            Kprev = 0
             continue
-        with nogil:
-            m = 0
-            for i in range(T):
-                if room[i] >= n:
-                    m += 1
-        keys_a = np.empty(m, dtype=np.uint64)
-        pos_a = np.empty(m, dtype=np.int32)
-        keys = keys_a
-        pos = pos_a
-        bits = int(Kprev * K1 - 1).bit_length()
-        newrank_a = np.empty(T, dtype=np.int32)
+        items_a = np.empty(m, dtype=np.uint64)
+        tmp_a = np.empty(m, dtype=np.uint64)
+        Pn_a = np.empty(m, dtype=np.int32)
+        Gn_a = np.empty(m + 1, dtype=np.int64)
         parent_a = np.empty(m, dtype=np.int32)
         last_a = np.empty(m, dtype=np.int32)
         counts_a = np.empty(m, dtype=np.int64)
-        newrank = newrank_a
+        items = items_a
+        tmp = tmp_a
+        Pn = Pn_a
+        Gn = Gn_a
         parent = parent_a
         last = last_a
         counts = counts_a
         with nogil:
-            j = 0
-            for i in range(T):
-                if room[i] >= n:
-                    keys[j] = <uint64_t> rank[i] * <uint64_t> K1 + <uint64_t> rmap[ids[i + n - 1]]
-                    pos[j] = <int32_t> i
-                    j += 1
-            rc = _radix_sort(&keys[0], &pos[0], m, bits) if m > 0 else 0
             r = -1
-            prev = 0
-            for j in range(m):
-                key = keys[j]
-                if r < 0 or key != prev:
-                    r += 1
-                    parent[r] = <int32_t> (key // <uint64_t> K1)
-                    last[r] = pres[<Py_ssize_t> (key % <uint64_t> K1)]
-                    counts[r] = 0
-                    prev = key
-                counts[r] += 1
-                newrank[pos[j]] = <int32_t> r
-        if rc != 0:
-            raise MemoryError(f"count_ngrams: out of memory sorting {m} {n}-grams")
-        del keys_a, pos_a
+            k = 0
+            Gn[0] = 0
+            for g in range(Kprev):
+                # the positions of (n-1)-gram g that start an n-gram, keyed by the next word
+                sz = 0
+                for j in range(G[g], G[g + 1]):
+                    i = P[j]
+                    if room[i] >= n:
+                        items[sz] = (<uint64_t> rmap[ids[i + n - 1]] << 32) | <uint64_t> i
+                        sz += 1
+                _sort_group(&items[0], &tmp[0], &hist[0], sz, K1)
+                for j in range(sz):
+                    v = items[j]
+                    lastr = v >> 32
+                    if j == 0 or lastr != prevlast:
+                        if r >= 0:
+                            Gn[r + 1] = k
+                        r += 1
+                        parent[r] = <int32_t> g
+                        last[r] = pres[<Py_ssize_t> lastr]
+                        counts[r] = 0
+                        prevlast = lastr
+                    counts[r] += 1
+                    Pn[k] = <int32_t> (v & low32)
+                    k += 1
+            if r >= 0:
+                Gn[r + 1] = k
+        del items_a, tmp_a
         K = r + 1
         out.append((last_a[:K].copy(), parent_a[:K].copy(), counts_a[:K].copy()))
-        rank_a = newrank_a
-        rank = rank_a
+        P_a = Pn_a[:k]
+        G_a = Gn_a[:K + 1]
+        P = P_a
+        G = G_a
         Kprev = K
     return out
 
@@ -209,3 +200,83 @@ def merge_sorted(const int32_t[:, ::1] a, const int64_t[::1] ca, const int32_t[:
                 counts[k] = s
                 k += 1
     return rows_a[:k].copy(), counts_a[:k].copy()
+
+
+def backoff_logp(const int64_t[::1] stream, const int64_t[::1] q, list starts, list lasts, list logps, list logbs):
+    """log10 P(stream[i] | its sentence before i) of a back-off model, for every i.
+
+    Order k = 1..N tables (lists indexed k - 1): lasts[k-1] int32[K_k] last words,
+    logps[k-1] / logbs[k-1] float64[K_k]; starts[k-1] int64[K_{k-1} + 1]: the children of
+    row c of table k-1 are rows starts[k-1][c] .. starts[k-1][c+1] - 1 of table k, sorted
+    by last word (starts[0] unused; table 1 is dense: row = word id). q[i]: position of i
+    in its sentence. The same back-off as NGramLM._logp_stream, one position at a time:
+    a binary search among a context's children instead of over a whole table.
+    """
+    cdef Py_ssize_t T = stream.shape[0], i, lo, hi, mid, j
+    cdef int N = len(lasts), k
+    if N > 64:
+        raise ValueError("order: at most 64")
+    out_a = np.empty(T, dtype=np.float64)
+    cdef double[::1] out = out_a
+    cdef const int64_t* st[64]
+    cdef const int32_t* la[64]
+    cdef const double* lp[64]
+    cdef const double* lb[64]
+    cdef const int64_t[::1] mv64
+    cdef const int32_t[::1] mv32
+    cdef const double[::1] mvd
+    keep = []
+    for k in range(N):
+        a64 = np.ascontiguousarray(starts[k], dtype=np.int64)
+        a32 = np.ascontiguousarray(lasts[k], dtype=np.int32)
+        ap = np.ascontiguousarray(logps[k], dtype=np.float64)
+        ab = np.ascontiguousarray(logbs[k], dtype=np.float64)
+        keep += [a64, a32, ap, ab]
+        mv64 = a64
+        st[k] = &mv64[0] if a64.shape[0] else NULL
+        mv32 = a32
+        la[k] = &mv32[0] if a32.shape[0] else NULL
+        mvd = ap
+        lp[k] = &mvd[0] if ap.shape[0] else NULL
+        mvd = ab
+        lb[k] = &mvd[0] if ab.shape[0] else NULL
+    cdef int64_t prev[65]
+    cdef int64_t cur[65]
+    cdef int64_t w, ctx
+    cdef double r
+    cdef bint missed
+    with nogil:
+        for k in range(N + 1):
+            prev[k] = -1
+        for i in range(T):
+            w = stream[i]
+            r = lp[0][w]
+            cur[1] = w
+            missed = False
+            for k in range(2, N + 1):
+                ctx = prev[k - 1] if q[i] >= k - 1 else -1
+                if ctx < 0:
+                    cur[k] = -1
+                    continue
+                j = -1
+                if not missed:
+                    lo = st[k - 1][ctx]
+                    hi = st[k - 1][ctx + 1]
+                    while lo < hi:                      # w among the children of ctx
+                        mid = (lo + hi) >> 1
+                        if la[k - 1][mid] < w:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    if lo < st[k - 1][ctx + 1] and la[k - 1][lo] == w:
+                        j = lo
+                if j >= 0:
+                    r = lp[k - 1][j]
+                else:
+                    missed = True                       # no longer n-gram ends here either
+                    r += lb[k - 2][ctx]
+                cur[k] = j
+            for k in range(1, N + 1):
+                prev[k] = cur[k]
+            out[i] = r
+    return out_a

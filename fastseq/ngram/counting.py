@@ -84,13 +84,14 @@ def _check_ids(ids, name="ids", vocab_size=None):
         raise ValueError(f"{name}: expected a 1-D array of token ids, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"{name}: expected integer token ids, got dtype {a.dtype}")
-    a = a.astype(np.int64, copy=False)
-    if a.size and a.min() < 0:
-        raise ValueError(f"{name}: token ids must be >= 0, got {a.min()}")
-    if vocab_size is not None and a.size and a.max() >= vocab_size:
-        raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}) (vocab_size), got {a.max()}")
-    if a.size and a.max() >= 2**31 - 1:
-        raise ValueError(f"{name}: token ids must fit in int32, got {a.max()}")
+    if a.size:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0:
+            raise ValueError(f"{name}: token ids must be >= 0, got {lo}")
+        if vocab_size is not None and hi >= vocab_size:
+            raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}) (vocab_size), got {hi}")
+        if hi >= 2**31 - 1:
+            raise ValueError(f"{name}: token ids must fit in int32, got {hi}")
     return a
 
 
@@ -152,7 +153,9 @@ def _from_kernel(stream, room, order, V):
     prev = np.zeros((1, 0), dtype=np.int32)
     for n, (last, parent, cnt) in enumerate(levels, start=1):
         rows = np.empty((len(last), n), dtype=np.int32)
-        rows[:, :-1] = prev[parent]
+        if n > 1:   # gather whole prefix rows at once: each row viewed as one opaque item
+            rows[:, :-1] = np.ascontiguousarray(prev).view(f"V{4 * (n - 1)}").ravel().take(parent) \
+                .view(np.int32).reshape(-1, n - 1)
         rows[:, -1] = last
         grams[n], counts[n], parents[n] = rows, cnt, parent
         prev = rows

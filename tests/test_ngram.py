@@ -1,0 +1,377 @@
+"""fastseq.ngram: counting (Cython vs NumPy reference vs Counter), Laplace and Kneser-Ney
+models (against KenLM's published perplexities and the kenlm client), ARPA."""
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("FASTSEQ_DATA_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastseq.ngram import (ArpaError, BadDiscountError, KneserNeyLM, LaplaceLM, count_in_pieces,
+                           count_ngrams, count_ngrams_reference, load_arpa)
+from fastseq.text import Vocab, read_lines
+
+# KenLM (lmplz -o N, then query) on the Time Machine split, from ../shared/data/README.md.
+KENLM_PPL = {2: (266.974851, 177.812430), 3: (258.715650, 171.816939), 4: (258.296094, 171.590142)}
+
+
+@pytest.fixture(scope="module")
+def tm_split():
+    lines = [line for line in read_lines("timemachine", "d2l") if line]
+    n = int(len(lines) * 0.9)
+    return [line.split() for line in lines[:n]], [line.split() for line in lines[n:]]
+
+
+@pytest.fixture(scope="module")
+def tm_words():
+    words = " ".join(read_lines("timemachine", "d2l")).split()
+    vocab = Vocab(words)
+    return vocab.encode(words), vocab
+
+
+def counter_oracle(ids, n):
+    """Counts of n-grams by the textbook method: collections.Counter over zip."""
+    ids = list(map(int, ids))
+    return Counter(zip(*[ids[i:] for i in range(n)]))
+
+
+# ----- counting ------------------------------------------------------------------------------
+@pytest.mark.parametrize("V, T, order", [(2, 500, 6), (7, 3000, 5), (300, 5000, 4), (1 << 20, 4000, 5)])
+def test_kernel_matches_reference_on_random_ids(V, T, order):
+    rng = np.random.default_rng(V + T)
+    ids = rng.integers(0, V, T)
+    fast, ref = count_ngrams(ids, order, vocab_size=V), count_ngrams_reference(ids, order, vocab_size=V)
+    for n in range(1, order + 1):
+        assert np.array_equal(fast.grams[n], ref.grams[n]) and np.array_equal(fast.counts[n], ref.counts[n])
+        assert fast.total(n) == T - n + 1
+
+
+def test_kernel_matches_reference_and_counter_on_timemachine(tm_words):
+    ids, vocab = tm_words
+    fast = count_ngrams(ids, 4, vocab_size=len(vocab))
+    assert fast == count_ngrams_reference(ids, 4, vocab_size=len(vocab))
+    for n in (1, 2, 3):
+        assert fast.to_dict(n) == dict(counter_oracle(ids, n))
+    g, c = fast[2]
+    assert np.all(np.diff(g[:, 0]) >= 0)                   # lexicographic order
+    top = g[np.argmax(c)]
+    assert vocab.to_tokens(top.tolist()) == ["of", "the"]
+
+
+def test_sentence_boundaries_no_ngram_crosses_a_line():
+    # sentences [5 6] [7] [] [5 6 7], wrapped in bos=1 / eos=2
+    ids, lengths = np.array([5, 6, 7, 5, 6, 7]), [2, 1, 0, 3]
+    got = count_ngrams(ids, 3, lengths=lengths, bos=1, eos=2)
+    want = Counter()
+    for s in ([1, 5, 6, 2], [1, 7, 2], [1, 2], [1, 5, 6, 7, 2]):
+        want.update(counter_oracle(s, 3))
+    assert got.to_dict(3) == dict(want)
+    assert got.to_dict(2)[(1, 2)] == 1 and (2, 1) not in got.to_dict(2)
+    assert got == count_ngrams_reference(ids, 3, lengths=lengths, bos=1, eos=2)
+
+
+def test_sentences_on_real_corpus_match_reference(tm_split):
+    train, _ = tm_split
+    vocab = Vocab(train, reserved_tokens=["<s>", "</s>"])
+    ids = vocab.encode(train)
+    lengths = [len(s) for s in train]
+    kw = dict(lengths=lengths, bos=vocab["<s>"], eos=vocab["</s>"], vocab_size=len(vocab))
+    assert count_ngrams(ids, 5, **kw) == count_ngrams_reference(ids, 5, **kw)
+
+
+def test_counts_merge_across_cuts():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 5, 1000)
+    whole = count_ngrams(ids, 4)
+    for piece in (1, 3, 97, 500, 1000, 5000):
+        assert count_in_pieces(ids, 4, piece) == whole
+    # Two halves without context miss exactly the n-grams spanning the cut...
+    halves = count_ngrams(ids[:400], 4, vocab_size=5) + count_ngrams(ids[400:], 4, vocab_size=5)
+    for n in range(1, 5):
+        missing = Counter(whole.to_dict(n))
+        missing.subtract(halves.to_dict(n))
+        spanning = counter_oracle(ids[400 - n + 1:400 + n - 1], n)
+        assert +missing == spanning
+    # ...which the context argument adds back.
+    second = count_ngrams(ids[400:], 4, vocab_size=5, context=ids[:400])
+    assert count_ngrams(ids[:400], 4, vocab_size=5) + second == whole
+    assert second == count_ngrams_reference(ids[400:], 4, vocab_size=5, context=ids[:400])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 4), max_size=7), min_size=1, max_size=6), st.integers(1, 6))
+def test_counting_sentences_property(sentences, order):
+    ids = np.array([w for s in sentences for w in s], dtype=np.int64)
+    got = count_ngrams(ids, order, lengths=[len(s) for s in sentences], bos=5, eos=6, vocab_size=7)
+    for n in range(1, order + 1):
+        want = Counter()
+        for s in sentences:
+            want.update(counter_oracle([5] + s + [6], n))
+        assert got.to_dict(n) == dict(want)
+
+
+def test_empty_stream_counts_nothing():
+    c = count_ngrams(np.zeros(0, np.int32), 3)
+    assert all(len(c.counts[n]) == 0 for n in (1, 2, 3)) and c == count_ngrams_reference([], 3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(ids=[1, 2], order=0), "order"),
+    (dict(ids=[1, 2], order="3"), "order"),
+    (dict(ids=[[1, 2]], order=2), "1-D"),
+    (dict(ids=[1, -2], order=2), ">= 0"),
+    (dict(ids=[1, 9], order=2, vocab_size=5), r"\[0, 5\)"),
+    (dict(ids=[0.5, 1.0], order=2), "integer"),
+    (dict(ids=[1, 2, 3], order=2, lengths=[1, 1]), "lengths"),
+    (dict(ids=[1, 2, 3], order=2, bos=7, vocab_size=5), "bos"),
+    (dict(ids=[1, 2, 3], order=2, lengths=[3], context=[1]), "context"),
+])
+def test_counting_bad_input(kwargs, match):
+    ids, order = kwargs.pop("ids"), kwargs.pop("order")
+    for fn in (count_ngrams, count_ngrams_reference):
+        with pytest.raises(ValueError, match=match):
+            fn(ids, order, **kwargs)
+
+
+# ----- Kneser-Ney against KenLM ------------------------------------------------------------------
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_kneser_ney_matches_kenlm_perplexity(tm_split, order):
+    train, test = tm_split
+    assert (len(train), sum(map(len, train)), len(test), sum(map(len, test))) == (2563, 29496, 285, 3279)
+    pp = KneserNeyLM(order).fit(train).perplexity(test)
+    assert (pp.tokens, pp.oov) == (3564, 270)
+    incl, excl = KENLM_PPL[order]
+    assert pp.including_oov == pytest.approx(incl, rel=1e-4)
+    assert pp.excluding_oov == pytest.approx(excl, rel=1e-4)
+
+
+def test_kneser_ney_order5_refused_then_fallback(tm_split):
+    train, test = tm_split
+    with pytest.raises(BadDiscountError, match=r"order=5.*5-gram discount.*discount_fallback"):
+        KneserNeyLM(5).fit(train)
+    m = KneserNeyLM(5, discount_fallback=True).fit(train)
+    assert m.discounts[5] == (0.5, 1.0, 1.5)
+    assert m.discounts[4] == KneserNeyLM(5, discount_fallback=True).fit(train).discounts[4] != (0.5, 1.0, 1.5)
+    assert 200 < m.perplexity(test).including_oov < 300
+
+
+def test_discounts_follow_chen_goodman_formula():
+    # Order 1: adjusted counts are raw counts. a4 b1 c2 d1 e2 f2 g1 </s>4: no count 3 -> refused
+    with pytest.raises(BadDiscountError, match="order=1.*adjusted count 3"):
+        KneserNeyLM(1).fit([["a", "a", "a", "b"], ["a", "c", "c"], ["d", "e", "e"], ["f", "f", "g"]])
+    # a3 b1 c2 d1 e3 f1 g1 </s>3 -> n1=4, n2=1, n3=3: D2 = 2 - 3 Y 3 / 1 = -4
+    bad = [["a", "a", "a", "b"], ["c", "c", "d"], ["e", "e", "e", "f", "g"]]
+    with pytest.raises(BadDiscountError, match=r"1-gram discount D2 = -4 is outside \[0, 2\]"):
+        KneserNeyLM(1).fit(bad)
+    assert KneserNeyLM(1, discount_fallback=(0.25, 1.0, 2.0)).fit(bad).discounts[1] == (0.25, 1.0, 2.0)
+    # one sentence: 7 words once (+ </s>), 4 twice, 2 three times, 1 four times -> n = 8, 4, 2, 1
+    words = list("abcdefg") + list("hijk") * 2 + list("lm") * 3 + ["n"] * 4
+    m = KneserNeyLM(1).fit([words])
+    y = 8 / (8 + 2 * 4)
+    assert m.discounts[1] == pytest.approx((1 - 2 * y * 4 / 8, 2 - 3 * y * 2 / 4, 3 - 4 * y * 1 / 2))
+    # and the unigram probabilities: (c - D(c)) / 26 + gamma / (V - 1), gamma = sum_j D_j n_j / 26
+    D1, D2, D3 = m.discounts[1]
+    gamma = (8 * D1 + 4 * D2 + 3 * D3) / 26
+    V1 = 14 + 2                                              # 14 words, </s>, <unk>
+    assert m.prob("n") == pytest.approx((4 - D3) / 26 + gamma / V1)
+    assert m.prob("h") == pytest.approx((2 - D2) / 26 + gamma / V1)
+    assert m.prob("zzz") == pytest.approx(gamma / V1)
+
+
+# ----- Laplace ------------------------------------------------------------------------------
+def test_laplace_by_hand():
+    m = LaplaceLM(2, eps=(1.0, 2.0)).fit([["a", "b"], ["a", "a"]])
+    # predictable tokens: <unk> </s> a b (m = 4); counts a3 b1 </s>2 (n = 6)
+    p1 = {"a": 3.25 / 7, "b": 1.25 / 7, "</s>": 2.25 / 7, "<unk>": 0.25 / 7}
+    assert m.prob("a") == pytest.approx(p1["a"]) and m.prob("zzz") == pytest.approx(p1["<unk>"])
+    # n(<s>)=2, n(a)=3 as a context, n(b)=1; (<s>,a)=2 (a,b)=1 (a,a)=1 (a,</s>)=1 (b,</s>)=1
+    assert m.prob("a", ["<s>"]) == pytest.approx((2 + 2 * p1["a"]) / 4)
+    assert m.prob("b", ["<s>"]) == pytest.approx(2 * p1["b"] / 4)
+    assert m.prob("b", ["a"]) == pytest.approx((1 + 2 * p1["b"]) / 5)
+    assert m.prob("a", ["b"]) == pytest.approx(2 * p1["a"] / 3)
+    assert m.prob("a", ["</s>"]) == pytest.approx(p1["a"])          # never a context: back off
+    assert m.prob("a", ["qqq"]) == pytest.approx(p1["a"])
+    want = math.log10((2 + 2 * p1["a"]) / 4 * (1 + 2 * p1["b"]) / 5 * (1 + 2 * p1["</s>"]) / 3)
+    assert m.score("a b") == pytest.approx(want)
+    assert m.logprob("a b") == pytest.approx(want * math.log(10))
+    assert m.score("a b", bos=False, eos=False) == pytest.approx(math.log10(p1["a"] * (1 + 2 * p1["b"]) / 5))
+
+
+# ----- shared API ----------------------------------------------------------------------------
+MODELS = [(LaplaceLM, 1, {}), (LaplaceLM, 3, dict(eps=(0.1, 0.5, 2.0))), (KneserNeyLM, 2, {}),
+          (KneserNeyLM, 4, {})]
+
+
+@pytest.mark.parametrize("cls, order, kw", MODELS)
+def test_probabilities_sum_to_one_for_any_context(tm_split, cls, order, kw):
+    train, _ = tm_split
+    m = cls(order, **kw).fit(train[:800])
+    contexts = [[], ["<s>"], ["<s>", "the"], ["the", "time"], ["of", "the", "time"], ["zzz"], ["zzz", "the"],
+                ["the", "qqq", "xx"], ["</s>"], ["<s>", "i", "had"]]
+    for ctx in contexts:
+        p = m.distribution(ctx)
+        assert p.sum() == pytest.approx(1.0, abs=1e-12)
+        assert p.min() >= 0 and p[m.vocab.index("<s>")] == 0
+        for w in ("the", "time", "</s>", "<unk>"):             # the scoring path agrees
+            assert m.prob(w, ctx) == pytest.approx(p[m.vocab.index(w)], rel=1e-12)
+
+
+@pytest.mark.parametrize("cls, order, kw", MODELS)
+def test_perplexity_is_kenlm_query_arithmetic(tm_split, cls, order, kw):
+    train, test = tm_split
+    m = cls(order, **kw).fit(train[:800])
+    pp = m.perplexity(test[:50])
+    scores = [m.score(s) for s in test[:50]]
+    vocab = set(m.vocab)
+    oov_lp = sum(math.log10(m.prob(w, ["<s>"] + s[:i])) for s in test[:50] for i, w in enumerate(s) if w not in vocab)
+    tokens = sum(len(s) + 1 for s in test[:50])
+    oov = sum(w not in vocab for s in test[:50] for w in s)
+    assert (pp.tokens, pp.oov) == (tokens, oov) and oov > 0
+    assert pp.including_oov == pytest.approx(10 ** (-sum(scores) / tokens), rel=1e-12)
+    assert pp.excluding_oov == pytest.approx(10 ** (-(sum(scores) - oov_lp) / (tokens - oov)), rel=1e-12)
+
+
+@pytest.mark.parametrize("cls, order, kw", MODELS + [(KneserNeyLM, 5, dict(discount_fallback=True))])
+def test_cython_scoring_equals_numpy_scoring(tm_split, cls, order, kw):
+    train, test = tm_split
+    m = cls(order, **kw).fit(train)
+    for bos in (True, False):
+        stream, q, _, _ = m._corpus(test[:150] + [[], ["zzz", "qq"]], bos, True)
+        assert np.allclose(m._logp_fast(stream, q), m._logp_stream(stream, q), rtol=0, atol=1e-12)
+
+
+def test_fit_from_ids_with_vocab_equals_fit_from_sentences(tm_split):
+    train, test = tm_split
+    vocab = Vocab(train)
+    lengths = [len(s) for s in train]
+    for cls in (LaplaceLM, KneserNeyLM):
+        a = cls(3).fit(train).perplexity(test)
+        b = cls(3).fit(vocab.encode(train), vocab=vocab, lengths=lengths).perplexity(test)
+        assert a.tokens == b.tokens and a.oov == b.oov
+        assert b.including_oov == pytest.approx(a.including_oov, rel=1e-12)
+
+
+def test_generate(tm_split):
+    train, _ = tm_split
+    m = KneserNeyLM(3).fit(train)
+    a, b = m.generate(30, prefix=["the", "time"], rng=5), m.generate(30, prefix=["the", "time"], rng=5)
+    assert a == b and len(a) == 30 and set(a) <= set(m.vocab) - {"<s>"}
+    # a unigram model's samples follow its distribution
+    u = LaplaceLM(1, eps=50.0).fit([["a"] * 6 + ["b"] * 3])
+    s = Counter(u.generate(4000, rng=0))
+    p = u.distribution()
+    for w in ("a", "b", "</s>", "<unk>"):
+        q = p[u.vocab.index(w)]
+        assert abs(s[w] / 4000 - q) < 4 * math.sqrt(q * (1 - q) / 4000)
+
+
+@pytest.mark.parametrize("cls, kw", [(LaplaceLM, {}), (KneserNeyLM, {})])
+def test_model_bad_input(cls, kw):
+    with pytest.raises(ValueError, match="order"):
+        cls(0)
+    with pytest.raises(ValueError, match="empty corpus"):
+        cls(2).fit([])
+    with pytest.raises(ValueError, match="empty corpus"):
+        cls(2).fit([[], []])
+    with pytest.raises(ValueError, match="one string"):
+        cls(2).fit("the time machine")
+    with pytest.raises(ValueError, match="reserved"):
+        cls(2).fit([["a", "</s>", "b"]])
+    vocab = Vocab(["a", "b"])
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 3\)"):
+        cls(2).fit(np.array([1, 2, 7]), vocab=vocab)
+    with pytest.raises(RuntimeError, match="fit"):
+        cls(2).score("a b")
+    with pytest.raises(ValueError, match="eps"):
+        LaplaceLM(2, eps=(1.0, -1.0))
+    with pytest.raises(ValueError, match="discount_fallback"):
+        KneserNeyLM(2, discount_fallback=(0.5, 3.0, 1.0))
+
+
+# ----- ARPA and the kenlm client -------------------------------------------------------------
+@pytest.mark.parametrize("cls, order, kw", [
+    (LaplaceLM, 2, {}), (LaplaceLM, 3, dict(eps=0.3)), (LaplaceLM, 4, {}), (LaplaceLM, 5, dict(eps=(0.5, 1, 2, 3, 4))),
+    (KneserNeyLM, 2, {}), (KneserNeyLM, 3, {}), (KneserNeyLM, 4, {}), (KneserNeyLM, 5, dict(discount_fallback=True)),
+])
+def test_kenlm_scores_fastseq_arpa(tm_split, tmp_path, cls, order, kw):
+    kenlm = pytest.importorskip("kenlm")
+    train, test = tm_split
+    m = cls(order, **kw).fit(train)
+    path = tmp_path / "m.arpa"
+    m.to_arpa(path)
+    k = kenlm.Model(str(path))
+    loaded = load_arpa(path)
+    sents = [" ".join(s) for s in test[:120]] + ["", "zzz qqq the", "the time traveller", "<unk> the"]
+    for s in sents:
+        for bos in (True, False):
+            for eos in (True, False):
+                ours = m.score(s, bos=bos, eos=eos)
+                assert k.score(s, bos=bos, eos=eos) == pytest.approx(ours, rel=1e-4, abs=1e-4)
+                assert loaded.score(s, bos=bos, eos=eos) == pytest.approx(ours, rel=1e-7)
+    assert loaded.perplexity(test) == pytest.approx(m.perplexity(test), rel=1e-7)
+
+
+ARPA = """\\data\\
+ngram 1=4
+ngram 2=2
+
+\\1-grams:
+-1.0\t<s>\t-0.3
+-0.5\t</s>
+-0.6\ta\t-0.2
+-0.9\tb
+
+\\2-grams:
+-0.2\t<s> a
+-0.4\ta b
+
+\\end\\
+"""
+
+
+def test_load_arpa_small_file_by_hand(tmp_path):
+    p = tmp_path / "m.arpa"
+    p.write_text(ARPA)
+    m = load_arpa(p)
+    assert m.order == 2 and m.prob("a", ["<s>"]) == pytest.approx(10 ** -0.2)
+    assert m.prob("b", ["<s>"]) == pytest.approx(10 ** (-0.3 - 0.9))
+    assert m.prob("zz") == pytest.approx(10 ** -100)             # missing <unk>: KenLM's -100
+    assert m.score("a b") == pytest.approx(-0.2 - 0.4 - 0.5)
+    assert m.score("b a", bos=False) == pytest.approx(-0.9 - 0.6 + (-0.2 - 0.5))
+
+
+@pytest.mark.parametrize("old, new, line, match", [
+    ("-0.6\ta\t-0.2", "x0.6\ta\t-0.2", 8, "not a number"),
+    ("-0.4\ta b", "-0.4\ta b c", 13, "fields"),
+    ("-0.4\ta b", "-0.4\ta q", 13, "'q'.*not among the unigrams"),
+    ("-0.4\ta b", "-0.4\t<s> a", 13, "twice"),
+    ("ngram 2=2", "ngram 2=3", 15, "announced 3 2-grams"),
+    ("ngram 2=2", "ngram 2=1", 13, "end"),
+    ("\\end\\\n", "", 15, "end of file"),
+    ("ngram 2=2", "ngram 3=2", 3, "ngram 2="),
+    ("-0.5\t</s>", "0.5\t</s>", 7, "<= 0"),
+])
+def test_malformed_arpa_names_the_line(tmp_path, old, new, line, match):
+    p = tmp_path / "bad.arpa"
+    assert old in ARPA
+    p.write_text(ARPA.replace(old, new))
+    with pytest.raises(ArpaError, match=rf"bad\.arpa:{line}: .*{match}"):
+        load_arpa(p)
+
+
+def test_to_arpa_refuses_whitespace_tokens(tmp_path):
+    m = LaplaceLM(2).fit([["a b", "c"]])
+    with pytest.raises(ValueError, match="whitespace"):
+        m.to_arpa(tmp_path / "x.arpa")
+
+
+def test_arpa_with_missing_context_names_the_line(tmp_path):
+    p = tmp_path / "bad.arpa"
+    p.write_text(ARPA.replace("ngram 2=2", "ngram 2=2\nngram 3=1").replace("\\end\\", "\\3-grams:\n-0.1\tb a b\n\n\\end\\"))
+    with pytest.raises(ArpaError, match=r"bad\.arpa:17: the context 'b a' of this 3-gram"):
+        load_arpa(p)

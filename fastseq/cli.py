@@ -205,8 +205,7 @@ def cmd_stats(args):
         "most_frequent": vocab.token_freqs[:args.top],
     }
     zipf = _zipf(tokens, vocab, args)
-    if zipf is not None:
-        result["zipf"] = zipf
+    result["zipf"] = zipf
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
@@ -218,79 +217,58 @@ def cmd_stats(args):
     for tok, n in result["most_frequent"]:
         print(f"  {tok!r:>16} {n:>10,}")
     if zipf is not None:
-        print("Zipf's law, log n_i = -alpha log i + c (least squares over the ranks shown):")
+        print("Zipf's law, log n_i = -alpha log i + c over the ranks seen at least twice:")
         for o in zipf["orders"]:
-            print(f"  {o['name']:<9} alpha {o['alpha']:.3f}  c {o['c']:.2f}  "
-                  f"({o['distinct']:,} distinct, ranks {o['rank_range'][0]}-{o['rank_range'][1]})")
+            print(f"  {o['name']:<9} alpha {o['alpha']:.3f} (least squares), {o['alpha_mle']:.3f} (max. likelihood)"
+                  f"  {o['distinct']:,} distinct, ranks {o['rank_range'][0]}-{o['rank_range'][1]}")
         if args.plot:
             print(f"plot        {args.plot}")
     return 0
 
 
 def _zipf(tokens, vocab, args):
-    """Zipf fits for unigrams, bigrams, trigrams (needs fastseq.ngram), and the plot."""
-    try:
-        from . import ngram
-    except ImportError:
-        if args.plot:
-            raise UsageError("--plot: Zipf statistics need fastseq.ngram, which this build lacks") from None
-        return None
-    ids = vocab.encode(tokens)
+    """Zipf fits of unigrams, bigrams, trigrams (fastseq.ngram.stats), and the log-log plot.
+
+    Both of the seed's fits over ranks 1..R, R the last rank seen at least twice
+    (the flat tail of singletons is not a power law): least squares in log-log,
+    and maximum likelihood for a discrete power law.
+    """
+    from . import ngram
+
+    ids = np.ascontiguousarray(vocab.encode(tokens), dtype=np.int32)
     names = {1: "unigrams", 2: "bigrams", 3: "trigrams"}
-    orders, curves = [], []
+    orders, data, fits = [], {}, {}
     for n in (1, 2, 3):
         if len(ids) < n:
             continue
-        counts = _ngram_counts(ngram, ids, n)
+        _, counts = ngram.count_ngrams(ids, n)[n]
         freqs = np.sort(np.asarray(counts))[::-1]
-        fit = _zipf_fit(ngram, freqs)
-        orders.append(dict(order=n, name=names[n], distinct=int(len(freqs)), **fit))
-        curves.append((names[n], freqs))
+        if len(freqs) < 2:
+            continue
+        hi = min(len(freqs), max(2, int(np.count_nonzero(freqs >= 2))))
+        lsq = ngram.zipf_lsq(freqs, (1, hi))
+        mle = ngram.zipf_mle(freqs, (1, hi))
+        orders.append({"order": n, "name": names[n], "distinct": int(len(freqs)), "alpha": lsq.alpha,
+                       "c": lsq.c, "alpha_mle": mle.alpha, "c_mle": mle.c, "rank_range": [1, hi]})
+        data[n] = (np.arange(1, len(freqs) + 1), freqs)
+        fits[n] = lsq
     if args.plot:
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-        for (name, freqs), o in zip(curves, orders):
-            ranks = np.arange(1, len(freqs) + 1)
-            ax.loglog(ranks, freqs, label=f"{name} (alpha = {o['alpha']:.2f})")
-        ax.set_xlabel("rank i (log)")
-        ax.set_ylabel("frequency n_i (log)")
-        ax.set_title(f"Zipf's law: {args.corpus} ({args.token}s)")
+        _pyplot()
+        fig = ngram.plot_zipf(data, None, fits=fits)
+        ax = fig.axes[0]
+        lines = ax.get_lines()
+        for curve, fit in zip(lines[0::2], lines[1::2]):   # each fit in its curve's colour
+            fit.set_color(curve.get_color())
+            fit.set_alpha(0.7)
+        ax.legend(fontsize=8)
+        ax.set_title(f"Zipf's law: {args.corpus} ({args.token}s, cleaning {args.cleaning})", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend()
+        fig.set_size_inches(6.4, 4.4)
         fig.tight_layout()
-        fig.savefig(args.plot)
+        fig.savefig(args.plot, dpi=120)
+        import matplotlib.pyplot as plt
         plt.close(fig)
     return {"orders": orders, "plot": args.plot}
-
-
-def _ngram_counts(ngram, ids, n):
-    """The counts of all distinct n-grams of order n (in no particular order)."""
-    _, counts = ngram.count_ngrams(np.ascontiguousarray(ids, dtype=np.int32), n)[n]
-    return np.asarray(counts)
-
-
-def _zipf_fit(ngram, freqs):
-    """alpha, c of the seed's log n_i = -alpha log i + c, by least squares over the ranks
-    whose frequency is at least 2 (the singletons' flat tail would drag alpha down)."""
-    fit = getattr(ngram, "zipf_fit", None)
-    if fit is not None:
-        r = fit(freqs)
-        alpha = getattr(r, "alpha", None)
-        c = getattr(r, "c", None)
-        if alpha is None and isinstance(r, dict):
-            alpha, c = r["alpha"], r["c"]
-        elif alpha is None:
-            alpha, c = r[0], r[1]
-        lo, hi = getattr(r, "rank_range", None) or (1, len(freqs))
-        return {"alpha": float(alpha), "c": float(c), "rank_range": [int(lo), int(hi)]}
-    hi = max(2, int(np.count_nonzero(freqs >= 2)))
-    hi = min(hi, len(freqs))
-    x = np.log(np.arange(1, hi + 1, dtype=np.float64))
-    y = np.log(freqs[:hi].astype(np.float64))
-    if hi < 2:
-        return {"alpha": float("nan"), "c": float(y[0]) if len(y) else float("nan"), "rank_range": [1, hi]}
-    slope, c = np.polyfit(x, y, 1)
-    return {"alpha": float(-slope), "c": float(c), "rank_range": [1, hi]}
 
 
 # --------------------------------------------------------------------------- ngram

@@ -338,3 +338,79 @@ def test_grad_norms(trained, tmp_path):
     assert norms[19] < 0.1 * norms[0]
     assert is_png(tmp_path / "g.png")
     usage_error(run("grad-norms", trained, "--window", "100000", cwd=tmp_path), "--window")
+
+
+# ------------------------------------------------------------------ stats (Zipf) and ngram
+def test_stats_zipf_alphas_and_plot(tmp_path):
+    import re
+    from collections import Counter
+    p = run("stats", "timemachine", "--cleaning", "d2l", "--plot", "zipf.png", "--json", cwd=tmp_path, check=0)
+    r = json.loads(p.stdout)
+    words = " ".join(re.sub("[^A-Za-z]+", " ", ln).strip().lower()
+                     for ln in (DATA_DIR / "timemachine.txt").read_text().splitlines()).split()
+    for n, o in zip((1, 2, 3), r["zipf"]["orders"]):
+        c = np.array(sorted(Counter(zip(*[words[i:] for i in range(n)])).values(), reverse=True), float)
+        hi = int(np.count_nonzero(c >= 2))
+        slope, icpt = np.polyfit(np.log(np.arange(1, hi + 1)), np.log(c[:hi]), 1)
+        assert o["order"] == n and o["distinct"] == len(c) and o["rank_range"] == [1, hi]
+        assert o["alpha"] == pytest.approx(-slope, rel=1e-9) and o["c"] == pytest.approx(icpt, rel=1e-9)
+        assert 0 < o["alpha_mle"] < 2
+    # Unigrams fall fastest, then bigrams, then trigrams (the seed's observation).
+    a = [o["alpha"] for o in r["zipf"]["orders"]]
+    assert a[0] > a[1] > a[2]
+    assert is_png(tmp_path / "zipf.png")
+    usage_error(run("stats", "--plot", "zipf.jpg", cwd=tmp_path), "--plot", ".png")
+
+
+@pytest.fixture(scope="module")
+def tm_split(tmp_path_factory):
+    """The KenLM split of shared/data/README.md: cleaned non-empty lines, 90/10."""
+    import re
+    d = tmp_path_factory.mktemp("tm")
+    lines = [re.sub("[^A-Za-z]+", " ", ln).strip().lower()
+             for ln in (DATA_DIR / "timemachine.txt").read_text().splitlines()]
+    lines = [ln for ln in lines if ln]
+    assert len(lines) == 2848
+    (d / "train.txt").write_text("\n".join(lines[:2563]) + "\n")
+    (d / "test.txt").write_text("\n".join(lines[2563:]) + "\n")
+    return d
+
+
+def test_ngram_fit_eval_matches_kenlm(tm_split, tmp_path):
+    p = run("ngram", "fit", tm_split / "train.txt", "--order", "3", "--arpa", "tm3.arpa", "--json",
+            cwd=tmp_path, check=0)
+    r = json.loads(p.stdout)
+    assert r["sentences"] == 2563 and r["tokens"] == 29496
+    assert (tmp_path / "tm3.arpa").read_text().startswith("\\data\\")
+    e = json.loads(run("ngram", "eval", "tm3.arpa", tm_split / "test.txt", "--json", cwd=tmp_path,
+                       check=0).stdout)
+    # KenLM's lmplz -o 3 + query on the same split (shared/data/README.md).
+    assert e["tokens"] == 3564 and e["oov"] == 270
+    assert e["perplexity_including_oov"] == pytest.approx(258.715650, rel=1e-4)
+    assert e["perplexity_excluding_oov"] == pytest.approx(171.816939, rel=1e-4)
+    text = run("ngram", "eval", "tm3.arpa", tm_split / "test.txt", cwd=tmp_path, check=0).stdout
+    assert "perplexity including OOVs 258.71" in text
+
+
+def test_ngram_order5_refused_then_fallback(tm_split, tmp_path):
+    usage_error(run("ngram", "fit", tm_split / "train.txt", "--order", "5", cwd=tmp_path), "order=5", "discount")
+    p = run("ngram", "fit", tm_split / "train.txt", "--order", "5", "--discount-fallback", "--json",
+            cwd=tmp_path, check=0)
+    assert json.loads(p.stdout)["order"] == 5
+
+
+def test_ngram_laplace_and_bad_input(tm_split, tmp_path):
+    run("ngram", "fit", tm_split / "train.txt", "--order", "2", "--smoothing", "laplace", "--eps", "0.5",
+        "--arpa", "lap.arpa", cwd=tmp_path, check=0)
+    e = json.loads(run("ngram", "eval", "lap.arpa", tm_split / "test.txt", "--json", cwd=tmp_path,
+                       check=0).stdout)
+    assert e["perplexity_including_oov"] > e["perplexity_excluding_oov"] > 1
+    usage_error(run("ngram", "fit", tm_split / "train.txt", "--order", "0", cwd=tmp_path), "--order")
+    usage_error(run("ngram", "fit", tm_split / "train.txt", "--arpa", "no/such/dir/x.arpa", cwd=tmp_path), "--arpa")
+    usage_error(run("ngram", "eval", "missing.arpa", tm_split / "test.txt", cwd=tmp_path), "missing.arpa")
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-1.0\t<s>\nnot a line\n\\end\\\n")
+    line = usage_error(run("ngram", "eval", bad, tm_split / "test.txt", cwd=tmp_path), "bad.arpa")
+    assert "line" in line
+    p = run("ngram", cwd=tmp_path)
+    assert p.returncode == 2 and "fit or eval" in p.stderr

@@ -1008,9 +1008,11 @@ def cmd_grad_norms(args):
     with np.errstate(divide="ignore"):
         logn = np.log10(norms)
     med = np.median(norms, axis=0)
+    # The per-step factor of a geometric fit through the median's first and last points.
+    decay = float((med[-1] / med[0]) ** (1.0 / (T - 1))) if T > 1 and med[0] > 0 and med[-1] > 0 else float("nan")
     result = {"checkpoint": args.checkpoint, "text": text, "window": T, "sequences": B,
               "spectral_radius_W_hh": rho, "largest_singular_value_W_hh": sigma,
-              "median_norm_by_distance": [float(v) for v in med], "plot": plot}
+              "median_norm_by_distance": [float(v) for v in med], "decay_per_step": decay, "plot": plot}
     if plot:
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -1018,8 +1020,13 @@ def cmd_grad_norms(args):
         lo, hi = np.percentile(norms, [10, 90], axis=0)
         ax.fill_between(d, lo, hi, alpha=0.25, color="tab:blue", label="10-90 % of sequences")
         ax.plot(d, med, color="tab:blue", label="median ||dl/dh_t||")
-        ax.plot(d, med[0] * rho ** d, "--", color="tab:red", label=f"median at 0 x rho^d, rho(W_hh) = {rho:.3f}")
+        ax.plot(d, med[0] * rho ** d, "--", color="tab:red",
+                label=f"rho(W_hh)^d = {rho:.3f}^d (the linear model, phi' = 1)")
+        ax.plot(d, med[0] * decay ** d, ":", color="black",
+                label=f"observed geometric decay {decay:.3f} per step")
         ax.set_yscale("log")
+        pos = lo[lo > 0]
+        ax.set_ylim(max(pos.min() if pos.size else 1e-300, 1e-300) / 10, hi.max() * 100)
         ax.set_xlabel("distance d = (T-1) - t from the loss term")
         ax.set_ylabel("gradient norm (log scale)")
         ax.set_title(f"dl_(T-1)/dh_t on a trained model (H={ck.model.num_hiddens}, "
@@ -1033,7 +1040,8 @@ def cmd_grad_norms(args):
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"spectral radius of W_hh {rho:.4f} (largest singular value {sigma:.4f})")
+    print(f"spectral radius of W_hh {rho:.4f} (largest singular value {sigma:.4f}); "
+          f"observed decay of the median norm {decay:.4f} per step")
     print(f"median ||dl/dh_t|| over {B} windows of {T} steps, by distance d from the loss:")
     for dd in sorted(set([0, 1, 2, 5, 10, 20, 50, 100, T - 1])):
         if dd < T:
@@ -1173,14 +1181,14 @@ def _parser():
     c.add_argument("--cleaning", choices=("none", "d2l", "unicode"), default="none")
     c.add_argument("--strategies", default="full,block:5,sliding:5,random:0.2",
                    help="comma-separated strategies (default: full,block:5,sliding:5,random:0.2)")
-    c.add_argument("--max-tokens", type=_nonneg_int, default=100_000, help="first N tokens (default: 100,000)")
-    c.add_argument("--hidden", type=_positive_int("hidden"), default=64)
-    c.add_argument("--steps", type=_positive_int("steps"), default=35)
-    c.add_argument("--batch", type=_positive_int("batch"), default=32)
-    c.add_argument("--lr", type=_finite(0), default=1.0)
-    c.add_argument("--clip", type=_finite(0, lo_open=False), default=1.0)
-    c.add_argument("--epochs", type=_positive_int("epochs"), default=4)
-    c.add_argument("--seed", type=_nonneg_int, default=0)
+    c.add_argument("--max-tokens", type=_nonneg_int, default=0, help="first N tokens, 0 for all (default: 0)")
+    c.add_argument("--hidden", type=_positive_int("hidden"), default=128, help="hidden units H (default: 128)")
+    c.add_argument("--steps", type=_positive_int("steps"), default=35, help="time steps T (default: 35)")
+    c.add_argument("--batch", type=_positive_int("batch"), default=32, help="batch size B (default: 32)")
+    c.add_argument("--lr", type=_finite(0), default=1.0, help="SGD learning rate, the book's (default: 1)")
+    c.add_argument("--clip", type=_finite(0, lo_open=False), default=1.0, help="clipping theta (default: 1)")
+    c.add_argument("--epochs", type=_positive_int("epochs"), default=8, help="epochs (default: 8)")
+    c.add_argument("--seed", type=_nonneg_int, default=0, help="one seed for every strategy (default: 0)")
     c.add_argument("--backend", choices=("cpp", "numpy"))
     c.add_argument("--plot", metavar="FILE.png", default="bptt.png", help="output PNG (default: bptt.png)")
     c.add_argument("--no-progress", action="store_true")

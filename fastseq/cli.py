@@ -732,7 +732,8 @@ def cmd_train(args):
     result["val_ppl"] = final_val
     # Held-out comparison against Kneser-Ney n-gram models of the same tokens.
     result["ngram"] = _ngram_baselines(args, run) if not args.no_ngram and len(val_ids) >= 2 else []
-    sample = _sample(run.model, run.vocab, hp["token"], args.prefix, args.sample_length, seed=hp["seed"])
+    sample = _sample(run.model, run.vocab, hp["token"], args.prefix, args.sample_length, seed=hp["seed"],
+                     corpus=hp["corpus"])
     result["sample"] = sample
     if run.history["epochs"]:
         _plot_training(run.history, result["ngram"], plot, f"{hp['corpus']} ({hp['token']}s), "
@@ -793,9 +794,14 @@ def _encode_text(vocab, token, text):
     return vocab.encode([t for line in tokenize(text.splitlines(), "word") for t in line])
 
 
-def _sample(model, vocab, token, prefix, n, seed=0, temperature=0.8, top_k=0):
+DEFAULT_PREFIX = {"pydoc": "A class "}   # the built-in corpus is about Python, not about "The ..."
+
+
+def _sample(model, vocab, token, prefix, n, seed=0, temperature=0.8, top_k=0, corpus=None):
     if prefix is None:
-        prefix = "The " if token == "char" else "the"
+        prefix = DEFAULT_PREFIX.get(corpus) or ("The " if token == "char" else "the")
+        if token == "word":
+            prefix = prefix.strip()
     ids = _encode_text(vocab, token, prefix)
     if len(ids) == 0:
         raise UsageError(f"--prefix {prefix!r}: has no tokens")
@@ -847,7 +853,7 @@ def cmd_generate(args):
     ck = _load_ckpt(args.checkpoint, args.backend)
     token = ck.hparams.get("token", "char")
     s = _sample(ck.model, ck.vocab, token, args.prefix, args.n, seed=args.seed,
-                temperature=args.temperature, top_k=args.top_k)
+                temperature=args.temperature, top_k=args.top_k, corpus=ck.hparams.get("corpus"))
     if args.json:
         print(json.dumps(dict(s, checkpoint=args.checkpoint), ensure_ascii=False))
     else:
@@ -931,9 +937,13 @@ def cmd_compare_bptt(args):
 def _plot_bptt(rows, path, title):
     plt = _pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.6, 4.2), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
-    for r in rows:
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("x", "--")]
+    for i, r in enumerate(rows):
         c = r["curve"]
-        ax.plot([p["step"] for p in c], [p["val_ppl"] for p in c], "o-", label=r["bptt"])
+        last = c[-1]["val_ppl"]
+        label = f"{r['bptt']} (final {last:.2f})" if last is not None and "error" not in r else f"{r['bptt']} (diverged)"
+        m, ls = styles[i % len(styles)]
+        ax.plot([p["step"] for p in c], [p["val_ppl"] for p in c], marker=m, ls=ls, ms=5, alpha=0.85, label=label)
     _plain_log_y(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out perplexity (log scale)")
@@ -1147,7 +1157,7 @@ def _parser():
     t.add_argument("--ngram-orders", type=_orders, default=[3, 5],
                    help="Kneser-Ney orders for the held-out comparison (default: 3,5)")
     t.add_argument("--no-ngram", action="store_true", help="skip the n-gram comparison")
-    t.add_argument("--prefix", help="prefix of the final sample (default: 'The ' for characters)")
+    t.add_argument("--prefix", help="prefix of the final sample (default: 'A class ' for pydoc, else 'The ')")
     t.add_argument("--sample-length", type=_nonneg_int, default=200, help="tokens in the final sample (default: 200)")
     t.add_argument("--plot", metavar="FILE.png", help="perplexity curves (default: OUT/train.png)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1157,7 +1167,7 @@ def _parser():
     g = _sub(sub, "generate", "generate text from a checkpoint (greedy, or sampled with a temperature)",
              EXAMPLES_GENERATE)
     g.add_argument("checkpoint", help="a checkpoint folder written by fastseq train")
-    g.add_argument("--prefix", help="the text to warm up on (default: 'The ' for characters)")
+    g.add_argument("--prefix", help="the text to warm up on (default: 'A class ' for pydoc, else 'The ')")
     g.add_argument("-n", type=_nonneg_int, default=100, help="tokens to generate (default: 100)")
     g.add_argument("--temperature", type=_finite(0, lo_open=False), default=0.0,
                    help="0: greedy (the book's predict); > 0: sample (default: 0)")

@@ -21,6 +21,17 @@ import numpy as np
 
 from . import datasets
 
+EXAMPLES_MAIN = """examples:
+  fastseq train                          # an RNN on the built-in corpus, with n-gram baselines (~1 min)
+  fastseq generate fastseq-train --prefix "A class " -n 200 --temperature 0.8
+  fastseq stats timemachine --cleaning d2l --plot zipf.png
+  fastseq ngram fit timemachine --cleaning d2l --order 3 --arpa tm3.arpa
+  fastseq compare-bptt --plot bptt.png
+  fastseq grad-norms fastseq-train --plot grad-norms.png
+
+exit status: 0 success, 1 a diverged run, 2 a usage error (one line on stderr), 130 Ctrl-C.
+"""
+
 EXAMPLES_STATS = """examples:
   fastseq stats                      # the built-in offline corpus (Python's docs)
   fastseq stats timemachine --token word --cleaning d2l
@@ -192,7 +203,8 @@ def cmd_stats(args):
 
     if args.top < 0:
         raise UsageError(f"--top: expected a number >= 0, got {args.top}")
-    _check_png(args.plot)
+    if _check_png(args.plot):
+        _pyplot()
     cleaning = _cleaning(args.cleaning)
     lines = read_lines(args.corpus, cleaning)
     tokens = [t for line in tokenize(lines, args.token) for t in line]
@@ -623,9 +635,16 @@ def _save(run, out, hp_extra=None):
 
 
 def _progress_bar(args, total, initial, desc):
+    """A tqdm bar on stderr; without tqdm installed, a one-time note and per-epoch lines only."""
     if args.no_progress:
         return None
-    tqdm = _import("tqdm", "the progress bar (or pass --no-progress)").tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        args.no_progress = True
+        _info(args, "(no progress bar: the 'tqdm' package is not installed; pip install tqdm, "
+                    "or pip install 'fastseq[cli]')")
+        return None
     return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
                 leave=True, mininterval=0.25)
 
@@ -658,6 +677,7 @@ def cmd_train(args):
         out = args.out or "fastseq-train"
     if args.plot:
         _check_png(args.plot)
+        _pyplot()   # an explicit --plot needs matplotlib: say so before training, not after
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: exists and is not a folder")
     if not args.resume and os.path.exists(os.path.join(out, checkpoint.META_FILE)) and not args.overwrite:
@@ -735,10 +755,16 @@ def cmd_train(args):
     sample = _sample(run.model, run.vocab, hp["token"], args.prefix, args.sample_length, seed=hp["seed"],
                      corpus=hp["corpus"])
     result["sample"] = sample
+    result["plot"] = None
     if run.history["epochs"]:
-        _plot_training(run.history, result["ngram"], plot, f"{hp['corpus']} ({hp['token']}s), "
-                       f"H={hp['hidden']}, bptt {hp['bptt']}")
-        result["plot"] = plot
+        try:
+            _plot_training(run.history, result["ngram"], plot, f"{hp['corpus']} ({hp['token']}s), "
+                           f"H={hp['hidden']}, bptt {hp['bptt']}")
+            result["plot"] = plot
+        except UsageError as e:   # matplotlib missing: the run itself is fine, say what is lacking
+            if args.plot:
+                raise
+            _info(args, f"(no plot: {e})")
     result["total_seconds"] = round(time.perf_counter() - t_start, 3)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -752,7 +778,9 @@ def cmd_train(args):
                 else:
                     print(f"  Kneser-Ney {g['order']}-gram   {g['val_ppl']:10.3f}")
         print(f"\nsample (temperature 0.8, seed {hp['seed']}):\n{sample['prefix']}{sample['text']}\n")
-        print(f"curves: {plot}\ncheckpoint: {out}   (fastseq generate {out} --prefix ... -n 200)")
+        if result["plot"]:
+            print(f"curves: {plot}")
+        print(f"checkpoint: {out}   (fastseq generate {out} -n 200 --temperature 0.8)")
         print(f"time: {train_s:.1f} s training, {result['total_seconds']:.1f} s in all")
     return status
 
@@ -883,6 +911,8 @@ def cmd_eval(args):
 # --------------------------------------------------------------------------- compare-bptt
 def cmd_compare_bptt(args):
     plot = _check_png(args.plot)
+    if plot:
+        _pyplot()
     specs = [s for s in args.strategies.split(",") if s.strip()]
     if not specs:
         raise UsageError("--strategies: expected a comma-separated list such as full,block:5,random:0.2")
@@ -994,6 +1024,8 @@ def _hidden_grad_norms(params, nonlinearity, X, Y):
 def cmd_grad_norms(args):
     ck = _load_ckpt(args.checkpoint, "numpy")
     plot = _check_png(args.plot)
+    if plot:
+        _pyplot()
     hp = ck.hparams
     token, cleaning = hp.get("token", "char"), _cleaning(hp.get("cleaning"))
     text = args.text or hp.get("corpus")
@@ -1078,7 +1110,8 @@ def _sub(sub, name, help, epilog):
 
 def _parser():
     p = _Parser(prog="fastseq", description="Fast classic sequence models on the CPU: RNN and n-gram "
-                "language models. Run `fastseq COMMAND --help` for a command's options and examples.")
+                "language models. Run `fastseq COMMAND --help` for a command's options and examples.",
+                epilog=EXAMPLES_MAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"fastseq {_pkg_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     corpora = ", ".join(datasets.names())

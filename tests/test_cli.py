@@ -414,3 +414,36 @@ def test_ngram_laplace_and_bad_input(tm_split, tmp_path):
     assert "line" in line
     p = run("ngram", cwd=tmp_path)
     assert p.returncode == 2 and "fit or eval" in p.stderr
+
+
+# ------------------------------------------------------------------ optional packages missing
+def run_without(blocked, *argv, cwd=None):
+    """python -m fastseq with some packages made unimportable (as if not installed)."""
+    code = ("import sys, runpy\n"
+            f"for m in {list(blocked)!r}: sys.modules[m] = None\n"
+            f"sys.argv = ['fastseq'] + {[str(a) for a in argv]!r}\n"
+            "runpy.run_module('fastseq', run_name='__main__', alter_sys=True)\n")
+    env = dict(os.environ, FASTSEQ_DATA_DIR=str(DATA_DIR))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def test_train_without_tqdm_and_matplotlib_still_trains(tmp_path, text_file):
+    argv = [a for a in TINY if a != "--no-progress"]
+    p = run_without(["tqdm", "matplotlib"], "train", "--corpus", text_file, *argv, "--epochs", "1", "--out", "run",
+                    cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "no progress bar: the 'tqdm' package is not installed" in p.stdout
+    assert "no plot:" in p.stdout and "matplotlib" in p.stdout
+    assert not (tmp_path / "run" / "train.png").exists()
+    assert (tmp_path / "run" / "fastseq.json").exists()
+
+
+def test_missing_packages_named_before_any_work(tmp_path, text_file):
+    p = run_without(["safetensors", "safetensors.numpy"], "train", "--corpus", text_file, *TINY, "--out", "run",
+                    cwd=tmp_path)
+    usage_error(p, "safetensors", "pip install")
+    assert not (tmp_path / "run").exists()
+    usage_error(run_without(["matplotlib"], "compare-bptt", text_file, "--no-progress", cwd=tmp_path),
+                "matplotlib", "pip install")
+    usage_error(run_without(["matplotlib"], "stats", "--plot", "z.png", cwd=tmp_path), "matplotlib")

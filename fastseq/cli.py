@@ -546,7 +546,7 @@ class Run:
     def run_epoch(self, on_step=None, progress=None):
         """Train to the end of the current epoch (from self.batch on); returns the epoch record."""
         model, hp = self.model, self.hp
-        B, T = hp["batch"], hp["steps"]
+        B = hp["batch"]
         if self.batch == 0:
             self.epoch_rng = _rng_state(self.loader.rng)
             self.state = None
@@ -558,7 +558,7 @@ class Run:
         for _ in range(self.batch):
             next(it)
         log_every = max(1, len(self.loader) // 20)
-        interval_loss, interval_tokens, t_interval = 0.0, 0, time.perf_counter()
+        interval_loss, interval_tokens = 0.0, 0
         for X, Y in it:
             t0 = time.perf_counter()
             if self.state is None or not self.loader.carries_state:
@@ -594,7 +594,6 @@ class Run:
                 interval_loss, interval_tokens = 0.0, 0
             if on_step is not None:
                 on_step(self)
-        del t_interval
         train_ppl = math.exp(self.acc["loss_sum"] / self.acc["tokens"])
         val_ppl, _ = _perplexity(model, self.val_ids) if len(self.val_ids) >= 2 else (float("nan"), 0)
         rec = {"epoch": self.epoch + 1, "step": self.step, "train_ppl": train_ppl,
@@ -609,7 +608,7 @@ class Run:
 
     def _diverged(self, step, what):
         hp = self.hp
-        hint = (f"try --clip 1 (clipping is off)" if not hp["clip"] else f"try a smaller --clip than {hp['clip']:g}")
+        hint = ("try --clip 1 (clipping is off)" if not hp["clip"] else f"try a smaller --clip than {hp['clip']:g}")
         return (f"step {step} (epoch {self.epoch + 1}, batch {self.batch + 1}): {what}; training stopped. "
                 f"{hint} or a lower learning rate than --lr {hp['lr']:g}")
 
@@ -712,7 +711,6 @@ def cmd_train(args):
             raise _StopAfter()
 
     t_start = time.perf_counter()
-    status = 0
     try:
         if not args.resume:
             _save(run, out)   # step 0: even a run stopped at once can be resumed
@@ -782,7 +780,7 @@ def cmd_train(args):
             print(f"curves: {plot}")
         print(f"checkpoint: {out}   (fastseq generate {out} -n 200 --temperature 0.8)")
         print(f"time: {train_s:.1f} s training, {result['total_seconds']:.1f} s in all")
-    return status
+    return 0
 
 
 def _ngram_baselines(args, run):
@@ -1047,8 +1045,6 @@ def cmd_grad_norms(args):
     from .train import spectral_radius
     rho = spectral_radius(ck.model)
     sigma = float(np.linalg.norm(W_hh, 2))
-    with np.errstate(divide="ignore"):
-        logn = np.log10(norms)
     med = np.median(norms, axis=0)
     # The per-step factor of a geometric fit through the median's first and last points.
     decay = float((med[-1] / med[0]) ** (1.0 / (T - 1))) if T > 1 and med[0] > 0 and med[-1] > 0 else float("nan")
@@ -1078,7 +1074,6 @@ def cmd_grad_norms(args):
         fig.tight_layout()
         fig.savefig(plot)
         plt.close(fig)
-    del logn
     if args.json:
         print(json.dumps(result))
         return 0

@@ -105,7 +105,7 @@ def from_torch_state_dict(state_dict, nonlinearity="tanh", dtype=None, prefix=""
         raise ValueError(f"state_dict: expected the keys {[prefix + k for k in KEYS]}; "
                          f"missing {[prefix + k for k in missing]}, unexpected {[prefix + k for k in extra]}")
     a = {k: _as_numpy(names[k], state_dict[names[k]]) for k in KEYS}
-    emb, w_ih, w_hh = a["embedding.weight"], a["rnn.weight_ih_l0"], a["rnn.weight_hh_l0"]
+    emb, w_hh = a["embedding.weight"], a["rnn.weight_hh_l0"]
     if emb.ndim != 2:
         raise ValueError(f"state_dict['{prefix}embedding.weight']: expected (V, E), got shape {emb.shape}")
     V, E = emb.shape

@@ -447,3 +447,28 @@ def test_missing_packages_named_before_any_work(tmp_path, text_file):
     usage_error(run_without(["matplotlib"], "compare-bptt", text_file, "--no-progress", cwd=tmp_path),
                 "matplotlib", "pip install")
     usage_error(run_without(["matplotlib"], "stats", "--plot", "z.png", cwd=tmp_path), "matplotlib")
+
+
+def test_train_ngram_baseline_on_the_same_tokens(tmp_path, text_file):
+    argv = [a for a in TINY if a != "--no-ngram"]
+    p = run("train", "--corpus", text_file, *argv, "--epochs", "1", "--ngram-orders", "2,3", "--out", "run",
+            "--json", cwd=tmp_path, check=0)
+    r = json.loads(p.stdout)
+    from fastseq.ngram import KneserNeyLM
+    n_train = len(TEXT) - round(len(TEXT) * 0.1)
+    for g in r["ngram"]:
+        lm = KneserNeyLM(g["order"], discount_fallback=True).fit([list(TEXT[:n_train])])
+        want = lm.perplexity([list(TEXT[n_train:])]).including_oov
+        assert g["val_ppl"] == pytest.approx(want, rel=1e-12)
+    text = run("train", "--corpus", text_file, *argv, "--epochs", "1", "--ngram-orders", "2", "--out", "run2",
+               cwd=tmp_path, check=0).stdout
+    assert "Kneser-Ney 2-gram" in text and "RNN (H=16)" in text
+
+
+def test_train_words_then_generate_words(tmp_path, text_file):
+    run("train", "--corpus", text_file, *TINY, "--token", "word", "--epochs", "2", "--out", "w", cwd=tmp_path,
+        check=0)
+    r = json.loads(run("generate", "w", "--prefix", "the lazy", "-n", "5", "--json", cwd=tmp_path,
+                       check=0).stdout)
+    words = set(TEXT.replace(".", " . ").split()) | {"<unk>"}
+    assert len(r["text"].split()) == 5 and set(r["text"].split()) <= words

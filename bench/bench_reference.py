@@ -2,9 +2,10 @@
 
 One step = loss_and_grad (forward + Full BPTT) + global-norm clipping (theta=1) + SGD update,
 at B=32, T=35, V=28 (the Time Machine characters), float32, H in {32, 128, 256, 512}.
-tokens/s = B*T / mean step time, stored in extra_info and printed in the summary.
+tokens/s = B*T / median step time, stored in extra_info (see --benchmark-json).
 
-    env -u OPENBLAS_CORETYPE python -m pytest bench/bench_reference.py --benchmark-only
+    env -u OPENBLAS_CORETYPE OPENBLAS_NUM_THREADS=1 python -m pytest bench/bench_reference.py \
+        --benchmark-only --benchmark-min-rounds=20
 """
 import numpy as np
 import pytest
@@ -33,5 +34,7 @@ def test_reference_train_step(benchmark, H):
 
     loss = benchmark(step)
     assert np.isfinite(loss)
-    benchmark.extra_info["tokens_per_s"] = B * T / benchmark.stats.stats.mean
+    # the median resists the stalls of a shared machine; the mean is kept for comparison
+    benchmark.extra_info["tokens_per_s"] = B * T / benchmark.stats.stats.median
+    benchmark.extra_info["tokens_per_s_mean"] = B * T / benchmark.stats.stats.mean
     benchmark.extra_info["H"] = H

@@ -6,10 +6,12 @@
     10%, seconds.
 (b) BPTT strategies on the same data and seeds with a smaller H: Full, Truncated block,
     Truncated sliding and Randomized; final training / held-out perplexity and wall time.
+(d) gradient diagnostics: spectral radius of W_hh and ||dl_{T-1}/dH_t|| over one window.
 
 Usage (from the repository root):
     FASTSEQ_DATA_DIR=/work/shared/data python bench/run_reference_experiments.py a --minutes 6
     FASTSEQ_DATA_DIR=/work/shared/data python bench/run_reference_experiments.py b --hidden 128 --epochs 10
+    FASTSEQ_DATA_DIR=/work/shared/data python bench/run_reference_experiments.py d --hidden 128 --epochs 3
 Prints markdown tables (and writes JSON next to this file with --json PATH).
 """
 import argparse
@@ -25,7 +27,7 @@ from fastseq.bptt import Full, Randomized, Truncated
 from fastseq.data import SeqDataLoader
 from fastseq.reference import RNNLM
 from fastseq.text import load_corpus
-from fastseq.train import evaluate, predict, train
+from fastseq.train import evaluate, predict, spectral_radius, state_grad_norms, train
 
 
 def split():
@@ -94,9 +96,35 @@ def part_b(hidden, epochs, seed, tau, pi):
     return results
 
 
+def part_d(hidden, epochs, seed):
+    """Gradient diagnostics: spectral radius of W_hh and ||dL/dH_t|| over one window, before and
+    after training, and with W_hh rescaled to radius 0.5 and 1.5 (same data), to show vanishing
+    and exploding messages."""
+    tr, te, vocab = split()
+    model = RNNLM(len(vocab), hidden, dtype=np.float64, seed=seed)
+    X, Y = next(iter(SeqDataLoader(tr, 32, 35, seed=seed)))
+    rows = [("init", spectral_radius(model), state_grad_norms(model, X, Y, term=-1))]
+    train(model, SeqDataLoader(tr, 32, 35, seed=seed), epochs, lr=1.0, clip=1.0)
+    rows.append((f"after {epochs} epochs", spectral_radius(model), state_grad_norms(model, X, Y, term=-1)))
+    W = model.params["W_hh"].copy()
+    for r in (0.5, 1.5):
+        model.params["W_hh"][...] = W * (r / spectral_radius(model))
+        rows.append((f"trained, W_hh rescaled to radius {r}", spectral_radius(model),
+                     state_grad_norms(model, X, Y, term=-1)))
+        model.params["W_hh"][...] = W
+    ts = [0, 5, 10, 15, 20, 25, 30, 34]
+    print(f"\n{header()}; H={hidden}, one window of T=35, B=32 (the first training batch), Full BPTT, "
+          f"gradient of the last step's loss term only\n")
+    print("| model | spectral radius | " + " | ".join(f"t={t}" for t in ts) + " | t=0 / t=34 |")
+    print("|---|---|" + "---|" * (len(ts) + 1))
+    for name, rho, g in rows:
+        print(f"| {name} | {rho:.3f} | " + " | ".join(f"{g[t]:.2e}" for t in ts) + f" | {g[0] / g[-1]:.3g} |")
+    return [dict(model=n, spectral_radius=r, state_grad_norms=g.tolist()) for n, r, g in rows]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["a", "b"])
+    ap.add_argument("part", choices=["a", "b", "d"])
     ap.add_argument("--minutes", type=float, default=6.0)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=10)
@@ -107,7 +135,12 @@ def main():
     a = ap.parse_args()
     if "FASTSEQ_DATA_DIR" not in os.environ:
         raise SystemExit("set FASTSEQ_DATA_DIR to the folder holding timemachine.txt")
-    out = part_a(a.minutes, a.seed) if a.part == "a" else part_b(a.hidden, a.epochs, a.seed, a.tau, a.pi)
+    if a.part == "a":
+        out = part_a(a.minutes, a.seed)
+    elif a.part == "b":
+        out = part_b(a.hidden, a.epochs, a.seed, a.tau, a.pi)
+    else:
+        out = part_d(a.hidden, a.epochs, a.seed)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1, default=float)

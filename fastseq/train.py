@@ -196,15 +196,21 @@ def predict(prefix, num_preds, model, vocab, temperature=0.0, top_k=0, rng=None)
     return prefix + "".join(gen) if isinstance(prefix, str) else tokens + gen
 
 
-def state_grad_norms(model, X, Y, state=None, bptt=None):
+def state_grad_norms(model, X, Y, state=None, bptt=None, term=None):
     """||dL/dH_t|| (Frobenius over batch and hidden) for t = 0..T-1 of one window -> float64 (T,).
 
     With Full() this is the exact gradient of the window's loss w.r.t. each
-    hidden state; it shows the seed's W_hh^T powers: vanishing (norms fall
-    quickly towards t = 0) or exploding. Computed with the NumPy reference maths
-    on ``model.params`` (any backend).
+    hidden state. ``term``: the index of one loss term (e.g. -1, the last) to
+    back-propagate alone; then the norms show the seed's W_hh^T powers directly:
+    vanishing (falling quickly towards t = 0) or exploding (growing). Computed
+    with the NumPy reference maths on ``model.params`` (any backend).
     """
-    _, _, _, dH = _RefRNNLM._loss_grad(model, X, Y, state, bptt)
+    if term is not None:
+        T = np.shape(X)[1]
+        if isinstance(term, bool) or not isinstance(term, numbers.Integral) or not -T <= term < T:
+            raise ValueError(f"term: expected None or a step index in [-{T}, {T}), got {term!r}")
+        term = int(term) % T
+    _, _, _, dH = _RefRNNLM._loss_grad(model, X, Y, state, bptt, term)
     return np.sqrt(np.sum(np.square(dH, dtype=np.float64), axis=(1, 2)))
 
 
@@ -214,6 +220,7 @@ def spectral_radius(model):
 
 
 def gradient_diagnostics(model, X, Y, state=None, bptt=None):
-    """dict(state_grad_norms=(T,), spectral_radius=float) for one window."""
+    """dict(state_grad_norms=(T,), last_term_grad_norms=(T,), spectral_radius=float) for one window."""
     return dict(state_grad_norms=state_grad_norms(model, X, Y, state, bptt),
+                last_term_grad_norms=state_grad_norms(model, X, Y, state, bptt, term=-1),
                 spectral_radius=spectral_radius(model))

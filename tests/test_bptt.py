@@ -7,6 +7,7 @@ Legend: B batch, T steps, D input, H hidden, V vocabulary.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from fastseq.bptt import Full, Randomized, Truncated
 from fastseq.reference.rnn import RNN, RNNLM
@@ -353,3 +354,28 @@ def test_bad_plans():
         Randomized(0.5, 7)            # a seed passed where the Generator goes
     with pytest.raises(ValueError, match="rng, seed"):
         Randomized(0.5, rng=np.random.default_rng(), seed=1)
+
+
+# ------------------------------------------------------------------ property: block == Full per block
+@settings(max_examples=40, deadline=None)
+@given(T_=st.integers(1, 12), B_=st.integers(1, 3), tau=st.integers(1, 14), seed=st.integers(0, 10**6))
+def test_block_truncation_is_full_gradient_of_each_block(T_, B_, tau, seed):
+    """Block truncation == sum over blocks of the (FD-checked) Full gradient of the block alone,
+    entered with the true state; each block's mean loss is reweighted by its share of the T steps."""
+    m = RNNLM(V, H, dtype=np.float64, seed=seed % 7)
+    rng = np.random.default_rng(seed)
+    for p in m.params.values():
+        p[...] = rng.normal(0, 0.7, p.shape)
+    X, Y = rng.integers(0, V, (B_, T_)), rng.integers(0, V, (B_, T_))
+    h0 = rng.normal(0, 0.5, (B_, H))
+    loss, g, _ = m.loss_and_grad(X, Y, h0, bptt=Truncated(tau))
+    total = {k: np.zeros_like(v) for k, v in g.items()}
+    state, total_loss = h0, 0.0
+    for s in range(0, T_, tau):
+        e = min(s + tau, T_)
+        lb, gb, state = m.loss_and_grad(X[:, s:e], Y[:, s:e], state, bptt=Full())
+        for k in total:
+            total[k] += gb[k] * (e - s) / T_
+        total_loss += lb * (e - s) / T_
+    assert loss == pytest.approx(total_loss, rel=1e-12)
+    assert_grads_close(g, total, rtol=1e-10, atol=1e-14)

@@ -236,6 +236,18 @@ def test_perplexity_is_kenlm_query_arithmetic(tm_split, cls, order, kw):
     assert pp.excluding_oov == pytest.approx(10 ** (-(sum(scores) - oov_lp) / (tokens - oov)), rel=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcd"), max_size=6), min_size=1, max_size=8).filter(lambda c: any(c)),
+       st.integers(1, 4), st.booleans(), st.lists(st.sampled_from(["a", "b", "c", "d", "<s>", "zz"]), max_size=4))
+def test_any_model_any_context_sums_to_one_property(corpus, order, kn, context):
+    m = (KneserNeyLM(order, discount_fallback=True) if kn else LaplaceLM(order, eps=0.7)).fit(corpus)
+    p = m.distribution(context)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    assert p[m.vocab.index("<s>")] == 0 and np.delete(p, m.vocab.index("<s>")).min() > 0
+    stream, q, _, _ = m._corpus(corpus + [context], True, True)
+    assert np.allclose(m._logp_fast(stream, q), m._logp_stream(stream, q), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("cls, order, kw", MODELS + [(KneserNeyLM, 5, dict(discount_fallback=True))])
 def test_cython_scoring_equals_numpy_scoring(tm_split, cls, order, kw):
     train, test = tm_split
@@ -282,9 +294,15 @@ def test_model_bad_input(cls, kw):
         cls(2).fit("the time machine")
     with pytest.raises(ValueError, match="reserved"):
         cls(2).fit([["a", "</s>", "b"]])
+    with pytest.raises(ValueError, match="vocab="):
+        cls(2).fit([1, 2, 3])
     vocab = Vocab(["a", "b"])
     with pytest.raises(ValueError, match=r"ids must lie in \[0, 3\)"):
         cls(2).fit(np.array([1, 2, 7]), vocab=vocab)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 3\)"):
+        cls(2).fit([1, 2, 7], vocab=vocab)
+    with pytest.raises(ValueError, match="Vocab"):
+        cls(2).fit(np.array([1, 2]))
     with pytest.raises(RuntimeError, match="fit"):
         cls(2).score("a b")
     with pytest.raises(ValueError, match="eps"):
@@ -314,6 +332,8 @@ def test_kenlm_scores_fastseq_arpa(tm_split, tmp_path, cls, order, kw):
                 assert k.score(s, bos=bos, eos=eos) == pytest.approx(ours, rel=1e-4, abs=1e-4)
                 assert loaded.score(s, bos=bos, eos=eos) == pytest.approx(ours, rel=1e-7)
     assert loaded.perplexity(test) == pytest.approx(m.perplexity(test), rel=1e-7)
+    for ctx in ([], ["<s>", "the"], ["zzz", "time"], ["of", "the", "time", "traveller"]):
+        assert loaded.distribution(ctx).sum() == pytest.approx(1.0, abs=1e-6)
 
 
 ARPA = """\\data\\
@@ -375,3 +395,31 @@ def test_arpa_with_missing_context_names_the_line(tmp_path):
     p.write_text(ARPA.replace("ngram 2=2", "ngram 2=2\nngram 3=1").replace("\\end\\", "\\3-grams:\n-0.1\tb a b\n\n\\end\\"))
     with pytest.raises(ArpaError, match=r"bad\.arpa:17: the context 'b a' of this 3-gram"):
         load_arpa(p)
+
+
+def test_arpa_with_missing_suffix_scores_the_stored_ngram(tmp_path):
+    # pruned-style file: '<s> a a' is stored but its suffix 'a a' is not
+    p = tmp_path / "m.arpa"
+    p.write_text(ARPA.replace("ngram 2=2", "ngram 2=2\nngram 3=1")
+                 .replace("-0.2\t<s> a", "-0.2\t<s> a\t-0.1").replace("-0.4\ta b", "-0.4\ta b\t0")
+                 .replace("\\end\\", "\\3-grams:\n-0.05\t<s> a a\n\n\\end\\"))
+    m = load_arpa(p)
+    assert m.score("a a") == pytest.approx(-0.2 - 0.05 + (-0.5 - 0.2))
+    assert m.prob("a", ["<s>", "a"]) == pytest.approx(10 ** -0.05)
+    assert m.prob("b", ["<s>", "a"]) == pytest.approx(10 ** (-0.1 - 0.4))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcde"), max_size=6), min_size=1, max_size=8).filter(lambda c: any(c)),
+       st.integers(2, 5), st.booleans(),
+       st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "zz"]), max_size=6), min_size=1, max_size=4))
+def test_kenlm_agrees_on_random_small_models_property(tmp_path_factory, corpus, order, kn, sentences):
+    kenlm = pytest.importorskip("kenlm")
+    m = (KneserNeyLM(order, discount_fallback=True) if kn else LaplaceLM(order, eps=0.7)).fit(corpus)
+    path = tmp_path_factory.mktemp("arpa") / "m.arpa"
+    m.to_arpa(path)
+    k = kenlm.Model(str(path))
+    for s in sentences:
+        s = " ".join(s)
+        for bos, eos in ((True, True), (False, True), (True, False)):
+            assert k.score(s, bos=bos, eos=eos) == pytest.approx(m.score(s, bos=bos, eos=eos), rel=1e-4, abs=1e-4)

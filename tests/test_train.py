@@ -255,7 +255,7 @@ def test_state_grad_norms_match_finite_differences():
     X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     p = m.params
 
-    def loss(t_pert, delta):
+    def loss(t_pert, delta, terms):
         h, total = np.zeros((B, H)), 0.0
         for t in range(T):
             h = np.tanh(p["W_xh"][X[:, t]] + h @ p["W_hh"] + p["b_h"])
@@ -263,23 +263,37 @@ def test_state_grad_norms_match_finite_differences():
                 h = h + delta
             O = h @ p["W_hq"] + p["b_q"]
             O = O - O.max(1, keepdims=True)
-            total -= (O[np.arange(B), Y[:, t]] - np.log(np.exp(O).sum(1))).sum()
+            if t in terms:
+                total -= (O[np.arange(B), Y[:, t]] - np.log(np.exp(O).sum(1))).sum()
         return total / (B * T)
 
-    expected = []
-    for t in range(T):
-        g = np.zeros((B, H))
-        for i in np.ndindex(B, H):
-            d = np.zeros((B, H))
-            d[i] = 1e-6
-            g[i] = (loss(t, d) - loss(t, -d)) / 2e-6
-        expected.append(np.linalg.norm(g))
+    def fd_norms(terms):
+        out = []
+        for t in range(T):
+            g = np.zeros((B, H))
+            for i in np.ndindex(B, H):
+                d = np.zeros((B, H))
+                d[i] = 1e-6
+                g[i] = (loss(t, d, terms) - loss(t, -d, terms)) / 2e-6
+            out.append(np.linalg.norm(g))
+        return out
+
     got = state_grad_norms(m, X, Y)
     assert got.shape == (T,)
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(got, fd_norms(range(T)), rtol=1e-6)
+    last = state_grad_norms(m, X, Y, term=-1)
+    np.testing.assert_allclose(last, fd_norms([T - 1]), rtol=1e-6)
+    np.testing.assert_array_equal(state_grad_norms(m, X, Y, term=T - 1), last)
+    second = state_grad_norms(m, X, Y, term=1)
+    np.testing.assert_allclose(second, fd_norms([1]), rtol=1e-6, atol=1e-12)
+    assert np.all(second[2:] == 0)                      # term 1 does not reach later states
     d = gradient_diagnostics(m, X, Y)
     np.testing.assert_array_equal(d["state_grad_norms"], got)
+    np.testing.assert_array_equal(d["last_term_grad_norms"], last)
     assert d["spectral_radius"] == spectral_radius(m)
+    for bad in (T, -T - 1, 1.5, True):
+        with pytest.raises(ValueError, match="term"):
+            state_grad_norms(m, X, Y, term=bad)
 
 
 def test_spectral_radius_and_vanishing_vs_exploding():
@@ -293,6 +307,7 @@ def test_spectral_radius_and_vanishing_vs_exploding():
     Q[:2, :2], Q[2:, 2:] = rot(0.3), rot(1.1)
     m = RNNLM(V, 4, dtype=np.float64, seed=15)
     m.params["W_hq"][...] = np.random.default_rng(16).normal(size=(4, V))
+    m.params["W_xh"] *= 1e-4                    # states < 1e-4 even at r = 1.3: tanh linear to ~1e-8
     X = np.zeros((2, 12), dtype=int)
     Y = np.tile(np.arange(12) % V, (2, 1))
     ratios = {}
@@ -301,6 +316,10 @@ def test_spectral_radius_and_vanishing_vs_exploding():
         assert spectral_radius(m) == pytest.approx(r, rel=1e-12)
         g = state_grad_norms(m, X, Y)
         ratios[r] = g[0] / g[-1]
+        # the last term alone: ||dl_{T-1}/dH_t|| = r^(T-1-t) ||dl_{T-1}/dH_{T-1}|| (Q orthogonal,
+        # tanh' = 1 - H^2 = 1 up to ~1e-8 because the states stay below 1e-4)
+        last = state_grad_norms(m, X, Y, term=-1)
+        np.testing.assert_allclose(last / last[-1], r ** np.arange(11, -1, -1.0), rtol=1e-6)
     assert ratios[0.5] < 3 and ratios[1.3] > 10 * ratios[0.5]
 
 

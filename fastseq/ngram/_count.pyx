@@ -244,7 +244,6 @@ def backoff_logp(const int64_t[::1] stream, const int64_t[::1] q, list starts, l
     cdef int64_t cur[65]
     cdef int64_t w, ctx
     cdef double r
-    cdef bint missed
     with nogil:
         for k in range(N + 1):
             prev[k] = -1
@@ -252,29 +251,26 @@ def backoff_logp(const int64_t[::1] stream, const int64_t[::1] q, list starts, l
             w = stream[i]
             r = lp[0][w]
             cur[1] = w
-            missed = False
             for k in range(2, N + 1):
                 ctx = prev[k - 1] if q[i] >= k - 1 else -1
                 if ctx < 0:
                     cur[k] = -1
                     continue
                 j = -1
-                if not missed:
-                    lo = st[k - 1][ctx]
-                    hi = st[k - 1][ctx + 1]
-                    while lo < hi:                      # w among the children of ctx
-                        mid = (lo + hi) >> 1
-                        if la[k - 1][mid] < w:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    if lo < st[k - 1][ctx + 1] and la[k - 1][lo] == w:
-                        j = lo
+                lo = st[k - 1][ctx]
+                hi = st[k - 1][ctx + 1]
+                while lo < hi:                          # w among the children of ctx
+                    mid = (lo + hi) >> 1
+                    if la[k - 1][mid] < w:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                if lo < st[k - 1][ctx + 1] and la[k - 1][lo] == w:
+                    j = lo
                 if j >= 0:
-                    r = lp[k - 1][j]
+                    r = lp[k - 1][j]                    # P(c w) is stored
                 else:
-                    missed = True                       # no longer n-gram ends here either
-                    r += lb[k - 2][ctx]
+                    r += lb[k - 2][ctx]                 # b(c) P(w | c')
                 cur[k] = j
             for k in range(1, N + 1):
                 prev[k] = cur[k]

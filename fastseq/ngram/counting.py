@@ -26,7 +26,8 @@ class NGramCounts:
     """Counts of all n-grams of orders 1..order.
 
     ``grams[n]``: (K, n) int32 ids in lexicographic order; ``counts[n]``: int64[K].
-    ``counts_of(n)`` gives the pair; ``to_dict(n)`` a {tuple: count} dict.
+    ``self[n]`` gives the pair; ``to_dict(n)`` a {tuple: count} dict;
+    ``a + b`` merges (sums) two counts, ``a - b`` subtracts.
     """
 
     def __init__(self, grams, counts, vocab_size, parents=None):

@@ -47,6 +47,9 @@ def _sentences_to_ids(sentences):
         raise ValueError("sentences: expected an iterable of sentences (token lists or strings), got one string")
     flat, lengths = [], []
     for s in sentences:
+        if not isinstance(s, str) and not hasattr(s, "__iter__"):
+            raise ValueError(f"sentences: expected token lists or strings, got a {type(s).__name__} "
+                             "(an id array needs vocab=)")
         toks = s.split() if isinstance(s, str) else list(s)
         if toks and not isinstance(toks[0], str):
             raise ValueError(f"sentences: expected lists of string tokens, got {type(toks[0]).__name__} tokens")
@@ -178,7 +181,7 @@ class NGramLM:
             idx[has] = self._lookup(k, ctx[has], stream[has])
             hit = idx >= 0
             backoff = ~hit & (ctx >= 0)
-            lp = np.where(hit, self._logp[k][np.maximum(idx, 0)], lp)
+            lp[hit] = self._logp[k][idx[hit]]
             lp[backoff] += self._logb[k - 1][ctx[backoff]]
         return lp
 
@@ -314,7 +317,7 @@ class _Estimator(NGramLM):
     """Shared fit: ids -> counts -> tables of rows with parent and suffix links."""
 
     def _counts(self, sentences, vocab, lengths):
-        if isinstance(sentences, np.ndarray) or (vocab is not None and not isinstance(sentences, (list, tuple))):
+        if isinstance(sentences, np.ndarray) or vocab is not None:
             ids, lengths, tokens = _ids_with_vocab(sentences, vocab, lengths)
         else:
             if lengths is not None:

@@ -314,8 +314,11 @@ class RNNLM(_Params):
         _, _, Hs, O = self._forward(X, state)
         return np.ascontiguousarray(O.transpose(1, 0, 2)), Hs[-1].copy()
 
-    def _loss_grad(self, X, Y, state, bptt):
-        """Everything loss_and_grad computes, plus dH (T, B, H) = dL/dH_t (for diagnostics)."""
+    def _loss_grad(self, X, Y, state, bptt, term=None):
+        """Everything loss_and_grad computes, plus dH (T, B, H) = dL/dH_t (for diagnostics).
+
+        term: None, or a step t whose loss term alone is back-propagated (diagnostics only).
+        """
         ids, h0, Hs, O = self._forward(X, state)
         Y = _check_ids("Y", Y, self.vocab_size, 2)
         if Y.shape != X.shape:
@@ -329,6 +332,8 @@ class RNNLM(_Params):
         dO = np.exp(logp)                                      # 5'. softmax(O_t) ...
         np.put_along_axis(dO, Yt[..., None], np.take_along_axis(dO, Yt[..., None], -1) - 1, -1)
         dO /= B * T                                            # 5'. ... - onehot(Y_t), / (B*T)
+        if term is not None:
+            dO[np.arange(T) != term] = 0
         plan = as_strategy(bptt).plan(T, B, self.dtype)
         dH_direct = dO @ p["W_hq"].T                           # 4'. dH_t(direct) = dO_t W_hq^T
         dZ, _, dH = _bptt(dH_direct, Hs, p["W_hh"], self.nonlinearity, plan)  # 3'-2'.

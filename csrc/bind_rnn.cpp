@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -34,7 +35,7 @@ std::string shape_of(const py::array& a) {
 py::array as_array(const py::handle& obj, const std::string& name) {
     if (!py::isinstance<py::array>(obj))
         throw py::value_error(name + ": expected a NumPy array, got " +
-                              std::string(py::str(obj.get_type().attr("__name__"))));
+                              std::string(py::str(py::type::of(obj).attr("__name__"))));
     return py::reinterpret_borrow<py::array>(obj);
 }
 
@@ -87,6 +88,13 @@ py::handle param(const py::dict& params, const char* key) {
     return params[key];
 }
 
+// The kernels index with 32-bit BLAS integers: every matrix they touch must
+// have fewer than 2^31 elements (rows = T*B).
+void check_size(idx rows, idx width, const char* what) {
+    if (double(rows) * double(std::max<idx>(width, 1)) >= 2147483647.0)
+        throw py::value_error(std::string(what) + ": too large for the 32-bit BLAS (T*B*width must be < 2^31)");
+}
+
 int check_window(int window) {
     if (window < 0) throw py::value_error("window: expected 0 (none) or tau >= 1, got " + std::to_string(window));
     return window;
@@ -137,6 +145,8 @@ py::array_t<T> layer_forward_t(const py::handle& Xo, const py::handle& h0o, cons
     const idx Tn = X.shape(0), B = X.shape(1);
     auto h0 = checked<T>(h0o, "h0", {B, H});
     check_threads(threads);
+    check_size(Tn * B, std::max(D, H), "X");
+    check_size(H, H, "params['W_hh']");
     py::array_t<T> Hs({Tn, B, H});
     {
         py::gil_scoped_release nogil;
@@ -161,6 +171,8 @@ py::tuple layer_backward_t(const py::handle& dHso, const py::handle& Xo, const p
     if (!scaleo.is_none()) scale = checked<T>(scaleo, "scale", {Tn, B});
     check_window(window);
     check_threads(threads);
+    check_size(Tn * B, std::max(D, H), "X");
+    check_size(H, H, "params['W_hh']");
     py::array_t<T> dX({Tn, B, D}), dh0({B, H}), dW_xh({D, H}), dW_hh({H, H}), db_h({H});
     {
         py::gil_scoped_release nogil;
@@ -215,6 +227,8 @@ py::tuple lm_forward_t(const py::handle& Xo, const py::handle& so, const py::dic
     const idx B = X.shape(0), Tn = X.shape(1);
     auto h0 = checked<T>(so, "state", {B, H});
     check_threads(threads);
+    check_size(Tn * B, std::max(V, H), "X");
+    check_size(std::max(H, V), H, "params['W_hh']");
     py::array_t<T> logits({B, Tn, V}), state({B, H});
     {
         py::gil_scoped_release nogil;
@@ -238,6 +252,8 @@ py::tuple lm_loss_and_grad_t(const py::handle& Xo, const py::handle& Yo, const p
     if (!scaleo.is_none()) scale = checked<T>(scaleo, "scale", {Tn, B});
     check_window(window);
     check_threads(threads);
+    check_size(Tn * B, std::max(V, H), "X");
+    check_size(std::max(H, V), H, "params['W_hh']");
     py::array_t<T> gW_xh({V, H}), gW_hh({H, H}), gb_h({H}), gW_hq({H, V}), gb_q({V}), state({B, H});
     double loss;
     {
@@ -260,9 +276,11 @@ py::tuple lm_loss_and_grad_t(const py::handle& Xo, const py::handle& Yo, const p
 template <typename T>
 py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, int num_preds, const py::dict& params,
                                         const std::string& nonlinearity, double temperature, int top_k,
-                                        const py::object& uniformso) {
+                                        const py::object& uniformso, int threads) {
     auto a = lm_args<T>(params, nonlinearity);
     auto prefix = checked_ids(prefixo, "prefix_ids", {-1}, a.P.V);
+    check_size(std::max(a.P.H, a.P.V), a.P.H, "params['W_hh']");
+    if (prefix.shape(0) >= 2147483647) throw py::value_error("prefix_ids: too long");
     if (num_preds < 0)
         throw py::value_error("num_preds: expected an integer >= 0, got " + std::to_string(num_preds));
     if (!(temperature >= 0) || !std::isfinite(temperature))
@@ -283,7 +301,7 @@ py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, int num_preds
     {
         py::gil_scoped_release nogil;
         fastseq::rnn::lm_generate<T>(a.P, prefix.data(), int(prefix.shape(0)), num_preds, temperature, top_k,
-                                     sampling ? u.data() : nullptr, out.mutable_data());
+                                     sampling ? u.data() : nullptr, out.mutable_data(), threads);
     }
     return out;
 }
@@ -334,12 +352,13 @@ void bind_rnn(py::module_& m) {
     m.def(
         "lm_generate",
         [](const py::handle& prefix, int num_preds, const py::dict& params, const std::string& nl,
-           double temperature, int top_k, const py::object& uniforms) {
+           double temperature, int top_k, const py::object& uniforms, int threads) {
+            check_threads(threads);
             return kind_of(params) == Kind::F32
-                       ? lm_generate_t<float>(prefix, num_preds, params, nl, temperature, top_k, uniforms)
-                       : lm_generate_t<double>(prefix, num_preds, params, nl, temperature, top_k, uniforms);
+                       ? lm_generate_t<float>(prefix, num_preds, params, nl, temperature, top_k, uniforms, threads)
+                       : lm_generate_t<double>(prefix, num_preds, params, nl, temperature, top_k, uniforms, threads);
         },
         py::arg("prefix_ids"), py::arg("num_preds"), py::arg("params"), py::arg("nonlinearity"),
-        py::arg("temperature"), py::arg("top_k"), py::arg("uniforms"),
+        py::arg("temperature"), py::arg("top_k"), py::arg("uniforms"), py::arg("threads") = 0,
         "Generation from a prefix: int32 ids (num_preds,).");
 }

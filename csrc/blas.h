@@ -4,6 +4,8 @@
 #pragma once
 #include <cblas.h>
 
+#include <mutex>
+
 namespace fastseq {
 namespace blas {
 
@@ -20,17 +22,48 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
     scipy_cblas_dgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-// y = alpha op(A) x + beta y, A row-major M x N.
-inline void gemv(bool ta, int M, int N, float alpha, const float* A, int lda, const float* x,
-                 float beta, float* y) {
-    scipy_cblas_sgemv(CblasRowMajor, tr(ta), M, N, alpha, A, lda, x, 1, beta, y, 1);
-}
-inline void gemv(bool ta, int M, int N, double alpha, const double* A, int lda, const double* x,
-                 double beta, double* y) {
-    scipy_cblas_dgemv(CblasRowMajor, tr(ta), M, N, alpha, A, lda, x, 1, beta, y, 1);
-}
-
 inline int num_threads() { return scipy_openblas_get_num_threads(); }
+
+// While any kernel runs its own threads (one batch slice per core), the shared
+// OpenBLAS runs single-threaded so the two levels do not oversubscribe the
+// cores; the count the user set is restored when the last such kernel ends.
+// (This OpenBLAS build exports no per-thread setting, so it is a process-wide
+// count guarded by a reference count.)
+class SingleThreaded {
+   public:
+    SingleThreaded() {
+        std::lock_guard<std::mutex> lock(mu());
+        if (users()++ == 0) {
+            saved() = scipy_openblas_get_num_threads();
+            if (saved() != 1) scipy_openblas_set_num_threads(1);
+        }
+    }
+    ~SingleThreaded() {
+        std::lock_guard<std::mutex> lock(mu());
+        if (--users() == 0 && saved() != 1) scipy_openblas_set_num_threads(saved());
+    }
+    SingleThreaded(const SingleThreaded&) = delete;
+    SingleThreaded& operator=(const SingleThreaded&) = delete;
+    // The user's count, also while a kernel has lowered it.
+    static int user_threads() {
+        std::lock_guard<std::mutex> lock(mu());
+        return users() ? saved() : scipy_openblas_get_num_threads();
+    }
+
+   private:
+    static std::mutex& mu() {
+        static std::mutex m;
+        return m;
+    }
+    static int& users() {
+        static int n = 0;
+        return n;
+    }
+    static int& saved() {
+        static int n = 1;
+        return n;
+    }
+};
 
 }  // namespace blas
 }  // namespace fastseq

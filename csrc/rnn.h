@@ -7,7 +7,12 @@
 // R rows of the batch slice one worker owns.
 // Layouts: every sequence buffer is time-major, (T, B, width) with rows of a
 // time step contiguous, so a batch slice [b0, b0+R) of step t is one R x width
-// block at offset (t*B + b0)*width and the loop can run on slices in place.
+// block at offset (t*B + b0)*width and the loop can run on slices in place
+// (the layer's user arrays). The LM's workspace is private to each slice,
+// (T, R, width), so its products over all steps are single large calls.
+// Threads: the batch rows are independent through the recurrence, so each
+// thread runs the whole time loop on its own slice; nothing is shared but the
+// read-only (packed) weights.
 //
 // Maths, numbered as in the contract (fastseq/reference/rnn.py uses the same):
 //   1. A_t = X_t W_xh + b_h     2. Z_t = A_t + H_{t-1} W_hh     3. H_t = phi(Z_t)
@@ -19,6 +24,7 @@
 //   1'. dW_xh = sum X_t^T dZ_t (LM: scatter-add), db_h = sum dZ_t, dX_t = dZ_t W_xh^T
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -29,6 +35,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "kernels.h"
 
 namespace fastseq {
 namespace rnn {
@@ -69,14 +76,27 @@ struct ElmanCell {
     const T* W_hh;  // (H, H)
     int H;
     Act act;
+    const T* Wf = nullptr;  // W_hh packed as the right operand of H_{t-1} W_hh
+    const T* Wb = nullptr;  // W_hh^T packed as the right operand of dZ W_hh^T
 
+    // Scratch for prepare(): the packed copies of W_hh, shared by all slices.
+    static std::size_t workspace(int H) { return 2 * kern::packed_size<T>(H, H); }
+    // Packs W_hh once per call, so no step repacks it.
+    void prepare(T* ws) {
+        T* f = ws;
+        T* b = ws + kern::packed_size<T>(H, H);
+        kern::pack_b(H, H, W_hh, H, false, f);
+        kern::pack_b(H, H, W_hh, H, true, b);
+        Wf = f;
+        Wb = b;
+    }
     // 2. Z_t += H_{t-1} W_hh ; 3. H_t = phi(Z_t). Z and H may alias (the plain
     // RNN keeps no pre-activation: phi' is computed from H).
     void forward_step(int R, const T* hprev, T* z, T* h) const {
-        blas::gemm(false, false, R, H, H, T(1), hprev, H, W_hh, H, T(1), z, H);
+        kern::gemm_pb(R, H, H, hprev, H, false, Wf, z, H, true);
         const idx n = idx(R) * H;
         if (act == Act::Tanh) {
-            for (idx i = 0; i < n; ++i) h[i] = std::tanh(z[i]);
+            kern::tanh_n(z, h, n);
         } else {
             for (idx i = 0; i < n; ++i) h[i] = z[i] > T(0) ? z[i] : T(0);
         }
@@ -85,16 +105,16 @@ struct ElmanCell {
     void backward_step(int R, const T* dh, const T* h, const T* /*z*/, T* dz) const {
         const idx n = idx(R) * H;
         if (act == Act::Tanh) {
-            for (idx i = 0; i < n; ++i) dz[i] = dh[i] * (T(1) - h[i] * h[i]);
+            kern::dtanh_n(dh, h, dz, n);
         } else {
             for (idx i = 0; i < n; ++i) dz[i] = h[i] > T(0) ? dh[i] : T(0);
         }
     }
-    // 2'. out = dZ W_hh^T + beta out, for M rows (one step, or several stacked terms).
-    void message(int M, const T* dz, T* out, T beta) const {
-        blas::gemm(false, true, M, H, H, T(1), dz, H, W_hh, H, beta, out, H);
+    // 2'. out = dZ W_hh^T (+ out when acc), for M rows (one step, or several stacked terms).
+    void message(int M, const T* dz, T* out, bool acc) const {
+        kern::gemm_pb(M, H, H, dz, H, false, Wb, out, H, acc);
     }
-    // 2'. dW_hh = beta dW_hh + Hprev^T dZ over M rows.
+    // 2'. dW_hh = beta dW_hh + Hprev^T dZ over M rows: one large product, BLAS.
     void recurrent_grad(int M, const T* hprev, const T* dz, T* dW_hh, T beta) const {
         blas::gemm(true, false, H, H, M, T(1), hprev, H, dz, H, beta, dW_hh, H);
     }
@@ -153,7 +173,7 @@ void loop_backward(const Cell& c, int Tn, int R, Seq<const T> Hs, Seq<const T> Z
                 std::fill(out, out + n, T(0));
                 continue;
             }
-            c.message(R, dz, out, T(0));
+            c.message(R, dz, out, false);
             if (s)
                 for (int r = 0; r < R; ++r) {
                     const T f = s[r];
@@ -186,11 +206,11 @@ void loop_backward(const Cell& c, int Tn, int R, Seq<const T> Hs, Seq<const T> Z
             for (idx i = 0; i < R * GH; ++i) dz[i] += src[i];
         }
         if (s == 0) {
-            c.message(R, dz, dh0, T(0));  // linear: the sum of every live term's message
+            c.message(R, dz, dh0, false);  // linear: the sum of every live term's message
             break;
         }
         const int cont = std::min(nk, tau - 1);  // terms that go on to step s-1
-        if (cont > 0) c.message(cont * R, dzk, next + n, T(0));
+        if (cont > 0) c.message(cont * R, dzk, next + n, false);
         std::swap(cur, next);
         live = cont;
     }
@@ -204,6 +224,7 @@ void parallel_slices(int B, int parts, F&& f) {
         f(0, 0, B);
         return;
     }
+    blas::SingleThreaded one;
     std::vector<std::thread> th;
     th.reserve(parts - 1);
     const int base = B / parts, extra = B % parts;
@@ -220,11 +241,15 @@ void parallel_slices(int B, int parts, F&& f) {
     for (auto& x : th) x.join();
 }
 
-// How many batch slices to run side by side: each core takes its own rows
-// while the per-step products are too small for threaded BLAS to pay off.
-inline int auto_parts(int B, int H, int requested) {
-    int p = requested > 0 ? requested : (H <= 1024 ? blas::num_threads() : 1);
-    return std::max(1, std::min(p, B));
+// How many batch slices to run side by side: each core takes its own rows.
+// Starting a thread costs tens of microseconds, so a call splits only when its
+// products (about rows * (H^2 + H*width) multiply-adds per step and pass) are
+// large enough to repay that: from about H = 128 for the book's B*T = 1120.
+inline int auto_parts(int B, int Tn, int H, int width, int requested) {
+    if (requested > 0) return std::max(1, std::min(requested, B));
+    const double macs = double(B) * Tn * (double(H) * H + double(H) * width);
+    if (macs < 16e6) return 1;
+    return std::max(1, std::min(blas::SingleThreaded::user_threads(), B));
 }
 
 template <typename T>
@@ -255,7 +280,9 @@ void layer_forward(const LayerParams<T>& P, int Tn, int B, const T* X, const T* 
     for (idx r = 0; r < idx(Tn) * B; ++r) std::memcpy(Hs + r * H, P.b_h, sizeof(T) * H);
     blas::gemm(false, false, Tn * B, H, P.D, T(1), X, P.D, P.W_xh, H, T(1), Hs, H);
     ElmanCell<T> cell{P.W_hh, H, P.act};
-    parallel_slices(B, auto_parts(B, H, parts), [&](int, int b0, int R) {
+    Buffer<T> packed(ElmanCell<T>::workspace(H));
+    cell.prepare(packed.get());
+    parallel_slices(B, auto_parts(B, Tn, H, P.D, parts), [&](int, int b0, int R) {
         Seq<T> s{Hs + idx(b0) * H, idx(B) * H};
         loop_forward<T>(cell, Tn, R, h0 + idx(b0) * H, s, s);
     });
@@ -277,7 +304,9 @@ void layer_backward(const LayerParams<T>& P, int Tn, int B, const T* X, const T*
         for (idx i = 0; i < idx(B) * H; ++i) last[i] += dH_T[i];
     }
     ElmanCell<T> cell{P.W_hh, H, P.act};
-    const int np = auto_parts(B, H, parts);
+    Buffer<T> packed(ElmanCell<T>::workspace(H));
+    cell.prepare(packed.get());
+    const int np = auto_parts(B, Tn, H, P.D, parts);
     const std::size_t per = backward_scratch(H, 1, (B + np - 1) / np, Tn, window);
     Buffer<T> scratch(per * np);
     parallel_slices(B, np, [&](int p, int b0, int R) {
@@ -328,12 +357,56 @@ void gather_inputs(const LMParams<T>& P, int Tn, int R, const std::int64_t* ids,
         }
 }
 
+// The output projection's weights packed once per call for the register-tiled
+// kernel, used while the model is small: there the products are thin (N = V or
+// H) and BLAS's per-call packing and overhead dominate; above kSmallH, BLAS.
+constexpr int kSmallH = 256;
+template <typename T>
+struct OutProj {
+    bool small;
+    Buffer<T> buf;
+    const T* Wq = nullptr;   // W_hq packed, right operand of H W_hq
+    const T* WqT = nullptr;  // W_hq^T packed, right operand of dO W_hq^T
+    explicit OutProj(const LMParams<T>& P)
+        : small(P.H <= kSmallH),
+          buf(small ? kern::packed_size<T>(P.H, P.V) + kern::packed_size<T>(P.V, P.H) : 0) {
+        if (!small) return;
+        T* a = buf.get();
+        T* b = a + kern::packed_size<T>(P.H, P.V);
+        kern::pack_b(P.H, P.V, P.W_hq, P.V, false, a);
+        kern::pack_b(P.V, P.H, P.W_hq, P.V, true, b);
+        Wq = a;
+        WqT = b;
+    }
+    // O (M x V) += H (M x H) W_hq
+    void project(const LMParams<T>& P, int M, const T* Hs, T* O) const {
+        if (small) kern::gemm_pb(M, P.V, P.H, Hs, P.H, false, Wq, O, P.V, true);
+        else blas::gemm(false, false, M, P.V, P.H, T(1), Hs, P.H, P.W_hq, P.V, T(1), O, P.V);
+    }
+    // dH (M x H) = dO (M x V) W_hq^T
+    void back(const LMParams<T>& P, int M, const T* dO, T* dH) const {
+        if (small) kern::gemm_pb(M, P.H, P.V, dO, P.V, false, WqT, dH, P.H, false);
+        else blas::gemm(false, true, M, P.H, P.V, T(1), dO, P.V, P.W_hq, P.V, T(0), dH, P.H);
+    }
+    // C (Ka x N) = A^T B over M rows, A (M x Ka), B (M x N); pk: scratch for packing B
+    void tn(int M, int Ka, int N, const T* A, const T* Bm, T* C, T* pk) const {
+        if (small) {
+            kern::pack_b(M, N, Bm, N, false, pk);
+            kern::gemm_pb(Ka, N, M, A, Ka, true, pk, C, N, false);
+        } else {
+            blas::gemm(true, false, Ka, N, M, T(1), A, Ka, Bm, N, T(0), C, N);
+        }
+    }
+};
+
 // Work one slice of R rows needs for the training step (elements of T).
-inline std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, bool own_grads) {
+template <typename T>
+std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, bool own_grads) {
     std::size_t n = std::size_t(Tn + 1) * R * H   // h0, H_0..H_{T-1}
                     + std::size_t(Tn) * R * V      // O, then dO
                     + std::size_t(Tn) * R * H      // direct dH, then dZ
                     + std::size_t(R) * H           // dh0 (unused: the LM's state is detached)
+                    + std::max(kern::packed_size<T>(Tn * R, V), kern::packed_size<T>(Tn * R, H))
                     + backward_scratch(H, 1, R, Tn, window);
     if (own_grads) n += std::size_t(V) * H * 2 + std::size_t(H) * H + H + V;
     return n;
@@ -343,7 +416,7 @@ inline std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, boo
 // Returns the slice's sum of -log p (the caller divides by B*T); gradients are
 // written (not accumulated) into g; new_state receives H_{T-1} (R x H).
 template <typename T>
-double lm_step_slice(const LMParams<T>& P, int Tn, int R, int Btot, const std::int64_t* ids,
+double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, const OutProj<T>& op, int Tn, int R, int Btot, const std::int64_t* ids,
                      const std::int64_t* tgt, const T* h0, const T* scale, idx sts, int window,
                      const LMGrads<T>& g, T* new_state, T* work) {
     const int H = P.H, V = P.V;
@@ -352,8 +425,8 @@ double lm_step_slice(const LMParams<T>& P, int Tn, int R, int Btot, const std::i
     T* O = Hb + (M + R) * H;           // (T, R, V)
     T* dZ = O + M * V;                 // (T, R, H)
     T* dh0 = dZ + M * H;
-    T* scratch = dh0 + idx(R) * H;
-    ElmanCell<T> cell{P.W_hh, H, P.act};
+    T* pk = dh0 + idx(R) * H;  // packing scratch
+    T* scratch = pk + std::max(kern::packed_size<T>(int(M), V), kern::packed_size<T>(int(M), H));
 
     std::memcpy(Hb, h0, sizeof(T) * R * H);
     gather_inputs(P, Tn, R, ids, Hb + idx(R) * H);                           // 1.
@@ -361,38 +434,46 @@ double lm_step_slice(const LMParams<T>& P, int Tn, int R, int Btot, const std::i
                     Seq<T>{Hb + idx(R) * H, idx(R) * H});
     // 4. O = H W_hq + b_q over all T*R rows
     for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
-    blas::gemm(false, false, int(M), V, H, T(1), Hb + idx(R) * H, H, P.W_hq, V, T(1), O, V);
-    // 5., 5'. loss and dO = (softmax - onehot) / (B*T), in place of O
+    op.project(P, int(M), Hb + idx(R) * H, O);
+    // 5., 5'. loss and dO = (softmax - onehot) / (B*T), in place of O; the
+    // exponentials of all rows in one vectorised pass
     const T inv = T(1) / T(double(Btot) * Tn);
     double nll = 0;
-    for (int t = 0; t < Tn; ++t)
-        for (int r = 0; r < R; ++r) {
-            T* o = O + (idx(t) * R + r) * V;
-            const std::int64_t y = tgt[idx(r) * Tn + t];
-            T m = o[0];
-            for (int j = 1; j < V; ++j) m = std::max(m, o[j]);
-            T s = 0;
-            const T oy = o[y];
-            for (int j = 0; j < V; ++j) {
-                o[j] = std::exp(o[j] - m);
-                s += o[j];
-            }
-            nll += double(std::log(s)) - double(oy - m);
-            const T f = inv / s;
-            for (int j = 0; j < V; ++j) o[j] *= f;
-            o[y] -= inv;
+    for (idx i = 0; i < M; ++i) {
+        T* o = O + i * V;
+        T m = o[0];
+        for (int j = 1; j < V; ++j) m = std::max(m, o[j]);
+        for (int j = 0; j < V; ++j) o[j] -= m;
+        const int t = int(i / R), r = int(i % R);
+        nll -= double(o[tgt[idx(r) * Tn + t]]);  // -(O_y - max), the log-sum-exp follows
+    }
+    kern::exp_n(O, M * V);
+    double prod = 1;  // log of a product of 8 sums (each in [1, V]): 8x fewer logs
+    for (idx i = 0; i < M; ++i) {
+        T* o = O + i * V;
+        T s = 0;
+        for (int j = 0; j < V; ++j) s += o[j];
+        prod *= double(s);
+        if ((i & 7) == 7 || i == M - 1) {
+            nll += std::log(prod);
+            prod = 1;
         }
+        const T f = inv / s;
+        for (int j = 0; j < V; ++j) o[j] *= f;
+        const int t = int(i / R), r = int(i % R);
+        o[tgt[idx(r) * Tn + t]] -= inv;
+    }
     // 4'. dW_hq = H^T dO ; db_q = sum dO ; direct dH = dO W_hq^T
-    blas::gemm(true, false, H, V, int(M), T(1), Hb + idx(R) * H, H, O, V, T(0), g.W_hq, V);
+    op.tn(int(M), H, V, Hb + idx(R) * H, O, g.W_hq, pk);
     std::fill(g.b_q, g.b_q + V, T(0));
     colsum_add(int(M), V, O, g.b_q);
-    blas::gemm(false, true, int(M), H, V, T(1), O, V, P.W_hq, V, T(0), dZ, H);
+    op.back(P, int(M), O, dZ);
     // 3'., 2'. the recurrence backward
     const Seq<const T> hs{Hb + idx(R) * H, idx(R) * H};
     loop_backward<T>(cell, Tn, R, hs, hs, Seq<const T>{dZ, idx(R) * H}, Seq<T>{dZ, idx(R) * H}, scale, sts,
                      window, dh0, scratch);
     // 2'. dW_hh = [h0; H_0..H_{T-2}]^T dZ as one product over all steps
-    cell.recurrent_grad(int(M), Hb, dZ, g.W_hh, T(0));
+    op.tn(int(M), H, H, Hb, dZ, g.W_hh, pk);
     // 1'. db_h = sum dZ ; dW_xh[ids] += dZ rows
     std::fill(g.b_h, g.b_h + H, T(0));
     colsum_add(int(M), H, dZ, g.b_h);
@@ -413,13 +494,17 @@ template <typename T>
 double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const std::int64_t* tgt,
                         const T* h0, const T* scale, int window, const LMGrads<T>& g, T* new_state, int parts) {
     const int H = P.H, V = P.V;
-    const int np = auto_parts(B, H, parts);
+    const int np = auto_parts(B, Tn, H, P.V, parts);
     const int Rmax = (B + np - 1) / np;
-    const std::size_t per0 = lm_slice_scratch(V, H, Rmax, Tn, window, false);
-    const std::size_t per = lm_slice_scratch(V, H, Rmax, Tn, window, true);
+    const std::size_t per0 = lm_slice_scratch<T>(V, H, Rmax, Tn, window, false);
+    const std::size_t per = lm_slice_scratch<T>(V, H, Rmax, Tn, window, true);
     Buffer<T> work(per0 + per * (np - 1));
     std::vector<double> nll(np, 0.0);
     std::vector<LMGrads<T>> gs(np, g);
+    ElmanCell<T> cell{P.W_hh, H, P.act};
+    Buffer<T> packed(ElmanCell<T>::workspace(H));
+    cell.prepare(packed.get());
+    const OutProj<T> op(P);
     for (int p = 1; p < np; ++p) {
         // slices p >= 1 keep their own gradients after their working memory
         T* own = work.get() + per0 + per * (p - 1) + per0;
@@ -428,7 +513,7 @@ double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t*
     }
     parallel_slices(B, np, [&](int p, int b0, int R) {
         T* w = p == 0 ? work.get() : work.get() + per0 + per * (p - 1);
-        nll[p] = lm_step_slice(P, Tn, R, B, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, h0 + idx(b0) * H,
+        nll[p] = lm_step_slice(P, cell, op, Tn, R, B, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, h0 + idx(b0) * H,
                                scale ? scale + b0 : nullptr, B, window, gs[p], new_state + idx(b0) * H, w);
     });
     double total = 0;
@@ -451,11 +536,14 @@ template <typename T>
 void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const T* h0, T* logits,
                 T* new_state, int parts) {
     const int H = P.H, V = P.V;
-    const int np = auto_parts(B, H, parts);
+    const int np = auto_parts(B, Tn, H, P.V, parts);
     const int Rmax = (B + np - 1) / np;
     const std::size_t per = std::size_t(Tn + 1) * Rmax * H + std::size_t(Tn) * Rmax * V;
     Buffer<T> work(per * np);
     ElmanCell<T> cell{P.W_hh, H, P.act};
+    Buffer<T> packed(ElmanCell<T>::workspace(H));
+    cell.prepare(packed.get());
+    const OutProj<T> op(P);
     parallel_slices(B, np, [&](int p, int b0, int R) {
         T* Hb = work.get() + per * p;
         T* O = Hb + idx(Tn + 1) * R * H;
@@ -464,7 +552,7 @@ void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, co
         gather_inputs(P, Tn, R, ids + idx(b0) * Tn, Hb + idx(R) * H);
         loop_forward<T>(cell, Tn, R, Hb, Seq<T>{Hb + idx(R) * H, idx(R) * H}, Seq<T>{Hb + idx(R) * H, idx(R) * H});
         for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
-        blas::gemm(false, false, int(M), V, H, T(1), Hb + idx(R) * H, H, P.W_hq, V, T(1), O, V);
+        op.project(P, int(M), Hb + idx(R) * H, O);
         for (int t = 0; t < Tn; ++t)
             for (int r = 0; r < R; ++r)
                 std::memcpy(logits + (idx(b0 + r) * Tn + t) * V, O + (idx(t) * R + r) * V, sizeof(T) * V);
@@ -500,36 +588,92 @@ int sample_token(const T* logits, int V, double temperature, int top_k, double u
     return std::min(cnt, V - 1);
 }
 
+// A barrier for a few threads that spin briefly (a step is microseconds) and
+// then yield, so a descheduled partner on a busy machine costs no more than a wait.
+class SpinBarrier {
+   public:
+    explicit SpinBarrier(int n) : n_(n) {}
+    void wait() {
+        const int g = gen_.load(std::memory_order_acquire);
+        if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+            count_.store(0, std::memory_order_relaxed);
+            gen_.store(g + 1, std::memory_order_release);
+            return;
+        }
+        for (int spins = 0; gen_.load(std::memory_order_acquire) == g; ++spins) {
+            if (spins < 500) {
+#if defined(__x86_64__) || defined(__i386__)
+                __builtin_ia32_pause();
+#endif
+            } else {
+                std::this_thread::yield();
+            }
+        }
+    }
+
+   private:
+    std::atomic<int> count_{0};
+    std::atomic<int> gen_{0};
+    const int n_;
+};
+
 // Generation from a prefix (the book's predict): warm up on the prefix, then
-// feed back each prediction. out: num_preds ids.
+// feed back each prediction. out: num_preds ids. B=1 makes every product a
+// matrix-vector one, bound by reading W_hh: it is packed once per call and
+// split by columns between `parts` threads, so each core streams its half from
+// its own cache; one barrier per step. Every thread computes the (small)
+// logits and the same token itself, so no second barrier is needed.
 template <typename T>
 void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
-                 int top_k, const double* uniforms, std::int32_t* out) {
+                 int top_k, const double* uniforms, std::int32_t* out, int parts) {
     const int H = P.H, V = P.V;
-    Buffer<T> buf(std::size_t(2) * H + V);
-    T* h = buf.get();
-    T* z = h + H;
-    T* o = z + H;
-    std::vector<double> e(V);
-    std::vector<int> order(V);
-    std::fill(h, h + H, T(0));
-    auto feed = [&](std::int64_t tok) {
-        const T* w = P.W_xh + idx(tok) * H;
-        for (int j = 0; j < H; ++j) z[j] = w[j] + P.b_h[j];
-        blas::gemv(true, H, H, T(1), P.W_hh, H, h, T(1), z);  // z += h W_hh
-        if (P.act == Act::Tanh)
-            for (int j = 0; j < H; ++j) h[j] = std::tanh(z[j]);
-        else
-            for (int j = 0; j < H; ++j) h[j] = z[j] > T(0) ? z[j] : T(0);
+    constexpr int W = kern::NR<T>;
+    const int panels = (H + W - 1) / W;
+    if (parts <= 0) parts = (H >= 256 && blas::SingleThreaded::user_threads() >= 2) ? 2 : 1;
+    parts = std::max(1, std::min(parts, panels));
+    Buffer<T> packed(kern::packed_size<T>(H, H) + kern::packed_size<T>(H, V));
+    T* Wf = packed.get();
+    T* Wq = Wf + kern::packed_size<T>(H, H);
+    kern::pack_b(H, H, P.W_hh, H, false, Wf);
+    kern::pack_b(H, V, P.W_hq, V, false, Wq);
+    Buffer<T> hbuf(std::size_t(2) * H);
+    std::fill(hbuf.get(), hbuf.get() + 2 * H, T(0));
+    SpinBarrier barrier(parts);
+
+    auto worker = [&](int part) {
+        const int p0 = panels * part / parts, p1 = panels * (part + 1) / parts;
+        const int c0 = p0 * W, c1 = std::min(H, p1 * W);
+        std::vector<T> o(V);
+        std::vector<double> e(V);
+        std::vector<int> order(V);
+        T* cur = hbuf.get();
+        T* next = cur + H;
+        bool zig = false;  // panel order alternates step to step (see gemv_pb)
+        auto step = [&](std::int64_t tok) {  // 1.-3. for this thread's columns of H_t
+            const T* w = P.W_xh + idx(tok) * H;
+            for (int j = c0; j < c1; ++j) next[j] = w[j] + P.b_h[j];
+            kern::gemv_pb(H, cur, Wf, p0, p1, next, H, zig);
+            zig = !zig;
+            if (P.act == Act::Tanh) kern::tanh_n(next + c0, next + c0, c1 - c0);
+            else
+                for (int j = c0; j < c1; ++j) next[j] = next[j] > T(0) ? next[j] : T(0);
+            barrier.wait();
+            std::swap(cur, next);
+        };
+        for (int i = 0; i < np; ++i) step(prefix[i]);
+        for (int i = 0; i < num_preds; ++i) {
+            std::memcpy(o.data(), P.b_q, sizeof(T) * V);  // 4. O = H W_hq + b_q
+            kern::gemv_pb(H, cur, Wq, 0, (V + W - 1) / W, o.data(), V, false);
+            const int tok = sample_token(o.data(), V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(),
+                                         order.data());
+            if (part == 0) out[i] = tok;
+            if (i + 1 < num_preds) step(tok);
+        }
     };
-    for (int i = 0; i < np; ++i) feed(prefix[i]);
-    for (int i = 0; i < num_preds; ++i) {
-        std::memcpy(o, P.b_q, sizeof(T) * V);
-        blas::gemv(true, H, V, T(1), P.W_hq, V, h, T(1), o);  // o = h W_hq + b_q
-        const int tok = sample_token(o, V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(), order.data());
-        out[i] = tok;
-        if (i + 1 < num_preds) feed(tok);
-    }
+    std::vector<std::thread> th;
+    for (int p = 1; p < parts; ++p) th.emplace_back(worker, p);
+    worker(0);
+    for (auto& x : th) x.join();
 }
 
 }  // namespace rnn

@@ -8,7 +8,6 @@ fast path is tested against.
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _core
-from . import ngram
 from .clip import clip_grad_norm
 from .rnn import RNN, RNNLM
 from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
@@ -45,5 +44,5 @@ __all__ = [
     "load_corpus", "read_lines", "seq_data_iter_random", "seq_data_iter_sequential",
     "set_num_threads", "tokenize",
 ]
-__all__ += ["DivergenceError", "Full", "Randomized", "Truncated", "evaluate", "optim", "predict", "train"]
 __all__ += ["RNN", "RNNLM"]
+__all__ += ["DivergenceError", "Full", "Randomized", "Truncated", "evaluate", "optim", "predict", "train"]

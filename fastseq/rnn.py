@@ -40,7 +40,17 @@ def _plan(bptt, T, B, dtype):
 
 
 def _ids(name, ids, V, ndim):
-    return np.ascontiguousarray(_ref._check_ids(name, ids, V, ndim), dtype=np.int64)
+    """Integer ids as contiguous int64 (no copy when they already are); the binding checks the range."""
+    a = np.asarray(ids)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name}: expected integer token ids, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array of ids, got shape {a.shape}")
+    if a.dtype != np.int64:
+        if a.size and (a.min() < 0 or a.max() >= V):   # before a cast that could wrap (uint64)
+            raise ValueError(f"{name}: ids must lie in [0, {V}), got values in [{a.min()}, {a.max()}]")
+        a = a.astype(np.int64)
+    return np.ascontiguousarray(a)
 
 
 class RNN(_ref.RNN):

@@ -156,6 +156,17 @@ def test_lm_step_matches_reference(blas_threads, size, kind, tau, dtype, nl, see
     assert_close(s2, s2_r, dtype, "state")
 
 
+def test_lm_accepts_any_integer_id_dtype():
+    rng = np.random.default_rng(8)
+    m = fastseq.RNNLM(6, 4, dtype=np.float64)
+    randomize(m, rng)
+    X = rng.integers(0, 6, (3, 5))
+    logits, _ = m(X, None)
+    for dt in (np.int32, np.uint8, np.uint64, np.int16):
+        np.testing.assert_array_equal(m(X.astype(dt), None)[0], logits)
+    np.testing.assert_array_equal(m(np.asfortranarray(X), None)[0], logits)
+
+
 def test_lm_gradient_is_the_one_hot_layer_gradient():
     """The LM's row gather and scatter-add agree with the dense layer fed one-hot inputs (both on C++)."""
     rng = np.random.default_rng(3)
@@ -238,6 +249,8 @@ def lm_cases():
         ("X", lambda m: m(np.full((2, 3), 5), None)),                              # id == V
         ("X", lambda m: m(np.full((2, 3), -1), None)),                             # negative id
         ("X", lambda m: m(np.zeros((2, 3), dtype=np.float32), None)),              # not integer
+        ("X", lambda m: m(np.full((2, 3), 2**63, dtype=np.uint64), None)),         # would wrap in int64
+        ("X", lambda m: m(np.full((2, 3), 5, dtype=np.int32), None)),              # id == V, another dtype
         ("X", lambda m: m(np.zeros(3, dtype=np.int64), None)),                     # not 2-D
         ("X", lambda m: m(np.zeros((0, 3), dtype=np.int64), None)),                # B = 0
         ("state", lambda m: m(ok_X, np.zeros((2, 3)))),                             # wrong H
@@ -366,8 +379,10 @@ def test_binding_validation_errors(case):
 def test_two_models_in_two_threads_match_serial_runs():
     """The kernels release the GIL and share no state: concurrent runs give the serial results exactly."""
     rng = np.random.default_rng(5)
-    models = [fastseq.RNNLM(28, 48, dtype=np.float64, seed=s) for s in (1, 2)]
-    data = [(rng.integers(0, 28, (16, 20)), rng.integers(0, 28, (16, 20))) for _ in models]
+    # big enough (B*T*(H^2 + H*V) > 16e6) that each call also splits its batch over two threads
+    models = [fastseq.RNNLM(28, 200, dtype=np.float64, seed=s) for s in (1, 2)]
+    data = [(rng.integers(0, 28, (32, 20)), rng.integers(0, 28, (32, 20))) for _ in models]
+    threads_before = fastseq.get_num_threads()
     serial = [m.loss_and_grad(X, Y, None) for m, (X, Y) in zip(models, data)]
     results = [[None] * 10 for _ in models]
 
@@ -380,6 +395,7 @@ def test_two_models_in_two_threads_match_serial_runs():
         t.start()
     for t in threads:
         t.join()
+    assert fastseq.get_num_threads() == threads_before      # the kernels restored the BLAS thread count
     for i, (loss, g, s) in enumerate(serial):
         for loss2, g2, s2 in results[i]:
             assert loss2 == loss
@@ -406,3 +422,68 @@ def test_same_public_api_on_both_backends(pair):
     assert fast(4, 3, backend="numpy").backend == "numpy"
     assert slow(4, 3).backend == "numpy"
     assert fast(4, 3).config == slow(4, 3).config
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_kernel_thread_splits_match_reference(threads, dtype):
+    """Explicit splits of the batch (uneven: B=5 over 3 threads) and of generation's columns (H=40 spans
+    several packed panels) give the reference's results."""
+    rng = np.random.default_rng(6)
+    V, H, B, T = 7, 40, 5, 6
+    slow = ref.RNNLM(V, H, dtype=dtype)
+    randomize(slow, rng)
+    p = slow.params
+    X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    h0 = rng.normal(size=(B, H)).astype(dtype)
+    for strategy in (Full(), Truncated(2, "sliding"), make_strategy("randomized", 0, T, B, rng)):
+        scale, window = strategy.plan(T, B, dtype)
+        loss, g, s = _core.lm_loss_and_grad(X, Y, h0, p, "tanh", scale, window, threads=threads)
+        loss_r, g_r, s_r = slow.loss_and_grad(X, Y, h0, bptt=strategy)
+        assert abs(loss - loss_r) <= RTOL[dtype] * loss_r
+        assert_close(s, s_r, dtype, "state")
+        for k in g:
+            assert_close(g[k], g_r[k], dtype, k)
+    logits, _ = _core.lm_forward(X, h0, p, "tanh", threads=threads)
+    assert_close(logits, slow(X, h0)[0], dtype, "logits")
+    u = rng.random(30)
+    for temperature, uniforms in ((0.0, None), (0.7, u)):
+        out = _core.lm_generate(np.array([1, 2]), 30, p, "tanh", temperature, 3, uniforms, threads=threads)
+        np.testing.assert_array_equal(out, slow.generate([1, 2], 30, temperature=temperature, top_k=3, uniforms=uniforms))
+    layer = ref.RNN(4, H, dtype=dtype)
+    randomize(layer, rng)
+    Xd = rng.normal(size=(T, B, 4)).astype(dtype)
+    Hs = _core.rnn_forward(Xd, h0, layer.params, "tanh", threads=threads)
+    Hs_r, cache_r = layer.forward(Xd, h0)
+    assert_close(Hs, Hs_r, dtype, "Hs")
+    dHs = rng.normal(size=(T, B, H)).astype(dtype)
+    dX, dh0, g = _core.rnn_backward(dHs, Xd, h0, Hs, layer.params, "tanh", None, None, 3, threads=threads)
+    dX_r, dh0_r, g_r = layer.backward(dHs, cache_r, bptt=Truncated(3, "sliding"))
+    assert_close(dX, dX_r, dtype, "dX")
+    assert_close(dh0, dh0_r, dtype, "dh0")
+    for k in g:
+        assert_close(g[k], g_r[k], dtype, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_large_hidden_paths_match_reference(blas_threads, dtype):
+    """H > 256 takes other code paths: BLAS for the output products, generation split over threads."""
+    rng = np.random.default_rng(9)
+    V, H, B, T = 5, 272, 3, 4
+    fast = fastseq.RNNLM(V, H, dtype=dtype)
+    randomize(fast, rng, scale=0.1)
+    slow = ref.RNNLM(V, H, dtype=dtype)
+    slow.load_state_dict(fast.state_dict())
+    X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    for strategy in (Full(), Truncated(2, "sliding")):
+        loss, g, s = fast.loss_and_grad(X, Y, None, bptt=strategy)
+        loss_r, g_r, s_r = slow.loss_and_grad(X, Y, None, bptt=strategy)
+        assert abs(loss - loss_r) <= RTOL[dtype] * loss_r
+        assert_close(s, s_r, dtype, "state")
+        for k in g:
+            assert_close(g[k], g_r[k], dtype, k)
+    assert_close(fast(X, None)[0], slow(X, None)[0], dtype, "logits")
+    u = rng.random(40)
+    np.testing.assert_array_equal(fast.generate([1, 2], 40, temperature=1.0, uniforms=u),
+                                  slow.generate([1, 2], 40, temperature=1.0, uniforms=u))
+    np.testing.assert_array_equal(fast.generate([3], 40), slow.generate([3], 40))

@@ -1,0 +1,280 @@
+// Small dense kernels for the RNN time loop: a GEMM against a pre-packed right
+// operand, and vectorised float exp/tanh. Free of pybind11.
+//
+// Why not BLAS here: the recurrent product H_{t-1} W_hh is small (R rows of a
+// batch slice) and repeated T times with the same W_hh. A BLAS call repacks
+// W_hh every time and pays its fixed overhead per step; here W_hh is packed once
+// per call and each step only streams the packed panels.
+//
+// The wheel is built for baseline x86-64 (SSE2), so the hot loops are compiled
+// several times with target_clones and the best version is picked at load time
+// by the CPU (AVX-512, AVX2+FMA, or the baseline).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FASTSEQ_NO_CLONES)
+#define FASTSEQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTSEQ_CLONES
+#endif
+#define FASTSEQ_INLINE inline __attribute__((always_inline))
+
+namespace fastseq {
+namespace kern {
+
+using idx = std::ptrdiff_t;
+
+// 64-byte vectors (one AVX-512 register, two AVX2, four SSE2 ones).
+typedef float vf __attribute__((vector_size(64)));
+typedef double vd __attribute__((vector_size(64)));
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+    using type = vf;
+};
+template <>
+struct Vec<double> {
+    using type = vd;
+};
+// Columns of a packed panel: two vectors, so a register tile of MR rows keeps
+// 2*MR independent accumulators (enough to cover the FMA latency).
+template <typename T>
+constexpr int NR = int(128 / sizeof(T));
+
+// Elements a packed K x N operand takes: ceil(N / NR) panels of K x NR.
+template <typename T>
+std::size_t packed_size(int K, int N) {
+    return std::size_t((N + NR<T> - 1) / NR<T>) * std::size_t(K) * NR<T>;
+}
+
+// Packs op(B) (K x N) into panels: out[(p*K + k)*NR + j] = op(B)[k, p*NR + j],
+// zero beyond N. trans: B is stored N x K (op(B) = B^T), row stride ldb.
+template <typename T>
+void pack_b(int K, int N, const T* B, idx ldb, bool trans, T* out) {
+    constexpr int W = NR<T>;
+    for (int p0 = 0; p0 < N; p0 += W) {
+        const int w = std::min(W, N - p0);
+        T* o = out + idx(p0 / W) * K * W;
+        for (int k = 0; k < K; ++k, o += W) {
+            // rows are short (W elements): plain loops, not a library call per row
+            if (!trans) {
+                const T* src = B + idx(k) * ldb + p0;
+                for (int j = 0; j < w; ++j) o[j] = src[j];
+            } else {
+                for (int j = 0; j < w; ++j) o[j] = B[idx(p0 + j) * ldb + k];
+            }
+            for (int j = w; j < W; ++j) o[j] = T(0);
+        }
+    }
+}
+
+// C (M x N, ldc) = op(A) (M x K) Bp (+ C when acc). ta: A is stored K x M
+// (op(A) = A^T), row stride lda. A tile is MR rows x one panel; rows past M
+// read row M-1 again (never out of bounds) and are not stored.
+template <typename T, int MR, bool TA>
+FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const T* Bp, T* C, idx ldc, bool acc) {
+    using V = typename Vec<T>::type;
+    constexpr int W = NR<T>, HW = W / 2;
+    for (int p0 = 0; p0 < N; p0 += W) {
+        const int w = std::min(W, N - p0);
+        const T* bp = Bp + idx(p0 / W) * K * W;
+        for (int i0 = 0; i0 < M; i0 += MR) {
+            const int mr = std::min(MR, M - i0);
+            const T* a[MR];
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i) {
+                const int row = i0 + std::min(i, mr - 1);
+                a[i] = TA ? A + row : A + idx(row) * lda;
+            }
+            V lo[MR], hi[MR];
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i) lo[i] = hi[i] = V{};
+            const T* b = bp;
+            for (int k = 0; k < K; ++k, b += W) {
+                V b0, b1;
+                std::memcpy(&b0, b, sizeof(V));
+                std::memcpy(&b1, b + HW, sizeof(V));
+                const idx ka = TA ? idx(k) * lda : k;
+#pragma GCC unroll 16
+                for (int i = 0; i < MR; ++i) {
+                    const T av = a[i][ka];
+                    lo[i] += av * b0;
+                    hi[i] += av * b1;
+                }
+            }
+            for (int i = 0; i < mr; ++i) {
+                T* c = C + idx(i0 + i) * ldc + p0;
+                T tmp[W];
+                std::memcpy(tmp, &lo[i], sizeof(V));
+                std::memcpy(tmp + HW, &hi[i], sizeof(V));
+                if (acc)
+                    for (int j = 0; j < w; ++j) c[j] += tmp[j];
+                else
+                    for (int j = 0; j < w; ++j) c[j] = tmp[j];
+            }
+        }
+    }
+}
+
+// One version per instruction set, each with the tile that fits its registers
+// (AVX-512: 8 x 2 zmm accumulators of 32, so 16- and 32-row slices need no padding
+// rows; AVX2: 3 x 4 ymm of 16; SSE2: 1 x 8 xmm).
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(FASTSEQ_NO_CLONES)
+#define FASTSEQ_DISPATCH 1
+#define FASTSEQ_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define FASTSEQ_AVX2 __attribute__((target("avx2,fma")))
+inline int isa_level() {
+    static const int level = [] {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("fma"))
+            return 2;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+        return 0;
+    }();
+    return level;
+}
+#define FASTSEQ_GEMM_VERSIONS(T)                                                                             \
+    FASTSEQ_AVX512 static void gemm_pb_512(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,  \
+                                           T* C, idx ldc, bool acc) {                                         \
+        if (ta) gemm_pb_impl<T, 8, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
+        else gemm_pb_impl<T, 8, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                      \
+    }                                                                                                         \
+    FASTSEQ_AVX2 static void gemm_pb_256(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp,    \
+                                         T* C, idx ldc, bool acc) {                                           \
+        if (ta) gemm_pb_impl<T, 3, true>(M, N, K, A, lda, Bp, C, ldc, acc);                                    \
+        else gemm_pb_impl<T, 3, false>(M, N, K, A, lda, Bp, C, ldc, acc);                                      \
+    }
+FASTSEQ_GEMM_VERSIONS(float)
+FASTSEQ_GEMM_VERSIONS(double)
+#endif
+
+template <typename T>
+static void gemm_pb(int M, int N, int K, const T* A, idx lda, bool ta, const T* Bp, T* C, idx ldc, bool acc) {
+#ifdef FASTSEQ_DISPATCH
+    const int level = isa_level();
+    if (level == 2) return gemm_pb_512(M, N, K, A, lda, ta, Bp, C, ldc, acc);
+    if (level == 1) return gemm_pb_256(M, N, K, A, lda, ta, Bp, C, ldc, acc);
+#endif
+    if (ta) gemm_pb_impl<T, 1, true>(M, N, K, A, lda, Bp, C, ldc, acc);
+    else gemm_pb_impl<T, 1, false>(M, N, K, A, lda, Bp, C, ldc, acc);
+}
+
+// y[cols of panels p0..p1) += x (1 x K) Bp: one row against packed panels,
+// two k-steps in flight (four accumulators) to cover the FMA latency.
+// reverse: visit the panels last to first. A caller that streams the same
+// matrix every step alternates the direction, so the panels it read last are
+// the first it needs again and are still in cache when the matrix is a little
+// larger than the cache (plain LRU order would miss on every panel).
+template <typename T>
+FASTSEQ_INLINE void gemv_pb_impl(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N, bool reverse) {
+    using V = typename Vec<T>::type;
+    constexpr int W = NR<T>, HW = W / 2;
+    for (int q = p0; q < p1; ++q) {
+        const int p = reverse ? p0 + p1 - 1 - q : q;
+        const T* b = Bp + idx(p) * K * W;
+        V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        int k = 0;
+        for (; k + 2 <= K; k += 2, b += 2 * W) {
+            V b0, b1, b2, b3;
+            std::memcpy(&b0, b, sizeof(V));
+            std::memcpy(&b1, b + HW, sizeof(V));
+            std::memcpy(&b2, b + W, sizeof(V));
+            std::memcpy(&b3, b + W + HW, sizeof(V));
+            a0 += x[k] * b0;
+            a1 += x[k] * b1;
+            a2 += x[k + 1] * b2;
+            a3 += x[k + 1] * b3;
+        }
+        for (; k < K; ++k, b += W) {
+            V b0, b1;
+            std::memcpy(&b0, b, sizeof(V));
+            std::memcpy(&b1, b + HW, sizeof(V));
+            a0 += x[k] * b0;
+            a1 += x[k] * b1;
+        }
+        const V s0 = a0 + a2, s1 = a1 + a3;
+        T tmp[W];
+        std::memcpy(tmp, &s0, sizeof(V));
+        std::memcpy(tmp + HW, &s1, sizeof(V));
+        const int w = std::min(W, N - p * W);
+        for (int j = 0; j < w; ++j) y[p * W + j] += tmp[j];
+    }
+}
+FASTSEQ_CLONES static void gemv_pb(int K, const float* x, const float* Bp, int p0, int p1, float* y, int N,
+                                   bool reverse) {
+    gemv_pb_impl<float>(K, x, Bp, p0, p1, y, N, reverse);
+}
+FASTSEQ_CLONES static void gemv_pb(int K, const double* x, const double* Bp, int p0, int p1, double* y, int N,
+                                   bool reverse) {
+    gemv_pb_impl<double>(K, x, Bp, p0, p1, y, N, reverse);
+}
+
+// exp for float, branch-free so it vectorises: x = n ln2 + r (Cody-Waite split
+// of ln2), e^r by its Taylor series to r^7 (|r| <= ln2/2: error < 1 ulp),
+// 2^n through the exponent bits. Inputs are clamped to the normal range
+// (below e^-87.3 it returns ~1.2e-38 rather than a denormal or 0).
+FASTSEQ_INLINE float exp_approx(float x) {
+    x = std::min(std::max(x, -87.3f), 88.7f);
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const std::int32_t bits = (std::int32_t(n) + 127) << 23;
+    float s;
+    std::memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
+// tanh for float: (1 - e)/(1 + e) with e = exp(-2|x|) away from 0, where the
+// subtraction loses no digits; the odd Taylor series to x^9 below |x| = 0.2
+// (next term < 1e-9 relative). |x| >= 9 gives +-1 (tanh(9) rounds to 1 in float).
+FASTSEQ_INLINE float tanh_approx(float x) {
+    const float a = std::min(std::fabs(x), 9.0f);
+    const float e = exp_approx(-2.0f * a);
+    const float big = std::copysign((1.0f - e) / (1.0f + e), x);
+    const float x2 = x * x;
+    float p = 62.0f / 2835;
+    p = p * x2 - 17.0f / 315;
+    p = p * x2 + 2.0f / 15;
+    p = p * x2 - 1.0f / 3;
+    const float small = x + x * x2 * p;
+    return a < 0.2f ? small : big;
+}
+
+FASTSEQ_CLONES static void tanh_n(const float* z, float* h, idx n) {
+    for (idx i = 0; i < n; ++i) h[i] = tanh_approx(z[i]);
+}
+// float64 keeps libm: the reference comparison is to 1e-10 there.
+static void tanh_n(const double* z, double* h, idx n) {
+    for (idx i = 0; i < n; ++i) h[i] = std::tanh(z[i]);
+}
+FASTSEQ_CLONES static void exp_n(float* x, idx n) {
+    for (idx i = 0; i < n; ++i) x[i] = exp_approx(x[i]);
+}
+static void exp_n(double* x, idx n) {
+    for (idx i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// dz = dh * (1 - h^2) and relu' versions: trivially vectorised, cloned for width.
+FASTSEQ_CLONES static void dtanh_n(const float* dh, const float* h, float* dz, idx n) {
+    for (idx i = 0; i < n; ++i) dz[i] = dh[i] * (1.0f - h[i] * h[i]);
+}
+FASTSEQ_CLONES static void dtanh_n(const double* dh, const double* h, double* dz, idx n) {
+    for (idx i = 0; i < n; ++i) dz[i] = dh[i] * (1.0 - h[i] * h[i]);
+}
+
+}  // namespace kern
+}  // namespace fastseq

@@ -991,32 +991,18 @@ def _plot_bptt(rows, path, title):
 
 
 # --------------------------------------------------------------------------- grad-norms
-def _hidden_grad_norms(params, nonlinearity, X, Y):
-    """||dl_{T-1}/dH_t|| for t = T-1 .. 0 (distance 0 .. T-1) of the last loss term, per sequence.
+def _hidden_grad_norms(model, X, Y):
+    """||dl_{T-1}/dH_t|| of the last loss term alone, per sequence, by distance d = T-1-t -> (B, T).
 
-    X, Y ids (B, T). Returns norms (B, T) indexed by distance d = T-1-t.
-    float64, full BPTT, the steps numbered as in the contract.
+    fastseq.train.state_grad_norms(term=-1) gives the gradient of the window's
+    mean loss (over T tokens for one sequence) restricted to its last term;
+    times T it is the gradient of that one token's loss.
     """
-    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
-    phi = np.tanh if nonlinearity == "tanh" else (lambda z: np.maximum(z, 0.0))
-    B, T = X.shape
-    Hs = np.empty((T, B, p["W_hh"].shape[0]))
-    h = np.zeros((B, p["W_hh"].shape[0]))
-    for t in range(T):
-        h = phi(p["W_xh"][X[:, t]] + p["b_h"] + h @ p["W_hh"])     # 1-3. H_t
-        Hs[t] = h
-    O = Hs[-1] @ p["W_hq"] + p["b_q"]                                # 4. O_{T-1}
-    P = np.exp(O - O.max(axis=1, keepdims=True))
-    P /= P.sum(axis=1, keepdims=True)
-    P[np.arange(B), Y[:, -1]] -= 1                                   # 5'. dO (loss of one token)
-    dH = P @ p["W_hq"].T                                             # 4'. dl/dH_{T-1}
-    norms = np.empty((B, T))
-    for d in range(T):
-        t = T - 1 - d
-        norms[:, d] = np.linalg.norm(dH, axis=1)
-        dphi = 1 - Hs[t] ** 2 if nonlinearity == "tanh" else (Hs[t] > 0).astype(np.float64)
-        dH = (dH * dphi) @ p["W_hh"].T                               # 3'-2'. to H_{t-1}
-    return norms
+    from .train import state_grad_norms
+
+    T = X.shape[1]
+    return np.stack([state_grad_norms(model, X[b:b + 1], Y[b:b + 1], term=-1)[::-1] * T
+                     for b in range(X.shape[0])])
 
 
 def cmd_grad_norms(args):
@@ -1040,7 +1026,7 @@ def cmd_grad_norms(args):
     starts = rng.integers(0, len(ids) - T - 1, size=B)
     X = np.stack([ids[s:s + T] for s in starts]).astype(np.int32)
     Y = np.stack([ids[s + 1:s + T + 1] for s in starts]).astype(np.int32)
-    norms = _hidden_grad_norms(ck.model.params, ck.model.nonlinearity, X, Y)
+    norms = _hidden_grad_norms(ck.model, X, Y)
     W_hh = np.asarray(ck.model.params["W_hh"], dtype=np.float64)
     from .train import spectral_radius
     rho = spectral_radius(ck.model)

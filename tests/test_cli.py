@@ -340,6 +340,30 @@ def test_grad_norms(trained, tmp_path):
     usage_error(run("grad-norms", trained, "--window", "100000", cwd=tmp_path), "--window")
 
 
+def test_grad_norms_match_an_independent_backward(trained, tmp_path):
+    T = 20
+    (tmp_path / "w.txt").write_text(TEXT[5:5 + T + 2])   # exactly one window: ids[0:T] -> ids[1:T+1]
+    r = json.loads(run("grad-norms", trained, "--text", "w.txt", "--window", T, "--sequences", 1, "--json",
+                       cwd=tmp_path, check=0).stdout)
+    w, meta = load_weights(trained)
+    stoi = {t: i for i, t in enumerate(meta["vocab"]["idx_to_token"])}
+    ids = [stoi[c] for c in TEXT[5:5 + T + 1]]
+    hs, h = [], np.zeros(16)
+    for i in ids[:T]:
+        h = np.tanh(w["W_xh"][i] + h @ w["W_hh"] + w["b_h"])
+        hs.append(h)
+    o = hs[-1] @ w["W_hq"] + w["b_q"]
+    p = np.exp(o - o.max())
+    p /= p.sum()
+    p[ids[T]] -= 1                       # d(-log softmax(o)[y]) / do
+    g = p @ w["W_hq"].T                  # dl/dh_{T-1}
+    want = []
+    for t in range(T - 1, -1, -1):
+        want.append(np.linalg.norm(g))
+        g = (g * (1 - hs[t] ** 2)) @ w["W_hh"].T
+    np.testing.assert_allclose(r["median_norm_by_distance"], want, rtol=1e-9)
+
+
 # ------------------------------------------------------------------ stats (Zipf) and ngram
 def test_stats_zipf_alphas_and_plot(tmp_path):
     import re

@@ -363,13 +363,13 @@ def cmd_ngram_eval(args):
 # --------------------------------------------------------------------------- training
 TRAIN_DEFAULTS = dict(
     corpus="pydoc", token="char", cleaning="none", max_tokens=0, hidden=256, steps=35,
-    batch=32, optimizer="adam", lr=None, clip=1.0, epochs=10, bptt="full", sampling="sequential",
+    batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full", sampling="sequential",
     nonlinearity="tanh", dtype="float32", seed=0, val_fraction=0.1,
 )
 # Settings that define the run; they cannot change on --resume.
 RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "hidden", "steps", "batch", "optimizer", "lr",
             "clip", "bptt", "sampling", "nonlinearity", "dtype", "seed", "val_fraction")
-DEFAULT_LR = {"sgd": 1.0, "adam": 0.002}
+DEFAULT_LR = {"sgd": 1.0, "adam": 0.001}
 
 
 def _parse_bptt(spec):
@@ -1148,7 +1148,7 @@ def _parser():
     t.add_argument("--steps", type=_positive_int("steps"), help=f"time steps T per batch (default: {d['steps']})")
     t.add_argument("--batch", type=_positive_int("batch"), help=f"batch size B (default: {d['batch']})")
     t.add_argument("--optimizer", choices=("sgd", "adam"), help=f"optimizer (default: {d['optimizer']})")
-    t.add_argument("--lr", type=_finite(0), help="learning rate (default: 1 for sgd, 0.002 for adam)")
+    t.add_argument("--lr", type=_finite(0), help="learning rate (default: 1 for sgd, 0.001 for adam)")
     t.add_argument("--clip", type=_finite(0, lo_open=False),
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")
     t.add_argument("--epochs", type=_positive_int("epochs"), help=f"epochs (default: {d['epochs']})")

@@ -608,9 +608,10 @@ class Run:
 
     def _diverged(self, step, what):
         hp = self.hp
-        hint = ("try --clip 1 (clipping is off)" if not hp["clip"] else f"try a smaller --clip than {hp['clip']:g}")
-        return (f"step {step} (epoch {self.epoch + 1}, batch {self.batch + 1}): {what}; training stopped. "
-                f"{hint} or a lower learning rate than --lr {hp['lr']:g}")
+        hint = ("gradient clipping (--clip 1; it is off)" if not hp["clip"]
+                else f"stronger clipping (a --clip below {hp['clip']:g})")
+        return (f"step {step} (epoch {self.epoch + 1}, batch {self.batch + 1}): {what}, training stopped; "
+                f"try {hint} or a lower learning rate (--lr below {hp['lr']:g})")
 
 
 def _hparams_from_args(args):
@@ -729,8 +730,11 @@ def cmd_train(args):
             _info(args, f"epoch {rec['epoch']}: train perplexity {rec['train_ppl']:.3f}, held-out {val}, "
                         f"{rec['tokens_per_s']:,.0f} tokens/s, mean gradient norm {rec['mean_grad_norm']:.3f}")
     except KeyboardInterrupt:
-        _info(args, f"\ninterrupted at step {run.step}; the last complete checkpoint (step {saved_step[0]}) "
-                    f"is in {out}; continue with: fastseq train --resume {out}")
+        if saved_step[0] is None:
+            _info(args, f"\ninterrupted at step {run.step}, before the first checkpoint was complete")
+        else:
+            _info(args, f"\ninterrupted at step {run.step}; the last complete checkpoint (step {saved_step[0]}) "
+                        f"is in {out}; continue with: fastseq train --resume {out}")
         if args.json:
             print(json.dumps({"status": "interrupted", "checkpoint": out, "checkpoint_step": saved_step[0]}))
         return 130

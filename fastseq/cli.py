@@ -654,8 +654,11 @@ def cmd_train(args):
 
     _import("safetensors.numpy", "saving checkpoints")
     if args.resume:
-        ck = checkpoint.load(args.resume, backend=args.backend, resume=True)
+        # The run continues on the backend it was trained on (bit-identical), unless --backend says otherwise.
+        saved = checkpoint.load(args.resume, backend="numpy").hparams.get("backend")
+        ck = checkpoint.load(args.resume, backend=args.backend or saved, resume=True)
         hp = dict(ck.hparams)
+        hp["backend"] = getattr(ck.model, "backend", "numpy")
         for k in RUN_KEYS:
             given = getattr(args, k, None)
             if given is not None and given != hp.get(k):
@@ -674,6 +677,7 @@ def cmd_train(args):
         hp = _hparams_from_args(args)
         vocab, train_ids, val_ids = _prepare_data(hp)
         run = Run(hp, args.backend, vocab, train_ids, val_ids)
+        hp["backend"] = getattr(run.model, "backend", "numpy")
         out = args.out or "fastseq-train"
     if args.plot:
         _check_png(args.plot)

@@ -182,6 +182,7 @@ RESUME_ARGS = ["--hidden", "16", "--steps", "8", "--batch", "4", "--no-progress"
 @pytest.mark.parametrize("extra", [
     ["--optimizer", "adam", "--lr", "0.01", "--bptt", "random:0.5"],
     ["--optimizer", "sgd", "--lr", "1", "--bptt", "block:3", "--sampling", "random"],
+    ["--backend", "numpy", "--optimizer", "adam", "--lr", "0.01", "--bptt", "sliding:3"],
 ])
 def test_resume_after_stop_gives_identical_weights(tmp_path, text_file, extra):
     run("train", "--corpus", text_file, *RESUME_ARGS, *extra, "--out", "full", cwd=tmp_path, check=0)

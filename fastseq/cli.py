@@ -1284,5 +1284,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"fastseq {name}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `fastseq generate ... | head`
+    except BrokenPipeError:  # e.g. `fastseq generate ... | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush does not complain
         return 0

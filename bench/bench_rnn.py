@@ -301,8 +301,10 @@ def report(path=None):
     say("The machine is shared with other engineers' builds and tests; every ratio below compares "
         "timings taken in the same run, interleaved, best of 5 rounds.")
     t = best_times({n: (n, sgemm()) for n in (1, 2)}, rounds=3, min_round=0.3)
-    peak = max(2 * 2048**3 / t[n] / 1e9 for n in (1, 2))
-    say(f"OpenBLAS sgemm 2048^3 at the start of the run: {peak:.0f} GFLOP/s (best of 1 and 2 threads).")
+    g1, g2 = (2 * 2048**3 / t[n] / 1e9 for n in (1, 2))
+    peak = max(2 * g1, g2)  # what the 2 cores can do: sgemm on 2 threads, or twice one core if load hid it
+    say(f"OpenBLAS sgemm 2048^3 at the start of the run: {g1:.0f} GFLOP/s on 1 thread, {g2:.0f} on 2; "
+        f"2-core ceiling taken as {peak:.0f} GFLOP/s.")
     say("")
     say("### Training step, V=28, B=32, T=35, float32 (tokens/s = B*T / step time)")
     say("")
@@ -331,7 +333,7 @@ def report(path=None):
             rn = nb[0] / cpp[0]
             row += f"{B * T / nb[0]:,.0f} ({nb[1][1]}) | {rn:.1f}x {'yes' if rn >= 5 else 'NO'} | "
             need = 5 * step_flops(H) / nb[0] / 1e9
-            row += f"{step_flops(H) / cpp[0] / 1e9:.0f} | {need:.0f} ({need / peak:.0%} of sgemm) |"
+            row += f"{step_flops(H) / cpp[0] / 1e9:.0f} | {need:.0f} ({need / peak:.0%} of the 2-core ceiling) |"
         else:
             row += f"- | - | {step_flops(H) / cpp[0] / 1e9:.0f} | - |"
         say(row)

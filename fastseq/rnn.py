@@ -9,7 +9,15 @@ loss_and_grad, generate) run by compiled kernels. Same constructor (plus
 rounding), same errors: arguments are checked by the reference's own checks
 first, then again at the binding boundary. ``backend='numpy'`` runs the
 reference itself, so code written against one runs on the other.
+
+Threads: ``fastseq.set_num_threads(n)`` sets how many cores a call may use.
+A training step or layer pass large enough to repay it (about H >= 48 at the
+book's B*T = 1120) splits its batch into n slices run side by side (the rows
+are independent through the recurrence); generation at H >= 256 splits W_hh's
+columns. The kernels release the GIL, so models can also run in several
+Python threads. Results agree to rounding whatever the thread count.
 """
+
 import numbers
 
 import numpy as np

@@ -487,3 +487,19 @@ def test_large_hidden_paths_match_reference(blas_threads, dtype):
     np.testing.assert_array_equal(fast.generate([1, 2], 40, temperature=1.0, uniforms=u),
                                   slow.generate([1, 2], 40, temperature=1.0, uniforms=u))
     np.testing.assert_array_equal(fast.generate([3], 40), slow.generate([3], 40))
+
+
+def test_float32_tanh_is_accurate_over_its_whole_range():
+    """The float32 kernels use their own vectorised tanh (exp-based, Taylor near 0): a layer with
+    W_xh = 1, W_hh = 0 exposes it directly; it must stay within 4 float32 ulps of the exact value."""
+    m = fastseq.RNN(1, 1, dtype=np.float32)
+    m.params["W_xh"][:] = 1
+    m.params["W_hh"][:] = 0
+    x = np.concatenate([np.linspace(-20, 20, 40001), np.geomspace(1e-30, 1, 3001), -np.geomspace(1e-30, 1, 3001),
+                        [0.0, 0.19999, 0.2, 0.20001, 9.0, -9.0]]).astype(np.float32)
+    h, _ = m.forward(x.reshape(-1, 1, 1))
+    exact = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    err = np.abs(h.ravel().astype(np.float64) - exact) / ulp
+    assert err.max() <= 4, f"max error {err.max():.1f} ulp at x = {x[err.argmax()]}"
+    assert np.all(np.abs(h) <= 1)

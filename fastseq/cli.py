@@ -22,7 +22,7 @@ import numpy as np
 from . import datasets
 
 EXAMPLES_MAIN = """examples:
-  fastseq train                          # an RNN on the built-in corpus, with n-gram baselines (~1 min)
+  fastseq train                          # an RNN on the built-in corpus, with n-gram baselines (< 1 min)
   fastseq generate fastseq-train --prefix "A class " -n 200 --temperature 0.8
   fastseq stats timemachine --cleaning d2l --plot zipf.png
   fastseq ngram fit timemachine --cleaning d2l --order 3 --arpa tm3.arpa
@@ -50,7 +50,7 @@ EXAMPLES_NGRAM_EVAL = """examples:
 """
 
 EXAMPLES_TRAIN = """examples:
-  fastseq train                                  # built-in offline corpus, characters, ~1-2 minutes
+  fastseq train                                  # built-in offline corpus, characters, under a minute
   fastseq train --corpus timemachine --cleaning d2l --hidden 512 --steps 35 --batch 32 --lr 1 --clip 1
   fastseq train --bptt block:10 --epochs 5 --out runs/tm
   fastseq train --bptt random:0.2 --optimizer adam --lr 0.005

@@ -1088,8 +1088,8 @@ def _common(p, json_flag=True, threads=False):
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     if threads:
         p.add_argument("--threads", type=_positive_int("threads"), default=1,
-                       help="BLAS threads of the C++ kernels (default: 1; more threads only pay off for "
-                            "large H on an otherwise idle machine, and collapse when cores are shared)")
+                       help="cores the C++ kernels may use (fastseq.set_num_threads; default: 1, which "
+                            "keeps results bit-identical on resume; a second core pays off only when it is idle)")
 
 
 def _sub(sub, name, help, epilog):

@@ -8,7 +8,6 @@ fast path is tested against.
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _core
-from . import ngram
 from .clip import clip_grad_norm
 from .rnn import RNN, RNNLM
 from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential

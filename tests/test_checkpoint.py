@@ -1,0 +1,232 @@
+"""fastseq.checkpoint: round trip, verification of every part, atomic writes, resume state."""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("safetensors")
+
+from fastseq import checkpoint  # noqa: E402
+from fastseq.checkpoint import CheckpointError  # noqa: E402
+from fastseq.reference.rnn import RNNLM  # noqa: E402
+from fastseq.text import Vocab  # noqa: E402
+
+
+def _model(dtype=np.float64, V=None, H=8, seed=3):
+    vocab = Vocab("hello world, hello fastseq")
+    m = RNNLM(V or len(vocab), H, dtype=dtype, seed=seed)
+    # Non-initial values everywhere, biases included.
+    rng = np.random.default_rng(seed)
+    for k, p in m.params.items():
+        p[...] = rng.normal(0, 0.5, p.shape)
+    return m, vocab
+
+
+def _meta(path):
+    with open(os.path.join(path, checkpoint.META_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_meta(path, meta):
+    with open(os.path.join(path, checkpoint.META_FILE), "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_weights_vocab_hparams(tmp_path, dtype):
+    m, vocab = _model(dtype)
+    hp = {"lr": 0.5, "bptt": "block:5", "corpus": "x.txt"}
+    checkpoint.save(tmp_path / "ck", m, vocab, hp, step=17, history={"epochs": [1, 2]})
+    ck = checkpoint.load(tmp_path / "ck", backend="numpy")
+    assert ck.step == 17 and ck.hparams == hp and ck.history == {"epochs": [1, 2]}
+    assert ck.vocab.idx_to_token == vocab.idx_to_token
+    assert ck.model.config == m.config
+    for k, p in m.params.items():
+        assert ck.model.params[k].dtype == p.dtype
+        np.testing.assert_array_equal(ck.model.params[k], p)
+    meta = _meta(tmp_path / "ck")
+    import fastseq
+    assert meta["fastseq_version"] == fastseq.__version__
+    # The recorded sha256 is the sha256 of the weights file on disk.
+    data = (tmp_path / "ck" / meta["weights"]["file"]).read_bytes()
+    assert meta["weights"]["sha256"] == hashlib.sha256(data).hexdigest()
+    # The weights file is plain safetensors that the ecosystem reads by name.
+    from safetensors.numpy import load_file
+    t = load_file(str(tmp_path / "ck" / meta["weights"]["file"]))
+    assert set(t) == {"W_xh", "W_hh", "b_h", "W_hq", "b_q"}
+    np.testing.assert_array_equal(t["W_hh"], m.params["W_hh"])
+
+
+def test_resume_state_round_trip_nested_arrays_and_rng(tmp_path):
+    m, vocab = _model()
+    rng = np.random.default_rng(123)
+    rng.random(5)
+    state = {"optimizer": {"t": 4, "m": {"W_hh": np.arange(6.0).reshape(2, 3)}, "betas": [0.9, 0.999]},
+             "state": np.ones((2, 8), dtype=np.float32), "rng": rng.bit_generator.state, "none": None}
+    checkpoint.save(tmp_path, m, vocab, {}, step=2, resume=state)
+    ck = checkpoint.load(tmp_path, backend="numpy", resume=True)
+    r = ck.resume
+    assert r["optimizer"]["t"] == 4 and r["optimizer"]["betas"] == [0.9, 0.999] and r["none"] is None
+    np.testing.assert_array_equal(r["optimizer"]["m"]["W_hh"], np.arange(6.0).reshape(2, 3))
+    assert r["state"].dtype == np.float32 and r["state"].shape == (2, 8)
+    g = np.random.default_rng()
+    g.bit_generator.state = r["rng"]
+    np.testing.assert_array_equal(g.random(4), rng.random(4))
+
+
+def test_no_resume_state_is_named(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    with pytest.raises(CheckpointError, match="no resume state"):
+        checkpoint.load(tmp_path, resume=True)
+
+
+def test_damaged_weights_named_by_sha256(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    f = tmp_path / _meta(tmp_path)["weights"]["file"]
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"sha256 .* does not match"):
+        checkpoint.load(tmp_path)
+
+
+def test_missing_weights_file_named(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    os.unlink(tmp_path / _meta(tmp_path)["weights"]["file"])
+    with pytest.raises(CheckpointError, match="weights file named in fastseq.json is missing"):
+        checkpoint.load(tmp_path)
+
+
+def test_not_a_checkpoint_and_bad_json(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        checkpoint.load(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="fastseq.json is missing"):
+        checkpoint.load(tmp_path)
+    (tmp_path / "fastseq.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        checkpoint.load(tmp_path)
+    (tmp_path / "fastseq.json").write_text('{"format": "other"}')
+    with pytest.raises(CheckpointError, match="not a fastseq checkpoint"):
+        checkpoint.load(tmp_path)
+
+
+def test_newer_format_and_missing_version_refused(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    meta = _meta(tmp_path)
+    _write_meta(tmp_path, dict(meta, format_version=checkpoint.FORMAT_VERSION + 1))
+    with pytest.raises(CheckpointError, match="newer than this fastseq reads"):
+        checkpoint.load(tmp_path)
+    _write_meta(tmp_path, {k: v for k, v in meta.items() if k != "fastseq_version"})
+    with pytest.raises(CheckpointError, match="fastseq_version is missing"):
+        checkpoint.load(tmp_path)
+    _write_meta(tmp_path, dict(meta, fastseq_version="999.0.0"))
+    with pytest.raises(CheckpointError, match="newer major version"):
+        checkpoint.load(tmp_path)
+
+
+def test_vocab_size_and_config_mismatch_named(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    meta = _meta(tmp_path)
+    v2 = dict(meta["vocab"], idx_to_token=meta["vocab"]["idx_to_token"][:-1])
+    _write_meta(tmp_path, dict(meta, vocab=v2))
+    with pytest.raises(CheckpointError, match="vocabulary has .* tokens but the model's vocab_size"):
+        checkpoint.load(tmp_path)
+    cfg = dict(meta["model"]["config"], num_hiddens=9)
+    _write_meta(tmp_path, dict(meta, model={"class": "RNNLM", "config": cfg}))
+    with pytest.raises(CheckpointError, match=r"weight W_xh has shape \(\d+, 8\), the model expects \(\d+, 9\)"):
+        checkpoint.load(tmp_path)
+    cfg = dict(meta["model"]["config"], dtype="float32")
+    _write_meta(tmp_path, dict(meta, model={"class": "RNNLM", "config": cfg}))
+    with pytest.raises(CheckpointError, match="is float64, the model config says float32"):
+        checkpoint.load(tmp_path)
+    _write_meta(tmp_path, dict(meta, model={"class": "LSTM", "config": {}}))
+    with pytest.raises(CheckpointError, match="expected class 'RNNLM'"):
+        checkpoint.load(tmp_path)
+
+
+def test_weights_with_wrong_names_named(tmp_path):
+    from safetensors.numpy import save as st_save
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    meta = _meta(tmp_path)
+    t = {("W_xx" if k == "W_xh" else k): v for k, v in m.params.items()}
+    data = st_save(t)
+    (tmp_path / meta["weights"]["file"]).write_bytes(data)
+    meta["weights"]["sha256"] = hashlib.sha256(data).hexdigest()
+    _write_meta(tmp_path, meta)
+    with pytest.raises(CheckpointError, match=r"missing \['W_xh'\], unexpected \['W_xx'\]"):
+        checkpoint.load(tmp_path)
+
+
+def test_non_finite_weights_refused_on_save_and_load(tmp_path):
+    from safetensors.numpy import save as st_save
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    meta = _meta(tmp_path)
+    bad = {k: v.copy() for k, v in m.params.items()}
+    bad["b_q"][1] = np.nan
+    with pytest.raises(CheckpointError, match="b_q: the model holds NaN or inf"):
+        m.params["b_q"][1] = np.nan
+        checkpoint.save(tmp_path / "other", m, vocab, {})
+    data = st_save(bad)
+    (tmp_path / meta["weights"]["file"]).write_bytes(data)
+    meta["weights"]["sha256"] = hashlib.sha256(data).hexdigest()
+    _write_meta(tmp_path, meta)
+    with pytest.raises(CheckpointError, match="b_q"):
+        checkpoint.load(tmp_path)
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {"v": 1}, step=1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    old = {k: v.copy() for k, v in m.params.items()}
+    for p in m.params.values():
+        p += 1.0
+    real_replace = os.replace
+    calls = []
+
+    def failing_replace(src, dst):
+        calls.append(os.path.basename(dst))
+        if os.path.basename(dst) == checkpoint.META_FILE:
+            raise KeyboardInterrupt  # Ctrl-C just before the new JSON would land
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, m, vocab, {"v": 2}, step=2)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert "fastseq.json" in calls and any(c.startswith("model-") for c in calls)
+    ck = checkpoint.load(tmp_path)
+    assert ck.step == 1 and ck.hparams == {"v": 1}
+    for k in old:
+        np.testing.assert_array_equal(ck.model.params[k], old[k])
+    # No temporary files are left behind, and the old files are untouched.
+    names = {p.name for p in tmp_path.iterdir()}
+    assert not any(n.endswith(".tmp") for n in names)
+    for name, data in before.items():
+        assert (tmp_path / name).read_bytes() == data
+
+
+def test_old_step_files_removed_after_new_save(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {}, step=1, resume={"a": np.zeros(2)})
+    checkpoint.save(tmp_path, m, vocab, {}, step=2, resume={"a": np.ones(2)})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["fastseq.json", "model-00000002.safetensors", "resume-00000002.safetensors"]
+    np.testing.assert_array_equal(checkpoint.load(tmp_path, resume=True).resume["a"], np.ones(2))
+
+
+def test_unsaveable_resume_state_is_named(tmp_path):
+    m, vocab = _model()
+    with pytest.raises(CheckpointError, match="resume state: /x holds a object"):
+        checkpoint.save(tmp_path, m, vocab, {}, resume={"x": object()})
+    with pytest.raises(CheckpointError, match="step: expected an integer >= 0"):
+        checkpoint.save(tmp_path, m, vocab, {}, step=-1)

@@ -1,0 +1,124 @@
+"""fastseq.interop against real PyTorch modules: same logits, same final state, same gradients."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fastseq import interop  # noqa: E402
+from fastseq.reference.rnn import RNNLM  # noqa: E402
+
+V, H, B, T = 11, 7, 3, 6
+
+
+def _model(nonlinearity="tanh", seed=0):
+    m = RNNLM(V, H, nonlinearity=nonlinearity, dtype=np.float64, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    for k, p in m.params.items():   # biases non-zero too, weights large enough to matter
+        p[...] = rng.normal(0, 0.4, p.shape)
+    return m
+
+
+def _data(seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, V, (B, T)).astype(np.int32)
+    Y = rng.integers(0, V, (B, T)).astype(np.int32)
+    h0 = rng.normal(0, 0.5, (B, H))
+    return X, Y, h0
+
+
+def test_export_names_and_layouts():
+    m = _model()
+    sd = interop.to_torch_state_dict(m, prefix="lm.")
+    assert list(sd) == ["lm." + k for k in interop.KEYS]
+    assert sd["lm.rnn.weight_ih_l0"].shape == (H, V) and sd["lm.linear.weight"].shape == (V, H)
+    ref = torch.nn.RNN(V, H)
+    for name, p in ref.state_dict().items():
+        assert tuple(sd["lm.rnn." + name].shape) == tuple(p.shape)
+    torch.testing.assert_close(sd["lm.rnn.bias_hh_l0"], torch.zeros(H, dtype=torch.float64))
+    torch.testing.assert_close(sd["lm.rnn.bias_ih_l0"], torch.from_numpy(m.params["b_h"]))
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_exported_torch_model_same_logits_state_and_gradients(nonlinearity):
+    m = _model(nonlinearity)
+    X, Y, h0 = _data()
+    tm = interop.torch_module(m)
+    assert tm.rnn.nonlinearity == nonlinearity
+    logits_t, hT_t = tm(torch.from_numpy(X.astype(np.int64)), torch.from_numpy(h0)[None])
+    logits, hT = m(X, h0)
+    np.testing.assert_allclose(logits_t.detach().numpy(), logits, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(hT_t[0].detach().numpy(), hT, rtol=1e-12, atol=1e-12)
+
+    loss_t = torch.nn.functional.cross_entropy(logits_t.reshape(-1, V), torch.from_numpy(Y.astype(np.int64)).reshape(-1))
+    loss_t.backward()
+    loss, grads, _ = m.loss_and_grad(X, Y, h0)
+    assert loss == pytest.approx(loss_t.item(), rel=1e-12)
+    g = {n: p.grad.numpy() for n, p in tm.named_parameters()}
+    close = dict(rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(g["rnn.weight_ih_l0"].T, grads["W_xh"], **close)   # identity embedding
+    np.testing.assert_allclose(g["rnn.weight_hh_l0"].T, grads["W_hh"], **close)
+    np.testing.assert_allclose(g["rnn.bias_ih_l0"], grads["b_h"], **close)
+    np.testing.assert_allclose(g["rnn.bias_hh_l0"], grads["b_h"], **close)
+    np.testing.assert_allclose(g["linear.weight"].T, grads["W_hq"], **close)
+    np.testing.assert_allclose(g["linear.bias"], grads["b_q"], **close)
+
+
+@pytest.mark.parametrize("E", [4, V])
+def test_import_any_torch_model_same_logits(E):
+    torch.manual_seed(0)
+
+    class LM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(V, E, dtype=torch.float64)
+            self.rnn = torch.nn.RNN(E, H, batch_first=True, dtype=torch.float64)
+            self.linear = torch.nn.Linear(H, V, dtype=torch.float64)
+
+        def forward(self, ids, h0):
+            hs, hT = self.rnn(self.embedding(ids), h0)
+            return self.linear(hs), hT
+
+    tm = LM()
+    with torch.no_grad():
+        tm.rnn.bias_hh_l0.normal_()   # both biases non-zero: b_h is their sum
+        tm.rnn.bias_ih_l0.normal_()
+    X, _, h0 = _data(2)
+    m = interop.from_torch_state_dict(tm.state_dict(), backend="numpy")
+    logits_t, hT_t = tm(torch.from_numpy(X.astype(np.int64)), torch.from_numpy(h0)[None])
+    logits, hT = m(X, h0)
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(hT, hT_t[0].detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", None])
+def test_round_trip_is_exact(backend):
+    m = _model("relu")
+    back = interop.from_torch_state_dict(interop.to_torch_state_dict(m), nonlinearity="relu", backend=backend)
+    assert back.nonlinearity == "relu" and back.params["W_xh"].dtype == np.float64
+    for k, p in m.params.items():
+        np.testing.assert_array_equal(back.params[k], p, err_msg=k)
+    f32 = interop.from_torch_state_dict(interop.to_torch_state_dict(m, tensors="numpy"), dtype=np.float32)
+    assert f32.params["W_hh"].dtype == np.float32
+
+
+def test_bad_state_dicts_named():
+    m = _model()
+    sd = interop.to_torch_state_dict(m)
+    bad = dict(sd)
+    del bad["linear.bias"]
+    with pytest.raises(ValueError, match=r"missing \['linear.bias'\]"):
+        interop.from_torch_state_dict(bad)
+    with pytest.raises(ValueError, match="multi-layer"):
+        interop.from_torch_state_dict(dict(sd, **{"rnn.weight_ih_l1": sd["rnn.weight_hh_l0"]}))
+    with pytest.raises(ValueError, match="bidirectional"):
+        interop.from_torch_state_dict(dict(sd, **{"rnn.weight_ih_l0_reverse": sd["rnn.weight_ih_l0"]}))
+    with pytest.raises(ValueError, match=r"linear.weight'\]: expected shape \(11, 7\)"):
+        interop.from_torch_state_dict(dict(sd, **{"linear.weight": sd["linear.weight"][:, :3]}))
+    nan = sd["linear.bias"].clone()
+    nan[0] = float("nan")
+    with pytest.raises(ValueError, match="linear.bias'\\]: holds NaN"):
+        interop.from_torch_state_dict(dict(sd, **{"linear.bias": nan}))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        interop.from_torch_state_dict(sd, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="tensors"):
+        interop.to_torch_state_dict(m, tensors="jax")

@@ -1,7 +1,7 @@
 """Benchmarks of fastseq.ngram (pytest-benchmark; ratios are measured in the same run).
 
     python -m pytest bench/bench_ngram.py --benchmark-only      # speed table
-    python bench/bench_ngram.py                                 # held-out perplexities (RESULTS-ngram.md)
+    python bench/bench_ngram.py                                 # held-out perplexities (bench/RESULTS.md)
 
 Corpora: tinyshakespeare words (the book's 'd2l' cleaning, one sentence per
 non-empty line, first 90% of the lines for training). The 10M-token corpus is

@@ -4,7 +4,7 @@ Legend: B batch, T steps, H hidden size, V vocabulary size. Workload: the
 book's character model, V=28, B=32, T=35, float32.
 
     python -m pytest bench/bench_rnn.py --benchmark-only     # pytest-benchmark timings
-    python bench/bench_rnn.py                                # ratio table -> bench/RESULTS-cpp.md
+    python bench/bench_rnn.py [OUT.md]                       # ratio table (the C++ section of RESULTS.md)
 
 The training step measured on every backend is what a user writes: forward,
 mean cross-entropy, backward, global-norm clipping (theta=1), SGD (lr=1), the
@@ -392,6 +392,9 @@ def report(path=None):
 
 
 if __name__ == "__main__":
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS-cpp.md")
+    import sys
+
+    out = sys.argv[1] if len(sys.argv) > 1 else None
     print(report(out))
-    print(f"written to {out}")
+    if out:
+        print(f"written to {out}")

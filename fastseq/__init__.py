@@ -7,13 +7,12 @@ fast path is tested against.
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import _core
-from .clip import clip_grad_norm
-from .rnn import RNN, RNNLM
-from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
-from .text import Vocab, clean, load_corpus, read_lines, tokenize
-from . import optim
+from . import _core, optim
 from .bptt import Full, Randomized, Truncated
+from .clip import clip_grad_norm
+from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
+from .rnn import RNN, RNNLM
+from .text import Vocab, clean, load_corpus, read_lines, tokenize
 from .train import DivergenceError, evaluate, predict, train
 
 try:
@@ -40,9 +39,8 @@ def get_num_threads():
 
 
 __all__ = [
-    "SeqDataLoader", "Vocab", "build_info", "clean", "clip_grad_norm", "get_num_threads",
-    "load_corpus", "read_lines", "seq_data_iter_random", "seq_data_iter_sequential",
-    "set_num_threads", "tokenize",
+    "DivergenceError", "Full", "RNN", "RNNLM", "Randomized", "SeqDataLoader", "Truncated", "Vocab",
+    "build_info", "clean", "clip_grad_norm", "evaluate", "get_num_threads", "load_corpus", "optim",
+    "predict", "read_lines", "seq_data_iter_random", "seq_data_iter_sequential", "set_num_threads",
+    "tokenize", "train",
 ]
-__all__ += ["RNN", "RNNLM"]
-__all__ += ["DivergenceError", "Full", "Randomized", "Truncated", "evaluate", "optim", "predict", "train"]

@@ -1,6 +1,19 @@
 import os
 from pathlib import Path
 
+import pytest
+
 # Tests read the corpora from ../shared/data (beside the clone), never from the network.
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault("FASTSEQ_DATA_DIR", str(_SHARED))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _outside_the_source_tree(tmp_path_factory):
+    """Run from an empty folder: a subprocess started with `python -m fastseq` or `python -c`
+    puts its working directory first on sys.path, and the source tree's fastseq/ (without the
+    compiled modules) would shadow the installed package."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)

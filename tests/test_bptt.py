@@ -11,29 +11,13 @@ from hypothesis import given, settings, strategies as st
 
 from fastseq.bptt import Full, Randomized, Truncated
 from fastseq.reference.rnn import RNN, RNNLM
+from gradcheck import fd_grad
 
-EPS = 1e-6
 V, H, B, T = 5, 4, 2, 7
 
 
 def phi(z, nl):
     return np.tanh(z) if nl == "tanh" else np.maximum(z, 0.0)
-
-
-def fd_grad(f, arrays):
-    out = {}
-    for k, a in arrays.items():
-        g = np.zeros_like(a)
-        for i in np.ndindex(a.shape):
-            old = a[i]
-            a[i] = old + EPS
-            fp = f()
-            a[i] = old - EPS
-            fm = f()
-            a[i] = old
-            g[i] = (fp - fm) / (2 * EPS)
-        out[k] = g
-    return out
 
 
 def make_lm(nl="tanh", seed=0):

@@ -10,8 +10,8 @@ import pytest
 
 from fastseq.bptt import Full
 from fastseq.reference.rnn import RNN, RNNLM, sample_token
+from gradcheck import fd_grad
 
-EPS = 1e-6
 
 
 # ------------------------------------------------------------------ independent helpers
@@ -41,23 +41,6 @@ def naive_lm_loss(p, X, Y, h0, nl):
             o = O[b] - O[b].max()
             total += -(o[Y[b, t]] - np.log(np.exp(o).sum()))
     return total / (B * T)
-
-
-def fd_grad(f, arrays):
-    """Central differences of scalar f() w.r.t. every entry of every array (perturbed in place)."""
-    out = {}
-    for k, a in arrays.items():
-        g = np.zeros_like(a)
-        for i in np.ndindex(a.shape):
-            old = a[i]
-            a[i] = old + EPS
-            fp = f()
-            a[i] = old - EPS
-            fm = f()
-            a[i] = old
-            g[i] = (fp - fm) / (2 * EPS)
-        out[k] = g
-    return out
 
 
 def randomize(model, scale, seed):

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -39,19 +40,35 @@ py::array as_array(const py::handle& obj, const std::string& name) {
     return py::reinterpret_borrow<py::array>(obj);
 }
 
-// A C-contiguous array of element type T with the given shape (-1: any extent >= 1).
+// Equivalent, not identical, descriptors: np.longlong and np.int64 (or a dtype
+// carrying metadata) are distinct objects for the same native type.
+template <typename T>
+bool has_dtype(const py::array& a) {
+    return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
+}
+
+// The kernels (and the compiler's vectorised loops) assume each element sits at
+// an address that is a multiple of its size; a view of a byte buffer at an odd
+// offset breaks that, so it is refused rather than read.
+void check_layout(const py::array& a, const std::string& name) {
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(name + ": expected a C-contiguous array (use np.ascontiguousarray)");
+    if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::value_error(name + ": expected an aligned array (use np.require(a, requirements='CA'))");
+}
+
+// A C-contiguous, aligned array of element type T with the given shape (-1: any extent >= 1).
 template <typename T>
 py::array_t<T> checked(const py::handle& obj, const std::string& name, std::vector<idx> shape) {
     py::array a = as_array(obj, name);
-    if (!a.dtype().is(py::dtype::of<T>()))
+    if (!has_dtype<T>(a))
         throw py::value_error(name + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                               " (the model's dtype), got " + std::string(py::str(a.dtype())));
     bool ok = a.ndim() == idx(shape.size());
     for (std::size_t i = 0; ok && i < shape.size(); ++i)
         ok = shape[i] < 0 ? a.shape(i) >= 1 : a.shape(i) == shape[i];
     if (!ok) throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " + shape_of(a));
-    if (!(a.flags() & py::array::c_style))
-        throw py::value_error(name + ": expected a C-contiguous array (use np.ascontiguousarray)");
+    check_layout(a, name);
     return py::reinterpret_borrow<py::array_t<T>>(a);
 }
 
@@ -59,14 +76,13 @@ py::array_t<T> checked(const py::handle& obj, const std::string& name, std::vect
 py::array_t<std::int64_t> checked_ids(const py::handle& obj, const std::string& name, std::vector<idx> shape,
                                       idx V) {
     py::array a = as_array(obj, name);
-    if (!a.dtype().is(py::dtype::of<std::int64_t>()))
+    if (!has_dtype<std::int64_t>(a))
         throw py::value_error(name + ": expected token ids of dtype int64, got " + std::string(py::str(a.dtype())));
     bool ok = a.ndim() == idx(shape.size());
     for (std::size_t i = 0; ok && i < shape.size(); ++i)
         ok = shape[i] < 0 ? a.shape(i) >= 1 : a.shape(i) == shape[i];
     if (!ok) throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " + shape_of(a));
-    if (!(a.flags() & py::array::c_style))
-        throw py::value_error(name + ": expected a C-contiguous array (use np.ascontiguousarray)");
+    check_layout(a, name);
     auto ids = py::reinterpret_borrow<py::array_t<std::int64_t>>(a);
     const std::int64_t* p = ids.data();
     for (idx i = 0; i < ids.size(); ++i)
@@ -74,6 +90,31 @@ py::array_t<std::int64_t> checked_ids(const py::handle& obj, const std::string& 
             throw py::value_error(name + ": expected token ids in [0, " + std::to_string(V) + "), found " +
                                   std::to_string(p[i]));
     return ids;
+}
+
+// A Python integer (or anything with __index__) in [0, INT_MAX], as the
+// kernels' int; a larger value raises ValueError rather than a TypeError from
+// the argument conversion (whose message would print every argument).
+int count_arg(const py::handle& o, const char* name) {
+    const std::string what = std::string(name) + ": expected an integer in [0, " + std::to_string(INT_MAX) + "], got ";
+    if (PyBool_Check(o.ptr())) throw py::value_error(what + "a bool");
+    PyObject* i = PyNumber_Index(o.ptr());
+    if (!i) {
+        PyErr_Clear();
+        throw py::value_error(what + std::string(py::str(py::type::of(o).attr("__name__"))));
+    }
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (overflow || v < 0 || v > INT_MAX) throw py::value_error(what + std::string(py::str(o)));
+    return int(v);
+}
+
+py::dict params_dict(const py::handle& o) {
+    if (!py::isinstance<py::dict>(o))
+        throw py::value_error("params: expected a dict of NumPy arrays, got " +
+                              std::string(py::str(py::type::of(o).attr("__name__"))));
+    return py::reinterpret_borrow<py::dict>(o);
 }
 
 Act parse_act(const std::string& s) {
@@ -274,18 +315,17 @@ py::tuple lm_loss_and_grad_t(const py::handle& Xo, const py::handle& Yo, const p
 }
 
 template <typename T>
-py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, int num_preds, const py::dict& params,
-                                        const std::string& nonlinearity, double temperature, int top_k,
+py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, const py::handle& num_predso, const py::dict& params,
+                                        const std::string& nonlinearity, double temperature, const py::handle& top_ko,
                                         const py::object& uniformso, int threads) {
     auto a = lm_args<T>(params, nonlinearity);
     auto prefix = checked_ids(prefixo, "prefix_ids", {-1}, a.P.V);
     check_size(std::max(a.P.H, a.P.V), a.P.H, "params['W_hh']");
     if (prefix.shape(0) >= 2147483647) throw py::value_error("prefix_ids: too long");
-    if (num_preds < 0)
-        throw py::value_error("num_preds: expected an integer >= 0, got " + std::to_string(num_preds));
+    const int num_preds = count_arg(num_predso, "num_preds");
     if (!(temperature >= 0) || !std::isfinite(temperature))
         throw py::value_error("temperature: expected a finite number >= 0, got " + std::to_string(temperature));
-    if (top_k < 0) throw py::value_error("top_k: expected an integer >= 0, got " + std::to_string(top_k));
+    const int top_k = count_arg(top_ko, "top_k");
     py::array_t<double> u;
     const bool sampling = temperature > 0;
     if (sampling) {
@@ -311,7 +351,8 @@ py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, int num_preds
 void bind_rnn(py::module_& m) {
     m.def(
         "rnn_forward",
-        [](const py::handle& X, const py::handle& h0, const py::dict& params, const std::string& nl, int threads) {
+        [](const py::handle& X, const py::handle& h0, const py::handle& pd, const std::string& nl, int threads) {
+            const py::dict params = params_dict(pd);
             return kind_of(params) == Kind::F32 ? layer_forward_t<float>(X, h0, params, nl, threads).cast<py::object>()
                                                 : layer_forward_t<double>(X, h0, params, nl, threads).cast<py::object>();
         },
@@ -320,8 +361,9 @@ void bind_rnn(py::module_& m) {
     m.def(
         "rnn_backward",
         [](const py::handle& dHs, const py::handle& X, const py::handle& h0, const py::handle& Hs,
-           const py::dict& params, const std::string& nl, const py::object& dH_T, const py::object& scale,
+           const py::handle& pd, const std::string& nl, const py::object& dH_T, const py::object& scale,
            int window, int threads) {
+            const py::dict params = params_dict(pd);
             return kind_of(params) == Kind::F32
                        ? layer_backward_t<float>(dHs, X, h0, Hs, params, nl, dH_T, scale, window, threads)
                        : layer_backward_t<double>(dHs, X, h0, Hs, params, nl, dH_T, scale, window, threads);
@@ -331,8 +373,9 @@ void bind_rnn(py::module_& m) {
         "Layer backward under the BPTT plan (scale, window): (dX, dh0, grads).");
     m.def(
         "lm_forward",
-        [](const py::handle& X, const py::handle& state, const py::dict& params, const std::string& nl,
+        [](const py::handle& X, const py::handle& state, const py::handle& pd, const std::string& nl,
            int threads) {
+            const py::dict params = params_dict(pd);
             return kind_of(params) == Kind::F32 ? lm_forward_t<float>(X, state, params, nl, threads)
                                                 : lm_forward_t<double>(X, state, params, nl, threads);
         },
@@ -340,8 +383,9 @@ void bind_rnn(py::module_& m) {
         "LM inference: (logits (B, T, V), state (B, H)) from ids X (B, T).");
     m.def(
         "lm_loss_and_grad",
-        [](const py::handle& X, const py::handle& Y, const py::handle& state, const py::dict& params,
+        [](const py::handle& X, const py::handle& Y, const py::handle& state, const py::handle& pd,
            const std::string& nl, const py::object& scale, int window, int threads) {
+            const py::dict params = params_dict(pd);
             return kind_of(params) == Kind::F32
                        ? lm_loss_and_grad_t<float>(X, Y, state, params, nl, scale, window, threads)
                        : lm_loss_and_grad_t<double>(X, Y, state, params, nl, scale, window, threads);
@@ -351,8 +395,9 @@ void bind_rnn(py::module_& m) {
         "LM training step: (mean loss, grads, final state) for ids X, targets Y (B, T).");
     m.def(
         "lm_generate",
-        [](const py::handle& prefix, int num_preds, const py::dict& params, const std::string& nl,
-           double temperature, int top_k, const py::object& uniforms, int threads) {
+        [](const py::handle& prefix, const py::handle& num_preds, const py::handle& pd, const std::string& nl,
+           double temperature, const py::handle& top_k, const py::object& uniforms, int threads) {
+            const py::dict params = params_dict(pd);
             check_threads(threads);
             return kind_of(params) == Kind::F32
                        ? lm_generate_t<float>(prefix, num_preds, params, nl, temperature, top_k, uniforms, threads)

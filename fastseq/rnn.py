@@ -37,13 +37,18 @@ def _check_backend(backend):
     return backend
 
 
+def _c(a, dtype=None):
+    """a as a C-contiguous, aligned array (no copy when it already is); the kernels need both."""
+    return np.require(a, dtype=dtype, requirements="CA")
+
+
 def _plan(bptt, T, B, dtype):
     """The strategy's plan as the kernels take it: (scale (T, B) contiguous or None, window)."""
     scale, window = as_strategy(bptt).plan(T, B, dtype)
     if window and scale is not None:
         raise ValueError("bptt: a plan has either a scale or a sliding window, not both")
     if scale is not None:
-        scale = np.ascontiguousarray(scale, dtype=dtype)
+        scale = _c(scale, dtype)
     return scale, int(window)
 
 
@@ -58,7 +63,7 @@ def _ids(name, ids, V, ndim):
         if a.size and (a.min() < 0 or a.max() >= V):   # before a cast that could wrap (uint64)
             raise ValueError(f"{name}: ids must lie in [0, {V}), got values in [{a.min()}, {a.max()}]")
         a = a.astype(np.int64)
-    return np.ascontiguousarray(a)
+    return _c(a)
 
 
 class RNN(_ref.RNN):
@@ -80,7 +85,7 @@ class RNN(_ref.RNN):
         if X.shape[0] < 1 or X.shape[1] < 1:
             raise ValueError(f"X: expected T >= 1 and B >= 1, got shape {X.shape}")
         h0 = _ref._state("h0", h0, X.shape[1], self.hidden_size, self.dtype)
-        X, h0 = np.ascontiguousarray(X), np.ascontiguousarray(h0)
+        X, h0 = _c(X), _c(h0)
         Hs = _core.rnn_forward(X, h0, self.params, self.nonlinearity)
         return Hs, (X, h0, Hs)
 
@@ -102,10 +107,9 @@ class RNN(_ref.RNN):
         _ref._check_float("dHs", dHs, (T, B, H), self.dtype)
         if dH_T is not None:
             _ref._check_float("dH_T", dH_T, (B, H), self.dtype)
-            dH_T = np.ascontiguousarray(dH_T)
+            dH_T = _c(dH_T)
         scale, window = _plan(bptt, T, B, self.dtype)
-        c = np.ascontiguousarray
-        return _core.rnn_backward(c(dHs), c(X), c(h0), c(Hs), self.params, self.nonlinearity,
+        return _core.rnn_backward(_c(dHs), _c(X), _c(h0), _c(Hs), self.params, self.nonlinearity,
                                   dH_T, scale, window)
 
 
@@ -127,7 +131,7 @@ class RNNLM(_ref.RNNLM):
         if ids.shape[0] < 1 or ids.shape[1] < 1:
             raise ValueError(f"X: expected B >= 1 and T >= 1, got shape {ids.shape}")
         h0 = _ref._state("state", state, ids.shape[0], self.num_hiddens, self.dtype)
-        return ids, np.ascontiguousarray(h0)
+        return ids, _c(h0)
 
     def __call__(self, X, state):
         """ids X (B, T), state (B, H) or None -> (logits (B, T, V), new_state (B, H))."""
@@ -179,7 +183,7 @@ class RNNLM(_ref.RNNLM):
                 raise ValueError(f"uniforms: expected float64 of shape ({n},), got {uniforms.dtype} {uniforms.shape}")
             if n and not (np.all(uniforms >= 0) and np.all(uniforms < 1)):
                 raise ValueError("uniforms: expected values in [0, 1)")
-            uniforms = np.ascontiguousarray(uniforms)
+            uniforms = _c(uniforms)
         else:
             uniforms = None
         return _core.lm_generate(prefix, n, self.params, self.nonlinearity, float(temperature), top_k, uniforms)

@@ -162,9 +162,55 @@ def test_lm_accepts_any_integer_id_dtype():
     randomize(m, rng)
     X = rng.integers(0, 6, (3, 5))
     logits, _ = m(X, None)
-    for dt in (np.int32, np.uint8, np.uint64, np.int16):
+    for dt in (np.int32, np.uint8, np.uint64, np.int16, np.longlong, np.intc):
         np.testing.assert_array_equal(m(X.astype(dt), None)[0], logits)
     np.testing.assert_array_equal(m(np.asfortranarray(X), None)[0], logits)
+    # np.longlong is int64 under another descriptor: the binding must take it as int64
+    np.testing.assert_array_equal(m.generate(X[0].astype(np.longlong), 4), m.generate(X[0], 4))
+    loss, _, _ = m.loss_and_grad(X.astype(np.longlong), X.astype(np.longlong), None)
+    assert loss == m.loss_and_grad(X, X, None)[0]
+
+
+def _misaligned(a):
+    """A copy of a whose data starts one byte past an aligned address (numpy flags it unaligned)."""
+    buf = np.zeros(a.nbytes + 1, dtype=np.uint8)[1:]
+    m = buf.view(a.dtype).reshape(a.shape)
+    m[...] = a
+    assert not m.flags.aligned
+    return m
+
+
+def test_misaligned_user_arrays_give_the_aligned_results():
+    rng = np.random.default_rng(11)
+    for dtype in (np.float32, np.float64):
+        lm = fastseq.RNNLM(7, 17, dtype=dtype)
+        randomize(lm, rng)
+        X = rng.integers(0, 7, (3, 5))
+        s = rng.normal(size=(3, 17)).astype(dtype)
+        loss, g, st = lm.loss_and_grad(_misaligned(X), _misaligned(X), _misaligned(s))
+        loss_a, g_a, st_a = lm.loss_and_grad(X, X, s)
+        assert loss == loss_a
+        np.testing.assert_array_equal(st, st_a)
+        np.testing.assert_array_equal(lm(_misaligned(X), _misaligned(s))[0], lm(X, s)[0])
+        u = rng.random(4)
+        np.testing.assert_array_equal(lm.generate(_misaligned(X[0]), 4, 1.0, 0, _misaligned(u)),
+                                      lm.generate(X[0], 4, 1.0, 0, u))
+        layer = fastseq.RNN(3, 17, dtype=dtype)
+        Xd = rng.normal(size=(4, 2, 3)).astype(dtype)
+        Hs, cache = layer.forward(_misaligned(Xd), _misaligned(s[:2]))
+        Hs_a, cache_a = layer.forward(Xd, s[:2])
+        np.testing.assert_array_equal(Hs, Hs_a)
+        dX, dh0, _ = layer.backward(_misaligned(Hs), tuple(_misaligned(c) for c in cache), _misaligned(s[:2]))
+        dX_a, dh0_a, _ = layer.backward(Hs_a, cache_a, s[:2])
+        np.testing.assert_array_equal(dX, dX_a)
+        np.testing.assert_array_equal(dh0, dh0_a)
+
+
+@pytest.mark.parametrize("num_preds", [2**31, 10**30])
+def test_generate_rejects_a_count_beyond_int32(num_preds):
+    m = fastseq.RNNLM(5, 4)
+    with pytest.raises(ValueError, match="num_preds"):
+        m.generate([0], num_preds)
 
 
 def test_lm_gradient_is_the_one_hot_layer_gradient():
@@ -365,6 +411,16 @@ def binding_cases():
         ("dHs", lambda: _core.rnn_backward(Hs[:, :, ::2], X, h0, Hs, lp, "tanh", None, None, 0)),
         ("dH_T", lambda: _core.rnn_backward(Hs, X, h0, Hs, lp, "tanh", np.zeros((2, 5)), None, 0)),
         ("b_h", lambda: _core.rnn_forward(X, h0, {**lp, "b_h": np.zeros(5)}, "tanh")),
+        ("params", lambda: _core.lm_forward(ids, h0, list(p.values()), "tanh")),
+        ("params", lambda: _core.rnn_forward(X, h0, None, "tanh")),
+        ("params", lambda: _core.lm_generate(np.array([1]), 2, (), "tanh", 0.0, 0, None)),
+        ("W_hh", lambda: _core.lm_forward(ids, h0, {**p, "W_hh": _misaligned(p["W_hh"])}, "tanh")),
+        ("aligned", lambda: _core.rnn_forward(_misaligned(X), h0, lp, "tanh")),
+        ("X", lambda: _core.lm_forward(_misaligned(ids), h0, p, "tanh")),
+        ("num_preds", lambda: _core.lm_generate(np.array([1]), 2**31, p, "tanh", 0.0, 0, None)),
+        ("num_preds", lambda: _core.lm_generate(np.array([1]), 10**30, p, "tanh", 0.0, 0, None)),
+        ("num_preds", lambda: _core.lm_generate(np.array([1]), 2.0, p, "tanh", 0.0, 0, None)),
+        ("top_k", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", 0.0, 2**40, None)),
     ]
 
 

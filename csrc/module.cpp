@@ -41,6 +41,8 @@ GradView grad_view(const py::handle& obj, std::size_t i) {
                               "pass np.ascontiguousarray(g) and use the result)");
     if (!a.writeable())
         throw py::value_error(name + ": expected a writeable array (clipping is in place)");
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::value_error(name + ": expected an aligned array (clipping is in place)");
     return {a.mutable_data(), static_cast<std::size_t>(a.size()), is_d};
 }
 
@@ -54,6 +56,19 @@ double clip_grad_norm(const py::iterable& grads, double theta) {
         views.push_back(grad_view(g, i++));
         keep.push_back(py::reinterpret_borrow<py::object>(g));
     }
+    // Memory reached through two arrays (the same array twice, tied weights, or
+    // overlapping views) would count twice in the norm and be scaled twice.
+    // Contiguous arrays: overlapping byte ranges are shared memory.
+    for (std::size_t j = 0; j < views.size(); ++j)
+        for (std::size_t k = 0; k < j; ++k) {
+            const auto* a0 = static_cast<const char*>(views[k].ptr);
+            const auto* b0 = static_cast<const char*>(views[j].ptr);
+            const auto* a1 = a0 + views[k].n * (views[k].is_double ? 8 : 4);
+            const auto* b1 = b0 + views[j].n * (views[j].is_double ? 8 : 4);
+            if (views[k].n && views[j].n && a0 < b1 && b0 < a1)
+                throw py::value_error("grads[" + std::to_string(j) + "]: shares memory with grads[" +
+                                      std::to_string(k) + "] (clipping in place would scale it twice)");
+        }
     double norm;
     {
         py::gil_scoped_release nogil;

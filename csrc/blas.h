@@ -49,6 +49,17 @@ class SingleThreaded {
         std::lock_guard<std::mutex> lock(mu());
         return users() ? saved() : scipy_openblas_get_num_threads();
     }
+    // Sets the user's count. While kernels run single-threaded it is recorded
+    // and applied when the last one ends; setting OpenBLAS directly then would
+    // be undone by that restore (and would oversubscribe the running kernels).
+    static void set_user_threads(int n) {
+        std::lock_guard<std::mutex> lock(mu());
+        if (users()) {
+            saved() = n;
+        } else {
+            scipy_openblas_set_num_threads(n);
+        }
+    }
 
    private:
     static std::mutex& mu() {

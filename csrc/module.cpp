@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "blas.h"
 #include "clip.h"
 
 namespace py = pybind11;
@@ -92,7 +93,7 @@ py::dict build_info() {
     d["blas"] = "scipy-openblas32";
     d["blas_version"] = FASTSEQ_BLAS_VERSION;
     d["blas_config"] = std::string(scipy_openblas_get_config());
-    d["blas_threads"] = scipy_openblas_get_num_threads();
+    d["blas_threads"] = fastseq::blas::SingleThreaded::user_threads();
 #if defined(__clang__)
     d["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)
@@ -134,8 +135,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("build_info", &build_info);
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw py::value_error("n: expected a number of threads >= 1, got " + std::to_string(n));
-        scipy_openblas_set_num_threads(n);
+        // the pool's workers are capped by the batch, but a count far beyond the
+        // cores only oversubscribes them; OpenBLAS caps it the same way
+        fastseq::blas::SingleThreaded::set_user_threads(n);
     }, py::arg("n"));
-    m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
+    m.def("get_num_threads", []() { return fastseq::blas::SingleThreaded::user_threads(); });
     bind_rnn(m);
 }

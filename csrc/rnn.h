@@ -605,6 +605,7 @@ int sample_token(const T* logits, int V, double temperature, int top_k, double u
 class SpinBarrier {
    public:
     explicit SpinBarrier(int n) : n_(n) {}
+    void reset(int n) { n_ = n; }  // before any thread waits
     void wait() {
         const int g = gen_.load(std::memory_order_acquire);
         if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
@@ -626,7 +627,7 @@ class SpinBarrier {
    private:
     std::atomic<int> count_{0};
     std::atomic<int> gen_{0};
-    const int n_;
+    int n_;
 };
 
 // Generation from a prefix (the book's predict): warm up on the prefix, then
@@ -651,9 +652,14 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
     Buffer<T> hbuf(std::size_t(2) * H);
     std::fill(hbuf.get(), hbuf.get() + 2 * H, T(0));
     SpinBarrier barrier(parts);
+    // The threads wait until every one has been created: the system may refuse
+    // some (thread limit), and the columns are then split between those that run.
+    std::atomic<int> go{0};
 
     auto worker = [&](int part) {
-        const int p0 = panels * part / parts, p1 = panels * (part + 1) / parts;
+        int n;
+        while ((n = go.load(std::memory_order_acquire)) == 0) std::this_thread::yield();
+        const int p0 = panels * part / n, p1 = panels * (part + 1) / n;
         const int c0 = p0 * W, c1 = std::min(H, p1 * W);
         std::vector<T> o(V);
         std::vector<double> e(V);
@@ -683,7 +689,13 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
         }
     };
     std::vector<std::thread> th;
-    for (int p = 1; p < parts; ++p) th.emplace_back(worker, p);
+    try {
+        th.reserve(parts - 1);
+        for (int p = 1; p < parts; ++p) th.emplace_back(worker, p);
+    } catch (const std::exception&) {
+    }
+    barrier.reset(int(th.size()) + 1);
+    go.store(int(th.size()) + 1, std::memory_order_release);
     worker(0);
     for (auto& x : th) x.join();
 }

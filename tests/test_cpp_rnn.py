@@ -5,7 +5,11 @@ Every expected value comes from fastseq.reference (or from the backend='numpy'
 path, which is the reference itself); nothing is compared with itself.
 """
 import inspect
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -610,3 +614,101 @@ def test_lower_instruction_set_tiles_match_reference(isa):
     env = dict(os.environ, FASTSEQ_ISA=isa)
     r = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_thread_count_set_while_another_thread_runs_kernels_is_kept():
+    """A kernel lowers OpenBLAS to one thread while it runs its own slices; a count the user sets
+    meanwhile must be what get_num_threads reports, and must not be undone when the kernel ends."""
+    m = fastseq.RNNLM(28, 64, dtype=np.float32)
+    ids = np.random.default_rng(0).integers(0, 28, (32, 35))
+    h0 = np.zeros((32, 64), np.float32)
+    old = fastseq.get_num_threads()
+    stop = threading.Event()
+
+    def work():
+        while not stop.is_set():
+            _core.lm_loss_and_grad(ids, ids, h0, m.params, "tanh", None, 0, 2)   # two slices
+
+    t = threading.Thread(target=work)
+    t.start()
+    seen = []
+    try:
+        for i in range(101):
+            n = 3 if i % 2 else 2
+            fastseq.set_num_threads(n)
+            time.sleep(0.001)           # the other thread's kernels start and end meanwhile
+            seen.append((n, fastseq.get_num_threads()))
+    finally:
+        stop.set()
+        t.join()
+    try:
+        assert [s for s in seen if s[0] != s[1]] == []
+        assert fastseq.get_num_threads() == 2          # the last count set
+    finally:
+        fastseq.set_num_threads(old)
+
+
+_THREAD_LIMIT_SCRIPT = r"""
+import os, resource, sys, threading
+import numpy as np, numpy.testing, fastseq   # imported before dropping to a user that cannot read them
+from fastseq import _core
+rng = np.random.default_rng(0)
+m = fastseq.RNNLM(28, 64, dtype=np.float64, seed=1)
+X, Y = rng.integers(0, 28, (12, 7)), rng.integers(0, 28, (12, 7))
+h0 = np.zeros((12, 64))
+L = fastseq.RNN(5, 64, dtype=np.float64, seed=1)
+Xd = rng.normal(size=(7, 12, 5))
+want = _core.lm_loss_and_grad(X, Y, h0, m.params, "tanh", None, 0, 1)
+want_h = _core.rnn_forward(Xd, h0, L.params, "tanh", 1)
+want_g = _core.lm_generate(np.array([1, 2]), 6, m.params, "tanh", 0.0, 0, None, 1)
+_core.lm_loss_and_grad(X, Y, h0, m.params, "tanh", None, 0, 2)   # the pool now belongs to this process
+pid = os.fork()
+if pid == 0:                    # the child runs without the pool: fresh threads per call
+    fastseq.set_num_threads(1)  # OpenBLAS itself starts no threads here
+    os.setgid(65534)
+    os.setuid(65534)            # RLIMIT_NPROC binds an unprivileged user only
+    # the user may own tasks elsewhere on the machine: find the soft limit that
+    # leaves room for exactly one more thread
+    ev = threading.Event()
+
+    def can_start():
+        t = threading.Thread(target=ev.wait)
+        try:
+            t.start()
+        except RuntimeError:
+            return None
+        return t
+
+    for lim in range(2, 10000):
+        resource.setrlimit(resource.RLIMIT_NPROC, (lim, 10000))
+        a = can_start()
+        if a is not None:
+            break
+    b = can_start()
+    if b is not None:
+        os._exit(3)             # the limit did not bind: the test could not fail
+    ev.set()
+    a.join()
+    for threads in (3, 4):      # one thread starts, the next is refused
+        got = _core.lm_loss_and_grad(X, Y, h0, m.params, "tanh", None, 0, threads)
+        assert abs(got[0] - want[0]) <= 1e-10 * abs(want[0]), (got[0], want[0])
+        for k in want[1]:
+            np.testing.assert_allclose(got[1][k], want[1][k], rtol=1e-10, atol=1e-14)
+        np.testing.assert_array_equal(got[2], want[2])
+        np.testing.assert_array_equal(_core.rnn_forward(Xd, h0, L.params, "tanh", threads), want_h)
+        np.testing.assert_array_equal(_core.lm_generate(np.array([1, 2]), 6, m.params, "tanh", 0.0, 0, None,
+                                                        threads), want_g)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0,
+                    reason="needs fork and root (to drop to an unprivileged user for RLIMIT_NPROC)")
+def test_a_refused_thread_is_run_by_the_caller_not_fatal():
+    """When the system refuses a thread (thread limit) after others started, the call still
+    completes with the right result instead of std::terminate on joinable threads."""
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _THREAD_LIMIT_SCRIPT], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])

@@ -57,6 +57,14 @@ void check_layout(const py::array& a, const std::string& name) {
         throw py::value_error(name + ": expected an aligned array (use np.require(a, requirements='CA'))");
 }
 
+// shape: the extents; -1 stands for any extent >= 1.
+void check_shape(const py::array& a, const std::string& name, const std::vector<idx>& shape) {
+    bool ok = a.ndim() == idx(shape.size());
+    for (std::size_t i = 0; ok && i < shape.size(); ++i)
+        ok = shape[i] < 0 ? a.shape(i) >= 1 : a.shape(i) == shape[i];
+    if (!ok) throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " + shape_of(a));
+}
+
 // A C-contiguous, aligned array of element type T with the given shape (-1: any extent >= 1).
 template <typename T>
 py::array_t<T> checked(const py::handle& obj, const std::string& name, std::vector<idx> shape) {
@@ -64,10 +72,7 @@ py::array_t<T> checked(const py::handle& obj, const std::string& name, std::vect
     if (!has_dtype<T>(a))
         throw py::value_error(name + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                               " (the model's dtype), got " + std::string(py::str(a.dtype())));
-    bool ok = a.ndim() == idx(shape.size());
-    for (std::size_t i = 0; ok && i < shape.size(); ++i)
-        ok = shape[i] < 0 ? a.shape(i) >= 1 : a.shape(i) == shape[i];
-    if (!ok) throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " + shape_of(a));
+    check_shape(a, name, shape);
     check_layout(a, name);
     return py::reinterpret_borrow<py::array_t<T>>(a);
 }
@@ -78,10 +83,7 @@ py::array_t<std::int64_t> checked_ids(const py::handle& obj, const std::string& 
     py::array a = as_array(obj, name);
     if (!has_dtype<std::int64_t>(a))
         throw py::value_error(name + ": expected token ids of dtype int64, got " + std::string(py::str(a.dtype())));
-    bool ok = a.ndim() == idx(shape.size());
-    for (std::size_t i = 0; ok && i < shape.size(); ++i)
-        ok = shape[i] < 0 ? a.shape(i) >= 1 : a.shape(i) == shape[i];
-    if (!ok) throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " + shape_of(a));
+    check_shape(a, name, shape);
     check_layout(a, name);
     auto ids = py::reinterpret_borrow<py::array_t<std::int64_t>>(a);
     const std::int64_t* p = ids.data();
@@ -155,6 +157,14 @@ Kind kind_of(const py::dict& params) {
     throw py::value_error("params['W_hh']: expected dtype float32 or float64, got " + std::string(py::str(w.dtype())));
 }
 
+// H, read off W_hh (H, H): every other parameter's shape is checked against it.
+idx hidden_size(const py::dict& params) {
+    py::array w = as_array(param(params, "W_hh"), "params['W_hh']");
+    if (w.ndim() != 2 || w.shape(0) != w.shape(1) || w.shape(0) < 1)
+        throw py::value_error("params['W_hh']: expected shape (H, H) with H >= 1, got " + shape_of(w));
+    return w.shape(0);
+}
+
 // ---- layer -----------------------------------------------------------------
 
 template <typename T>
@@ -165,12 +175,9 @@ struct LayerArgs {
 
 template <typename T>
 LayerArgs<T> layer_args(const py::dict& params, const std::string& nonlinearity) {
-    py::array w = as_array(param(params, "W_hh"), "params['W_hh']");
-    if (w.ndim() != 2 || w.shape(0) != w.shape(1) || w.shape(0) < 1)
-        throw py::value_error("params['W_hh']: expected shape (H, H) with H >= 1, got " + shape_of(w));
-    const idx H = w.shape(0);
+    const idx H = hidden_size(params);
     LayerArgs<T> a;
-    a.W_hh = checked<T>(w, "params['W_hh']", {H, H});
+    a.W_hh = checked<T>(param(params, "W_hh"), "params['W_hh']", {H, H});
     a.W_xh = checked<T>(param(params, "W_xh"), "params['W_xh']", {-1, H});
     a.b_h = checked<T>(param(params, "b_h"), "params['b_h']", {H});
     a.P = {a.W_xh.data(), a.W_hh.data(), a.b_h.data(), int(a.W_xh.shape(0)), int(H), parse_act(nonlinearity)};
@@ -240,16 +247,13 @@ struct LMArgs {
 
 template <typename T>
 LMArgs<T> lm_args(const py::dict& params, const std::string& nonlinearity) {
-    py::array w = as_array(param(params, "W_hh"), "params['W_hh']");
-    if (w.ndim() != 2 || w.shape(0) != w.shape(1) || w.shape(0) < 1)
-        throw py::value_error("params['W_hh']: expected shape (H, H) with H >= 1, got " + shape_of(w));
-    const idx H = w.shape(0);
+    const idx H = hidden_size(params);
     py::array wx = as_array(param(params, "W_xh"), "params['W_xh']");
     if (wx.ndim() != 2 || wx.shape(0) < 1)
         throw py::value_error("params['W_xh']: expected shape (V, " + std::to_string(H) + "), got " + shape_of(wx));
     const idx V = wx.shape(0);
     LMArgs<T> a;
-    a.W_hh = checked<T>(w, "params['W_hh']", {H, H});
+    a.W_hh = checked<T>(param(params, "W_hh"), "params['W_hh']", {H, H});
     a.W_xh = checked<T>(wx, "params['W_xh']", {V, H});
     a.b_h = checked<T>(param(params, "b_h"), "params['b_h']", {H});
     a.W_hq = checked<T>(param(params, "W_hq"), "params['W_hq']", {H, V});

@@ -18,8 +18,6 @@ columns. The kernels release the GIL, so models can also run in several
 Python threads. Results agree to rounding whatever the thread count.
 """
 
-import numbers
-
 import numpy as np
 
 from . import _core
@@ -53,17 +51,8 @@ def _plan(bptt, T, B, dtype):
 
 
 def _ids(name, ids, V, ndim):
-    """Integer ids as contiguous int64 (no copy when they already are); the binding checks the range."""
-    a = np.asarray(ids)
-    if not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{name}: expected integer token ids, got dtype {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array of ids, got shape {a.shape}")
-    if a.dtype != np.int64:
-        if a.size and (a.min() < 0 or a.max() >= V):   # before a cast that could wrap (uint64)
-            raise ValueError(f"{name}: ids must lie in [0, {V}), got values in [{a.min()}, {a.max()}]")
-        a = a.astype(np.int64)
-    return _c(a)
+    """Integer ids checked as the reference checks them (dtype, ndim, range), as contiguous int64."""
+    return _c(_ref._check_ids(name, ids, V, ndim), np.int64)
 
 
 class RNN(_ref.RNN):
@@ -167,23 +156,10 @@ class RNNLM(_ref.RNNLM):
         if self.backend == "numpy":
             return super().generate(prefix_ids, num_preds, temperature=temperature, top_k=top_k,
                                     uniforms=uniforms)
-        prefix = _ids("prefix_ids", prefix_ids, self.vocab_size, 1)
-        if prefix.shape[0] < 1:
-            raise ValueError("prefix_ids: expected at least one token")
-        n = _ref._check_int("num_preds", num_preds, 0)
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
-                or not np.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
-        top_k = min(_ref._check_int("top_k", top_k, 0), self.vocab_size)  # top_k >= V keeps all
-        if temperature > 0:
-            if uniforms is None:
-                raise ValueError("uniforms: expected a float64 array (num_preds,) when temperature > 0")
-            uniforms = np.asarray(uniforms)
-            if uniforms.dtype != np.float64 or uniforms.shape != (n,):
-                raise ValueError(f"uniforms: expected float64 of shape ({n},), got {uniforms.dtype} {uniforms.shape}")
-            if n and not (np.all(uniforms >= 0) and np.all(uniforms < 1)):
-                raise ValueError("uniforms: expected values in [0, 1)")
+        prefix, n, temperature, top_k, uniforms = _ref._check_generate(
+            prefix_ids, num_preds, temperature, top_k, uniforms, self.vocab_size)
+        top_k = min(top_k, self.vocab_size)  # top_k >= V keeps all
+        if uniforms is not None:
             uniforms = _c(uniforms)
-        else:
-            uniforms = None
-        return _core.lm_generate(prefix, n, self.params, self.nonlinearity, float(temperature), top_k, uniforms)
+        return _core.lm_generate(_c(prefix, np.int64), n, self.params, self.nonlinearity, temperature, top_k,
+                                 uniforms)

@@ -298,6 +298,25 @@ def test_generation_with_nan_logits_matches_reference(dtype, nan_cols):
         np.testing.assert_array_equal(got, want, err_msg=f"temperature={temperature} top_k={top_k}")
 
 
+@pytest.mark.parametrize("args", [
+    ([], 3, 0.0, 0, None), ([[1]], 3, 0.0, 0, None), ([9], 3, 0.0, 0, None), ([-1], 3, 0.0, 0, None),
+    ([1.0], 3, 0.0, 0, None), ([1], -1, 0.0, 0, None), ([1], 2.0, 0.0, 0, None), ([1], True, 0.0, 0, None),
+    ([1], 3, -1.0, 0, None), ([1], 3, np.inf, 0, None), ([1], 3, np.nan, 0, None), ([1], 3, "1", 0, None),
+    ([1], 3, 1.0, -1, np.full(3, 0.5)), ([1], 3, 1.0, 1.5, np.full(3, 0.5)), ([1], 3, 1.0, 0, None),
+    ([1], 3, 1.0, 0, np.full(2, 0.5)), ([1], 3, 1.0, 0, np.full(3, 0.5, np.float32)),
+    ([1], 3, 1.0, 0, np.array([0.1, 1.0, 0.2])), ([1], 3, 1.0, 0, np.array([0.1, np.nan, 0.2])),
+])
+def test_generate_argument_errors_are_the_references(args):
+    """One check serves both backends: the same argument gets the same ValueError text."""
+    msgs = []
+    for backend in ("cpp", "numpy"):
+        m = fastseq.RNNLM(5, 4, backend=backend)
+        with pytest.raises(ValueError) as e:
+            m.generate(*args)
+        msgs.append(str(e.value))
+    assert msgs[0] == msgs[1]
+
+
 def test_generation_ties_and_top_k_edges():
     """Equal logits: greedy takes the lowest id; top_k keeps the lower ids among ties."""
     V, H = 5, 3

@@ -563,6 +563,74 @@ def test_kernel_thread_splits_match_reference(threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("H", [1, 3, 17, 33, 65])
+def test_odd_sizes_match_reference(H, dtype):
+    """Sizes off every tile and vector width: H around the packed panels (16 doubles, 32 floats), B against
+    the register tiles (8, 3, 1 rows) and split over two threads (31 = 16 + 15), V = 1 and 2, D = 1 and 17."""
+    rng = np.random.default_rng(H)
+    T = 5
+    for B in (1, 3, 31):
+        for V in (1, 2):
+            slow = ref.RNNLM(V, H, dtype=dtype)
+            randomize(slow, rng)
+            p = slow.params
+            X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+            h0 = rng.normal(size=(B, H)).astype(dtype)
+            for strategy in (Full(), Truncated(2, "sliding"), Truncated(2, "block"),
+                             make_strategy("randomized", 0, T, B, rng)):
+                scale, window = strategy.plan(T, B, dtype)
+                loss_r, g_r, s_r = slow.loss_and_grad(X, Y, h0, bptt=strategy)
+                for threads in (1, 2):
+                    what = f"B={B} V={V} {strategy!r} threads={threads}"
+                    loss, g, s = _core.lm_loss_and_grad(X, Y, h0, p, "tanh", scale, window, threads=threads)
+                    assert abs(loss - loss_r) <= RTOL[dtype] * loss_r, what
+                    assert_close(s, s_r, dtype, "state " + what)
+                    for k in g:
+                        assert_close(g[k], g_r[k], dtype, f"{k} {what}")
+            logits_r = slow(X, h0)[0]
+            for threads in (1, 2):
+                assert_close(_core.lm_forward(X, h0, p, "relu", threads=threads)[0],
+                             _with_nl(slow, "relu")(X, h0)[0], dtype, f"relu logits B={B} V={V}")
+                assert_close(_core.lm_forward(X, h0, p, "tanh", threads=threads)[0], logits_r, dtype,
+                             f"logits B={B} V={V}")
+            if dtype == np.float64:   # float32 rounding may move a sample across a boundary
+                u = rng.random(12)
+                for threads in (1, 2):
+                    for temperature, top_k, uu in ((0.0, 0, None), (0.8, 0, u), (1.0, 1, u)):
+                        np.testing.assert_array_equal(
+                            _core.lm_generate(np.array([0, V - 1]), 12, p, "tanh", temperature, top_k, uu,
+                                              threads=threads),
+                            slow.generate([0, V - 1], 12, temperature, top_k, uu))
+            D = 1 if V == 1 else 17
+            layer = ref.RNN(D, H, nonlinearity="relu" if B == 3 else "tanh", dtype=dtype)
+            randomize(layer, rng)
+            Xd = rng.normal(size=(T, B, D)).astype(dtype)
+            Hs_r, cache_r = layer.forward(Xd, h0)
+            dHs = rng.normal(size=(T, B, H)).astype(dtype)
+            dH_T = rng.normal(size=(B, H)).astype(dtype)
+            for strategy in (Full(), Truncated(3, "sliding"), Truncated(2, "block")):
+                scale, window = strategy.plan(T, B, dtype)
+                dX_r, dh0_r, g_r = layer.backward(dHs, cache_r, dH_T=dH_T, bptt=strategy)
+                for threads in (1, 2):
+                    Hs = _core.rnn_forward(Xd, h0, layer.params, layer.nonlinearity, threads=threads)
+                    assert_close(Hs, Hs_r, dtype, f"Hs B={B} D={D}")
+                    dX, dh0, g = _core.rnn_backward(dHs, Xd, h0, Hs_r, layer.params, layer.nonlinearity, dH_T,
+                                                    scale, window, threads=threads)
+                    what = f"B={B} D={D} {strategy!r} threads={threads}"
+                    assert_close(dX, dX_r, dtype, "dX " + what)
+                    assert_close(dh0, dh0_r, dtype, "dh0 " + what)
+                    for k in g:
+                        assert_close(g[k], g_r[k], dtype, f"{k} {what}")
+
+
+def _with_nl(model, nl):
+    """A reference LM with the same parameters and another nonlinearity."""
+    m = ref.RNNLM(model.vocab_size, model.num_hiddens, nonlinearity=nl, dtype=model.dtype)
+    m.params = model.params
+    return m
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_large_hidden_paths_match_reference(blas_threads, dtype):
     """H > 256 takes other code paths: BLAS for the output products, generation split over threads."""
     rng = np.random.default_rng(9)

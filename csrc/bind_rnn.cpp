@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "nogil.h"
 #include "rnn.h"
 
 namespace py = pybind11;
@@ -197,7 +198,7 @@ py::array_t<T> layer_forward_t(const py::handle& Xo, const py::handle& h0o, cons
     check_size(H, H, "params['W_hh']");
     py::array_t<T> Hs({Tn, B, H});
     {
-        py::gil_scoped_release nogil;
+        fastseq::NoGil nogil;  // see csrc/nogil.h
         fastseq::rnn::layer_forward<T>(a.P, int(Tn), int(B), X.data(), h0.data(), Hs.mutable_data(), threads);
     }
     return Hs;
@@ -223,7 +224,7 @@ py::tuple layer_backward_t(const py::handle& dHso, const py::handle& Xo, const p
     check_size(H, H, "params['W_hh']");
     py::array_t<T> dX({Tn, B, D}), dh0({B, H}), dW_xh({D, H}), dW_hh({H, H}), db_h({H});
     {
-        py::gil_scoped_release nogil;
+        fastseq::NoGil nogil;  // see csrc/nogil.h
         fastseq::rnn::layer_backward<T>(a.P, int(Tn), int(B), X.data(), h0.data(), Hs.data(), dHs.data(),
                                         dH_To.is_none() ? nullptr : dH_T.data(),
                                         scaleo.is_none() ? nullptr : scale.data(), window, dX.mutable_data(),
@@ -276,7 +277,7 @@ py::tuple lm_forward_t(const py::handle& Xo, const py::handle& so, const py::dic
     check_size(std::max(H, V), H, "params['W_hh']");
     py::array_t<T> logits({B, Tn, V}), state({B, H});
     {
-        py::gil_scoped_release nogil;
+        fastseq::NoGil nogil;  // see csrc/nogil.h
         fastseq::rnn::lm_forward<T>(a.P, int(Tn), int(B), X.data(), h0.data(), logits.mutable_data(),
                                     state.mutable_data(), threads);
     }
@@ -302,7 +303,7 @@ py::tuple lm_loss_and_grad_t(const py::handle& Xo, const py::handle& Yo, const p
     py::array_t<T> gW_xh({V, H}), gW_hh({H, H}), gb_h({H}), gW_hq({H, V}), gb_q({V}), state({B, H});
     double loss;
     {
-        py::gil_scoped_release nogil;
+        fastseq::NoGil nogil;  // see csrc/nogil.h
         fastseq::rnn::LMGrads<T> g{gW_xh.mutable_data(), gW_hh.mutable_data(), gb_h.mutable_data(),
                                    gW_hq.mutable_data(), gb_q.mutable_data()};
         loss = fastseq::rnn::lm_loss_and_grad<T>(a.P, int(Tn), int(B), X.data(), Y.data(), h0.data(),
@@ -343,7 +344,7 @@ py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, const py::han
     }
     py::array_t<std::int32_t> out({idx(num_preds)});
     {
-        py::gil_scoped_release nogil;
+        fastseq::NoGil nogil;  // see csrc/nogil.h
         fastseq::rnn::lm_generate<T>(a.P, prefix.data(), int(prefix.shape(0)), num_preds, temperature, top_k,
                                      sampling ? u.data() : nullptr, out.mutable_data(), threads);
     }

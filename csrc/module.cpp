@@ -11,6 +11,7 @@
 
 #include "blas.h"
 #include "clip.h"
+#include "nogil.h"
 
 namespace py = pybind11;
 
@@ -72,7 +73,7 @@ double clip_grad_norm(const py::iterable& grads, double theta) {
         }
     double norm;
     {
-        py::gil_scoped_release nogil;
+        fastseq::NoGil nogil;  // see csrc/nogil.h
         double ss = 0;
         for (const auto& v : views)
             ss += v.is_double ? fastseq::sumsq_n(static_cast<const double*>(v.ptr), v.n)
@@ -141,4 +142,6 @@ PYBIND11_MODULE(_core, m) {
     }, py::arg("n"));
     m.def("get_num_threads", []() { return fastseq::blas::SingleThreaded::user_threads(); });
     bind_rnn(m);
+    fastseq::NoGil::install_fork_handler();
+    py::module_::import("atexit").attr("register")(py::cpp_function([]() { fastseq::NoGil::at_exit(); }));
 }

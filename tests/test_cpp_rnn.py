@@ -799,3 +799,41 @@ def test_a_refused_thread_is_run_by_the_caller_not_fatal():
     r = subprocess.run([sys.executable, "-W", "ignore", "-c", _THREAD_LIMIT_SCRIPT], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+
+
+_EXIT_SCRIPT = r"""
+import atexit, sys, threading, time
+import numpy as np
+
+def late_hook():                 # runs after fastseq's own exit hook (registered earlier: LIFO)
+    import fastseq
+    assert fastseq.RNNLM(5, 8).generate([1], 3).shape == (3,)
+    print("late hook ran", flush=True)
+
+atexit.register(late_hook)
+import fastseq
+from fastseq import _core
+m = fastseq.RNNLM(28, 128, dtype=np.float32)
+ids = np.random.default_rng(0).integers(0, 28, (32, 35))
+h0 = np.zeros((32, 128), np.float32)
+
+def work(i):
+    while True:
+        if i % 2:
+            m.generate([1], 500)
+        else:
+            _core.lm_loss_and_grad(ids, ids, h0, m.params, "tanh", None, 0, 2)
+
+for i in range(4):
+    threading.Thread(target=work, args=(i,), daemon=True).start()
+time.sleep(0.05)
+"""
+
+
+def test_interpreter_exit_with_daemon_threads_inside_kernels():
+    """Python ends daemon threads that take the GIL back during finalization (pthread_exit); out of the
+    GIL-release guard's destructor that was std::terminate, so the process aborted at exit."""
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+        assert "late hook ran" in r.stdout

@@ -143,5 +143,6 @@ PYBIND11_MODULE(_core, m) {
     m.def("get_num_threads", []() { return fastseq::blas::SingleThreaded::user_threads(); });
     bind_rnn(m);
     fastseq::NoGil::install_fork_handler();
+    fastseq::blas::SingleThreaded::install_fork_handler();
     py::module_::import("atexit").attr("register")(py::cpp_function([]() { fastseq::NoGil::at_exit(); }));
 }

@@ -837,3 +837,44 @@ def test_interpreter_exit_with_daemon_threads_inside_kernels():
         r = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
         assert "late hook ran" in r.stdout
+
+
+_FORK_SCRIPT = r"""
+import ctypes, os, sys, threading
+import numpy as np, scipy_openblas32, fastseq
+from fastseq import _core
+lib = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(),
+                               next(f for f in os.listdir(scipy_openblas32.get_lib_dir()) if ".so" in f)))
+m = fastseq.RNNLM(28, 64, dtype=np.float32)
+ids = np.random.default_rng(0).integers(0, 28, (32, 35))
+h0 = np.zeros((32, 64), np.float32)
+fastseq.set_num_threads(2)
+stop = threading.Event()
+
+def work():
+    while not stop.is_set():
+        _core.lm_loss_and_grad(ids, ids, h0, m.params, "tanh", None, 0, 2)   # BLAS lowered to 1 meanwhile
+
+t = threading.Thread(target=work)
+t.start()
+bad = 0
+for i in range(20):
+    pid = os.fork()
+    if pid == 0:
+        _core.lm_loss_and_grad(ids, ids, h0, m.params, "tanh", None, 0, 2)  # its end restores the count
+        ok = lib.scipy_openblas_get_num_threads() == 2 and fastseq.get_num_threads() == 2
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    bad += os.waitstatus_to_exitcode(status) != 0
+stop.set()
+t.join()
+sys.exit(min(bad, 100))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_another_thread_runs_a_kernel_keeps_the_thread_count():
+    """A child forked while a kernel (in another thread) had OpenBLAS at 1 thread must get the user's count
+    back; it inherited the kernel's reference without the thread that would release it."""
+    r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (f"{r.returncode} of 20 children kept 1 BLAS thread", r.stderr[-2000:])

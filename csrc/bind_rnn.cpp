@@ -10,10 +10,14 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "nogil.h"
 #include "rnn.h"
 
 namespace py = pybind11;
+using fastseq::count_arg;
+using fastseq::real_arg;
+using fastseq::str_arg;
 using fastseq::rnn::Act;
 using idx = std::ptrdiff_t;
 
@@ -95,24 +99,6 @@ py::array_t<std::int64_t> checked_ids(const py::handle& obj, const std::string& 
     return ids;
 }
 
-// A Python integer (or anything with __index__) in [0, INT_MAX], as the
-// kernels' int; a larger value raises ValueError rather than a TypeError from
-// the argument conversion (whose message would print every argument).
-int count_arg(const py::handle& o, const char* name) {
-    const std::string what = std::string(name) + ": expected an integer in [0, " + std::to_string(INT_MAX) + "], got ";
-    if (PyBool_Check(o.ptr())) throw py::value_error(what + "a bool");
-    PyObject* i = PyNumber_Index(o.ptr());
-    if (!i) {
-        PyErr_Clear();
-        throw py::value_error(what + std::string(py::str(py::type::of(o).attr("__name__"))));
-    }
-    int overflow = 0;
-    const long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
-    Py_DECREF(i);
-    if (overflow || v < 0 || v > INT_MAX) throw py::value_error(what + std::string(py::str(o)));
-    return int(v);
-}
-
 py::dict params_dict(const py::handle& o) {
     if (!py::isinstance<py::dict>(o))
         throw py::value_error("params: expected a dict of NumPy arrays, got " +
@@ -137,16 +123,6 @@ py::handle param(const py::dict& params, const char* key) {
 void check_size(idx rows, idx width, const char* what) {
     if (double(rows) * double(std::max<idx>(width, 1)) >= 2147483647.0)
         throw py::value_error(std::string(what) + ": too large for the 32-bit BLAS (T*B*width must be < 2^31)");
-}
-
-int check_window(int window) {
-    if (window < 0) throw py::value_error("window: expected 0 (none) or tau >= 1, got " + std::to_string(window));
-    return window;
-}
-
-int check_threads(int threads) {
-    if (threads < 0) throw py::value_error("threads: expected 0 (auto) or >= 1, got " + std::to_string(threads));
-    return threads;
 }
 
 // The element type of a model is the dtype of its W_hh.
@@ -193,7 +169,6 @@ py::array_t<T> layer_forward_t(const py::handle& Xo, const py::handle& h0o, cons
     auto X = checked<T>(Xo, "X", {-1, -1, D});
     const idx Tn = X.shape(0), B = X.shape(1);
     auto h0 = checked<T>(h0o, "h0", {B, H});
-    check_threads(threads);
     check_size(Tn * B, std::max(D, H), "X");
     check_size(H, H, "params['W_hh']");
     py::array_t<T> Hs({Tn, B, H});
@@ -218,8 +193,6 @@ py::tuple layer_backward_t(const py::handle& dHso, const py::handle& Xo, const p
     py::array_t<T> dH_T, scale;
     if (!dH_To.is_none()) dH_T = checked<T>(dH_To, "dH_T", {B, H});
     if (!scaleo.is_none()) scale = checked<T>(scaleo, "scale", {Tn, B});
-    check_window(window);
-    check_threads(threads);
     check_size(Tn * B, std::max(D, H), "X");
     check_size(H, H, "params['W_hh']");
     py::array_t<T> dX({Tn, B, D}), dh0({B, H}), dW_xh({D, H}), dW_hh({H, H}), db_h({H});
@@ -272,7 +245,6 @@ py::tuple lm_forward_t(const py::handle& Xo, const py::handle& so, const py::dic
     auto X = checked_ids(Xo, "X", {-1, -1}, V);
     const idx B = X.shape(0), Tn = X.shape(1);
     auto h0 = checked<T>(so, "state", {B, H});
-    check_threads(threads);
     check_size(Tn * B, std::max(V, H), "X");
     check_size(std::max(H, V), H, "params['W_hh']");
     py::array_t<T> logits({B, Tn, V}), state({B, H});
@@ -296,8 +268,6 @@ py::tuple lm_loss_and_grad_t(const py::handle& Xo, const py::handle& Yo, const p
     auto h0 = checked<T>(so, "state", {B, H});
     py::array_t<T> scale;
     if (!scaleo.is_none()) scale = checked<T>(scaleo, "scale", {Tn, B});
-    check_window(window);
-    check_threads(threads);
     check_size(Tn * B, std::max(V, H), "X");
     check_size(std::max(H, V), H, "params['W_hh']");
     py::array_t<T> gW_xh({V, H}), gW_hh({H, H}), gb_h({H}), gW_hq({H, V}), gb_q({V}), state({B, H});
@@ -356,8 +326,11 @@ py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, const py::han
 void bind_rnn(py::module_& m) {
     m.def(
         "rnn_forward",
-        [](const py::handle& X, const py::handle& h0, const py::handle& pd, const std::string& nl, int threads) {
+        [](const py::handle& X, const py::handle& h0, const py::handle& pd, const py::handle& nlo,
+           const py::handle& th) {
             const py::dict params = params_dict(pd);
+            const std::string nl = str_arg(nlo, "nonlinearity");
+            const int threads = count_arg(th, "threads");
             return kind_of(params) == Kind::F32 ? layer_forward_t<float>(X, h0, params, nl, threads).cast<py::object>()
                                                 : layer_forward_t<double>(X, h0, params, nl, threads).cast<py::object>();
         },
@@ -366,9 +339,11 @@ void bind_rnn(py::module_& m) {
     m.def(
         "rnn_backward",
         [](const py::handle& dHs, const py::handle& X, const py::handle& h0, const py::handle& Hs,
-           const py::handle& pd, const std::string& nl, const py::object& dH_T, const py::object& scale,
-           int window, int threads) {
+           const py::handle& pd, const py::handle& nlo, const py::object& dH_T, const py::object& scale,
+           const py::handle& win, const py::handle& th) {
             const py::dict params = params_dict(pd);
+            const std::string nl = str_arg(nlo, "nonlinearity");
+            const int window = count_arg(win, "window"), threads = count_arg(th, "threads");
             return kind_of(params) == Kind::F32
                        ? layer_backward_t<float>(dHs, X, h0, Hs, params, nl, dH_T, scale, window, threads)
                        : layer_backward_t<double>(dHs, X, h0, Hs, params, nl, dH_T, scale, window, threads);
@@ -378,9 +353,11 @@ void bind_rnn(py::module_& m) {
         "Layer backward under the BPTT plan (scale, window): (dX, dh0, grads).");
     m.def(
         "lm_forward",
-        [](const py::handle& X, const py::handle& state, const py::handle& pd, const std::string& nl,
-           int threads) {
+        [](const py::handle& X, const py::handle& state, const py::handle& pd, const py::handle& nlo,
+           const py::handle& th) {
             const py::dict params = params_dict(pd);
+            const std::string nl = str_arg(nlo, "nonlinearity");
+            const int threads = count_arg(th, "threads");
             return kind_of(params) == Kind::F32 ? lm_forward_t<float>(X, state, params, nl, threads)
                                                 : lm_forward_t<double>(X, state, params, nl, threads);
         },
@@ -389,8 +366,10 @@ void bind_rnn(py::module_& m) {
     m.def(
         "lm_loss_and_grad",
         [](const py::handle& X, const py::handle& Y, const py::handle& state, const py::handle& pd,
-           const std::string& nl, const py::object& scale, int window, int threads) {
+           const py::handle& nlo, const py::object& scale, const py::handle& win, const py::handle& th) {
             const py::dict params = params_dict(pd);
+            const std::string nl = str_arg(nlo, "nonlinearity");
+            const int window = count_arg(win, "window"), threads = count_arg(th, "threads");
             return kind_of(params) == Kind::F32
                        ? lm_loss_and_grad_t<float>(X, Y, state, params, nl, scale, window, threads)
                        : lm_loss_and_grad_t<double>(X, Y, state, params, nl, scale, window, threads);
@@ -400,10 +379,12 @@ void bind_rnn(py::module_& m) {
         "LM training step: (mean loss, grads, final state) for ids X, targets Y (B, T).");
     m.def(
         "lm_generate",
-        [](const py::handle& prefix, const py::handle& num_preds, const py::handle& pd, const std::string& nl,
-           double temperature, const py::handle& top_k, const py::object& uniforms, int threads) {
+        [](const py::handle& prefix, const py::handle& num_preds, const py::handle& pd, const py::handle& nlo,
+           const py::handle& temp, const py::handle& top_k, const py::object& uniforms, const py::handle& th) {
             const py::dict params = params_dict(pd);
-            check_threads(threads);
+            const std::string nl = str_arg(nlo, "nonlinearity");
+            const double temperature = real_arg(temp, "temperature");
+            const int threads = count_arg(th, "threads");
             return kind_of(params) == Kind::F32
                        ? lm_generate_t<float>(prefix, num_preds, params, nl, temperature, top_k, uniforms, threads)
                        : lm_generate_t<double>(prefix, num_preds, params, nl, temperature, top_k, uniforms, threads);

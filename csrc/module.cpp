@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
 #include "blas.h"
 #include "clip.h"
 #include "nogil.h"
@@ -48,7 +49,11 @@ GradView grad_view(const py::handle& obj, std::size_t i) {
     return {a.mutable_data(), static_cast<std::size_t>(a.size()), is_d};
 }
 
-double clip_grad_norm(const py::iterable& grads, double theta) {
+double clip_grad_norm(const py::handle& grads_o, const py::handle& theta_o) {
+    const double theta = fastseq::real_arg(theta_o, "theta");
+    if (!py::isinstance<py::iterable>(grads_o))
+        throw py::value_error("grads: expected a list of NumPy arrays, got " + fastseq::type_name(grads_o));
+    const py::iterable grads = py::reinterpret_borrow<py::iterable>(grads_o);
     if (!(theta > 0) || !std::isfinite(theta))
         throw py::value_error("theta: expected a finite number > 0, got " + std::to_string(theta));
     std::vector<GradView> views;
@@ -134,7 +139,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("clip_grad_norm", &clip_grad_norm, py::arg("grads"), py::arg("theta"),
           "Clip in place: g <- min(1, theta/||g||) g over all arrays together; returns ||g|| before clipping.");
     m.def("build_info", &build_info);
-    m.def("set_num_threads", [](int n) {
+    m.def("set_num_threads", [](const py::handle& no) {
+        const int n = fastseq::count_arg(no, "n");
         if (n < 1) throw py::value_error("n: expected a number of threads >= 1, got " + std::to_string(n));
         // the pool's workers are capped by the batch, but a count far beyond the
         // cores only oversubscribes them; OpenBLAS caps it the same way

@@ -462,6 +462,19 @@ def binding_cases():
         ("num_preds", lambda: _core.lm_generate(np.array([1]), 10**30, p, "tanh", 0.0, 0, None)),
         ("num_preds", lambda: _core.lm_generate(np.array([1]), 2.0, p, "tanh", 0.0, 0, None)),
         ("top_k", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", 0.0, 2**40, None)),
+        # mistyped scalars: ValueError naming them (not pybind11's TypeError that prints every argument)
+        ("temperature", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", "hot", 0, None)),
+        ("temperature", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", True, 0, None)),
+        ("threads", lambda: _core.lm_forward(ids, h0, p, "tanh", threads="2")),
+        ("threads", lambda: _core.rnn_forward(X, h0, lp, "tanh", threads=2**40)),
+        ("window", lambda: _core.lm_loss_and_grad(ids, ids, h0, p, "tanh", None, 1.5)),
+        ("window", lambda: _core.rnn_backward(Hs, X, h0, Hs, lp, "tanh", None, None, None)),
+        ("nonlinearity", lambda: _core.lm_forward(ids, h0, p, b"tanh")),
+        ("nonlinearity", lambda: _core.rnn_forward(X, h0, lp, None)),
+        ("n", lambda: _core.set_num_threads(2**40)),
+        ("n", lambda: _core.set_num_threads("4")),
+        ("theta", lambda: _core.clip_grad_norm([np.ones(2)], "1")),
+        ("grads", lambda: _core.clip_grad_norm(5, 1.0)),
     ]
 
 

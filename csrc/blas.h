@@ -4,6 +4,8 @@
 #pragma once
 #include <cblas.h>
 
+#include <pthread.h>
+
 #include <mutex>
 
 namespace fastseq {
@@ -34,6 +36,10 @@ class SingleThreaded {
     SingleThreaded() {
         std::lock_guard<std::mutex> lock(mu());
         if (users()++ == 0) {
+            if (orphaned()) {  // OpenBLAS is already at 1, saved() holds the user's count
+                orphaned() = false;
+                return;
+            }
             saved() = scipy_openblas_get_num_threads();
             if (saved() != 1) scipy_openblas_set_num_threads(1);
         }
@@ -47,7 +53,35 @@ class SingleThreaded {
     // The user's count, also while a kernel has lowered it.
     static int user_threads() {
         std::lock_guard<std::mutex> lock(mu());
-        return users() ? saved() : scipy_openblas_get_num_threads();
+        return users() || orphaned() ? saved() : scipy_openblas_get_num_threads();
+    }
+    // Sets the user's count. While kernels run single-threaded it is recorded
+    // and applied when the last one ends; setting OpenBLAS directly then would
+    // be undone by that restore (and would oversubscribe the running kernels).
+    static void set_user_threads(int n) {
+        std::lock_guard<std::mutex> lock(mu());
+        if (users()) {
+            saved() = n;
+        } else {
+            orphaned() = false;
+            scipy_openblas_set_num_threads(n);
+        }
+    }
+    // A child forked while another thread ran a kernel inherits that kernel's
+    // count of 1 and its reference, but not the thread that would give them
+    // back: without this, the child's BLAS stayed single-threaded for good (and
+    // a mutex held at the fork stayed locked). The child only takes note (no
+    // OpenBLAS call inside a fork handler); the count is restored by the next
+    // kernel's end or set_num_threads.
+    static void install_fork_handler() {
+        pthread_atfork([] { mu().lock(); }, [] { mu().unlock(); },
+                       [] {
+                           if (users()) {
+                               users() = 0;
+                               orphaned() = saved() != 1;
+                           }
+                           mu().unlock();
+                       });
     }
 
    private:
@@ -58,6 +92,10 @@ class SingleThreaded {
     static int& users() {
         static int n = 0;
         return n;
+    }
+    static bool& orphaned() {  // in a fork child: OpenBLAS left at 1 by a kernel of the parent
+        static bool b = false;
+        return b;
     }
     static int& saved() {
         static int n = 1;

@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "args.h"
+#include "blas.h"
 #include "clip.h"
+#include "nogil.h"
 
 namespace py = pybind11;
 
@@ -41,10 +44,16 @@ GradView grad_view(const py::handle& obj, std::size_t i) {
                               "pass np.ascontiguousarray(g) and use the result)");
     if (!a.writeable())
         throw py::value_error(name + ": expected a writeable array (clipping is in place)");
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::value_error(name + ": expected an aligned array (clipping is in place)");
     return {a.mutable_data(), static_cast<std::size_t>(a.size()), is_d};
 }
 
-double clip_grad_norm(const py::iterable& grads, double theta) {
+double clip_grad_norm(const py::handle& grads_o, const py::handle& theta_o) {
+    const double theta = fastseq::real_arg(theta_o, "theta");
+    if (!py::isinstance<py::iterable>(grads_o))
+        throw py::value_error("grads: expected a list of NumPy arrays, got " + fastseq::type_name(grads_o));
+    const py::iterable grads = py::reinterpret_borrow<py::iterable>(grads_o);
     if (!(theta > 0) || !std::isfinite(theta))
         throw py::value_error("theta: expected a finite number > 0, got " + std::to_string(theta));
     std::vector<GradView> views;
@@ -54,9 +63,22 @@ double clip_grad_norm(const py::iterable& grads, double theta) {
         views.push_back(grad_view(g, i++));
         keep.push_back(py::reinterpret_borrow<py::object>(g));
     }
+    // Memory reached through two arrays (the same array twice, tied weights, or
+    // overlapping views) would count twice in the norm and be scaled twice.
+    // Contiguous arrays: overlapping byte ranges are shared memory.
+    for (std::size_t j = 0; j < views.size(); ++j)
+        for (std::size_t k = 0; k < j; ++k) {
+            const auto* a0 = static_cast<const char*>(views[k].ptr);
+            const auto* b0 = static_cast<const char*>(views[j].ptr);
+            const auto* a1 = a0 + views[k].n * (views[k].is_double ? 8 : 4);
+            const auto* b1 = b0 + views[j].n * (views[j].is_double ? 8 : 4);
+            if (views[k].n && views[j].n && a0 < b1 && b0 < a1)
+                throw py::value_error("grads[" + std::to_string(j) + "]: shares memory with grads[" +
+                                      std::to_string(k) + "] (clipping in place would scale it twice)");
+        }
     double norm;
     {
-        py::gil_scoped_release nogil;
+        fastseq::NoGil nogil;  // see csrc/nogil.h
         double ss = 0;
         for (const auto& v : views)
             ss += v.is_double ? fastseq::sumsq_n(static_cast<const double*>(v.ptr), v.n)
@@ -77,7 +99,7 @@ py::dict build_info() {
     d["blas"] = "scipy-openblas32";
     d["blas_version"] = FASTSEQ_BLAS_VERSION;
     d["blas_config"] = std::string(scipy_openblas_get_config());
-    d["blas_threads"] = scipy_openblas_get_num_threads();
+    d["blas_threads"] = fastseq::blas::SingleThreaded::user_threads();
 #if defined(__clang__)
     d["compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)
@@ -117,10 +139,16 @@ PYBIND11_MODULE(_core, m) {
     m.def("clip_grad_norm", &clip_grad_norm, py::arg("grads"), py::arg("theta"),
           "Clip in place: g <- min(1, theta/||g||) g over all arrays together; returns ||g|| before clipping.");
     m.def("build_info", &build_info);
-    m.def("set_num_threads", [](int n) {
+    m.def("set_num_threads", [](const py::handle& no) {
+        const int n = fastseq::count_arg(no, "n");
         if (n < 1) throw py::value_error("n: expected a number of threads >= 1, got " + std::to_string(n));
-        scipy_openblas_set_num_threads(n);
+        // the pool's workers are capped by the batch, but a count far beyond the
+        // cores only oversubscribes them; OpenBLAS caps it the same way
+        fastseq::blas::SingleThreaded::set_user_threads(n);
     }, py::arg("n"));
-    m.def("get_num_threads", []() { return scipy_openblas_get_num_threads(); });
+    m.def("get_num_threads", []() { return fastseq::blas::SingleThreaded::user_threads(); });
     bind_rnn(m);
+    fastseq::NoGil::install_fork_handler();
+    fastseq::blas::SingleThreaded::install_fork_handler();
+    py::module_::import("atexit").attr("register")(py::cpp_function([]() { fastseq::NoGil::at_exit(); }));
 }

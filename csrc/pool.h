@@ -53,10 +53,18 @@ class SlicePool {
             }
         }
 #endif
+        // A thread the system refuses (its thread limit) is not fatal: the
+        // caller runs that part itself. (Unwinding past started threads would
+        // destroy joinable std::threads: std::terminate.)
         std::vector<std::thread> th;
-        th.reserve(parts - 1);
-        for (int p = 1; p < parts; ++p) th.emplace_back([&job, p] { job(p); });
+        int started = 1;
+        try {
+            th.reserve(parts - 1);
+            for (; started < parts; ++started) th.emplace_back([&job, p = started] { job(p); });
+        } catch (const std::exception&) {
+        }
         job(0);
+        for (int p = started; p < parts; ++p) job(p);
         for (auto& t : th) t.join();
     }
 
@@ -68,21 +76,27 @@ class SlicePool {
     }
 
     void run_pooled(int parts, const std::function<void(int)>& job) {
+        int pooled = parts;  // parts the workers take; the caller runs the rest
         {
             std::lock_guard<std::mutex> lk(m_);
-            while (int(workers_.size()) < parts - 1) {
-                const int id = int(workers_.size()) + 1;
-                // started before the job is published, told the generation it has seen
-                workers_.emplace_back(&SlicePool::loop, this, id, gen_);
+            try {
+                while (int(workers_.size()) < parts - 1) {
+                    const int id = int(workers_.size()) + 1;
+                    // started before the job is published, told the generation it has seen
+                    workers_.emplace_back(&SlicePool::loop, this, id, gen_);
+                }
+            } catch (const std::exception&) {  // thread limit: fewer workers, same result
+                pooled = int(workers_.size()) + 1;
             }
             job_ = &job;
-            parts_ = parts;
-            remaining_.store(parts - 1, std::memory_order_relaxed);
+            parts_ = pooled;
+            remaining_.store(pooled - 1, std::memory_order_relaxed);
             ++gen_;
             gen_seen_.store(gen_, std::memory_order_release);
         }
         cv_.notify_all();
         job(0);
+        for (int p = pooled; p < parts; ++p) job(p);
         for (int s = 0; remaining_.load(std::memory_order_acquire) != 0; ++s) {
             if (s < 20000) {
                 cpu_relax();

@@ -564,28 +564,37 @@ void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, co
 }
 
 // The contract's sampling rule, in float64 exactly as the reference computes it.
-// order: scratch of V ints.
+// order: scratch of V ints. NaN logits (a diverged model) follow NumPy's
+// conventions, so both backends agree and the selection below sees a strict
+// weak order (a comparator that is not one lets std::nth_element misbehave):
+// argmax returns the first NaN; any NaN makes the max NaN; the top-k order puts
+// NaN last; a NaN threshold counts every entry (searchsorted sorts NaN last).
 template <typename T>
 int sample_token(const T* logits, int V, double temperature, int top_k, double u, double* e, int* order) {
     if (temperature == 0.0) {  // greedy: the first maximum
         int best = 0;
-        for (int j = 1; j < V; ++j)
+        for (int j = 0; j < V; ++j) {
+            if (std::isnan(logits[j])) return j;
             if (logits[j] > logits[best]) best = j;
+        }
         return best;
     }
     double m = double(logits[0]);
-    for (int j = 1; j < V; ++j) m = std::max(m, double(logits[j]));
+    for (int j = 0; j < V; ++j) m = std::isnan(m) ? m : std::isnan(logits[j]) ? double(logits[j]) : std::max(m, double(logits[j]));
     for (int j = 0; j < V; ++j) e[j] = std::exp((double(logits[j]) - m) / temperature);
     if (top_k > 0 && top_k < V) {
         std::iota(order, order + V, 0);
-        // the top_k largest logits, ties toward the lower id
+        // the top_k largest logits, ties toward the lower id, NaN after every number
         std::nth_element(order, order + top_k, order + V, [&](int a, int b) {
+            const bool na = std::isnan(logits[a]), nb = std::isnan(logits[b]);
+            if (na || nb) return na && nb ? a < b : nb;
             return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
         });
         for (int i = top_k; i < V; ++i) e[order[i]] = 0.0;
     }
     for (int j = 1; j < V; ++j) e[j] += e[j - 1];  // cumsum in id order
     const double thr = u * e[V - 1];
+    if (std::isnan(thr)) return V - 1;
     int cnt = 0;
     for (int j = 0; j < V; ++j) cnt += (e[j] <= thr);
     return std::min(cnt, V - 1);
@@ -596,6 +605,7 @@ int sample_token(const T* logits, int V, double temperature, int top_k, double u
 class SpinBarrier {
    public:
     explicit SpinBarrier(int n) : n_(n) {}
+    void reset(int n) { n_ = n; }  // before any thread waits
     void wait() {
         const int g = gen_.load(std::memory_order_acquire);
         if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
@@ -617,7 +627,7 @@ class SpinBarrier {
    private:
     std::atomic<int> count_{0};
     std::atomic<int> gen_{0};
-    const int n_;
+    int n_;
 };
 
 // Generation from a prefix (the book's predict): warm up on the prefix, then
@@ -642,9 +652,14 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
     Buffer<T> hbuf(std::size_t(2) * H);
     std::fill(hbuf.get(), hbuf.get() + 2 * H, T(0));
     SpinBarrier barrier(parts);
+    // The threads wait until every one has been created: the system may refuse
+    // some (thread limit), and the columns are then split between those that run.
+    std::atomic<int> go{0};
 
     auto worker = [&](int part) {
-        const int p0 = panels * part / parts, p1 = panels * (part + 1) / parts;
+        int n;
+        while ((n = go.load(std::memory_order_acquire)) == 0) std::this_thread::yield();
+        const int p0 = panels * part / n, p1 = panels * (part + 1) / n;
         const int c0 = p0 * W, c1 = std::min(H, p1 * W);
         std::vector<T> o(V);
         std::vector<double> e(V);
@@ -674,7 +689,13 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
         }
     };
     std::vector<std::thread> th;
-    for (int p = 1; p < parts; ++p) th.emplace_back(worker, p);
+    try {
+        th.reserve(parts - 1);
+        for (int p = 1; p < parts; ++p) th.emplace_back(worker, p);
+    } catch (const std::exception&) {
+    }
+    barrier.reset(int(th.size()) + 1);
+    go.store(int(th.size()) + 1, std::memory_order_release);
     worker(0);
     for (auto& x : th) x.join();
 }

@@ -8,6 +8,11 @@ def clip_grad_norm(grads, theta):
     ``grads`` is a list of float32/float64 contiguous arrays or a dict of them.
     Returns ||g|| before clipping (float64 accumulation). A norm that is not
     finite leaves the gradients unchanged and is returned, so callers can stop.
+    Arrays must not share memory (each would be counted and scaled twice).
     """
+    try:
+        theta = float(theta)
+    except (TypeError, ValueError):
+        raise ValueError(f"theta: expected a finite number > 0, got {theta!r}") from None
     arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
-    return _core.clip_grad_norm(arrays, float(theta))
+    return _core.clip_grad_norm(arrays, theta)

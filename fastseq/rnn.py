@@ -18,8 +18,6 @@ columns. The kernels release the GIL, so models can also run in several
 Python threads. Results agree to rounding whatever the thread count.
 """
 
-import numbers
-
 import numpy as np
 
 from . import _core
@@ -37,28 +35,24 @@ def _check_backend(backend):
     return backend
 
 
+def _c(a, dtype=None):
+    """a as a C-contiguous, aligned array (no copy when it already is); the kernels need both."""
+    return np.require(a, dtype=dtype, requirements="CA")
+
+
 def _plan(bptt, T, B, dtype):
     """The strategy's plan as the kernels take it: (scale (T, B) contiguous or None, window)."""
     scale, window = as_strategy(bptt).plan(T, B, dtype)
     if window and scale is not None:
         raise ValueError("bptt: a plan has either a scale or a sliding window, not both")
     if scale is not None:
-        scale = np.ascontiguousarray(scale, dtype=dtype)
+        scale = _c(scale, dtype)
     return scale, int(window)
 
 
 def _ids(name, ids, V, ndim):
-    """Integer ids as contiguous int64 (no copy when they already are); the binding checks the range."""
-    a = np.asarray(ids)
-    if not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{name}: expected integer token ids, got dtype {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array of ids, got shape {a.shape}")
-    if a.dtype != np.int64:
-        if a.size and (a.min() < 0 or a.max() >= V):   # before a cast that could wrap (uint64)
-            raise ValueError(f"{name}: ids must lie in [0, {V}), got values in [{a.min()}, {a.max()}]")
-        a = a.astype(np.int64)
-    return np.ascontiguousarray(a)
+    """Integer ids checked as the reference checks them (dtype, ndim, range), as contiguous int64."""
+    return _c(_ref._check_ids(name, ids, V, ndim), np.int64)
 
 
 class RNN(_ref.RNN):
@@ -80,7 +74,7 @@ class RNN(_ref.RNN):
         if X.shape[0] < 1 or X.shape[1] < 1:
             raise ValueError(f"X: expected T >= 1 and B >= 1, got shape {X.shape}")
         h0 = _ref._state("h0", h0, X.shape[1], self.hidden_size, self.dtype)
-        X, h0 = np.ascontiguousarray(X), np.ascontiguousarray(h0)
+        X, h0 = _c(X), _c(h0)
         Hs = _core.rnn_forward(X, h0, self.params, self.nonlinearity)
         return Hs, (X, h0, Hs)
 
@@ -102,10 +96,9 @@ class RNN(_ref.RNN):
         _ref._check_float("dHs", dHs, (T, B, H), self.dtype)
         if dH_T is not None:
             _ref._check_float("dH_T", dH_T, (B, H), self.dtype)
-            dH_T = np.ascontiguousarray(dH_T)
+            dH_T = _c(dH_T)
         scale, window = _plan(bptt, T, B, self.dtype)
-        c = np.ascontiguousarray
-        return _core.rnn_backward(c(dHs), c(X), c(h0), c(Hs), self.params, self.nonlinearity,
+        return _core.rnn_backward(_c(dHs), _c(X), _c(h0), _c(Hs), self.params, self.nonlinearity,
                                   dH_T, scale, window)
 
 
@@ -127,7 +120,7 @@ class RNNLM(_ref.RNNLM):
         if ids.shape[0] < 1 or ids.shape[1] < 1:
             raise ValueError(f"X: expected B >= 1 and T >= 1, got shape {ids.shape}")
         h0 = _ref._state("state", state, ids.shape[0], self.num_hiddens, self.dtype)
-        return ids, np.ascontiguousarray(h0)
+        return ids, _c(h0)
 
     def __call__(self, X, state):
         """ids X (B, T), state (B, H) or None -> (logits (B, T, V), new_state (B, H))."""
@@ -163,23 +156,10 @@ class RNNLM(_ref.RNNLM):
         if self.backend == "numpy":
             return super().generate(prefix_ids, num_preds, temperature=temperature, top_k=top_k,
                                     uniforms=uniforms)
-        prefix = _ids("prefix_ids", prefix_ids, self.vocab_size, 1)
-        if prefix.shape[0] < 1:
-            raise ValueError("prefix_ids: expected at least one token")
-        n = _ref._check_int("num_preds", num_preds, 0)
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
-                or not np.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
-        top_k = min(_ref._check_int("top_k", top_k, 0), self.vocab_size)  # top_k >= V keeps all
-        if temperature > 0:
-            if uniforms is None:
-                raise ValueError("uniforms: expected a float64 array (num_preds,) when temperature > 0")
-            uniforms = np.asarray(uniforms)
-            if uniforms.dtype != np.float64 or uniforms.shape != (n,):
-                raise ValueError(f"uniforms: expected float64 of shape ({n},), got {uniforms.dtype} {uniforms.shape}")
-            if n and not (np.all(uniforms >= 0) and np.all(uniforms < 1)):
-                raise ValueError("uniforms: expected values in [0, 1)")
-            uniforms = np.ascontiguousarray(uniforms)
-        else:
-            uniforms = None
-        return _core.lm_generate(prefix, n, self.params, self.nonlinearity, float(temperature), top_k, uniforms)
+        prefix, n, temperature, top_k, uniforms = _ref._check_generate(
+            prefix_ids, num_preds, temperature, top_k, uniforms, self.vocab_size)
+        top_k = min(top_k, self.vocab_size)  # top_k >= V keeps all
+        if uniforms is not None:
+            uniforms = _c(uniforms)
+        return _core.lm_generate(_c(prefix, np.int64), n, self.params, self.nonlinearity, temperature, top_k,
+                                 uniforms)

@@ -79,3 +79,32 @@ def test_bad_arrays_name_the_argument():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match=r"grads\[0\]: expected a writeable array"):
         clip_grad_norm([ro], 1.0)
+
+
+def test_arrays_sharing_memory_are_refused_not_scaled_twice():
+    g = np.full(4, 1.0)
+    with pytest.raises(ValueError, match=r"grads\[1\]: shares memory with grads\[0\]"):
+        clip_grad_norm([g, g], 1.0)
+    a = np.ones(8)
+    with pytest.raises(ValueError, match=r"grads\[2\]: shares memory with grads\[0\]"):
+        clip_grad_norm([a[:6], np.ones(3), a[2:]], 1.0)
+    with pytest.raises(ValueError, match=r"grads\[1\]: shares memory"):
+        clip_grad_norm({"W": a, "W_tied": a.reshape(2, 4)}, 1.0)
+    np.testing.assert_array_equal(g, 1.0)   # refused before anything was scaled
+    np.testing.assert_array_equal(a, 1.0)
+    # adjacent, not overlapping: both clipped once
+    b = np.full(8, 2.0)
+    assert clip_grad_norm([b[:4], b[4:]], 1.0) == pytest.approx(np.sqrt(32.0))
+    np.testing.assert_allclose(b, 2.0 / np.sqrt(32.0), rtol=1e-12)
+    assert clip_grad_norm([np.zeros(0), np.zeros(0)], 1.0) == 0.0
+
+
+def test_bad_theta_type_and_unaligned_arrays_name_the_argument():
+    with pytest.raises(ValueError, match="theta"):
+        clip_grad_norm([np.ones(3)], "a")
+    with pytest.raises(ValueError, match="theta"):
+        clip_grad_norm([np.ones(3)], None)
+    buf = np.zeros(3 * 8 + 1, dtype=np.uint8)[1:]
+    g = buf.view(np.float64)
+    with pytest.raises(ValueError, match=r"grads\[0\]: expected an aligned array"):
+        clip_grad_norm([g], 1.0)

@@ -5,7 +5,11 @@ Every expected value comes from fastseq.reference (or from the backend='numpy'
 path, which is the reference itself); nothing is compared with itself.
 """
 import inspect
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -162,9 +166,55 @@ def test_lm_accepts_any_integer_id_dtype():
     randomize(m, rng)
     X = rng.integers(0, 6, (3, 5))
     logits, _ = m(X, None)
-    for dt in (np.int32, np.uint8, np.uint64, np.int16):
+    for dt in (np.int32, np.uint8, np.uint64, np.int16, np.longlong, np.intc):
         np.testing.assert_array_equal(m(X.astype(dt), None)[0], logits)
     np.testing.assert_array_equal(m(np.asfortranarray(X), None)[0], logits)
+    # np.longlong is int64 under another descriptor: the binding must take it as int64
+    np.testing.assert_array_equal(m.generate(X[0].astype(np.longlong), 4), m.generate(X[0], 4))
+    loss, _, _ = m.loss_and_grad(X.astype(np.longlong), X.astype(np.longlong), None)
+    assert loss == m.loss_and_grad(X, X, None)[0]
+
+
+def _misaligned(a):
+    """A copy of a whose data starts one byte past an aligned address (numpy flags it unaligned)."""
+    buf = np.zeros(a.nbytes + 1, dtype=np.uint8)[1:]
+    m = buf.view(a.dtype).reshape(a.shape)
+    m[...] = a
+    assert not m.flags.aligned
+    return m
+
+
+def test_misaligned_user_arrays_give_the_aligned_results():
+    rng = np.random.default_rng(11)
+    for dtype in (np.float32, np.float64):
+        lm = fastseq.RNNLM(7, 17, dtype=dtype)
+        randomize(lm, rng)
+        X = rng.integers(0, 7, (3, 5))
+        s = rng.normal(size=(3, 17)).astype(dtype)
+        loss, g, st = lm.loss_and_grad(_misaligned(X), _misaligned(X), _misaligned(s))
+        loss_a, g_a, st_a = lm.loss_and_grad(X, X, s)
+        assert loss == loss_a
+        np.testing.assert_array_equal(st, st_a)
+        np.testing.assert_array_equal(lm(_misaligned(X), _misaligned(s))[0], lm(X, s)[0])
+        u = rng.random(4)
+        np.testing.assert_array_equal(lm.generate(_misaligned(X[0]), 4, 1.0, 0, _misaligned(u)),
+                                      lm.generate(X[0], 4, 1.0, 0, u))
+        layer = fastseq.RNN(3, 17, dtype=dtype)
+        Xd = rng.normal(size=(4, 2, 3)).astype(dtype)
+        Hs, cache = layer.forward(_misaligned(Xd), _misaligned(s[:2]))
+        Hs_a, cache_a = layer.forward(Xd, s[:2])
+        np.testing.assert_array_equal(Hs, Hs_a)
+        dX, dh0, _ = layer.backward(_misaligned(Hs), tuple(_misaligned(c) for c in cache), _misaligned(s[:2]))
+        dX_a, dh0_a, _ = layer.backward(Hs_a, cache_a, s[:2])
+        np.testing.assert_array_equal(dX, dX_a)
+        np.testing.assert_array_equal(dh0, dh0_a)
+
+
+@pytest.mark.parametrize("num_preds", [2**31, 10**30])
+def test_generate_rejects_a_count_beyond_int32(num_preds):
+    m = fastseq.RNNLM(5, 4)
+    with pytest.raises(ValueError, match="num_preds"):
+        m.generate([0], num_preds)
 
 
 def test_lm_gradient_is_the_one_hot_layer_gradient():
@@ -228,6 +278,43 @@ def test_generation_matches_reference(V, H, dtype, nl, seed, temperature, top_k,
     out_r = slow.generate(prefix, n, temperature=temperature, top_k=top_k, uniforms=u)
     assert out.dtype == np.int32 and out.shape == (n,)
     np.testing.assert_array_equal(out, out_r)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nan_cols", [[3], [0, 5], list(range(9))], ids=["one", "two", "all"])
+def test_generation_with_nan_logits_matches_reference(dtype, nan_cols):
+    """A diverged model (NaN logits) must not reach the top-k selection with a broken order; both backends agree."""
+    rng = np.random.default_rng(5)
+    fast = fastseq.RNNLM(9, 6, dtype=dtype)
+    randomize(fast, rng, scale=1.0)
+    fast.params["W_hq"][:, nan_cols] = np.nan
+    slow = ref.RNNLM(9, 6, dtype=dtype)
+    slow.params = {k: v.copy() for k, v in fast.params.items()}
+    u = rng.random(6)
+    for temperature, top_k in [(0.0, 0), (1.0, 0), (0.7, 2), (1.0, 8), (2.0, 9)]:
+        uu = u if temperature > 0 else None
+        got = fast.generate([1, 2], 6, temperature, top_k, uu)
+        want = slow.generate([1, 2], 6, temperature, top_k, uu)
+        np.testing.assert_array_equal(got, want, err_msg=f"temperature={temperature} top_k={top_k}")
+
+
+@pytest.mark.parametrize("args", [
+    ([], 3, 0.0, 0, None), ([[1]], 3, 0.0, 0, None), ([9], 3, 0.0, 0, None), ([-1], 3, 0.0, 0, None),
+    ([1.0], 3, 0.0, 0, None), ([1], -1, 0.0, 0, None), ([1], 2.0, 0.0, 0, None), ([1], True, 0.0, 0, None),
+    ([1], 3, -1.0, 0, None), ([1], 3, np.inf, 0, None), ([1], 3, np.nan, 0, None), ([1], 3, "1", 0, None),
+    ([1], 3, 1.0, -1, np.full(3, 0.5)), ([1], 3, 1.0, 1.5, np.full(3, 0.5)), ([1], 3, 1.0, 0, None),
+    ([1], 3, 1.0, 0, np.full(2, 0.5)), ([1], 3, 1.0, 0, np.full(3, 0.5, np.float32)),
+    ([1], 3, 1.0, 0, np.array([0.1, 1.0, 0.2])), ([1], 3, 1.0, 0, np.array([0.1, np.nan, 0.2])),
+])
+def test_generate_argument_errors_are_the_references(args):
+    """One check serves both backends: the same argument gets the same ValueError text."""
+    msgs = []
+    for backend in ("cpp", "numpy"):
+        m = fastseq.RNNLM(5, 4, backend=backend)
+        with pytest.raises(ValueError) as e:
+            m.generate(*args)
+        msgs.append(str(e.value))
+    assert msgs[0] == msgs[1]
 
 
 def test_generation_ties_and_top_k_edges():
@@ -365,6 +452,29 @@ def binding_cases():
         ("dHs", lambda: _core.rnn_backward(Hs[:, :, ::2], X, h0, Hs, lp, "tanh", None, None, 0)),
         ("dH_T", lambda: _core.rnn_backward(Hs, X, h0, Hs, lp, "tanh", np.zeros((2, 5)), None, 0)),
         ("b_h", lambda: _core.rnn_forward(X, h0, {**lp, "b_h": np.zeros(5)}, "tanh")),
+        ("params", lambda: _core.lm_forward(ids, h0, list(p.values()), "tanh")),
+        ("params", lambda: _core.rnn_forward(X, h0, None, "tanh")),
+        ("params", lambda: _core.lm_generate(np.array([1]), 2, (), "tanh", 0.0, 0, None)),
+        ("W_hh", lambda: _core.lm_forward(ids, h0, {**p, "W_hh": _misaligned(p["W_hh"])}, "tanh")),
+        ("aligned", lambda: _core.rnn_forward(_misaligned(X), h0, lp, "tanh")),
+        ("X", lambda: _core.lm_forward(_misaligned(ids), h0, p, "tanh")),
+        ("num_preds", lambda: _core.lm_generate(np.array([1]), 2**31, p, "tanh", 0.0, 0, None)),
+        ("num_preds", lambda: _core.lm_generate(np.array([1]), 10**30, p, "tanh", 0.0, 0, None)),
+        ("num_preds", lambda: _core.lm_generate(np.array([1]), 2.0, p, "tanh", 0.0, 0, None)),
+        ("top_k", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", 0.0, 2**40, None)),
+        # mistyped scalars: ValueError naming them (not pybind11's TypeError that prints every argument)
+        ("temperature", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", "hot", 0, None)),
+        ("temperature", lambda: _core.lm_generate(np.array([1]), 2, p, "tanh", True, 0, None)),
+        ("threads", lambda: _core.lm_forward(ids, h0, p, "tanh", threads="2")),
+        ("threads", lambda: _core.rnn_forward(X, h0, lp, "tanh", threads=2**40)),
+        ("window", lambda: _core.lm_loss_and_grad(ids, ids, h0, p, "tanh", None, 1.5)),
+        ("window", lambda: _core.rnn_backward(Hs, X, h0, Hs, lp, "tanh", None, None, None)),
+        ("nonlinearity", lambda: _core.lm_forward(ids, h0, p, b"tanh")),
+        ("nonlinearity", lambda: _core.rnn_forward(X, h0, lp, None)),
+        ("n", lambda: _core.set_num_threads(2**40)),
+        ("n", lambda: _core.set_num_threads("4")),
+        ("theta", lambda: _core.clip_grad_norm([np.ones(2)], "1")),
+        ("grads", lambda: _core.clip_grad_norm(5, 1.0)),
     ]
 
 
@@ -466,6 +576,74 @@ def test_kernel_thread_splits_match_reference(threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("H", [1, 3, 17, 33, 65])
+def test_odd_sizes_match_reference(H, dtype):
+    """Sizes off every tile and vector width: H around the packed panels (16 doubles, 32 floats), B against
+    the register tiles (8, 3, 1 rows) and split over two threads (31 = 16 + 15), V = 1 and 2, D = 1 and 17."""
+    rng = np.random.default_rng(H)
+    T = 5
+    for B in (1, 3, 31):
+        for V in (1, 2):
+            slow = ref.RNNLM(V, H, dtype=dtype)
+            randomize(slow, rng)
+            p = slow.params
+            X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+            h0 = rng.normal(size=(B, H)).astype(dtype)
+            for strategy in (Full(), Truncated(2, "sliding"), Truncated(2, "block"),
+                             make_strategy("randomized", 0, T, B, rng)):
+                scale, window = strategy.plan(T, B, dtype)
+                loss_r, g_r, s_r = slow.loss_and_grad(X, Y, h0, bptt=strategy)
+                for threads in (1, 2):
+                    what = f"B={B} V={V} {strategy!r} threads={threads}"
+                    loss, g, s = _core.lm_loss_and_grad(X, Y, h0, p, "tanh", scale, window, threads=threads)
+                    assert abs(loss - loss_r) <= RTOL[dtype] * loss_r, what
+                    assert_close(s, s_r, dtype, "state " + what)
+                    for k in g:
+                        assert_close(g[k], g_r[k], dtype, f"{k} {what}")
+            logits_r = slow(X, h0)[0]
+            for threads in (1, 2):
+                assert_close(_core.lm_forward(X, h0, p, "relu", threads=threads)[0],
+                             _with_nl(slow, "relu")(X, h0)[0], dtype, f"relu logits B={B} V={V}")
+                assert_close(_core.lm_forward(X, h0, p, "tanh", threads=threads)[0], logits_r, dtype,
+                             f"logits B={B} V={V}")
+            if dtype == np.float64:   # float32 rounding may move a sample across a boundary
+                u = rng.random(12)
+                for threads in (1, 2):
+                    for temperature, top_k, uu in ((0.0, 0, None), (0.8, 0, u), (1.0, 1, u)):
+                        np.testing.assert_array_equal(
+                            _core.lm_generate(np.array([0, V - 1]), 12, p, "tanh", temperature, top_k, uu,
+                                              threads=threads),
+                            slow.generate([0, V - 1], 12, temperature, top_k, uu))
+            D = 1 if V == 1 else 17
+            layer = ref.RNN(D, H, nonlinearity="relu" if B == 3 else "tanh", dtype=dtype)
+            randomize(layer, rng)
+            Xd = rng.normal(size=(T, B, D)).astype(dtype)
+            Hs_r, cache_r = layer.forward(Xd, h0)
+            dHs = rng.normal(size=(T, B, H)).astype(dtype)
+            dH_T = rng.normal(size=(B, H)).astype(dtype)
+            for strategy in (Full(), Truncated(3, "sliding"), Truncated(2, "block")):
+                scale, window = strategy.plan(T, B, dtype)
+                dX_r, dh0_r, g_r = layer.backward(dHs, cache_r, dH_T=dH_T, bptt=strategy)
+                for threads in (1, 2):
+                    Hs = _core.rnn_forward(Xd, h0, layer.params, layer.nonlinearity, threads=threads)
+                    assert_close(Hs, Hs_r, dtype, f"Hs B={B} D={D}")
+                    dX, dh0, g = _core.rnn_backward(dHs, Xd, h0, Hs_r, layer.params, layer.nonlinearity, dH_T,
+                                                    scale, window, threads=threads)
+                    what = f"B={B} D={D} {strategy!r} threads={threads}"
+                    assert_close(dX, dX_r, dtype, "dX " + what)
+                    assert_close(dh0, dh0_r, dtype, "dh0 " + what)
+                    for k in g:
+                        assert_close(g[k], g_r[k], dtype, f"{k} {what}")
+
+
+def _with_nl(model, nl):
+    """A reference LM with the same parameters and another nonlinearity."""
+    m = ref.RNNLM(model.vocab_size, model.num_hiddens, nonlinearity=nl, dtype=model.dtype)
+    m.params = model.params
+    return m
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_large_hidden_paths_match_reference(blas_threads, dtype):
     """H > 256 takes other code paths: BLAS for the output products, generation split over threads."""
     rng = np.random.default_rng(9)
@@ -536,3 +714,180 @@ def test_lower_instruction_set_tiles_match_reference(isa):
     env = dict(os.environ, FASTSEQ_ISA=isa)
     r = subprocess.run([sys.executable, "-c", _ISA_CHECK], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_thread_count_set_while_another_thread_runs_kernels_is_kept():
+    """A kernel lowers OpenBLAS to one thread while it runs its own slices; a count the user sets
+    meanwhile must be what get_num_threads reports, and must not be undone when the kernel ends."""
+    m = fastseq.RNNLM(28, 64, dtype=np.float32)
+    ids = np.random.default_rng(0).integers(0, 28, (32, 35))
+    h0 = np.zeros((32, 64), np.float32)
+    old = fastseq.get_num_threads()
+    stop = threading.Event()
+
+    def work():
+        while not stop.is_set():
+            _core.lm_loss_and_grad(ids, ids, h0, m.params, "tanh", None, 0, 2)   # two slices
+
+    t = threading.Thread(target=work)
+    t.start()
+    seen = []
+    try:
+        for i in range(101):
+            n = 3 if i % 2 else 2
+            fastseq.set_num_threads(n)
+            time.sleep(0.001)           # the other thread's kernels start and end meanwhile
+            seen.append((n, fastseq.get_num_threads()))
+    finally:
+        stop.set()
+        t.join()
+    try:
+        assert [s for s in seen if s[0] != s[1]] == []
+        assert fastseq.get_num_threads() == 2          # the last count set
+    finally:
+        fastseq.set_num_threads(old)
+
+
+_THREAD_LIMIT_SCRIPT = r"""
+import os, resource, sys, threading
+import numpy as np, numpy.testing, fastseq   # imported before dropping to a user that cannot read them
+from fastseq import _core
+rng = np.random.default_rng(0)
+m = fastseq.RNNLM(28, 64, dtype=np.float64, seed=1)
+X, Y = rng.integers(0, 28, (12, 7)), rng.integers(0, 28, (12, 7))
+h0 = np.zeros((12, 64))
+L = fastseq.RNN(5, 64, dtype=np.float64, seed=1)
+Xd = rng.normal(size=(7, 12, 5))
+want = _core.lm_loss_and_grad(X, Y, h0, m.params, "tanh", None, 0, 1)
+want_h = _core.rnn_forward(Xd, h0, L.params, "tanh", 1)
+want_g = _core.lm_generate(np.array([1, 2]), 6, m.params, "tanh", 0.0, 0, None, 1)
+_core.lm_loss_and_grad(X, Y, h0, m.params, "tanh", None, 0, 2)   # the pool now belongs to this process
+pid = os.fork()
+if pid == 0:                    # the child runs without the pool: fresh threads per call
+    fastseq.set_num_threads(1)  # OpenBLAS itself starts no threads here
+    os.setgid(65534)
+    os.setuid(65534)            # RLIMIT_NPROC binds an unprivileged user only
+    # the user may own tasks elsewhere on the machine: find the soft limit that
+    # leaves room for exactly one more thread
+    ev = threading.Event()
+
+    def can_start():
+        t = threading.Thread(target=ev.wait)
+        try:
+            t.start()
+        except RuntimeError:
+            return None
+        return t
+
+    for lim in range(2, 10000):
+        resource.setrlimit(resource.RLIMIT_NPROC, (lim, 10000))
+        a = can_start()
+        if a is not None:
+            break
+    b = can_start()
+    if b is not None:
+        os._exit(3)             # the limit did not bind: the test could not fail
+    ev.set()
+    a.join()
+    for threads in (3, 4):      # one thread starts, the next is refused
+        got = _core.lm_loss_and_grad(X, Y, h0, m.params, "tanh", None, 0, threads)
+        assert abs(got[0] - want[0]) <= 1e-10 * abs(want[0]), (got[0], want[0])
+        for k in want[1]:
+            np.testing.assert_allclose(got[1][k], want[1][k], rtol=1e-10, atol=1e-14)
+        np.testing.assert_array_equal(got[2], want[2])
+        np.testing.assert_array_equal(_core.rnn_forward(Xd, h0, L.params, "tanh", threads), want_h)
+        np.testing.assert_array_equal(_core.lm_generate(np.array([1, 2]), 6, m.params, "tanh", 0.0, 0, None,
+                                                        threads), want_g)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0,
+                    reason="needs fork and root (to drop to an unprivileged user for RLIMIT_NPROC)")
+def test_a_refused_thread_is_run_by_the_caller_not_fatal():
+    """When the system refuses a thread (thread limit) after others started, the call still
+    completes with the right result instead of std::terminate on joinable threads."""
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _THREAD_LIMIT_SCRIPT], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+
+
+_EXIT_SCRIPT = r"""
+import atexit, sys, threading, time
+import numpy as np
+
+def late_hook():                 # runs after fastseq's own exit hook (registered earlier: LIFO)
+    import fastseq
+    assert fastseq.RNNLM(5, 8).generate([1], 3).shape == (3,)
+    print("late hook ran", flush=True)
+
+atexit.register(late_hook)
+import fastseq
+from fastseq import _core
+m = fastseq.RNNLM(28, 128, dtype=np.float32)
+ids = np.random.default_rng(0).integers(0, 28, (32, 35))
+h0 = np.zeros((32, 128), np.float32)
+
+def work(i):
+    while True:
+        if i % 2:
+            m.generate([1], 500)
+        else:
+            _core.lm_loss_and_grad(ids, ids, h0, m.params, "tanh", None, 0, 2)
+
+for i in range(4):
+    threading.Thread(target=work, args=(i,), daemon=True).start()
+time.sleep(0.05)
+"""
+
+
+def test_interpreter_exit_with_daemon_threads_inside_kernels():
+    """Python ends daemon threads that take the GIL back during finalization (pthread_exit); out of the
+    GIL-release guard's destructor that was std::terminate, so the process aborted at exit."""
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+        assert "late hook ran" in r.stdout
+
+
+_FORK_SCRIPT = r"""
+import ctypes, os, sys, threading
+import numpy as np, scipy_openblas32, fastseq
+from fastseq import _core
+lib = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(),
+                               next(f for f in os.listdir(scipy_openblas32.get_lib_dir()) if ".so" in f)))
+m = fastseq.RNNLM(28, 64, dtype=np.float32)
+ids = np.random.default_rng(0).integers(0, 28, (32, 35))
+h0 = np.zeros((32, 64), np.float32)
+fastseq.set_num_threads(2)
+stop = threading.Event()
+
+def work():
+    while not stop.is_set():
+        _core.lm_loss_and_grad(ids, ids, h0, m.params, "tanh", None, 0, 2)   # BLAS lowered to 1 meanwhile
+
+t = threading.Thread(target=work)
+t.start()
+bad = 0
+for i in range(20):
+    pid = os.fork()
+    if pid == 0:
+        _core.lm_loss_and_grad(ids, ids, h0, m.params, "tanh", None, 0, 2)  # its end restores the count
+        ok = lib.scipy_openblas_get_num_threads() == 2 and fastseq.get_num_threads() == 2
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    bad += os.waitstatus_to_exitcode(status) != 0
+stop.set()
+t.join()
+sys.exit(min(bad, 100))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_another_thread_runs_a_kernel_keeps_the_thread_count():
+    """A child forked while a kernel (in another thread) had OpenBLAS at 1 thread must get the user's count
+    back; it inherited the kernel's reference without the thread that would release it."""
+    r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (f"{r.returncode} of 20 children kept 1 BLAS thread", r.stderr[-2000:])

@@ -76,6 +76,31 @@ def _state(name, state, B, H, dtype):
     return _check_float(name, state, (B, H), dtype)
 
 
+def _check_generate(prefix_ids, num_preds, temperature, top_k, uniforms, V):
+    """generate's arguments checked (shared by both backends) -> (prefix (P,) intp, n, temperature, top_k, uniforms).
+
+    uniforms comes back as a float64 (n,) array when temperature > 0, else None.
+    """
+    prefix = _check_ids("prefix_ids", prefix_ids, V, 1)
+    if prefix.shape[0] < 1:
+        raise ValueError("prefix_ids: expected at least one token")
+    n = _check_int("num_preds", num_preds, 0)
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+            or not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
+    top_k = _check_int("top_k", top_k, 0)
+    if temperature == 0:
+        return prefix, n, 0.0, top_k, None
+    if uniforms is None:
+        raise ValueError("uniforms: expected a float64 array (num_preds,) when temperature > 0")
+    uniforms = np.asarray(uniforms)
+    if uniforms.dtype != np.float64 or uniforms.shape != (n,):
+        raise ValueError(f"uniforms: expected float64 of shape ({n},), got {uniforms.dtype} {uniforms.shape}")
+    if n and not (np.all(uniforms >= 0) and np.all(uniforms < 1)):
+        raise ValueError("uniforms: expected values in [0, 1)")
+    return prefix, n, float(temperature), top_k, uniforms
+
+
 # ----------------------------------------------------------------------------- shared maths
 def _phi(Z, nonlinearity):
     return np.tanh(Z) if nonlinearity == "tanh" else np.maximum(Z, 0)
@@ -366,22 +391,8 @@ class RNNLM(_Params):
         the sample_token rule with uniforms[i] (float64 (num_preds,), in [0, 1))
         for the i-th generated token; top_k > 0 keeps the top_k logits only.
         """
-        prefix = _check_ids("prefix_ids", prefix_ids, self.vocab_size, 1)
-        if prefix.shape[0] < 1:
-            raise ValueError("prefix_ids: expected at least one token")
-        n = _check_int("num_preds", num_preds, 0)
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
-                or not np.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
-        top_k = _check_int("top_k", top_k, 0)
-        if temperature > 0:
-            if uniforms is None:
-                raise ValueError("uniforms: expected a float64 array (num_preds,) when temperature > 0")
-            uniforms = np.asarray(uniforms)
-            if uniforms.dtype != np.float64 or uniforms.shape != (n,):
-                raise ValueError(f"uniforms: expected float64 of shape ({n},), got {uniforms.dtype} {uniforms.shape}")
-            if n and not (np.all(uniforms >= 0) and np.all(uniforms < 1)):
-                raise ValueError("uniforms: expected values in [0, 1)")
+        prefix, n, temperature, top_k, uniforms = _check_generate(
+            prefix_ids, num_preds, temperature, top_k, uniforms, self.vocab_size)
         p = self.params
         h = np.zeros((1, self.num_hiddens), dtype=self.dtype)
 

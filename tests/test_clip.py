@@ -81,7 +81,8 @@ def test_bad_arrays_name_the_argument():
         clip_grad_norm([ro], 1.0)
 
 
-def test_arrays_sharing_memory_are_refused_not_scaled_twice():
+@pytest.mark.parametrize("clip_grad_norm", [clip_grad_norm, clip_ref])
+def test_arrays_sharing_memory_are_refused_not_scaled_twice(clip_grad_norm):
     g = np.full(4, 1.0)
     with pytest.raises(ValueError, match=r"grads\[1\]: shares memory with grads\[0\]"):
         clip_grad_norm([g, g], 1.0)

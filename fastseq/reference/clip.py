@@ -15,6 +15,10 @@ def clip_grad_norm(grads, theta):
     if not (theta > 0 and math.isfinite(theta)):
         raise ValueError(f"theta: expected a finite number > 0, got {theta}")
     arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    for i, g in enumerate(arrays):
+        for j in range(i):
+            if np.shares_memory(g, arrays[j]):
+                raise ValueError(f"grads[{i}]: shares memory with grads[{j}] (clipping in place would scale it twice)")
     norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in arrays))
     if math.isfinite(norm) and norm > theta:
         for g in arrays:

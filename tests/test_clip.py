@@ -62,7 +62,7 @@ def test_non_finite_norm_is_reported_and_nothing_changes(clip):
 
 
 @pytest.mark.parametrize("clip", [clip_grad_norm, clip_ref])
-@pytest.mark.parametrize("theta", [0.0, -1.0, np.nan, np.inf])
+@pytest.mark.parametrize("theta", [0.0, -1.0, np.nan, np.inf, "1", None])
 def test_bad_theta(clip, theta):
     with pytest.raises(ValueError, match="theta"):
         clip([np.ones(3)], theta)

@@ -1,4 +1,6 @@
 """Global-norm gradient clipping on the C++ backend (reference: fastseq.reference.clip)."""
+import numbers
+
 from . import _core
 
 
@@ -10,9 +12,7 @@ def clip_grad_norm(grads, theta):
     finite leaves the gradients unchanged and is returned, so callers can stop.
     Arrays must not share memory (each would be counted and scaled twice).
     """
-    try:
-        theta = float(theta)
-    except (TypeError, ValueError):
-        raise ValueError(f"theta: expected a finite number > 0, got {theta!r}") from None
+    if not isinstance(theta, numbers.Real):
+        raise ValueError(f"theta: expected a finite number > 0, got {theta!r}")
     arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
-    return _core.clip_grad_norm(arrays, theta)
+    return _core.clip_grad_norm(arrays, float(theta))

@@ -684,9 +684,12 @@ def cmd_train(args):
         _pyplot()   # an explicit --plot needs matplotlib: say so before training, not after
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: exists and is not a folder")
-    if not args.resume and os.path.exists(os.path.join(out, checkpoint.META_FILE)) and not args.overwrite:
-        raise UsageError(f"--out {out}: already holds a checkpoint; continue it with --resume {out}, "
-                         "or pass --overwrite / another --out")
+    holds_checkpoint = os.path.exists(os.path.join(out, checkpoint.META_FILE))
+    same_folder = args.resume and os.path.exists(out) and os.path.samefile(out, args.resume)
+    if holds_checkpoint and not same_folder and not args.overwrite:
+        hint = (f"continue it with --resume {out}, or pass --overwrite / another --out" if not args.resume
+                else f"pass another --out (or leave it out to continue in {args.resume}), or --overwrite")
+        raise UsageError(f"--out {out}: already holds a checkpoint of another run; {hint}")
     os.makedirs(out, exist_ok=True)
     plot = args.plot or os.path.join(out, "train.png")
     model = run.model

@@ -212,6 +212,16 @@ def test_resume_cannot_change_the_run(tmp_path, text_file):
     usage_error(run("train", "--resume", "nowhere", cwd=tmp_path), "nowhere")
 
 
+def test_resume_into_another_runs_folder_is_refused(tmp_path, text_file):
+    run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--out", "a", cwd=tmp_path, check=0)
+    run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--seed", "7", "--out", "b", cwd=tmp_path,
+        check=0)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()}
+    usage_error(run("train", "--resume", "a", "--epochs", "2", "--out", "b", cwd=tmp_path),
+                "--out b", "another run")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before   # b untouched
+
+
 def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(tmp_path, text_file):
     args = [*RESUME_ARGS[:-4], "--epochs", "40", "--max-tokens", "0", "--optimizer", "adam", "--lr", "0.01"]
     run("train", "--corpus", text_file, *args, "--out", "full", cwd=tmp_path, check=0)

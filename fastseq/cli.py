@@ -664,8 +664,6 @@ def cmd_train(args):
             if given is not None and given != hp.get(k):
                 raise UsageError(f"--{k.replace('_', '-')}: cannot change when resuming "
                                  f"(the run in {args.resume} has {hp.get(k)!r})")
-        if args.epochs is not None:
-            hp["epochs"] = args.epochs
         vocab, train_ids, val_ids = _prepare_data(hp)
         if vocab.idx_to_token != ck.vocab.idx_to_token:
             raise UsageError(f"--resume {args.resume}: the corpus {hp['corpus']!r} no longer gives the "
@@ -679,6 +677,16 @@ def cmd_train(args):
         run = Run(hp, args.backend, vocab, train_ids, val_ids)
         hp["backend"] = getattr(run.model, "backend", "numpy")
         out = args.out or "fastseq-train"
+    if args.resume:
+        done = run.epoch   # epochs completed by the saved run
+        if args.epochs is not None:
+            if args.epochs <= done:
+                raise UsageError(f"--epochs {args.epochs}: the run in {args.resume} has already done {done} "
+                                 f"epochs; pass more to extend it")
+            hp["epochs"] = args.epochs
+        elif done >= hp["epochs"]:
+            raise UsageError(f"--resume {args.resume}: the run has finished its {done} epochs; "
+                             f"extend it with --epochs N (N > {done})")
     if args.plot:
         _check_png(args.plot)
         _pyplot()   # an explicit --plot needs matplotlib: say so before training, not after

@@ -222,6 +222,15 @@ def test_resume_into_another_runs_folder_is_refused(tmp_path, text_file):
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before   # b untouched
 
 
+def test_resume_of_a_finished_run_says_so(tmp_path, text_file):
+    run("train", "--corpus", text_file, *TINY, "--epochs", "2", "--out", "run", cwd=tmp_path, check=0)
+    before = (tmp_path / "run" / "fastseq.json").read_bytes()
+    usage_error(run("train", "--resume", "run", cwd=tmp_path), "finished its 2 epochs", "--epochs")
+    usage_error(run("train", "--resume", "run", "--epochs", "1", cwd=tmp_path), "--epochs 1", "already done 2")
+    usage_error(run("train", "--resume", "run", "--epochs", "2", cwd=tmp_path), "--epochs 2")
+    assert (tmp_path / "run" / "fastseq.json").read_bytes() == before
+
+
 def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(tmp_path, text_file):
     args = [*RESUME_ARGS[:-4], "--epochs", "40", "--max-tokens", "0", "--optimizer", "adam", "--lr", "0.01"]
     run("train", "--corpus", text_file, *args, "--out", "full", cwd=tmp_path, check=0)

@@ -231,6 +231,20 @@ def test_resume_of_a_finished_run_says_so(tmp_path, text_file):
     assert (tmp_path / "run" / "fastseq.json").read_bytes() == before
 
 
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path, text_file):
+    """A run resumed at an epoch boundary draws the next epoch's data order from the saved loader RNG."""
+    args = [*RESUME_ARGS[:-4], "--max-tokens", "0", "--optimizer", "adam", "--lr", "0.01", "--sampling", "random"]
+    run("train", "--corpus", text_file, *args, "--epochs", "3", "--out", "full", cwd=tmp_path, check=0)
+    run("train", "--corpus", text_file, *args, "--epochs", "1", "--out", "part", cwd=tmp_path, check=0)
+    run("train", "--resume", "part", "--epochs", "3", "--no-progress", "--no-ngram", "--sample-length", "5",
+        cwd=tmp_path, check=0)
+    a, meta_a = load_weights(tmp_path / "full")
+    b, meta_b = load_weights(tmp_path / "part")
+    assert meta_a["step"] == meta_b["step"]
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(tmp_path, text_file):
     args = [*RESUME_ARGS[:-4], "--epochs", "40", "--max-tokens", "0", "--optimizer", "adam", "--lr", "0.01"]
     run("train", "--corpus", text_file, *args, "--out", "full", cwd=tmp_path, check=0)

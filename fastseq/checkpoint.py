@@ -342,6 +342,13 @@ def load(path, backend=None, resume=False):
         model.load_state_dict(tensors)
     except ValueError as e:
         raise CheckpointError(f"{folder}: {e}") from None
+    hparams, step, history = meta.get("hparams"), meta.get("step", 0), meta.get("history")
+    if hparams is not None and not isinstance(hparams, dict):
+        raise CheckpointError(f"{meta_path}: 'hparams' is a {type(hparams).__name__}, expected an object")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{meta_path}: 'step' is {step!r}, expected an integer >= 0")
+    if history is not None and not isinstance(history, dict):
+        raise CheckpointError(f"{meta_path}: 'history' is a {type(history).__name__}, expected an object")
     state = None
     if resume:
         entry = meta.get("resume")
@@ -349,5 +356,7 @@ def load(path, backend=None, resume=False):
             raise CheckpointError(f"{folder}: this checkpoint has no resume state (it cannot continue training)")
         arrays = _read_tensors(folder, entry, "resume")
         state = _join_arrays(entry.get("state"), arrays, folder)
-    return Checkpoint(path=folder, meta=meta, model=model, vocab=vocab, hparams=meta.get("hparams") or {},
-                      step=int(meta.get("step") or 0), history=meta.get("history"), resume=state)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{meta_path}: the resume state is a {type(state).__name__}, expected an object")
+    return Checkpoint(path=folder, meta=meta, model=model, vocab=vocab, hparams=hparams or {},
+                      step=step, history=history, resume=state)

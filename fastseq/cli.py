@@ -659,17 +659,34 @@ def cmd_train(args):
         ck = checkpoint.load(args.resume, backend=args.backend or saved, resume=True)
         hp = dict(ck.hparams)
         hp["backend"] = getattr(ck.model, "backend", "numpy")
+        lacking = [k for k in (*RUN_KEYS, "epochs") if k not in hp]
+        if lacking:
+            raise UsageError(f"--resume {args.resume}: the checkpoint's hparams lack {', '.join(lacking)} "
+                             "(fastseq.json was edited or damaged)")
         for k in RUN_KEYS:
             given = getattr(args, k, None)
             if given is not None and given != hp.get(k):
                 raise UsageError(f"--{k.replace('_', '-')}: cannot change when resuming "
                                  f"(the run in {args.resume} has {hp.get(k)!r})")
-        vocab, train_ids, val_ids = _prepare_data(hp)
+        try:
+            vocab, train_ids, val_ids = _prepare_data(hp)
+        except (UsageError, datasets.DatasetError):
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            raise UsageError(f"--resume {args.resume}: the checkpoint's hparams are damaged ({what})") from None
         if vocab.idx_to_token != ck.vocab.idx_to_token:
             raise UsageError(f"--resume {args.resume}: the corpus {hp['corpus']!r} no longer gives the "
                              "checkpoint's vocabulary (has the file changed?)")
-        run = Run(hp, args.backend, ck.vocab, train_ids, val_ids, model=ck.model)
-        run.load_resume_state(ck.resume, ck.step, ck.history)
+        try:
+            run = Run(hp, args.backend, ck.vocab, train_ids, val_ids, model=ck.model)
+            run.load_resume_state(ck.resume, ck.step, ck.history)
+        except UsageError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            raise UsageError(f"--resume {args.resume}: the saved training state in fastseq.json is damaged "
+                             f"({what})") from None
         out = args.out or args.resume
     else:
         hp = _hparams_from_args(args)

@@ -115,6 +115,20 @@ def test_not_a_checkpoint_and_bad_json(tmp_path):
         checkpoint.load(tmp_path)
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("hparams", [1, 2], "'hparams' is a list"),
+    ("step", "abc", "'step' is 'abc'"),
+    ("step", -1, "'step' is -1"),
+    ("history", "x", "'history' is a str"),
+])
+def test_edited_json_fields_named(tmp_path, key, value, words):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {"lr": 1.0}, step=3, resume={"epoch": 1}, history={"epochs": []})
+    _write_meta(tmp_path, dict(_meta(tmp_path), **{key: value}))
+    with pytest.raises(CheckpointError, match=words):
+        checkpoint.load(tmp_path, backend="numpy")
+
+
 def test_newer_format_and_missing_version_refused(tmp_path):
     m, vocab = _model()
     checkpoint.save(tmp_path, m, vocab, {})

@@ -245,6 +245,22 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, text_file):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["resume"]["state"].pop("loader_rng"), ["damaged", "loader_rng"]),
+    (lambda m: m["resume"]["state"].update(epoch="x"), ["damaged", "'x'"]),
+    (lambda m: m["hparams"].update(token="bogus"), ["hparams", "damaged", "bogus"]),
+    (lambda m: m["hparams"].pop("steps"), ["hparams", "lack steps"]),
+    (lambda m: m.update(hparams=[1]), ["'hparams' is a list"]),
+])
+def test_resume_of_an_edited_checkpoint_is_a_usage_error(tmp_path, text_file, edit, words):
+    run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--out", "run", cwd=tmp_path, check=0)
+    f = tmp_path / "run" / "fastseq.json"
+    meta = json.loads(f.read_text(encoding="utf-8"))
+    edit(meta)
+    f.write_text(json.dumps(meta), encoding="utf-8")
+    usage_error(run("train", "--resume", "run", "--epochs", "2", cwd=tmp_path), *words)
+
+
 def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(tmp_path, text_file):
     args = [*RESUME_ARGS[:-4], "--epochs", "40", "--max-tokens", "0", "--optimizer", "adam", "--lr", "0.01"]
     run("train", "--corpus", text_file, *args, "--out", "full", cwd=tmp_path, check=0)

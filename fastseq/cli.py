@@ -143,6 +143,22 @@ def _info(args, *parts, **kw):
     print(*parts, file=stream, flush=True, **kw)
 
 
+def _finite_or_none(obj):
+    """A copy of a JSON-able result with NaN/inf as null: JSON has no NaN (json.dumps would write `NaN`)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _print_json(obj):
+    """The --json result: one strict JSON object on stdout."""
+    print(json.dumps(_finite_or_none(obj), ensure_ascii=False, allow_nan=False))
+
+
 def _import(module, what, extra="cli"):
     try:
         return __import__(module, fromlist=["_"])
@@ -219,7 +235,7 @@ def cmd_stats(args):
     zipf = _zipf(tokens, vocab, args)
     result["zipf"] = zipf
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
         return 0
     print(f"corpus      {args.corpus} ({args.token}s, cleaning: {args.cleaning})")
     print(f"lines       {result['lines']:,}")
@@ -309,7 +325,7 @@ def cmd_ngram_fit(args):
         "train_perplexity": float(train_ppl.including_oov), "arpa": args.arpa,
     }
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
         return 0
     name = "Kneser-Ney" if args.smoothing == "kn" else f"Laplace (eps {args.eps})"
     print(f"fitted a {args.order}-gram {name} model on {result['tokens']:,} {args.token}s "
@@ -352,7 +368,7 @@ def cmd_ngram_eval(args):
               "perplexity_excluding_oov": float(p.excluding_oov),
               "tokens": int(p.tokens), "oov": int(p.oov)}
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
         return 0
     print(f"{args.text}: {result['tokens']:,} tokens (each </s> counted), {result['oov']:,} OOV")
     print(f"perplexity including OOVs {result['perplexity_including_oov']:.4f}")
@@ -768,12 +784,12 @@ def cmd_train(args):
             _info(args, f"\ninterrupted at step {run.step}; the last complete checkpoint (step {saved_step[0]}) "
                         f"is in {out}; continue with: fastseq train --resume {out}")
         if args.json:
-            print(json.dumps({"status": "interrupted", "checkpoint": out, "checkpoint_step": saved_step[0]}))
+            _print_json({"status": "interrupted", "checkpoint": out, "checkpoint_step": saved_step[0]})
         return 130
     except _StopAfter:
         _info(args, f"stopped after step {run.step} (--stop-after); checkpoint in {out}")
         if args.json:
-            print(json.dumps({"status": "stopped", "checkpoint": out, "checkpoint_step": run.step}))
+            _print_json({"status": "stopped", "checkpoint": out, "checkpoint_step": run.step})
         return 0
     except TrainingError as e:
         _info(args, f"last complete checkpoint: step {saved_step[0]} in {out}")
@@ -801,7 +817,7 @@ def cmd_train(args):
             _info(args, f"(no plot: {e})")
     result["total_seconds"] = round(time.perf_counter() - t_start, 3)
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
     else:
         if final_val is not None:
             print(f"\nheld-out perplexity ({len(val_ids):,} tokens):")
@@ -917,7 +933,7 @@ def cmd_generate(args):
     s = _sample(ck.model, ck.vocab, token, args.prefix, args.n, seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, corpus=ck.hparams.get("corpus"))
     if args.json:
-        print(json.dumps(dict(s, checkpoint=args.checkpoint), ensure_ascii=False))
+        _print_json(dict(s, checkpoint=args.checkpoint))
     else:
         print(s["prefix"] + s["text"])
     return 0
@@ -936,7 +952,7 @@ def cmd_eval(args):
     result = {"checkpoint": args.checkpoint, "text": args.text, "token": token, "perplexity": ppl,
               "tokens": n, "oov": oov}
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
     else:
         print(f"{args.text}: {n:,} {token}s predicted ({oov:,} are <unk>), perplexity {ppl:.4f}")
     return 0
@@ -992,7 +1008,7 @@ def cmd_compare_bptt(args):
         _plot_bptt(rows, plot, f"BPTT strategies on {args.corpus} ({args.token}s), H={args.hidden}, "
                                f"T={args.steps}")
     if args.json:
-        print(json.dumps({"corpus": args.corpus, "strategies": rows, "plot": plot}))
+        _print_json({"corpus": args.corpus, "strategies": rows, "plot": plot})
     elif plot:
         print(f"plot: {plot}")
     return 0
@@ -1097,7 +1113,7 @@ def cmd_grad_norms(args):
         fig.savefig(plot)
         plt.close(fig)
     if args.json:
-        print(json.dumps(result))
+        _print_json(result)
         return 0
     print(f"spectral radius of W_hh {rho:.4f} (largest singular value {sigma:.4f}); "
           f"observed decay of the median norm {decay:.4f} per step")

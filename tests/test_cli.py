@@ -390,6 +390,22 @@ def test_grad_norms(trained, tmp_path):
     usage_error(run("grad-norms", trained, "--window", "100000", cwd=tmp_path), "--window")
 
 
+def strict_json(text):
+    """Parse as JSON proper: NaN, Infinity (Python's json extensions) are an error."""
+    def refuse(c):
+        raise ValueError(f"not JSON: {c}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_when_a_figure_is_not_finite(tmp_path, text_file):
+    # float32 gradients 1000 steps from the loss underflow to 0: the decay fit is undefined.
+    run("train", "--corpus", text_file, *TINY, "--epochs", "2", "--out", "run", cwd=tmp_path, check=0)
+    p = run("grad-norms", "run", "--text", text_file, "--window", "1000", "--sequences", "2", "--json",
+            cwd=tmp_path, check=0)
+    r = strict_json(p.stdout)
+    assert r["median_norm_by_distance"][-1] == 0.0 and r["decay_per_step"] is None
+
+
 def test_grad_norms_match_an_independent_backward(trained, tmp_path):
     T = 20
     (tmp_path / "w.txt").write_text(TEXT[5:5 + T + 2])   # exactly one window: ids[0:T] -> ids[1:T+1]

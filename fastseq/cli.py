@@ -190,9 +190,16 @@ def _check_png(path, option="--plot"):
         return None
     if not str(path).lower().endswith(".png"):
         raise UsageError(f"{option}: expected a file name ending in .png, got {path!r}")
+    return _check_output(path, option)
+
+
+def _check_output(path, option):
+    """An output file name: its folder must exist and the name must not be a folder."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{option}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a folder; expected a file name")
     return path
 
 
@@ -308,9 +315,7 @@ def cmd_ngram_fit(args):
     if not sentences:
         raise UsageError(f"{args.corpus}: the corpus has no tokens")
     if args.arpa is not None:
-        folder = os.path.dirname(os.path.abspath(args.arpa))
-        if not os.path.isdir(folder):
-            raise UsageError(f"--arpa: the folder {folder} does not exist")
+        _check_output(args.arpa, "--arpa")
     t0 = time.perf_counter()
     model = _ngram_model(ngram, args.order, args.smoothing, args.eps, args.discount_fallback)
     model.fit(sentences)

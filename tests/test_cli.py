@@ -452,6 +452,17 @@ def test_stats_zipf_alphas_and_plot(tmp_path):
     usage_error(run("stats", "--plot", "zipf.jpg", cwd=tmp_path), "--plot", ".png")
 
 
+def test_output_file_that_is_a_folder_is_a_usage_error(tmp_path, text_file):
+    (tmp_path / "out.png").mkdir()
+    (tmp_path / "out.arpa").mkdir()
+    usage_error(run("stats", text_file, "--plot", "out.png", cwd=tmp_path), "--plot out.png", "is a folder")
+    usage_error(run("ngram", "fit", text_file, "--order", "2", "--arpa", "out.arpa", cwd=tmp_path),
+                "--arpa out.arpa", "is a folder")
+    usage_error(run("train", "--corpus", text_file, *TINY, "--plot", "out.png", "--out", "run", cwd=tmp_path),
+                "--plot out.png", "is a folder")
+    assert not (tmp_path / "run").exists()   # refused before any work
+
+
 @pytest.fixture(scope="module")
 def tm_split(tmp_path_factory):
     """The KenLM split of shared/data/README.md: cleaned non-empty lines, 90/10."""

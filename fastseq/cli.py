@@ -725,6 +725,8 @@ def cmd_train(args):
         elif done >= hp["epochs"]:
             raise UsageError(f"--resume {args.resume}: the run has finished its {done} epochs; "
                              f"extend it with --epochs N (N > {done})")
+    if args.prefix is not None:
+        _check_prefix(run.vocab, hp["token"], args.prefix)   # before training, not after it
     if args.plot:
         _check_png(args.plot)
         _pyplot()   # an explicit --plot needs matplotlib: say so before training, not after
@@ -880,14 +882,42 @@ def _encode_text(vocab, token, text):
 DEFAULT_PREFIX = {"pydoc": "A class "}   # the built-in corpus is about Python, not about "The ..."
 
 
+def _prefix_tokens(token, prefix):
+    if token == "char":
+        return list(prefix)
+    from .text import tokenize
+    return [t for line in tokenize(prefix.splitlines(), "word") for t in line]
+
+
+def _check_prefix(vocab, token, prefix):
+    """A prefix the user gave: every token must be in the vocabulary (else it would silently read <unk>)."""
+    toks = _prefix_tokens(token, prefix)
+    if not toks:
+        raise UsageError(f"--prefix {prefix!r}: has no tokens")
+    unknown = sorted({t for t in toks if t not in vocab.token_to_idx})
+    if unknown:
+        shown = ", ".join(repr(t) for t in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise UsageError(f"--prefix {prefix!r}: {shown} not in the model's vocabulary of {len(vocab)} "
+                         f"{token}s (they would all be read as <unk>)")
+
+
+def _default_prefix(vocab, token, corpus):
+    """'A class ' for pydoc, else 'The ' (the, for words); lower case or the first token where those are unknown."""
+    prefix = DEFAULT_PREFIX.get(corpus) or ("The " if token == "char" else "the")
+    if token == "word":
+        prefix = prefix.strip()
+    for p in (prefix, prefix.lower()):
+        if all(t in vocab.token_to_idx for t in _prefix_tokens(token, p)):
+            return p
+    return vocab.idx_to_token[1] if len(vocab) > 1 else vocab.idx_to_token[0]
+
+
 def _sample(model, vocab, token, prefix, n, seed=0, temperature=0.8, top_k=0, corpus=None):
     if prefix is None:
-        prefix = DEFAULT_PREFIX.get(corpus) or ("The " if token == "char" else "the")
-        if token == "word":
-            prefix = prefix.strip()
+        prefix = _default_prefix(vocab, token, corpus)
+    else:
+        _check_prefix(vocab, token, prefix)
     ids = _encode_text(vocab, token, prefix)
-    if len(ids) == 0:
-        raise UsageError(f"--prefix {prefix!r}: has no tokens")
     uniforms = np.random.default_rng(seed).random(n)
     out = model.generate(np.asarray(ids, dtype=np.int32), n, temperature=temperature, top_k=top_k,
                          uniforms=uniforms if temperature > 0 else None)

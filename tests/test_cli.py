@@ -335,6 +335,19 @@ def test_generate_bad_values(trained, tmp_path):
     usage_error(run("generate", trained, "--prefix", "", cwd=tmp_path), "--prefix")
 
 
+def test_prefix_outside_the_vocabulary_is_named(trained, tmp_path, text_file):
+    usage_error(run("generate", trained, "--prefix", "the \u03b6ebra", cwd=tmp_path), "--prefix", "'\u03b6'",
+                "not in the model's vocabulary")
+    usage_error(run("generate", trained, "--prefix", "The", cwd=tmp_path), "'T'")   # the text is lower case
+    # train checks an explicit --prefix before training, not after it.
+    usage_error(run("train", "--corpus", text_file, *TINY, "--prefix", "Zz", "--out", "r2", cwd=tmp_path),
+                "--prefix", "'Z'")
+    assert not (tmp_path / "r2").exists()
+    # The default prefix ('The ') falls back to lower case where 'T' is not a token.
+    r = json.loads(run("generate", trained, "-n", "3", "--json", cwd=tmp_path, check=0).stdout)
+    assert r["prefix"] == "the "
+
+
 def test_eval_matches_an_independent_perplexity(trained, tmp_path):
     held = tmp_path / "held.txt"
     held.write_text("the lazy fox sleeps in the warm sun.\nthe dog is quick.\n")

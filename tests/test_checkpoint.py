@@ -165,6 +165,17 @@ def test_vocab_size_and_config_mismatch_named(tmp_path):
         checkpoint.load(tmp_path)
 
 
+def test_edited_vocabulary_of_the_same_size_named(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    meta = _meta(tmp_path)
+    itos = meta["vocab"]["idx_to_token"]
+    itos[1], itos[2] = itos[2], itos[1]          # same size, same tokens, other ids
+    _write_meta(tmp_path, meta)
+    with pytest.raises(CheckpointError, match="not the one these weights were trained with"):
+        checkpoint.load(tmp_path, backend="numpy")
+
+
 def test_weights_with_wrong_names_named(tmp_path):
     from safetensors.numpy import save as st_save
     m, vocab = _model()

@@ -240,6 +240,19 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         assert (tmp_path / name).read_bytes() == data
 
 
+def test_files_get_the_mode_of_ordinary_new_files(tmp_path):
+    m, vocab = _model()
+    old = os.umask(0o022)
+    try:
+        checkpoint.save(tmp_path, m, vocab, {}, resume={"x": np.zeros(2)})
+    finally:
+        os.umask(old)
+    names = [n for n in os.listdir(tmp_path)]
+    assert len(names) == 3
+    for n in names:
+        assert os.stat(tmp_path / n).st_mode & 0o777 == 0o644, n
+
+
 def test_old_step_files_removed_after_new_save(tmp_path):
     m, vocab = _model()
     checkpoint.save(tmp_path, m, vocab, {}, step=1, resume={"a": np.zeros(2)})

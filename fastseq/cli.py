@@ -403,11 +403,17 @@ def _parse_bptt(spec):
         if kind == "full" and not val:
             return lambda seed: bptt.Full()
         if kind in ("block", "sliding") and val:
-            tau = int(val)
+            try:
+                tau = int(val)
+            except ValueError:
+                raise UsageError(f"--bptt {spec}: K must be a whole number of steps, got {val!r}") from None
             bptt.Truncated(tau, kind)
             return lambda seed: bptt.Truncated(tau, kind)
         if kind == "random" and val:
-            pi = float(val)
+            try:
+                pi = float(val)
+            except ValueError:
+                raise UsageError(f"--bptt {spec}: P must be a probability in (0, 1], got {val!r}") from None
             bptt.Randomized(pi)
             return lambda seed: bptt.Randomized(pi, seed=seed)
     except ValueError as e:

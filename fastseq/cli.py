@@ -600,7 +600,8 @@ class Run:
                 norm = _grad_norm(grads)
             if not math.isfinite(norm):
                 raise TrainingError(self._diverged(step, f"the gradient norm is {norm}"))
-            self.optimizer.step(model.params, grads)
+            with np.errstate(over="ignore", invalid="ignore"):   # a divergence is reported at the next loss
+                self.optimizer.step(model.params, grads)
             self.state = new_state
             self.step, self.batch = step, self.batch + 1
             dt = time.perf_counter() - t0
@@ -648,6 +649,8 @@ def _hparams_from_args(args):
         hp[k] = v if got is None else got
     if hp["lr"] is None:
         hp["lr"] = DEFAULT_LR[hp["optimizer"]]
+    if hp["lr"] > np.finfo(hp["dtype"]).max:
+        raise UsageError(f"--lr {hp['lr']:g}: too large for {hp['dtype']} parameters")
     if not 0 <= hp["val_fraction"] < 1:
         raise UsageError(f"--val-fraction: expected a number in [0, 1), got {hp['val_fraction']}")
     _parse_bptt(hp["bptt"])

@@ -649,7 +649,7 @@ def _hparams_from_args(args):
         hp[k] = v if got is None else got
     if hp["lr"] is None:
         hp["lr"] = DEFAULT_LR[hp["optimizer"]]
-    if hp["lr"] > np.finfo(hp["dtype"]).max:
+    if hp["lr"] > float(np.finfo(hp["dtype"]).max):
         raise UsageError(f"--lr {hp['lr']:g}: too large for {hp['dtype']} parameters")
     if not 0 <= hp["val_fraction"] < 1:
         raise UsageError(f"--val-fraction: expected a number in [0, 1), got {hp['val_fraction']}")

@@ -747,6 +747,9 @@ def cmd_train(args):
         hint = (f"continue it with --resume {out}, or pass --overwrite / another --out" if not args.resume
                 else f"pass another --out (or leave it out to continue in {args.resume}), or --overwrite")
         raise UsageError(f"--out {out}: already holds a checkpoint of another run; {hint}")
+    if not holds_checkpoint and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        raise UsageError(f"--out {out}: is a folder with other files, not a fastseq checkpoint; "
+                         "pass a new or empty folder (or --overwrite to write into it)")
     os.makedirs(out, exist_ok=True)
     plot = args.plot or os.path.join(out, "train.png")
     model = run.model

@@ -228,6 +228,17 @@ def test_resume_into_another_runs_folder_is_refused(tmp_path, text_file):
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before   # b untouched
 
 
+def test_out_folder_with_other_files_is_refused(tmp_path, text_file):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.png").write_bytes(b"my own picture")
+    usage_error(run("train", "--corpus", text_file, *TINY, "--out", "mine", cwd=tmp_path), "--out mine",
+                "not a fastseq checkpoint")
+    assert os.listdir(tmp_path / "mine") == ["train.png"]
+    assert (tmp_path / "mine" / "train.png").read_bytes() == b"my own picture"
+    (tmp_path / "empty").mkdir()
+    run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--out", "empty", cwd=tmp_path, check=0)
+
+
 def test_resume_of_a_finished_run_says_so(tmp_path, text_file):
     run("train", "--corpus", text_file, *TINY, "--epochs", "2", "--out", "run", cwd=tmp_path, check=0)
     before = (tmp_path / "run" / "fastseq.json").read_bytes()

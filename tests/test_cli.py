@@ -262,6 +262,15 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, text_file):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """A finished one-epoch run (read-only: tests copy it before changing anything)."""
+    d = tmp_path_factory.mktemp("one")
+    (d / "tiny.txt").write_text(TEXT, encoding="utf-8")
+    run("train", "--corpus", d / "tiny.txt", *TINY, "--epochs", "1", "--out", "run", cwd=d, check=0)
+    return d / "run"
+
+
 @pytest.mark.parametrize("edit, words", [
     (lambda m: m["resume"]["state"].pop("loader_rng"), ["damaged", "loader_rng"]),
     (lambda m: m["resume"]["state"].update(epoch="x"), ["damaged", "'x'"]),
@@ -269,8 +278,9 @@ def test_extending_a_finished_run_equals_the_longer_run(tmp_path, text_file):
     (lambda m: m["hparams"].pop("steps"), ["hparams", "lack steps"]),
     (lambda m: m.update(hparams=[1]), ["'hparams' is a list"]),
 ])
-def test_resume_of_an_edited_checkpoint_is_a_usage_error(tmp_path, text_file, edit, words):
-    run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--out", "run", cwd=tmp_path, check=0)
+def test_resume_of_an_edited_checkpoint_is_a_usage_error(tmp_path, one_epoch_run, edit, words):
+    import shutil
+    shutil.copytree(one_epoch_run, tmp_path / "run")
     f = tmp_path / "run" / "fastseq.json"
     meta = json.loads(f.read_text(encoding="utf-8"))
     edit(meta)

@@ -1372,6 +1372,11 @@ def main(argv=None):
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"fastseq {name}: error: {msg}", file=sys.stderr)
         return 2
+    except MemoryError as e:   # e.g. --hidden 1000000: W_hh alone would take terabytes
+        detail = str(e).splitlines()[0] if str(e) else "an allocation failed"
+        print(f"fastseq {name}: error: out of memory ({detail}); use smaller sizes "
+              "(--hidden, --batch, --steps, -n)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"fastseq {name}: interrupted", file=sys.stderr)
         return 130
@@ -1379,3 +1384,7 @@ def main(argv=None):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush does not complain
         return 0
+    except OSError as e:       # writing a checkpoint or a plot: disk full, no permission, ...
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"fastseq {name}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1

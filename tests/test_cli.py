@@ -89,6 +89,7 @@ def test_no_command_prints_help_and_exits_2():
     (["train", "--hidden", "0"], ["--hidden", "expected an integer >= 1"]),
     (["train", "--lr", "nan"], ["--lr", "finite"]),
     (["train", "--lr", "1e39"], ["--lr 1e+39", "too large for float32"]),
+    (["train", "--hidden", "1000000", "--batch", "2", "--steps", "2"], ["out of memory", "--hidden"]),
     (["train", "--bptt", "block:0"], ["--bptt block:0", "tau"]),
     (["train", "--bptt", "foo"], ["--bptt", "full, block:K"]),
     (["train", "--bptt", "random:1.5"], ["--bptt random:1.5", "pi"]),
@@ -501,6 +502,14 @@ def test_output_file_that_is_a_folder_is_a_usage_error(tmp_path, text_file):
     usage_error(run("train", "--corpus", text_file, *TINY, "--plot", "out.png", "--out", "run", cwd=tmp_path),
                 "--plot out.png", "is a folder")
     assert not (tmp_path / "run").exists()   # refused before any work
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc (a folder no file can be created in)")
+def test_write_failure_is_one_line(tmp_path, text_file):
+    p = run("stats", text_file, "--plot", "/proc/zipf.png", cwd=tmp_path)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/proc/zipf.png" in lines[0], p.stderr
 
 
 @pytest.fixture(scope="module")

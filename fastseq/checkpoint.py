@@ -82,6 +82,10 @@ def atomic_write(path, data):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); a checkpoint gets the usual mode of a new file (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -134,11 +138,29 @@ def _join_arrays(obj, arrays, where):
 
 
 # --------------------------------------------------------------------------- save
-def _tensor_file(folder, stem, step, tensors):
+def _vocab_sha256(idx_to_token):
+    """sha256 of the token list: the weights file carries it, so an edited vocabulary in the JSON is caught."""
+    return _sha256(json.dumps(list(idx_to_token), ensure_ascii=False).encode("utf-8"))
+
+
+def _safetensors_metadata(data):
+    """The ``__metadata__`` dict of a safetensors file (8-byte little-endian header size, JSON header)."""
+    if len(data) < 8:
+        return {}
+    n = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def _tensor_file(folder, stem, step, tensors, metadata=None):
     stn = _safetensors()
     if not tensors:
         tensors = {"__empty__": np.zeros(0, dtype=np.float32)}
-    data = stn.save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+    data = stn.save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
     name = f"{stem}-{step:08d}.safetensors"
     atomic_write(os.path.join(folder, name), data)
     return {"file": name, "sha256": _sha256(data),
@@ -180,7 +202,8 @@ def save(path, model, vocab, hparams, step=0, resume=None, history=None, extra=N
         "step": step,
         "history": history,
         "extra": extra,
-        "weights": _tensor_file(path, "model", step, params),
+        "weights": _tensor_file(path, "model", step, params,
+                                metadata={"fastseq.vocab_sha256": _vocab_sha256(vocab.idx_to_token)}),
         "resume": None,
     }
     if resume is not None:
@@ -249,7 +272,7 @@ def _read_tensors(folder, entry, what):
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{fpath}: not a readable safetensors file ({e})") from None
     tensors.pop("__empty__", None)
-    return tensors
+    return tensors, _safetensors_metadata(data)
 
 
 def build_model(model_meta, backend=None):
@@ -325,7 +348,12 @@ def load(path, backend=None, resume=False):
     if len(vocab) != model.vocab_size:
         raise CheckpointError(
             f"{meta_path}: the vocabulary has {len(vocab)} tokens but the model's vocab_size is {model.vocab_size}")
-    tensors = _read_tensors(folder, meta.get("weights"), "weights")
+    tensors, tmeta = _read_tensors(folder, meta.get("weights"), "weights")
+    bound = tmeta.get("fastseq.vocab_sha256")   # absent in checkpoints written before it was recorded
+    if bound is not None and bound != _vocab_sha256(vocab.idx_to_token):
+        raise CheckpointError(
+            f"{meta_path}: the vocabulary is not the one these weights were trained with "
+            f"({os.path.basename(meta['weights']['file'])} records another); was fastseq.json edited or mixed up?")
     want = {k: v.shape for k, v in model.params.items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if set(got) != set(want):
@@ -342,12 +370,21 @@ def load(path, backend=None, resume=False):
         model.load_state_dict(tensors)
     except ValueError as e:
         raise CheckpointError(f"{folder}: {e}") from None
+    hparams, step, history = meta.get("hparams"), meta.get("step", 0), meta.get("history")
+    if hparams is not None and not isinstance(hparams, dict):
+        raise CheckpointError(f"{meta_path}: 'hparams' is a {type(hparams).__name__}, expected an object")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{meta_path}: 'step' is {step!r}, expected an integer >= 0")
+    if history is not None and not isinstance(history, dict):
+        raise CheckpointError(f"{meta_path}: 'history' is a {type(history).__name__}, expected an object")
     state = None
     if resume:
         entry = meta.get("resume")
         if not entry:
             raise CheckpointError(f"{folder}: this checkpoint has no resume state (it cannot continue training)")
-        arrays = _read_tensors(folder, entry, "resume")
+        arrays, _ = _read_tensors(folder, entry, "resume")
         state = _join_arrays(entry.get("state"), arrays, folder)
-    return Checkpoint(path=folder, meta=meta, model=model, vocab=vocab, hparams=meta.get("hparams") or {},
-                      step=int(meta.get("step") or 0), history=meta.get("history"), resume=state)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{meta_path}: the resume state is a {type(state).__name__}, expected an object")
+    return Checkpoint(path=folder, meta=meta, model=model, vocab=vocab, hparams=hparams or {},
+                      step=step, history=history, resume=state)

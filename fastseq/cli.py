@@ -143,6 +143,22 @@ def _info(args, *parts, **kw):
     print(*parts, file=stream, flush=True, **kw)
 
 
+def _finite_or_none(obj):
+    """A copy of a JSON-able result with NaN/inf as null: JSON has no NaN (json.dumps would write `NaN`)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _print_json(obj):
+    """The --json result: one strict JSON object on stdout."""
+    print(json.dumps(_finite_or_none(obj), ensure_ascii=False, allow_nan=False))
+
+
 def _import(module, what, extra="cli"):
     try:
         return __import__(module, fromlist=["_"])
@@ -174,9 +190,16 @@ def _check_png(path, option="--plot"):
         return None
     if not str(path).lower().endswith(".png"):
         raise UsageError(f"{option}: expected a file name ending in .png, got {path!r}")
+    return _check_output(path, option)
+
+
+def _check_output(path, option):
+    """An output file name: its folder must exist and the name must not be a folder."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{option}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a folder; expected a file name")
     return path
 
 
@@ -219,7 +242,7 @@ def cmd_stats(args):
     zipf = _zipf(tokens, vocab, args)
     result["zipf"] = zipf
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
         return 0
     print(f"corpus      {args.corpus} ({args.token}s, cleaning: {args.cleaning})")
     print(f"lines       {result['lines']:,}")
@@ -292,9 +315,7 @@ def cmd_ngram_fit(args):
     if not sentences:
         raise UsageError(f"{args.corpus}: the corpus has no tokens")
     if args.arpa is not None:
-        folder = os.path.dirname(os.path.abspath(args.arpa))
-        if not os.path.isdir(folder):
-            raise UsageError(f"--arpa: the folder {folder} does not exist")
+        _check_output(args.arpa, "--arpa")
     t0 = time.perf_counter()
     model = _ngram_model(ngram, args.order, args.smoothing, args.eps, args.discount_fallback)
     model.fit(sentences)
@@ -309,7 +330,7 @@ def cmd_ngram_fit(args):
         "train_perplexity": float(train_ppl.including_oov), "arpa": args.arpa,
     }
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
         return 0
     name = "Kneser-Ney" if args.smoothing == "kn" else f"Laplace (eps {args.eps})"
     print(f"fitted a {args.order}-gram {name} model on {result['tokens']:,} {args.token}s "
@@ -352,7 +373,7 @@ def cmd_ngram_eval(args):
               "perplexity_excluding_oov": float(p.excluding_oov),
               "tokens": int(p.tokens), "oov": int(p.oov)}
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
         return 0
     print(f"{args.text}: {result['tokens']:,} tokens (each </s> counted), {result['oov']:,} OOV")
     print(f"perplexity including OOVs {result['perplexity_including_oov']:.4f}")
@@ -382,11 +403,17 @@ def _parse_bptt(spec):
         if kind == "full" and not val:
             return lambda seed: bptt.Full()
         if kind in ("block", "sliding") and val:
-            tau = int(val)
+            try:
+                tau = int(val)
+            except ValueError:
+                raise UsageError(f"--bptt {spec}: K must be a whole number of steps, got {val!r}") from None
             bptt.Truncated(tau, kind)
             return lambda seed: bptt.Truncated(tau, kind)
         if kind == "random" and val:
-            pi = float(val)
+            try:
+                pi = float(val)
+            except ValueError:
+                raise UsageError(f"--bptt {spec}: P must be a probability in (0, 1], got {val!r}") from None
             bptt.Randomized(pi)
             return lambda seed: bptt.Randomized(pi, seed=seed)
     except ValueError as e:
@@ -573,7 +600,8 @@ class Run:
                 norm = _grad_norm(grads)
             if not math.isfinite(norm):
                 raise TrainingError(self._diverged(step, f"the gradient norm is {norm}"))
-            self.optimizer.step(model.params, grads)
+            with np.errstate(over="ignore", invalid="ignore"):   # a divergence is reported at the next loss
+                self.optimizer.step(model.params, grads)
             self.state = new_state
             self.step, self.batch = step, self.batch + 1
             dt = time.perf_counter() - t0
@@ -621,6 +649,8 @@ def _hparams_from_args(args):
         hp[k] = v if got is None else got
     if hp["lr"] is None:
         hp["lr"] = DEFAULT_LR[hp["optimizer"]]
+    if hp["lr"] > float(np.finfo(hp["dtype"]).max):
+        raise UsageError(f"--lr {hp['lr']:g}: too large for {hp['dtype']} parameters")
     if not 0 <= hp["val_fraction"] < 1:
         raise UsageError(f"--val-fraction: expected a number in [0, 1), got {hp['val_fraction']}")
     _parse_bptt(hp["bptt"])
@@ -659,19 +689,34 @@ def cmd_train(args):
         ck = checkpoint.load(args.resume, backend=args.backend or saved, resume=True)
         hp = dict(ck.hparams)
         hp["backend"] = getattr(ck.model, "backend", "numpy")
+        lacking = [k for k in (*RUN_KEYS, "epochs") if k not in hp]
+        if lacking:
+            raise UsageError(f"--resume {args.resume}: the checkpoint's hparams lack {', '.join(lacking)} "
+                             "(fastseq.json was edited or damaged)")
         for k in RUN_KEYS:
             given = getattr(args, k, None)
             if given is not None and given != hp.get(k):
                 raise UsageError(f"--{k.replace('_', '-')}: cannot change when resuming "
                                  f"(the run in {args.resume} has {hp.get(k)!r})")
-        if args.epochs is not None:
-            hp["epochs"] = args.epochs
-        vocab, train_ids, val_ids = _prepare_data(hp)
+        try:
+            vocab, train_ids, val_ids = _prepare_data(hp)
+        except (UsageError, datasets.DatasetError):
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            raise UsageError(f"--resume {args.resume}: the checkpoint's hparams are damaged ({what})") from None
         if vocab.idx_to_token != ck.vocab.idx_to_token:
             raise UsageError(f"--resume {args.resume}: the corpus {hp['corpus']!r} no longer gives the "
                              "checkpoint's vocabulary (has the file changed?)")
-        run = Run(hp, args.backend, ck.vocab, train_ids, val_ids, model=ck.model)
-        run.load_resume_state(ck.resume, ck.step, ck.history)
+        try:
+            run = Run(hp, args.backend, ck.vocab, train_ids, val_ids, model=ck.model)
+            run.load_resume_state(ck.resume, ck.step, ck.history)
+        except UsageError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+            raise UsageError(f"--resume {args.resume}: the saved training state in fastseq.json is damaged "
+                             f"({what})") from None
         out = args.out or args.resume
     else:
         hp = _hparams_from_args(args)
@@ -679,14 +724,32 @@ def cmd_train(args):
         run = Run(hp, args.backend, vocab, train_ids, val_ids)
         hp["backend"] = getattr(run.model, "backend", "numpy")
         out = args.out or "fastseq-train"
+    if args.resume:
+        done = run.epoch   # epochs completed by the saved run
+        if args.epochs is not None:
+            if args.epochs <= done:
+                raise UsageError(f"--epochs {args.epochs}: the run in {args.resume} has already done {done} "
+                                 f"epochs; pass more to extend it")
+            hp["epochs"] = args.epochs
+        elif done >= hp["epochs"]:
+            raise UsageError(f"--resume {args.resume}: the run has finished its {done} epochs; "
+                             f"extend it with --epochs N (N > {done})")
+    if args.prefix is not None:
+        _check_prefix(run.vocab, hp["token"], args.prefix)   # before training, not after it
     if args.plot:
         _check_png(args.plot)
         _pyplot()   # an explicit --plot needs matplotlib: say so before training, not after
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: exists and is not a folder")
-    if not args.resume and os.path.exists(os.path.join(out, checkpoint.META_FILE)) and not args.overwrite:
-        raise UsageError(f"--out {out}: already holds a checkpoint; continue it with --resume {out}, "
-                         "or pass --overwrite / another --out")
+    holds_checkpoint = os.path.exists(os.path.join(out, checkpoint.META_FILE))
+    same_folder = args.resume and os.path.exists(out) and os.path.samefile(out, args.resume)
+    if holds_checkpoint and not same_folder and not args.overwrite:
+        hint = (f"continue it with --resume {out}, or pass --overwrite / another --out" if not args.resume
+                else f"pass another --out (or leave it out to continue in {args.resume}), or --overwrite")
+        raise UsageError(f"--out {out}: already holds a checkpoint of another run; {hint}")
+    if not holds_checkpoint and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        raise UsageError(f"--out {out}: is a folder with other files, not a fastseq checkpoint; "
+                         "pass a new or empty folder (or --overwrite to write into it)")
     os.makedirs(out, exist_ok=True)
     plot = args.plot or os.path.join(out, "train.png")
     model = run.model
@@ -740,12 +803,12 @@ def cmd_train(args):
             _info(args, f"\ninterrupted at step {run.step}; the last complete checkpoint (step {saved_step[0]}) "
                         f"is in {out}; continue with: fastseq train --resume {out}")
         if args.json:
-            print(json.dumps({"status": "interrupted", "checkpoint": out, "checkpoint_step": saved_step[0]}))
+            _print_json({"status": "interrupted", "checkpoint": out, "checkpoint_step": saved_step[0]})
         return 130
     except _StopAfter:
         _info(args, f"stopped after step {run.step} (--stop-after); checkpoint in {out}")
         if args.json:
-            print(json.dumps({"status": "stopped", "checkpoint": out, "checkpoint_step": run.step}))
+            _print_json({"status": "stopped", "checkpoint": out, "checkpoint_step": run.step})
         return 0
     except TrainingError as e:
         _info(args, f"last complete checkpoint: step {saved_step[0]} in {out}")
@@ -773,7 +836,7 @@ def cmd_train(args):
             _info(args, f"(no plot: {e})")
     result["total_seconds"] = round(time.perf_counter() - t_start, 3)
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
     else:
         if final_val is not None:
             print(f"\nheld-out perplexity ({len(val_ids):,} tokens):")
@@ -831,14 +894,42 @@ def _encode_text(vocab, token, text):
 DEFAULT_PREFIX = {"pydoc": "A class "}   # the built-in corpus is about Python, not about "The ..."
 
 
+def _prefix_tokens(token, prefix):
+    if token == "char":
+        return list(prefix)
+    from .text import tokenize
+    return [t for line in tokenize(prefix.splitlines(), "word") for t in line]
+
+
+def _check_prefix(vocab, token, prefix):
+    """A prefix the user gave: every token must be in the vocabulary (else it would silently read <unk>)."""
+    toks = _prefix_tokens(token, prefix)
+    if not toks:
+        raise UsageError(f"--prefix {prefix!r}: has no tokens")
+    unknown = sorted({t for t in toks if t not in vocab.token_to_idx})
+    if unknown:
+        shown = ", ".join(repr(t) for t in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise UsageError(f"--prefix {prefix!r}: {shown} not in the model's vocabulary of {len(vocab)} "
+                         f"{token}s (they would all be read as <unk>)")
+
+
+def _default_prefix(vocab, token, corpus):
+    """'A class ' for pydoc, else 'The ' (the, for words); lower case or the first token where those are unknown."""
+    prefix = DEFAULT_PREFIX.get(corpus) or ("The " if token == "char" else "the")
+    if token == "word":
+        prefix = prefix.strip()
+    for p in (prefix, prefix.lower()):
+        if all(t in vocab.token_to_idx for t in _prefix_tokens(token, p)):
+            return p
+    return vocab.idx_to_token[1] if len(vocab) > 1 else vocab.idx_to_token[0]
+
+
 def _sample(model, vocab, token, prefix, n, seed=0, temperature=0.8, top_k=0, corpus=None):
     if prefix is None:
-        prefix = DEFAULT_PREFIX.get(corpus) or ("The " if token == "char" else "the")
-        if token == "word":
-            prefix = prefix.strip()
+        prefix = _default_prefix(vocab, token, corpus)
+    else:
+        _check_prefix(vocab, token, prefix)
     ids = _encode_text(vocab, token, prefix)
-    if len(ids) == 0:
-        raise UsageError(f"--prefix {prefix!r}: has no tokens")
     uniforms = np.random.default_rng(seed).random(n)
     out = model.generate(np.asarray(ids, dtype=np.int32), n, temperature=temperature, top_k=top_k,
                          uniforms=uniforms if temperature > 0 else None)
@@ -889,7 +980,7 @@ def cmd_generate(args):
     s = _sample(ck.model, ck.vocab, token, args.prefix, args.n, seed=args.seed,
                 temperature=args.temperature, top_k=args.top_k, corpus=ck.hparams.get("corpus"))
     if args.json:
-        print(json.dumps(dict(s, checkpoint=args.checkpoint), ensure_ascii=False))
+        _print_json(dict(s, checkpoint=args.checkpoint))
     else:
         print(s["prefix"] + s["text"])
     return 0
@@ -908,7 +999,7 @@ def cmd_eval(args):
     result = {"checkpoint": args.checkpoint, "text": args.text, "token": token, "perplexity": ppl,
               "tokens": n, "oov": oov}
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
     else:
         print(f"{args.text}: {n:,} {token}s predicted ({oov:,} are <unk>), perplexity {ppl:.4f}")
     return 0
@@ -964,7 +1055,7 @@ def cmd_compare_bptt(args):
         _plot_bptt(rows, plot, f"BPTT strategies on {args.corpus} ({args.token}s), H={args.hidden}, "
                                f"T={args.steps}")
     if args.json:
-        print(json.dumps({"corpus": args.corpus, "strategies": rows, "plot": plot}))
+        _print_json({"corpus": args.corpus, "strategies": rows, "plot": plot})
     elif plot:
         print(f"plot: {plot}")
     return 0
@@ -1069,7 +1160,7 @@ def cmd_grad_norms(args):
         fig.savefig(plot)
         plt.close(fig)
     if args.json:
-        print(json.dumps(result))
+        _print_json(result)
         return 0
     print(f"spectral radius of W_hh {rho:.4f} (largest singular value {sigma:.4f}); "
           f"observed decay of the median norm {decay:.4f} per step")
@@ -1281,6 +1372,11 @@ def main(argv=None):
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"fastseq {name}: error: {msg}", file=sys.stderr)
         return 2
+    except MemoryError as e:   # e.g. --hidden 1000000: W_hh alone would take terabytes
+        detail = str(e).splitlines()[0] if str(e) else "an allocation failed"
+        print(f"fastseq {name}: error: out of memory ({detail}); use smaller sizes "
+              "(--hidden, --batch, --steps, -n)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"fastseq {name}: interrupted", file=sys.stderr)
         return 130
@@ -1288,3 +1384,7 @@ def main(argv=None):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush does not complain
         return 0
+    except OSError as e:       # writing a checkpoint or a plot: disk full, no permission, ...
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"fastseq {name}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1

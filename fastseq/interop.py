@@ -72,7 +72,10 @@ def to_torch_state_dict(model, prefix="", tensors="torch"):
 
 def _as_numpy(name, v):
     if hasattr(v, "detach"):   # a torch.Tensor, on any device
-        v = v.detach().cpu().numpy()
+        v = v.detach().cpu()
+        if v.is_floating_point() and v.element_size() < 4:
+            v = v.float()        # float16/bfloat16 (NumPy has no bfloat16): exact in float32
+        v = v.numpy()
     a = np.asarray(v)
     if not np.issubdtype(a.dtype, np.floating):
         raise ValueError(f"state_dict[{name!r}]: expected floating-point numbers, got {a.dtype}")
@@ -81,16 +84,40 @@ def _as_numpy(name, v):
     return a
 
 
-def from_torch_state_dict(state_dict, nonlinearity="tanh", dtype=None, prefix="", backend=None):
-    """An RNNLM with the function of the PyTorch model whose state dict is given.
+def _module_nonlinearity(module, prefix, nonlinearity):
+    """The nonlinearity of the module's nn.RNN at ``<prefix>rnn``, checked against the one given."""
+    rnn = module
+    for part in (prefix + "rnn").split("."):
+        if part:
+            rnn = getattr(rnn, part, None)
+    if rnn is None:
+        raise ValueError(f"state_dict: the module has no submodule {prefix}rnn")
+    kind = type(rnn).__name__
+    if kind != "RNN" or not hasattr(rnn, "nonlinearity"):
+        raise ValueError(f"state_dict: {prefix}rnn is a {kind}; only a single-layer nn.RNN maps to an RNNLM")
+    if nonlinearity is not None and nonlinearity != rnn.nonlinearity:
+        raise ValueError(f"nonlinearity: {nonlinearity!r} given, but the module's nn.RNN uses {rnn.nonlinearity!r}")
+    return rnn.nonlinearity
+
+
+def from_torch_state_dict(state_dict, nonlinearity=None, dtype=None, prefix="", backend=None):
+    """An RNNLM with the function of the PyTorch model whose state dict (or module) is given.
 
     state_dict: torch names (see KEYS, each after ``prefix``), tensors or
-    arrays; extra keys of other modules are an error, so are a second layer
+    arrays; or the nn.Module itself, whose nn.RNN then says its nonlinearity.
+    Extra keys of other modules are an error, so are a second layer
     (``rnn.weight_ih_l1``) and a bidirectional RNN (``*_reverse``).
-    nonlinearity: the nn.RNN's ('tanh' or 'relu'; it is not in a state dict).
-    dtype: the model's dtype (default: that of rnn.weight_hh_l0). backend:
-    'cpp' or 'numpy' (default: cpp when built).
+    nonlinearity: the nn.RNN's ('tanh' or 'relu'). A state dict does not
+    record it: default 'tanh' (nn.RNN's default) for a state dict, the
+    module's own for a module; given and different from the module's, an error.
+    dtype: the model's dtype (default: that of rnn.weight_hh_l0; float16 and
+    bfloat16 become float32). backend: 'cpp' or 'numpy' (default: cpp when built).
     """
+    if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):   # an nn.Module
+        nonlinearity = _module_nonlinearity(state_dict, prefix, nonlinearity)
+        state_dict = state_dict.state_dict()
+    elif nonlinearity is None:
+        nonlinearity = "tanh"
     if not hasattr(state_dict, "keys"):
         raise ValueError(f"state_dict: expected a mapping of names to tensors, got {type(state_dict).__name__}")
     names = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
@@ -110,7 +137,9 @@ def from_torch_state_dict(state_dict, nonlinearity="tanh", dtype=None, prefix=""
         raise ValueError(f"state_dict['{prefix}embedding.weight']: expected (V, E), got shape {emb.shape}")
     V, E = emb.shape
     if w_hh.ndim != 2 or w_hh.shape[0] != w_hh.shape[1]:
-        raise ValueError(f"state_dict['{prefix}rnn.weight_hh_l0']: expected (H, H), got shape {w_hh.shape}")
+        gated = {3: " (an nn.GRU's 3 gates?)", 4: " (an nn.LSTM's 4 gates?)"}
+        hint = gated.get(w_hh.shape[0] // w_hh.shape[1], "") if w_hh.ndim == 2 and w_hh.shape[1] else ""
+        raise ValueError(f"state_dict['{prefix}rnn.weight_hh_l0']: expected (H, H), got shape {w_hh.shape}{hint}")
     H = w_hh.shape[0]
     want = {"rnn.weight_ih_l0": (H, E), "rnn.bias_ih_l0": (H,), "rnn.bias_hh_l0": (H,),
             "linear.weight": (V, H), "linear.bias": (V,)}

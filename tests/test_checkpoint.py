@@ -115,6 +115,20 @@ def test_not_a_checkpoint_and_bad_json(tmp_path):
         checkpoint.load(tmp_path)
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("hparams", [1, 2], "'hparams' is a list"),
+    ("step", "abc", "'step' is 'abc'"),
+    ("step", -1, "'step' is -1"),
+    ("history", "x", "'history' is a str"),
+])
+def test_edited_json_fields_named(tmp_path, key, value, words):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {"lr": 1.0}, step=3, resume={"epoch": 1}, history={"epochs": []})
+    _write_meta(tmp_path, dict(_meta(tmp_path), **{key: value}))
+    with pytest.raises(CheckpointError, match=words):
+        checkpoint.load(tmp_path, backend="numpy")
+
+
 def test_newer_format_and_missing_version_refused(tmp_path):
     m, vocab = _model()
     checkpoint.save(tmp_path, m, vocab, {})
@@ -149,6 +163,17 @@ def test_vocab_size_and_config_mismatch_named(tmp_path):
     _write_meta(tmp_path, dict(meta, model={"class": "LSTM", "config": {}}))
     with pytest.raises(CheckpointError, match="expected class 'RNNLM'"):
         checkpoint.load(tmp_path)
+
+
+def test_edited_vocabulary_of_the_same_size_named(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    meta = _meta(tmp_path)
+    itos = meta["vocab"]["idx_to_token"]
+    itos[1], itos[2] = itos[2], itos[1]          # same size, same tokens, other ids
+    _write_meta(tmp_path, meta)
+    with pytest.raises(CheckpointError, match="not the one these weights were trained with"):
+        checkpoint.load(tmp_path, backend="numpy")
 
 
 def test_weights_with_wrong_names_named(tmp_path):
@@ -213,6 +238,19 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert not any(n.endswith(".tmp") for n in names)
     for name, data in before.items():
         assert (tmp_path / name).read_bytes() == data
+
+
+def test_files_get_the_mode_of_ordinary_new_files(tmp_path):
+    m, vocab = _model()
+    old = os.umask(0o022)
+    try:
+        checkpoint.save(tmp_path, m, vocab, {}, resume={"x": np.zeros(2)})
+    finally:
+        os.umask(old)
+    names = [n for n in os.listdir(tmp_path)]
+    assert len(names) == 3
+    for n in names:
+        assert os.stat(tmp_path / n).st_mode & 0o777 == 0o644, n
 
 
 def test_old_step_files_removed_after_new_save(tmp_path):

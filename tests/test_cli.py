@@ -88,9 +88,14 @@ def test_no_command_prints_help_and_exits_2():
 @pytest.mark.parametrize("argv, words", [
     (["train", "--hidden", "0"], ["--hidden", "expected an integer >= 1"]),
     (["train", "--lr", "nan"], ["--lr", "finite"]),
+    (["train", "--lr", "1e39"], ["--lr 1e+39", "too large for float32"]),
+    (["train", "--hidden", "1000000", "--batch", "2", "--steps", "2"], ["out of memory", "--hidden"]),
     (["train", "--bptt", "block:0"], ["--bptt block:0", "tau"]),
     (["train", "--bptt", "foo"], ["--bptt", "full, block:K"]),
     (["train", "--bptt", "random:1.5"], ["--bptt random:1.5", "pi"]),
+    (["train", "--bptt", "sliding:x"], ["--bptt sliding:x", "whole number", "'x'"]),
+    (["train", "--bptt", "random:x"], ["--bptt random:x", "probability", "'x'"]),
+    (["train", "--bptt", "sliding:1.5"], ["--bptt sliding:1.5", "whole number"]),
     (["train", "--val-fraction", "1.5"], ["--val-fraction", "[0, 1)"]),
     (["train", "--corpus", "no-such-corpus"], ["no-such-corpus", "no such file"]),
     (["train", "--token", "byte"], ["--token", "invalid choice"]),
@@ -167,7 +172,9 @@ def test_nan_stops_with_step_and_advice(tmp_path, text_file):
             "--out", "run", cwd=tmp_path)
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr
-    line = [ln for ln in p.stderr.splitlines() if "error" in ln][0]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr     # the message alone, no NumPy warnings
+    line = lines[0]
     assert "step " in line and ("nan" in line or "inf" in line)
     assert "--clip" in line and "learning rate" in line
     # The last complete checkpoint is intact and loadable (step 0 at least).
@@ -210,6 +217,76 @@ def test_resume_cannot_change_the_run(tmp_path, text_file):
     run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--out", "run", cwd=tmp_path, check=0)
     usage_error(run("train", "--resume", "run", "--hidden", "32", cwd=tmp_path), "--hidden", "cannot change")
     usage_error(run("train", "--resume", "nowhere", cwd=tmp_path), "nowhere")
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """A finished one-epoch run (read-only: tests copy it before changing anything)."""
+    d = tmp_path_factory.mktemp("one")
+    (d / "tiny.txt").write_text(TEXT, encoding="utf-8")
+    run("train", "--corpus", d / "tiny.txt", *TINY, "--epochs", "1", "--out", "run", cwd=d, check=0)
+    return d / "run"
+
+
+def test_resume_into_another_runs_folder_is_refused(tmp_path, text_file):
+    run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--out", "a", cwd=tmp_path, check=0)
+    run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--seed", "7", "--out", "b", cwd=tmp_path,
+        check=0)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()}
+    usage_error(run("train", "--resume", "a", "--epochs", "2", "--out", "b", cwd=tmp_path),
+                "--out b", "another run")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before   # b untouched
+
+
+def test_out_folder_with_other_files_is_refused(tmp_path, text_file):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.png").write_bytes(b"my own picture")
+    usage_error(run("train", "--corpus", text_file, *TINY, "--out", "mine", cwd=tmp_path), "--out mine",
+                "not a fastseq checkpoint")
+    assert os.listdir(tmp_path / "mine") == ["train.png"]
+    assert (tmp_path / "mine" / "train.png").read_bytes() == b"my own picture"
+    (tmp_path / "empty").mkdir()
+    run("train", "--corpus", text_file, *TINY, "--epochs", "1", "--out", "empty", cwd=tmp_path, check=0)
+
+
+def test_resume_of_a_finished_run_says_so(tmp_path, one_epoch_run):
+    import shutil
+    shutil.copytree(one_epoch_run, tmp_path / "run")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()}
+    usage_error(run("train", "--resume", "run", cwd=tmp_path), "finished its 1 epochs", "--epochs")
+    usage_error(run("train", "--resume", "run", "--epochs", "1", cwd=tmp_path), "--epochs 1", "already done 1")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "run").iterdir()} == before
+
+
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path, text_file):
+    """A run resumed at an epoch boundary draws the next epoch's data order from the saved loader RNG."""
+    args = [*RESUME_ARGS[:-4], "--max-tokens", "0", "--optimizer", "adam", "--lr", "0.01", "--sampling", "random"]
+    run("train", "--corpus", text_file, *args, "--epochs", "3", "--out", "full", cwd=tmp_path, check=0)
+    run("train", "--corpus", text_file, *args, "--epochs", "1", "--out", "part", cwd=tmp_path, check=0)
+    run("train", "--resume", "part", "--epochs", "3", "--no-progress", "--no-ngram", "--sample-length", "5",
+        cwd=tmp_path, check=0)
+    a, meta_a = load_weights(tmp_path / "full")
+    b, meta_b = load_weights(tmp_path / "part")
+    assert meta_a["step"] == meta_b["step"]
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["resume"]["state"].pop("loader_rng"), ["damaged", "loader_rng"]),
+    (lambda m: m["resume"]["state"].update(epoch="x"), ["damaged", "'x'"]),
+    (lambda m: m["hparams"].update(token="bogus"), ["hparams", "damaged", "bogus"]),
+    (lambda m: m["hparams"].pop("steps"), ["hparams", "lack steps"]),
+    (lambda m: m.update(hparams=[1]), ["'hparams' is a list"]),
+])
+def test_resume_of_an_edited_checkpoint_is_a_usage_error(tmp_path, one_epoch_run, edit, words):
+    import shutil
+    shutil.copytree(one_epoch_run, tmp_path / "run")
+    f = tmp_path / "run" / "fastseq.json"
+    meta = json.loads(f.read_text(encoding="utf-8"))
+    edit(meta)
+    f.write_text(json.dumps(meta), encoding="utf-8")
+    usage_error(run("train", "--resume", "run", "--epochs", "2", cwd=tmp_path), *words)
 
 
 def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(tmp_path, text_file):
@@ -286,6 +363,19 @@ def test_generate_bad_values(trained, tmp_path):
     usage_error(run("generate", trained, "--prefix", "", cwd=tmp_path), "--prefix")
 
 
+def test_prefix_outside_the_vocabulary_is_named(trained, tmp_path, text_file):
+    usage_error(run("generate", trained, "--prefix", "the \u03b6ebra", cwd=tmp_path), "--prefix", "'\u03b6'",
+                "not in the model's vocabulary")
+    usage_error(run("generate", trained, "--prefix", "The", cwd=tmp_path), "'T'")   # the text is lower case
+    # train checks an explicit --prefix before training, not after it.
+    usage_error(run("train", "--corpus", text_file, *TINY, "--prefix", "Zz", "--out", "r2", cwd=tmp_path),
+                "--prefix", "'Z'")
+    assert not (tmp_path / "r2").exists()
+    # The default prefix ('The ') falls back to lower case where 'T' is not a token.
+    r = json.loads(run("generate", trained, "-n", "3", "--json", cwd=tmp_path, check=0).stdout)
+    assert r["prefix"] == "the "
+
+
 def test_eval_matches_an_independent_perplexity(trained, tmp_path):
     held = tmp_path / "held.txt"
     held.write_text("the lazy fox sleeps in the warm sun.\nthe dog is quick.\n")
@@ -341,6 +431,22 @@ def test_grad_norms(trained, tmp_path):
     usage_error(run("grad-norms", trained, "--window", "100000", cwd=tmp_path), "--window")
 
 
+def strict_json(text):
+    """Parse as JSON proper: NaN, Infinity (Python's json extensions) are an error."""
+    def refuse(c):
+        raise ValueError(f"not JSON: {c}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_when_a_figure_is_not_finite(tmp_path, text_file):
+    # float32 gradients 1000 steps from the loss underflow to 0: the decay fit is undefined.
+    run("train", "--corpus", text_file, *TINY, "--epochs", "2", "--out", "run", cwd=tmp_path, check=0)
+    p = run("grad-norms", "run", "--text", text_file, "--window", "1000", "--sequences", "2", "--json",
+            cwd=tmp_path, check=0)
+    r = strict_json(p.stdout)
+    assert r["median_norm_by_distance"][-1] == 0.0 and r["decay_per_step"] is None
+
+
 def test_grad_norms_match_an_independent_backward(trained, tmp_path):
     T = 20
     (tmp_path / "w.txt").write_text(TEXT[5:5 + T + 2])   # exactly one window: ids[0:T] -> ids[1:T+1]
@@ -385,6 +491,25 @@ def test_stats_zipf_alphas_and_plot(tmp_path):
     assert a[0] > a[1] > a[2]
     assert is_png(tmp_path / "zipf.png")
     usage_error(run("stats", "--plot", "zipf.jpg", cwd=tmp_path), "--plot", ".png")
+
+
+def test_output_file_that_is_a_folder_is_a_usage_error(tmp_path, text_file):
+    (tmp_path / "out.png").mkdir()
+    (tmp_path / "out.arpa").mkdir()
+    usage_error(run("stats", text_file, "--plot", "out.png", cwd=tmp_path), "--plot out.png", "is a folder")
+    usage_error(run("ngram", "fit", text_file, "--order", "2", "--arpa", "out.arpa", cwd=tmp_path),
+                "--arpa out.arpa", "is a folder")
+    usage_error(run("train", "--corpus", text_file, *TINY, "--plot", "out.png", "--out", "run", cwd=tmp_path),
+                "--plot out.png", "is a folder")
+    assert not (tmp_path / "run").exists()   # refused before any work
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc (a folder no file can be created in)")
+def test_write_failure_is_one_line(tmp_path, text_file):
+    p = run("stats", text_file, "--plot", "/proc/zipf.png", cwd=tmp_path)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/proc/zipf.png" in lines[0], p.stderr
 
 
 @pytest.fixture(scope="module")

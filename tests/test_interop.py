@@ -122,3 +122,75 @@ def test_bad_state_dicts_named():
         interop.from_torch_state_dict(sd, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="tensors"):
         interop.to_torch_state_dict(m, tensors="jax")
+
+
+class _TorchLM(torch.nn.Module):
+    """nn.Embedding(V, E) + a recurrent layer + nn.Linear, float64 unless told."""
+
+    def __init__(self, E=4, rnn=None, dtype=torch.float64, **kw):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(V, E, dtype=dtype)
+        self.rnn = (rnn or torch.nn.RNN)(E, H, batch_first=True, dtype=dtype, **kw)
+        self.linear = torch.nn.Linear(H, V, dtype=dtype)
+
+    def forward(self, ids, h0):
+        hs, hT = self.rnn(self.embedding(ids), h0)
+        return self.linear(hs), hT
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_imported_model_same_gradients(nonlinearity):
+    """fastseq's gradients of the imported model are torch's, mapped through the import (chain rule)."""
+    torch.manual_seed(3)
+    tm = _TorchLM(E=4, nonlinearity=nonlinearity)
+    with torch.no_grad():
+        tm.rnn.bias_hh_l0.normal_()
+        tm.rnn.bias_ih_l0.normal_()
+    X, Y, h0 = _data(4)
+    m = interop.from_torch_state_dict(tm, backend="numpy")
+    assert m.nonlinearity == nonlinearity
+    logits_t, _ = tm(torch.from_numpy(X.astype(np.int64)), torch.from_numpy(h0)[None])
+    torch.nn.functional.cross_entropy(logits_t.reshape(-1, V),
+                                      torch.from_numpy(Y.astype(np.int64)).reshape(-1)).backward()
+    loss, grads, _ = m.loss_and_grad(X, Y, h0)
+    g = {n: p.grad.numpy() for n, p in tm.named_parameters()}
+    emb, w_ih = tm.embedding.weight.detach().numpy(), tm.rnn.weight_ih_l0.detach().numpy()
+    close = dict(rtol=1e-10, atol=1e-13)
+    # W_xh = emb @ w_ih^T: dL/d emb = dL/dW_xh @ w_ih and dL/d w_ih = (emb^T @ dL/dW_xh)^T.
+    np.testing.assert_allclose(g["embedding.weight"], grads["W_xh"] @ w_ih, **close)
+    np.testing.assert_allclose(g["rnn.weight_ih_l0"], (emb.T @ grads["W_xh"]).T, **close)
+    np.testing.assert_allclose(g["rnn.weight_hh_l0"].T, grads["W_hh"], **close)
+    np.testing.assert_allclose(g["rnn.bias_ih_l0"], grads["b_h"], **close)
+    np.testing.assert_allclose(g["rnn.bias_hh_l0"], grads["b_h"], **close)
+    np.testing.assert_allclose(g["linear.weight"].T, grads["W_hq"], **close)
+    np.testing.assert_allclose(g["linear.bias"], grads["b_q"], **close)
+
+
+def test_real_torch_modules_that_do_not_map_are_named():
+    with pytest.raises(ValueError, match="multi-layer"):
+        interop.from_torch_state_dict(_TorchLM(num_layers=2).state_dict())
+    with pytest.raises(ValueError, match="bidirectional"):
+        interop.from_torch_state_dict(_TorchLM(bidirectional=True).state_dict())
+    with pytest.raises(ValueError, match=r"missing \['rnn.bias_ih_l0', 'rnn.bias_hh_l0'\]"):
+        interop.from_torch_state_dict(_TorchLM(bias=False).state_dict())
+    with pytest.raises(ValueError, match="LSTM"):
+        interop.from_torch_state_dict(_TorchLM(rnn=torch.nn.LSTM).state_dict())
+    with pytest.raises(ValueError, match="is a LSTM"):
+        interop.from_torch_state_dict(_TorchLM(rnn=torch.nn.LSTM))
+
+
+def test_nonlinearity_of_a_module_is_read_and_checked():
+    relu = _TorchLM(nonlinearity="relu")
+    assert interop.from_torch_state_dict(relu, backend="numpy").nonlinearity == "relu"
+    with pytest.raises(ValueError, match="'tanh' given, but the module's nn.RNN uses 'relu'"):
+        interop.from_torch_state_dict(relu, nonlinearity="tanh")
+    # A bare state dict cannot say: nn.RNN's default, tanh.
+    assert interop.from_torch_state_dict(relu.state_dict(), backend="numpy").nonlinearity == "tanh"
+
+
+@pytest.mark.parametrize("tdtype", [torch.float16, torch.bfloat16])
+def test_half_precision_state_dicts_import_exactly_in_float32(tdtype):
+    tm = _TorchLM(E=V, dtype=tdtype)
+    m = interop.from_torch_state_dict(tm.state_dict(), backend="numpy")
+    assert m.params["W_hh"].dtype == np.float32
+    np.testing.assert_array_equal(m.params["W_hh"], tm.rnn.weight_hh_l0.detach().float().numpy().T)

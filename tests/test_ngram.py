@@ -2,6 +2,9 @@
 models (against KenLM's published perplexities and the kenlm client), ARPA."""
 import math
 import os
+import subprocess
+import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastseq.ngram import (ArpaError, BadDiscountError, KneserNeyLM, LaplaceLM, count_in_pieces,
+from fastseq.ngram import (ArpaError, BadDiscountError, KneserNeyLM, LaplaceLM, NGramCounts, count_in_pieces,
                            count_ngrams, count_ngrams_reference, load_arpa)
 from fastseq.text import Vocab, read_lines
 
@@ -32,6 +35,16 @@ def tm_words():
     words = " ".join(read_lines("timemachine", "d2l")).split()
     vocab = Vocab(words)
     return vocab.encode(words), vocab
+
+
+def run_isolated(code, memory_limit=1 << 31):
+    """Run code in a fresh interpreter (address space capped), so that a crash or an
+    out-of-bounds write in a kernel fails the test instead of killing pytest."""
+    code = "import resource; resource.setrlimit(resource.RLIMIT_AS, (%d, %d))\n" % (memory_limit, memory_limit) \
+        + textwrap.dedent(code)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout}\n{p.stderr[-2000:]}"
+    return p.stdout
 
 
 def counter_oracle(ids, n):
@@ -136,6 +149,115 @@ def test_counting_bad_input(kwargs, match):
     for fn in (count_ngrams, count_ngrams_reference):
         with pytest.raises(ValueError, match=match):
             fn(ids, order, **kwargs)
+
+
+@pytest.mark.parametrize("vocab_size", [2.5, np.float64(3.0), "5", True, 0, 2**31, 2**40])
+def test_vocab_size_must_be_an_int32_integer(vocab_size):
+    # vocab_size=2.5 once let id 2 through (2 < 2.5) into a kernel table of 2 entries
+    for fn in (count_ngrams, count_ngrams_reference):
+        with pytest.raises(ValueError, match="vocab_size: expected an integer"):
+            fn(np.array([0, 1, 2, 2]), 2, vocab_size=vocab_size)
+    with pytest.raises(ValueError, match="vocab_size: expected an integer"):
+        count_in_pieces(np.array([0, 1, 2, 2]), 2, 2, vocab_size=vocab_size)
+
+
+@pytest.mark.parametrize("order", [65, 10**7, 2**40])
+def test_huge_order_is_refused_at_once(order):
+    for fn in (count_ngrams, count_ngrams_reference):
+        with pytest.raises(ValueError, match=r"order: expected an integer in \[1, 64\]"):
+            fn([1, 2], order)
+    assert count_ngrams([1, 2], 64) == count_ngrams_reference([1, 2], 64)
+
+
+def test_kernel_checks_its_contract():
+    # called directly with ids outside [0, V) or a room past the end: a ValueError, never a write out of bounds
+    out = run_isolated("""
+        import numpy as np
+        from fastseq.ngram import _count
+        for ids, room, V in (([0, 5, 1], [3, 2, 1], 3), ([0, -1, 1], [3, 2, 1], 3), ([0, 1, 2], [3, 9, 1], 3),
+                             ([0, 1, 2], [3, 2], 3), ([0, 1, 2], [3, 2, 0], 3)):
+            try:
+                _count.count_orders(np.array(ids, np.int32), np.array(room, np.int32), 3, V)
+            except ValueError as e:
+                print("ValueError", e)
+        a = np.zeros((3, 2), np.int32)
+        try:
+            _count.merge_sorted(a, np.ones(3, np.int64), np.zeros((3, 1), np.int32), np.ones(3, np.int64))
+        except ValueError as e:
+            print("ValueError", e)
+    """)
+    assert out.count("ValueError") == 6, out
+
+
+def test_sparse_large_ids_count_in_memory_of_the_tokens():
+    # ids up to 2**31 - 2 (or a vocab_size that large) once sized the kernel's tables by the
+    # largest id: gigabytes for a handful of tokens
+    out = run_isolated("""
+        import numpy as np
+        from fastseq.ngram import count_ngrams, count_ngrams_reference
+        ids = np.array([7, 2**31 - 2, 7, 2**30, 2**31 - 2, 7, 2**30], np.int64)
+        a = count_ngrams(ids, 3)
+        assert a == count_ngrams_reference(ids, 3), a
+        assert a.to_dict(2) == {(7, 2**30): 2, (7, 2**31 - 2): 1, (2**30, 2**31 - 2): 1, (2**31 - 2, 7): 2}
+        assert a.vocab_size == 2**31 - 1
+        b = count_ngrams(np.array([3, 1, 3]), 2, vocab_size=2**31 - 1, lengths=[1, 2], bos=2**31 - 3, eos=0)
+        assert b == count_ngrams_reference(np.array([3, 1, 3]), 2, vocab_size=2**31 - 1, lengths=[1, 2],
+                                           bos=2**31 - 3, eos=0)
+        # sentences [3] and [1, 3], each wrapped in 2**31 - 3 ... 0
+        assert b.to_dict(2) == {(2**31 - 3, 3): 1, (3, 0): 2, (2**31 - 3, 1): 1, (1, 3): 1}, b.to_dict(2)
+        print("ok")
+    """, memory_limit=1 << 30)
+    assert out.strip() == "ok"
+
+
+def test_noncontiguous_and_byteswapped_ids():
+    ids = (np.arange(40, dtype=np.int32) % 5)[::3]                  # a strided view
+    assert not ids.flags.c_contiguous
+    want = count_ngrams_reference(ids.copy(), 3)
+    assert count_ngrams(ids, 3) == want
+    assert count_ngrams(ids.astype(">i4"), 3) == want
+    assert count_ngrams(ids, 3, lengths=[4, 0, 10], bos=5, eos=6) == \
+        count_ngrams_reference(ids.copy(), 3, lengths=[4, 0, 10], bos=5, eos=6)
+
+
+def test_no_sentences_counts_nothing():
+    for fn in (count_ngrams, count_ngrams_reference):
+        c = fn(np.zeros(0, np.int64), 3, lengths=[], bos=1, eos=2)
+        assert c.order == 3 and all(len(c.counts[n]) == 0 for n in (1, 2, 3))
+
+
+@pytest.mark.parametrize("lengths", [np.array([2**63 - 1, 2**63 - 1, 5], np.uint64),
+                                     np.array([2**64 - 1, 4], np.uint64), [5]])
+def test_lengths_that_wrap_around(lengths):
+    with pytest.raises(ValueError, match="lengths: a sentence length .* exceeds the 3 tokens"):
+        count_ngrams([1, 2, 3], 2, lengths=lengths)
+
+
+@pytest.mark.parametrize("bos", [2**31 - 1, 2**40])
+def test_bos_beyond_int32(bos):
+    with pytest.raises(ValueError, match="bos: expected a token id"):
+        count_ngrams([1, 2, 3], 2, lengths=[3], bos=bos)
+
+
+def test_stream_longer_than_int32_is_refused(monkeypatch):
+    big = np.broadcast_to(np.int32(0), (2**31,))          # no memory behind it
+    with pytest.raises(ValueError, match="ids: at most 2147483647 tokens"):
+        count_ngrams(big, 2)
+    # the padded stream counts too: 3 sentences of 16 tokens + bos/eos exceed a limit of 50
+    from fastseq.ngram import counting
+    monkeypatch.setattr(counting, "MAX_INT32", 50)
+    with pytest.raises(ValueError, match="ids: 54 tokens with the sentence boundaries; at most 50"):
+        count_ngrams(np.zeros(48, np.int64), 2, lengths=[16, 16, 16], bos=1, eos=2)
+
+
+def test_ngram_counts_checks_shapes_before_merging():
+    good = count_ngrams([1, 2, 3], 2)
+    with pytest.raises(ValueError, match=r"grams\[2\], counts\[2\]: expected shapes \(K, 2\) and \(K,\)"):
+        good + NGramCounts({1: np.zeros((0, 1)), 2: np.zeros((5, 1))}, {1: np.zeros(0), 2: np.ones(5)}, 5)
+    with pytest.raises(ValueError, match=r"grams\[2\], counts\[2\]"):
+        NGramCounts({1: np.zeros((0, 1)), 2: np.zeros((2, 2))}, {1: np.zeros(0), 2: np.ones(1)}, 5)
+    with pytest.raises(ValueError, match="orders 1..2"):
+        NGramCounts({2: np.zeros((0, 2))}, {2: np.zeros(0)}, 5)
 
 
 # ----- Kneser-Ney against KenLM ------------------------------------------------------------------

@@ -433,6 +433,106 @@ def test_model_bad_input(cls, kw):
         KneserNeyLM(2, discount_fallback=(0.5, 3.0, 1.0))
 
 
+def test_failed_refit_leaves_the_fitted_model_intact(tm_split):
+    # a refit refused after counting (BadDiscountError) once left the new data's lookup keys
+    # in the fitted model: P(. | the time) summed to 0.53
+    train, _ = tm_split
+    m = KneserNeyLM(3).fit(train[:800])
+    ctxs = [["the", "time"], ["<s>", "i"], ["of", "the"]]
+    before = [m.distribution(c) for c in ctxs] + [[m.prob(w, c) for c in ctxs for w in ("the", "time", "</s>")]]
+    with pytest.raises(BadDiscountError):
+        m.fit([["a", "b", "c"], ["a", "b"]])
+    after = [m.distribution(c) for c in ctxs] + [[m.prob(w, c) for c in ctxs for w in ("the", "time", "</s>")]]
+    for a, b in zip(before, after):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("cls, kw", [(LaplaceLM, {}), (KneserNeyLM, dict(discount_fallback=True))])
+@pytest.mark.parametrize("reserved", ["<s>", "</s>"])
+def test_fit_ids_refuses_sentence_markers_inside_sentences(cls, kw, reserved):
+    # a Vocab with <s> / </s>: an id of one of them inside a sentence once became a word
+    # ('<s>' predicted with probability forced to 0, so P(. | a) summed to 0.75)
+    vocab = Vocab(["a", "b", "a"], reserved_tokens=["<s>", "</s>"])
+    with pytest.raises(ValueError, match=f"sentences: id {vocab[reserved]} at position 1 is the Vocab's '{reserved}'"):
+        cls(2, **kw).fit(vocab.encode(["a", reserved, "b", "a"]), vocab=vocab)
+    m = cls(2, **kw).fit(vocab.encode(["a", "b", "a", "a"]), vocab=vocab, lengths=[2, 2])
+    assert m.distribution(["a"]).sum() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: m.prob(5), "word: expected a string token"),
+    (lambda m: m.prob(["a"]), "word: expected a string token"),
+    (lambda m: m.prob("a", None), "context: expected a string or a sequence"),
+    (lambda m: m.prob("a", [1]), "context: expected string tokens"),
+    (lambda m: m.distribution([1, 2]), "context: expected string tokens"),
+    (lambda m: m.score([1, 2]), "words: expected string tokens"),
+    (lambda m: m.score([["a"]]), "words: expected string tokens"),
+    (lambda m: m.score(None), "words: expected a string or a sequence"),
+    (lambda m: m.perplexity([]), "sentences: empty corpus"),
+    (lambda m: m.perplexity([None]), "sentences: expected a string or a sequence"),
+    (lambda m: m.perplexity(5), "sentences: expected an iterable"),
+    (lambda m: m.generate(3, None), "prefix: expected a string or a sequence"),
+])
+def test_scoring_bad_input(call, match):
+    # non-string tokens were silently scored as '<unk>'; the rest raised TypeError or a broadcast error
+    m = LaplaceLM(2).fit([["a", "b"]])
+    with pytest.raises(ValueError, match=match):
+        call(m)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: KneserNeyLM(2, discounts={1: (float("nan"), 1, 1.5)}), "discounts"),
+    (lambda: KneserNeyLM(2, discounts=[(0.5, 1, 1.5)]), "discounts"),
+    (lambda: KneserNeyLM(2, discount_fallback="yes"), "discount_fallback"),
+    (lambda: LaplaceLM(2, eps="a"), "eps"),
+    (lambda: LaplaceLM(65), r"order: expected an integer in \[1, 64\]"),
+    (lambda: KneserNeyLM(10**6), r"order: expected an integer in \[1, 64\]"),
+    (lambda: LaplaceLM(2).fit([["a", ["b"]]]), "sentences: expected string tokens"),
+    (lambda: LaplaceLM(2).fit([["a\udcff", "b"]]).to_arpa(os.devnull), "UTF-8 cannot encode"),
+])
+def test_constructor_and_fit_bad_input(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_distribution_continues_past_a_pruned_context(tmp_path):
+    # 4-gram file where the context 'x a b' is stored but its suffix 'a b' is not (pruned):
+    # distribution() stopped at the missing shorter context, prob() did not
+    p = tmp_path / "m.arpa"
+    p.write_text("""\\data\\
+ngram 1=5
+ngram 2=2
+ngram 3=1
+ngram 4=1
+
+\\1-grams:
+-1.0\t<s>\t-0.3
+-0.5\t</s>\t-0.1
+-0.6\ta\t-0.2
+-0.9\tb\t-0.25
+-0.7\tx\t-0.15
+
+\\2-grams:
+-0.2\tx a\t-0.05
+-0.4\tb x
+
+\\3-grams:
+-0.1\tx a b\t-0.35
+
+\\4-grams:
+-0.02\tx a b x
+
+\\end\\
+""")
+    m = load_arpa(p)
+    d = m.distribution(["x", "a", "b"])
+    for w in ("x", "a", "</s>", "<unk>"):
+        assert d[m.vocab.index(w)] == pytest.approx(m.prob(w, ["x", "a", "b"]), rel=1e-12)
+    assert m.prob("x", ["x", "a", "b"]) == pytest.approx(10 ** -0.02)
+    # 'a' after 'x a b': backoff of 'x a b' (-0.35), 'a b' absent (0), 'b' -0.25, then P(a) -0.6
+    assert d[m.vocab.index("a")] == pytest.approx(10 ** (-0.35 - 0.25 - 0.6))
+
+
 # ----- ARPA and the kenlm client -------------------------------------------------------------
 @pytest.mark.parametrize("cls, order, kw", [
     (LaplaceLM, 2, {}), (LaplaceLM, 3, dict(eps=0.3)), (LaplaceLM, 4, {}), (LaplaceLM, 5, dict(eps=(0.5, 1, 2, 3, 4))),

@@ -552,10 +552,11 @@ def test_kenlm_scores_fastseq_arpa(tm_split, tmp_path, cls, order, kw):
             for eos in (True, False):
                 ours = m.score(s, bos=bos, eos=eos)
                 assert k.score(s, bos=bos, eos=eos) == pytest.approx(ours, rel=1e-4, abs=1e-4)
-                assert loaded.score(s, bos=bos, eos=eos) == pytest.approx(ours, rel=1e-7)
-    assert loaded.perplexity(test) == pytest.approx(m.perplexity(test), rel=1e-7)
+                assert loaded.score(s, bos=bos, eos=eos) == ours        # the file holds the exact doubles
+    assert loaded.perplexity(test) == m.perplexity(test)
     for ctx in ([], ["<s>", "the"], ["zzz", "time"], ["of", "the", "time", "traveller"]):
-        assert loaded.distribution(ctx).sum() == pytest.approx(1.0, abs=1e-6)
+        assert np.array_equal(loaded.distribution(ctx), m.distribution(ctx))
+        assert loaded.distribution(ctx).sum() == pytest.approx(1.0, abs=1e-12)
 
 
 ARPA = """\\data\\
@@ -597,6 +598,13 @@ def test_load_arpa_small_file_by_hand(tmp_path):
     ("\\end\\\n", "", 15, "end of file"),
     ("ngram 2=2", "ngram 3=2", 3, "ngram 2="),
     ("-0.5\t</s>", "0.5\t</s>", 7, "<= 0"),
+    # a count no file of this length can hold: refused before anything is sized by it
+    ("ngram 2=2", "ngram 2=4000000000", 3, "announces 4000000000 2-grams, but only 13 lines follow"),
+    ("ngram 1=4", "ngram 1=100000000000", 2, "announces 100000000000 1-grams"),
+    ("a\t-0.2", "a\tinf", 8, "log10 backoff 'inf' must be a number"),
+    ("a\t-0.2", "a\tnan", 8, "log10 backoff 'nan' must be a number"),
+    ("-1.0\t<s>\t-0.3", "-1.0\tc\t-0.3", 5, "the unigrams have no '<s>'"),
+    ("\\data\\", "\\dada\\", 16, r"no '\\data\\' line"),
 ])
 def test_malformed_arpa_names_the_line(tmp_path, old, new, line, match):
     p = tmp_path / "bad.arpa"
@@ -604,6 +612,25 @@ def test_malformed_arpa_names_the_line(tmp_path, old, new, line, match):
     p.write_text(ARPA.replace(old, new))
     with pytest.raises(ArpaError, match=rf"bad\.arpa:{line}: .*{match}"):
         load_arpa(p)
+
+
+def test_arpa_not_utf8_names_the_line(tmp_path):
+    p = tmp_path / "bad.arpa"
+    p.write_bytes(ARPA.replace("-0.9\tb", "-0.9\tb\xff").encode("latin-1"))   # UnicodeDecodeError before
+    with pytest.raises(ArpaError, match=r"bad\.arpa:9: not UTF-8 \(byte 0xff"):
+        load_arpa(p)
+
+
+def test_arpa_order_above_64_is_refused_at_its_header_line(tmp_path):
+    head = "\\data\\\n" + "".join(f"ngram {k}=0\n" for k in range(1, 66)).replace("ngram 1=0", "ngram 1=2")
+    body = "\n\\1-grams:\n-1\t<s>\n-1\t</s>\n" + "".join(f"\n\\{k}-grams:\n" for k in range(2, 66)) + "\n\\end\\\n"
+    p = tmp_path / "deep.arpa"
+    p.write_text(head + body)
+    with pytest.raises(ArpaError, match=r"deep\.arpa:66: order 65 is above the highest supported, 64"):
+        load_arpa(p)
+    p.write_text(head.replace("ngram 65=0\n", "") + body.replace("\n\\65-grams:\n", ""))
+    m = load_arpa(p)                                      # 64 orders load and score
+    assert m.order == 64 and m.score("", bos=True, eos=True) == pytest.approx(-1.0)
 
 
 def test_to_arpa_refuses_whitespace_tokens(tmp_path):

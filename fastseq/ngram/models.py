@@ -355,11 +355,13 @@ class NGramLM:
                 for j in range(1, k):
                     words = words + " " + vocab[self._rows[k][:, j]]
                 lp = self._logp[k]
+                # repr: the shortest text that reads back as the same double, so load_arpa
+                # scores exactly as this model does
                 if k < self.order:
-                    lines = [f"{p:.9g}\t{w}\t{b:.9g}\n" for p, w, b in zip(lp.tolist(), words.tolist(),
-                                                                          self._logb[k].tolist())]
+                    lines = [f"{p!r}\t{w}\t{b!r}\n" for p, w, b in zip(lp.tolist(), words.tolist(),
+                                                                       self._logb[k].tolist())]
                 else:
-                    lines = [f"{p:.9g}\t{w}\n" for p, w in zip(lp.tolist(), words.tolist())]
+                    lines = [f"{p!r}\t{w}\n" for p, w in zip(lp.tolist(), words.tolist())]
                 f.writelines(lines)
             f.write("\n\\end\\\n")
 

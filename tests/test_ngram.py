@@ -322,6 +322,30 @@ def test_laplace_by_hand():
     assert m.score("a b") == pytest.approx(want)
     assert m.logprob("a b") == pytest.approx(want * math.log(10))
     assert m.score("a b", bos=False, eos=False) == pytest.approx(math.log10(p1["a"] * (1 + 2 * p1["b"]) / 5))
+    # The seed's slip, n(x, x') + eps_2 P(x), would not normalise: over the 4 predictable
+    # tokens after 'a' it sums to (3 + 4 * 2 * P(a)) / 5, not 1.
+    assert abs((3 + 4 * 2 * p1["a"]) / 5 - 1) > 0.1
+    assert sum(m.prob(w, ["a"]) for w in ("a", "b", "</s>", "<unk>")) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_laplace_trigram_by_hand():
+    # The recursion one level further: P(w | c) = (n(c, w) + eps_3 P(w | c')) / (n(c) + eps_3),
+    # c' = c without its first token. Same corpus, eps = (1, 2, 3).
+    m = LaplaceLM(3, eps=(1.0, 2.0, 3.0)).fit([["a", "b"], ["a", "a"]])
+    p1 = {"a": 3.25 / 7, "b": 1.25 / 7, "</s>": 2.25 / 7, "<unk>": 0.25 / 7}
+    p2a = {w: (n + 2 * p1[w]) / 5 for w, n in (("a", 1), ("b", 1), ("</s>", 1), ("<unk>", 0))}   # after 'a'
+    p2b = {w: (n + 2 * p1[w]) / 3 for w, n in (("a", 0), ("b", 0), ("</s>", 1), ("<unk>", 0))}   # after 'b'
+    # trigrams: (<s> a b) (a b </s>) (<s> a a) (a a </s>); n(<s> a) = 2, n(a b) = 1, n(a a) = 1
+    assert m.prob("b", ["<s>", "a"]) == pytest.approx((1 + 3 * p2a["b"]) / 5)
+    assert m.prob("</s>", ["<s>", "a"]) == pytest.approx(3 * p2a["</s>"] / 5)
+    assert m.prob("</s>", ["a", "b"]) == pytest.approx((1 + 3 * p2b["</s>"]) / 4)
+    assert m.prob("a", ["a", "b"]) == pytest.approx(3 * p2b["a"] / 4)
+    assert m.prob("a", ["b", "a"]) == pytest.approx(p2a["a"])             # 'b a' never a context
+    assert m.prob("zzz", ["<s>", "a"]) == pytest.approx(3 * p2a["<unk>"] / 5)
+    want = math.log10((2 + 2 * p1["a"]) / 4 * (1 + 3 * p2a["b"]) / 5 * (1 + 3 * p2b["</s>"]) / 4)
+    assert m.score("a b") == pytest.approx(want)
+    for ctx in (["<s>", "a"], ["a", "b"], ["a", "a"], ["b", "a"], ["<unk>", "</s>"]):
+        assert m.distribution(ctx).sum() == pytest.approx(1.0, abs=1e-12)
 
 
 # ----- shared API ----------------------------------------------------------------------------
@@ -334,7 +358,8 @@ def test_probabilities_sum_to_one_for_any_context(tm_split, cls, order, kw):
     train, _ = tm_split
     m = cls(order, **kw).fit(train[:800])
     contexts = [[], ["<s>"], ["<s>", "the"], ["the", "time"], ["of", "the", "time"], ["zzz"], ["zzz", "the"],
-                ["the", "qqq", "xx"], ["</s>"], ["<s>", "i", "had"]]
+                ["the", "qqq", "xx"], ["</s>"], ["<s>", "i", "had"], ["<unk>"], ["the", "<unk>"],
+                ["the", "</s>", "<s>"], ["</s>", "<s>", "the"], ["<s>", "<s>"]]
     for ctx in contexts:
         p = m.distribution(ctx)
         assert p.sum() == pytest.approx(1.0, abs=1e-12)
@@ -360,7 +385,8 @@ def test_perplexity_is_kenlm_query_arithmetic(tm_split, cls, order, kw):
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.sampled_from("abcd"), max_size=6), min_size=1, max_size=8).filter(lambda c: any(c)),
-       st.integers(1, 4), st.booleans(), st.lists(st.sampled_from(["a", "b", "c", "d", "<s>", "zz"]), max_size=4))
+       st.integers(1, 4), st.booleans(),
+       st.lists(st.sampled_from(["a", "b", "c", "d", "<s>", "</s>", "<unk>", "zz"]), max_size=4))
 def test_any_model_any_context_sums_to_one_property(corpus, order, kn, context):
     m = (KneserNeyLM(order, discount_fallback=True) if kn else LaplaceLM(order, eps=0.7)).fit(corpus)
     p = m.distribution(context)
@@ -575,6 +601,30 @@ ngram 2=2
 
 \\end\\
 """
+
+
+@pytest.mark.parametrize("cls, order, kw", [(LaplaceLM, 3, {}), (KneserNeyLM, 2, {}), (KneserNeyLM, 4, {}),
+                                            (KneserNeyLM, 5, dict(discount_fallback=True))])
+def test_perplexity_counts_as_kenlm_query(tm_split, tmp_path, cls, order, kw):
+    # KenLM's query sums full_scores: every word and '</s>' is a token; a word outside the
+    # vocabulary (including a literal '<unk>') is OOV, left out of both sums for excluding_oov
+    kenlm = pytest.importorskip("kenlm")
+    train, test = tm_split
+    test = test + [["<unk>", "the"], [], ["zzz"]]
+    m = cls(order, **kw).fit(train)
+    m.to_arpa(tmp_path / "m.arpa")
+    k = kenlm.Model(str(tmp_path / "m.arpa"))
+    total = total_oov = tokens = oov = 0
+    for sent in test:
+        for lp, _, is_oov in k.full_scores(" ".join(sent)):
+            total, tokens = total + lp, tokens + 1
+            if is_oov:
+                total_oov, oov = total_oov + lp, oov + 1
+    pp = m.perplexity(test)
+    assert (pp.tokens, pp.oov) == (tokens, oov) == (3564 + 3 + 1 + 2, 270 + 1 + 1)
+    # kenlm computes in float32: 1e-6 relative is its rounding, far inside the issue's 1e-4
+    assert pp.including_oov == pytest.approx(10 ** (-total / tokens), rel=1e-6)
+    assert pp.excluding_oov == pytest.approx(10 ** (-(total - total_oov) / (tokens - oov)), rel=1e-6)
 
 
 def test_load_arpa_small_file_by_hand(tmp_path):

@@ -636,6 +636,11 @@ def test_load_arpa_small_file_by_hand(tmp_path):
     assert m.prob("zz") == pytest.approx(10 ** -100)             # missing <unk>: KenLM's -100
     assert m.score("a b") == pytest.approx(-0.2 - 0.4 - 0.5)
     assert m.score("b a", bos=False) == pytest.approx(-0.9 - 0.6 + (-0.2 - 0.5))
+    # a literal '<s>' inside a sentence is a word with the file's probability (KenLM's reading);
+    # load_arpa once replaced it by -99: -101.1 here where KenLM says -3.1
+    assert m.score("a <s> b") == pytest.approx((-0.2) + (-0.2 - 1.0) + (-0.3 - 0.9) + (-0.5))
+    assert m.score("<s> a", bos=True) == pytest.approx((-0.3 - 1.0) + (-0.2) + (-0.2 - 0.5))
+    assert m.prob("<s>", ["a"]) == 0.0 and m.distribution(["a"])[m.vocab.index("<s>")] == 0.0
 
 
 @pytest.mark.parametrize("old, new, line, match", [
@@ -711,7 +716,8 @@ def test_arpa_with_missing_suffix_scores_the_stored_ngram(tmp_path):
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.lists(st.sampled_from("abcde"), max_size=6), min_size=1, max_size=8).filter(lambda c: any(c)),
        st.integers(2, 5), st.booleans(),
-       st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "zz"]), max_size=6), min_size=1, max_size=4))
+       st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "zz", "<s>", "</s>", "<unk>"]), max_size=6),
+                min_size=1, max_size=4))
 def test_kenlm_agrees_on_random_small_models_property(tmp_path_factory, corpus, order, kn, sentences):
     kenlm = pytest.importorskip("kenlm")
     m = (KneserNeyLM(order, discount_fallback=True) if kn else LaplaceLM(order, eps=0.7)).fit(corpus)

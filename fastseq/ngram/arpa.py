@@ -16,7 +16,7 @@ the file and the line.
 import numpy as np
 
 from .counting import MAX_ORDER
-from .models import BOS, EOS, NEVER, UNK, UNK_ID, NGramLM
+from .models import BOS, EOS, UNK, UNK_ID, NGramLM
 
 __all__ = ["ArpaError", "load_arpa"]
 
@@ -139,7 +139,8 @@ def load_arpa(path):
     lp1, lb1 = np.full(V, MISSING_UNK), np.zeros(V)
     order = np.array([tid[w] for w in uni], dtype=np.int64)
     lp1[order], lb1[order] = grams[1][1], grams[1][2]
-    lp1[tid[BOS]] = NEVER                           # never predicted, whatever the file says
+    # '<s>' keeps the file's value: a sentence start is never predicted anyway, and a literal
+    # '<s>' inside a sentence is scored with it, as KenLM does (lmplz writes -99 there).
     rows, parent, logp, logb = {1: np.arange(V, dtype=np.int32)[:, None]}, {1: np.zeros(V, np.int64)}, {1: lp1}, {1: lb1}
     model._V = V
     model._key = {1: np.arange(V, dtype=np.int64)}

@@ -55,7 +55,7 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     sorting each group by its next word gives the groups of order n+1 in
     lexicographic order: no global sort, and memory is read group by group.
     """
-    cdef Py_ssize_t T = ids.shape[0], i, j, m, r, g, s, e, k, sz
+    cdef Py_ssize_t T = ids.shape[0], i, j, m, r, g, k, sz
     cdef int n
     cdef Py_ssize_t bad = -1
     if room.shape[0] != T:

@@ -3,6 +3,18 @@
 Legend: T tokens in the (padded) stream, K distinct n-grams of one order,
 n the order, V the vocabulary size (ids lie in [0, V)).
 
+Contract of count_ngrams / count_ngrams_reference (identical output):
+  input   ids: 1-D integer array (any int dtype, any strides), values in [0, V),
+          V = vocab_size or max id + 1, V <= 2**31 - 1; T <= 2**31 - 1 after padding;
+          order in [1, MAX_ORDER = 64].
+  output  NGramCounts: for n = 1..order, grams[n] (K, n) int32 rows sorted
+          lexicographically (first column most significant), no duplicates;
+          counts[n] int64 (K,) >= 1. An order longer than every sentence gives K = 0.
+  errors  ValueError naming the argument (ids, lengths, bos, eos, vocab_size,
+          context, order); nothing reaches the kernel unchecked, and the kernel
+          checks its own contract again.
+Memory: O(T + min(V, 4 T + 65536)) in the kernel (a sparse vocabulary is counted on dense ranks).
+
 Sentences: with ``lengths`` the ids are a concatenation of sentences; each is
 wrapped as ``bos w1 .. wk eos`` (when those ids are given) and no n-gram
 crosses a sentence. Without ``lengths`` the ids are one stream.

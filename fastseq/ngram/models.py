@@ -452,8 +452,9 @@ class KneserNeyLM(_Estimator):
     """Interpolated modified Kneser-Ney, estimated as KenLM's lmplz does.
 
     References: S. F. Chen and J. Goodman, "An Empirical Study of Smoothing Techniques for
-    Language Modeling", Harvard TR-10-98 (1998), section 3 ("modified Kneser-Ney": three
-    discounts D1, D2, D3+ and their estimate from Y = n1 / (n1 + 2 n2)); K. Heafield,
+    Language Modeling", Harvard TR-10-98 (1998), the section that introduces modified
+    Kneser-Ney (three discounts D1, D2, D3+ and their estimate from Y = n1 / (n1 + 2 n2));
+    K. Heafield,
     I. Pouzyrevsky, J. H. Clark and P. Koehn, "Scalable Modified Kneser-Ney Language Model
     Estimation", ACL 2013, section 3 (adjusted counts, discounts, normalisation, interpolation:
     the four steps of lmplz, which this follows, including '<s>' and '<unk>').

@@ -633,7 +633,9 @@ def test_load_arpa_small_file_by_hand(tmp_path):
     m = load_arpa(p)
     assert m.order == 2 and m.prob("a", ["<s>"]) == pytest.approx(10 ** -0.2)
     assert m.prob("b", ["<s>"]) == pytest.approx(10 ** (-0.3 - 0.9))
-    assert m.prob("zz") == pytest.approx(10 ** -100)             # missing <unk>: KenLM's -100
+    # missing <unk>: KenLM's -100 (compared in log10: approx's absolute 1e-12 would accept any tiny value)
+    assert math.log10(m.prob("zz")) == pytest.approx(-100.0, abs=1e-12)
+    assert m.score("zz", bos=False, eos=False) == pytest.approx(-100.0, abs=1e-12)
     assert m.score("a b") == pytest.approx(-0.2 - 0.4 - 0.5)
     assert m.score("b a", bos=False) == pytest.approx(-0.9 - 0.6 + (-0.2 - 0.5))
     # a literal '<s>' inside a sentence is a word with the file's probability (KenLM's reading);

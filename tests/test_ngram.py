@@ -627,6 +627,25 @@ def test_perplexity_counts_as_kenlm_query(tm_split, tmp_path, cls, order, kw):
     assert pp.excluding_oov == pytest.approx(10 ** (-(total - total_oov) / (tokens - oov)), rel=1e-6)
 
 
+def test_zero_backoff_is_written_as_minus_99(tmp_path):
+    # Here the estimated 2- and 3-gram D2 is 0 (valid), and 'b a' has only children of count 2:
+    # gamma('b a') = 0. log10 gave -inf with a RuntimeWarning, and KenLM refused the file
+    # ("Bad backoff -inf"). Zero is now -99, the ARPA convention.
+    kenlm = pytest.importorskip("kenlm")
+    corpus = [["a", "a", "b", "a"], ["a", "a", "b", "a"], ["a", "a", "b", "b", "a"]]
+    m = KneserNeyLM(4, discount_fallback=True).fit(corpus)
+    assert m.discounts[2][1] == 0.0
+    assert m.prob("zz", ["b", "a"]) > 0
+    m.to_arpa(tmp_path / "m.arpa")
+    assert "inf" not in (tmp_path / "m.arpa").read_text()
+    k, loaded = kenlm.Model(str(tmp_path / "m.arpa")), load_arpa(tmp_path / "m.arpa")
+    for s in ("a a b a", "b a b", "b b a zz", "a", "b a a a b"):
+        assert k.score(s) == pytest.approx(m.score(s), rel=1e-4, abs=1e-4)
+        assert loaded.score(s) == m.score(s)
+    for ctx in ([], ["b", "a"], ["a", "b", "a"], ["zz", "b", "a"]):
+        assert m.distribution(ctx).sum() == pytest.approx(1.0, abs=1e-12)
+
+
 def test_load_arpa_small_file_by_hand(tmp_path):
     p = tmp_path / "m.arpa"
     p.write_text(ARPA)

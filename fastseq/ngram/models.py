@@ -442,10 +442,14 @@ class LaplaceLM(_Estimator):
         return self
 
     def _finish(self, tokens, rows, parent, p, b):
+        # A zero is written as NEVER (-99), the ARPA convention for log10(0): KenLM refuses '-inf'.
+        # Zeros happen for '<s>', and in KN when a discount is at an end of its valid range
+        # (0 <= D_j <= j): D_j = 0 with every child of c at count j gives a backoff gamma(c) = 0.
         with np.errstate(divide="ignore"):
-            logp = {k: np.log10(p[k]) for k in p}
+            logp = {k: np.maximum(np.log10(p[k]), NEVER) for k in p}
+            logb = {k: np.maximum(np.log10(b[k]), NEVER) for k in b}
         logp[1][BOS_ID] = NEVER
-        self._set_tables(tokens, rows, parent, logp, {k: np.log10(b[k]) for k in b})
+        self._set_tables(tokens, rows, parent, logp, logb)
 
 
 class KneserNeyLM(_Estimator):

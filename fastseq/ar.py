@@ -77,6 +77,13 @@ def _check_positive(name, v):
     return float(v)
 
 
+def _check_seed(seed):
+    """None (fresh entropy) or an integer >= 0, as np.random.default_rng takes."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ValueError(f"seed: expected None or an integer >= 0, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
 def _check_series(series, min_len, name="series"):
     """A finite 1-D float64 copy of `series` with at least `min_len` points."""
     try:
@@ -121,7 +128,10 @@ class _WindowAR:
     def predict_windows(self, windows):
         """windows (B, tau), column i = x_{t-tau+i} -> predictions of x_t (B,)."""
         self._check_fitted()
-        w = np.asarray(windows, dtype=np.float64)
+        try:
+            w = np.asarray(windows, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"windows: expected real numbers of shape (B, {self.tau})") from None
         if w.ndim != 2 or w.shape[1] != self.tau:
             raise ValueError(f"windows: expected shape (B, {self.tau}), got {w.shape}")
         if not np.all(np.isfinite(w)):
@@ -194,7 +204,7 @@ class MLPAR(_WindowAR):
         self.lr = _check_positive("lr", lr)
         self.epochs = _check_int("epochs", epochs, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = seed
+        self.seed = seed = _check_seed(seed)
         self.rng = np.random.default_rng(seed)
         lim1 = np.sqrt(6 / (self.tau + self.hidden))
         lim2 = np.sqrt(6 / (self.hidden + 1))
@@ -268,8 +278,9 @@ class RNNAR:
         self.lr = _check_positive("lr", lr)
         self.epochs = _check_int("epochs", epochs, 1)
         self.clip = _check_positive("clip", clip)
+        seed = _check_seed(seed)
         self.rnn = RNN(1, self.hidden_size, "tanh", np.float64, seed)
-        rng = np.random.default_rng(seed + 1)
+        rng = np.random.default_rng(None if seed is None else seed + 1)
         self.readout = {"W_hq": rng.normal(0, 0.1, (self.hidden_size, 1)), "b_q": np.zeros(1)}
         self.loss_history_, self.fitted = [], False
 
@@ -347,8 +358,8 @@ class RNNAR:
 def sine_series(n=1000, noise=0.2, seed=0):
     """The book's data: x_t = sin(0.01 t) + N(0, noise^2), t = 1..n, from default_rng(seed)."""
     n = _check_int("n", n, 2)
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not noise >= 0:
-        raise ValueError(f"noise: expected a number >= 0, got {noise!r}")
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < np.inf:
+        raise ValueError(f"noise: expected a finite number >= 0, got {noise!r}")
     t = np.arange(1, n + 1, dtype=np.float64)
     return np.sin(0.01 * t) + np.random.default_rng(seed).normal(0, noise, n)
 
@@ -364,7 +375,11 @@ def book_experiment(seed=0, n=1000, tau=4, n_train=600, steps=(1, 4, 16, 64), rn
     """
     tau = _check_int("tau", tau, 1)
     n_train = _check_int("n_train", n_train, 1)
+    if isinstance(steps, (str, bytes)) or not hasattr(steps, "__iter__"):
+        raise ValueError(f"steps: expected a non-empty sequence of integers >= 1, got {steps!r}")
     steps = tuple(_check_int("steps", k, 1) for k in steps)
+    if not steps:
+        raise ValueError("steps: expected a non-empty sequence of integers >= 1, got ()")
     x = sine_series(n, 0.2, seed)
     first = n_train + tau                       # the first held-out target
     if first >= n or first - max(steps) + 1 - tau < 0:

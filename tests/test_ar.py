@@ -309,6 +309,28 @@ def test_bad_prediction_arguments():
         LinearAR(4).fit(x).predict_windows(np.zeros((3, 5)))
 
 
+def test_seed_none_and_bad_seeds():
+    # RNNAR(seed=None) raised TypeError (None + 1); seeds are validated by name now
+    x = sine_series(40, seed=0)
+    for make in (lambda s: MLPAR(4, epochs=1, seed=s), lambda s: RNNAR(4, hidden_size=3, epochs=1, seed=s)):
+        assert make(None).fit(x).predict(x).shape == (36,)
+        for bad in ("x", -1, 1.5, True):
+            with pytest.raises(ValueError, match="seed: expected None or an integer"):
+                make(bad)
+
+
+def test_bad_experiment_arguments():
+    for steps in ((), None, "4", (4, 0)):
+        with pytest.raises(ValueError, match="steps"):
+            book_experiment(steps=steps, rnn=False)
+    for noise in (np.inf, np.nan, -0.1):
+        with pytest.raises(ValueError, match="noise: expected a finite number >= 0"):
+            sine_series(10, noise=noise)
+    m = LinearAR(2).fit([1.0, 2.0, 3.0, 4.0, 5.0])
+    with pytest.raises(ValueError, match="windows: expected real numbers"):
+        m.predict_windows([["a", "b"]])
+
+
 def test_bad_hyperparameters():
     for kwargs, name in [({"hidden": 0}, "hidden"), ({"lr": 0.0}, "lr"), ({"lr": np.nan}, "lr"),
                          ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size")]:

@@ -66,6 +66,16 @@ def test_zipf_on_timemachine(words):
     assert np.mean(data[3][1] == 1) > np.mean(data[2][1] == 1) > np.mean(data[1][1] == 1)
 
 
+def test_bad_n_and_tokens_name_the_argument():
+    # n = 100 used to fail inside counting as 'order: ...'; mixed tokens as a TypeError from np.unique
+    with pytest.raises(ValueError, match=r"n: expected an integer in \[1, 64\], got 100"):
+        frequencies(["a", "b"], 100)
+    with pytest.raises(ValueError, match="tokens: expected string tokens, got a int"):
+        frequencies(["a", 1, "b"], 1)
+    with pytest.raises(ValueError, match="tokens: expected string tokens, got a NoneType"):
+        stop_words([["a", None], ["b"]], 1)
+
+
 def test_bad_input(words):
     with pytest.raises(ValueError, match="n:"):
         frequencies(words, 0)

@@ -2,8 +2,11 @@
 """N-gram counting kernels behind fastseq.ngram (private).
 
 Contract: ids are int32 in [0, V); room[i] >= 1 is how many tokens remain in
-the segment that holds position i (so an n-gram may start at i iff room[i] >= n).
-Callers (fastseq.ngram.counting) check both; everything here runs without the GIL.
+the segment that holds position i (so an n-gram may start at i iff room[i] >= n),
+and i + room[i] <= T. Callers (fastseq.ngram.counting) give clear errors for bad
+user input; the entry points here check the contract again (one O(T) pass) and
+raise ValueError, so no caller can make the unchecked loops read out of bounds.
+Everything runs without the GIL.
 
 Counting is hierarchical: the n-gram starting at i is the (n-1)-gram starting
 at i followed by the word at i+n-1; sorting the positions of each (n-1)-gram by
@@ -52,8 +55,21 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     sorting each group by its next word gives the groups of order n+1 in
     lexicographic order: no global sort, and memory is read group by group.
     """
-    cdef Py_ssize_t T = ids.shape[0], i, j, m, r, g, s, e, k, sz
+    cdef Py_ssize_t T = ids.shape[0], i, j, m, r, g, k, sz
     cdef int n
+    cdef Py_ssize_t bad = -1
+    if room.shape[0] != T:
+        raise ValueError(f"room: expected {T} entries (one per token), got {room.shape[0]}")
+    if not 1 <= V <= 2**31 - 1 or T > 2**31 - 1 or order < 1:
+        raise ValueError(f"count_orders: need 1 <= V < 2**31, T < 2**31, order >= 1; got V={V}, T={T}, order={order}")
+    with nogil:
+        for i in range(T):
+            if ids[i] < 0 or ids[i] >= V or room[i] < 1 or room[i] > T - i:
+                bad = i
+                break
+    if bad >= 0:
+        raise ValueError(f"count_orders: position {bad} breaks the contract (id {ids[bad]} must lie in "
+                         f"[0, {V}), room {room[bad]} in [1, {T - bad}])")
     c1 = np.zeros(V, dtype=np.int64)
     cdef int64_t[::1] cc1 = c1
     with nogil:
@@ -165,6 +181,9 @@ cdef inline int _cmp_rows(const int32_t[:, ::1] a, Py_ssize_t i, const int32_t[:
 def merge_sorted(const int32_t[:, ::1] a, const int64_t[::1] ca, const int32_t[:, ::1] b, const int64_t[::1] cb):
     """Union of two lexicographically sorted (K, n) tables, counts summed; zero sums dropped."""
     cdef Py_ssize_t na = a.shape[0], nb = b.shape[0], n = a.shape[1]
+    if b.shape[1] != n or ca.shape[0] != na or cb.shape[0] != nb:
+        raise ValueError(f"merge_sorted: expected tables (Ka, n), (Kb, n) with Ka and Kb counts, got "
+                         f"{(a.shape[0], a.shape[1])} with {ca.shape[0]} and {(b.shape[0], b.shape[1])} with {cb.shape[0]}")
     rows_a = np.empty((na + nb, n), dtype=np.int32)
     counts_a = np.empty(na + nb, dtype=np.int64)
     cdef int32_t[:, ::1] rows = rows_a
@@ -214,8 +233,17 @@ def backoff_logp(const int64_t[::1] stream, const int64_t[::1] q, list starts, l
     """
     cdef Py_ssize_t T = stream.shape[0], i, lo, hi, mid, j
     cdef int N = len(lasts), k
-    if N > 64:
-        raise ValueError("order: at most 64")
+    if not 1 <= N <= 64 or len(starts) != N or len(logps) != N or len(logbs) != N:
+        raise ValueError(f"backoff_logp: expected 1..64 tables of each kind, got {len(starts)}, {N}, "
+                         f"{len(logps)}, {len(logbs)}")
+    if q.shape[0] != T:
+        raise ValueError(f"q: expected {T} positions, got {q.shape[0]}")
+    for k in range(N):
+        if len(logps[k]) != len(lasts[k]) or len(logbs[k]) != len(lasts[k]) \
+                or (k > 0 and len(starts[k]) != len(lasts[k - 1]) + 1):
+            raise ValueError(f"backoff_logp: the order-{k + 1} tables have inconsistent lengths")
+    if T and (np.min(stream) < 0 or np.max(stream) >= len(logps[0])):
+        raise ValueError(f"stream: ids must lie in [0, {len(logps[0])})")
     out_a = np.empty(T, dtype=np.float64)
     cdef double[::1] out = out_a
     cdef const int64_t* st[64]

@@ -9,12 +9,14 @@
     <log10 p>  <w1 .. wN>
     \\end\\
 
-Fields are separated by whitespace; the backoff may be omitted (0). Any
-deviation is an ArpaError naming the file and the line.
+Fields are separated by whitespace; the backoff may be omitted (0). The file
+is UTF-8; at most MAX_ORDER (64) orders. Any deviation is an ArpaError naming
+the file and the line.
 """
 import numpy as np
 
-from .models import BOS, EOS, NEVER, UNK, UNK_ID, NGramLM
+from .counting import MAX_ORDER
+from .models import BOS, EOS, UNK, UNK_ID, NGramLM
 
 __all__ = ["ArpaError", "load_arpa"]
 
@@ -35,19 +37,28 @@ def _float(tok, path, ln, what):
         x = float(tok)
     except ValueError:
         raise ArpaError(f"{path}:{ln}: {what} {tok!r} is not a number") from None
-    if np.isnan(x) or x > 0 and what == "log10 probability":
+    if what == "log10 probability" and (np.isnan(x) or x > 0):
         raise ArpaError(f"{path}:{ln}: {what} {tok!r} must be a log10 probability <= 0")
+    if np.isnan(x) or x == np.inf:                  # -inf: a zero weight, as a zero discount gives
+        raise ArpaError(f"{path}:{ln}: {what} {tok!r} must be a number or -inf")
     return x
 
 
 def load_arpa(path):
     """An NGramLM that scores identically to the ARPA file at ``path``."""
     try:
-        f = open(path, encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise ArpaError(f"{path}: cannot be read ({e.strerror})") from None
-    with f:
-        lines = f.read().split("\n")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ArpaError(f"{path}:{line}: not UTF-8 "
+                        f"(byte {data[e.start]:#04x} at offset {e.start})") from None
+    del data
+    lines = text.split("\n")
     ln = 0
 
     def nxt():
@@ -59,9 +70,12 @@ def load_arpa(path):
                 return s
         raise ArpaError(f"{path}:{ln}: unexpected end of file (missing \\end\\)")
 
-    s = nxt()
-    while s != "\\data\\":                          # text before \data\ is a comment
+    try:
         s = nxt()
+        while s != "\\data\\":                      # text before \data\ is a comment
+            s = nxt()
+    except ArpaError:
+        raise ArpaError(f"{path}:{ln}: no '\\data\\' line: not an ARPA file") from None
     sizes = {}
     s = nxt()
     while s.startswith("ngram "):
@@ -72,15 +86,22 @@ def load_arpa(path):
             raise ArpaError(f"{path}:{ln}: expected 'ngram <order>=<count>', got {s!r}") from None
         if k != len(sizes) + 1 or cnt < 0:
             raise ArpaError(f"{path}:{ln}: expected 'ngram {len(sizes) + 1}=<count>', got {s!r}")
+        if k > MAX_ORDER:
+            raise ArpaError(f"{path}:{ln}: order {k} is above the highest supported, {MAX_ORDER}")
+        # each n-gram takes a line: a larger count is a broken header (and would size the arrays)
+        if sum(sizes.values()) + cnt > len(lines) - ln:
+            raise ArpaError(f"{path}:{ln}: the header announces {cnt} {k}-grams, but only "
+                            f"{len(lines) - ln} lines follow")
         sizes[k] = cnt
         s = nxt()
     if not sizes:
         raise ArpaError(f"{path}:{ln}: expected 'ngram 1=<count>' after \\data\\, got {s!r}")
     N = len(sizes)
-    grams = {}
+    grams, section = {}, {}
     for k in range(1, N + 1):
         if s != f"\\{k}-grams:":
             raise ArpaError(f"{path}:{ln}: expected '\\{k}-grams:', got {s!r}")
+        section[k] = ln
         words, lp, lb, where = [], np.empty(sizes[k]), np.zeros(sizes[k]), np.empty(sizes[k], np.int64)
         for j in range(sizes[k]):
             s = nxt()
@@ -110,7 +131,7 @@ def load_arpa(path):
         index[w] = j
     for t in (BOS, EOS):
         if t not in index:
-            raise ArpaError(f"{path}: the unigrams have no {t!r}")
+            raise ArpaError(f"{path}:{section[1]}: the unigrams have no {t!r}")
     tokens = [UNK, BOS, EOS] + [w for w in uni if w not in (UNK, BOS, EOS)]
     tid = {t: i for i, t in enumerate(tokens)}
     V = len(tokens)
@@ -118,7 +139,8 @@ def load_arpa(path):
     lp1, lb1 = np.full(V, MISSING_UNK), np.zeros(V)
     order = np.array([tid[w] for w in uni], dtype=np.int64)
     lp1[order], lb1[order] = grams[1][1], grams[1][2]
-    lp1[tid[BOS]] = NEVER                           # never predicted, whatever the file says
+    # '<s>' keeps the file's value: a sentence start is never predicted anyway, and a literal
+    # '<s>' inside a sentence is scored with it, as KenLM does (lmplz writes -99 there).
     rows, parent, logp, logb = {1: np.arange(V, dtype=np.int32)[:, None]}, {1: np.zeros(V, np.int64)}, {1: lp1}, {1: lb1}
     model._V = V
     model._key = {1: np.arange(V, dtype=np.int64)}

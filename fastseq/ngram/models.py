@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _text
 from . import _count
-from .counting import count_ngrams, padded_stream
+from .counting import MAX_ORDER, count_ngrams, padded_stream
 
 __all__ = ["BadDiscountError", "KneserNeyLM", "LaplaceLM", "Perplexity", "NGramLM"]
 
@@ -57,7 +57,11 @@ def _sentences_to_ids(sentences):
         lengths.append(len(toks))
     if not lengths or not flat:
         raise ValueError("sentences: empty corpus (no tokens to fit)")
-    prov, uniq = _text.intern_tokens(flat)
+    try:
+        prov, uniq = _text.intern_tokens(flat)
+    except TypeError:                                    # an unhashable token
+        raise ValueError(f"sentences: expected string tokens, got a "
+                         f"{type(next(t for t in flat if not isinstance(t, str))).__name__}") from None
     for t in (BOS, EOS):
         if t in uniq:
             raise ValueError(f"sentences: {t!r} is reserved (each sentence is wrapped in <s> ... </s> for you)")
@@ -84,9 +88,36 @@ def _ids_with_vocab(ids, vocab, lengths):
     tokens = [UNK, BOS, EOS] + [t for t in vocab.idx_to_token if t not in (UNK, BOS, EOS)]
     index = {t: i for i, t in enumerate(tokens)}
     table = np.array([index[t] for t in vocab.idx_to_token], dtype=np.int32)
+    # A '<s>' or '</s>' inside a sentence would be counted as a word: '<s>' predicted (its
+    # probability is forced to 0, so the distributions would no longer sum to 1).
+    inside = np.isin(table[ids.astype(np.int64)], [BOS_ID, EOS_ID])
+    if inside.any():
+        j = int(np.flatnonzero(inside)[0])
+        raise ValueError(f"sentences: id {int(ids[j])} at position {j} is the Vocab's "
+                         f"{vocab.idx_to_token[int(ids[j])]!r}, which is reserved (pass sentence lengths; "
+                         "each sentence is wrapped in <s> ... </s> for you)")
     if lengths is None:
         lengths = [len(ids)]
     return table[ids.astype(np.int64)], np.asarray(lengths), tokens
+
+
+def _utf8_encodable(t):
+    try:
+        t.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lookup(key, V, prefix_row, word):
+    """Row of a table with sorted keys (prefix row) * V + last word for each (prefix_row, word); -1 where absent."""
+    q = np.asarray(prefix_row, dtype=np.int64) * V + word
+    j = np.searchsorted(key, q)
+    j = np.minimum(j, len(key) - 1) if len(key) else np.zeros_like(j)
+    found = (np.asarray(prefix_row) >= 0) & (len(key) > 0)
+    if len(key):
+        found &= key[j] == q
+    return np.where(found, j, -1)
 
 
 class NGramLM:
@@ -97,8 +128,8 @@ class NGramLM:
     """
 
     def __init__(self, order):
-        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
-            raise ValueError(f"order: expected an integer >= 1, got {order!r}")
+        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 1 <= order <= MAX_ORDER:
+            raise ValueError(f"order: expected an integer in [1, {MAX_ORDER}], got {order!r}")
         self.order = int(order)
         self.vocab = None
 
@@ -125,14 +156,7 @@ class NGramLM:
 
     def _lookup(self, k, prefix_row, word):
         """Row of table k for (prefix row of table k-1, last word); -1 where absent."""
-        key = self._key[k]
-        q = np.asarray(prefix_row, dtype=np.int64) * self._V + word
-        j = np.searchsorted(key, q)
-        j = np.minimum(j, len(key) - 1) if len(key) else np.zeros_like(j)
-        found = (np.asarray(prefix_row) >= 0) & (len(key) > 0)
-        if len(key):
-            found &= key[j] == q
-        return np.where(found, j, -1)
+        return _lookup(self._key[k], self._V, prefix_row, word)
 
     def _find(self, rows):
         """Row in table n of each n-gram in rows (M, n); -1 where absent (or a prefix is)."""
@@ -143,8 +167,20 @@ class NGramLM:
         return idx
 
     # ----- scoring -------------------------------------------------------------------------
-    def _ids(self, tokens):
+    def _ids(self, tokens, name="context"):
+        for t in tokens:
+            if not isinstance(t, str):
+                raise ValueError(f"{name}: expected string tokens, got a {type(t).__name__}")
         return np.array([self.token_to_id.get(t, UNK_ID) for t in tokens], dtype=np.int64)
+
+    @staticmethod
+    def _tokens(x, name):
+        """A string (split on whitespace) or an iterable of tokens, as a list."""
+        if isinstance(x, str):
+            return x.split()
+        if x is None or not hasattr(x, "__iter__"):
+            raise ValueError(f"{name}: expected a string or a sequence of string tokens, got {x!r}")
+        return list(x)
 
     def _scoring_tables(self):
         if getattr(self, "_children", None) is None:
@@ -185,17 +221,25 @@ class NGramLM:
             lp[backoff] += self._logb[k - 1][ctx[backoff]]
         return lp
 
-    def _corpus(self, sentences, bos, eos):
+    def _corpus(self, sentences, bos, eos, name="sentences"):
         """(stream, q, predicted mask, oov mask) of a corpus of sentences."""
-        if isinstance(sentences, str):
-            raise ValueError("sentences: expected an iterable of sentences, got one string")
+        if isinstance(sentences, str) or not hasattr(sentences, "__iter__"):
+            raise ValueError(f"sentences: expected an iterable of sentences, got {type(sentences).__name__}")
         flat, lengths = [], []
         for s in sentences:
-            toks = s.split() if isinstance(s, str) else list(s)
+            toks = self._tokens(s, "sentences")
             flat.extend(toks)
             lengths.append(len(toks))
+        if not lengths:
+            raise ValueError("sentences: empty corpus (no sentences)")
         if flat:
-            prov, uniq = _text.intern_tokens(flat)
+            try:
+                prov, uniq = _text.intern_tokens(flat)
+            except TypeError:                            # an unhashable token
+                prov, uniq = None, [t for t in flat if not isinstance(t, str)]
+            bad = [t for t in uniq if not isinstance(t, str)]
+            if bad:
+                raise ValueError(f"{name}: expected string tokens, got a {type(bad[0]).__name__}")
             table = np.array([self.token_to_id.get(t, UNK_ID) for t in uniq], dtype=np.int64)
             ids = table[prov]
         else:
@@ -216,7 +260,7 @@ class NGramLM:
         '<s>' (else from the empty context); eos: include P('</s>' | ...).
         """
         self._check_fitted()
-        stream, q, predicted, _ = self._corpus([words], bos, eos)
+        stream, q, predicted, _ = self._corpus([self._tokens(words, "words")], bos, eos, "words")
         return float(self._logp_fast(stream, q)[predicted].sum())
 
     def logprob(self, words, bos=True, eos=True):
@@ -226,8 +270,9 @@ class NGramLM:
     def prob(self, word, context=()):
         """P(word | context); context: tokens before it, starting with '<s>' at a sentence start."""
         self._check_fitted()
-        context = context.split() if isinstance(context, str) else list(context)
-        ids = self._ids(context + [word])
+        if not isinstance(word, str):
+            raise ValueError(f"word: expected a string token, got {word!r}")
+        ids = self._ids(self._tokens(context, "context") + [word])
         if ids[-1] == BOS_ID:
             return 0.0
         lp = self._logp_stream(ids, np.arange(len(ids)))
@@ -236,15 +281,17 @@ class NGramLM:
     def distribution(self, context=()):
         """P(w | context) for every model id w (V,), summing to 1 ('<s>' has 0)."""
         self._check_fitted()
-        context = context.split() if isinstance(context, str) else list(context)
-        ids = self._ids(context)[-(self.order - 1):] if self.order > 1 else np.zeros(0, np.int64)
+        ids = self._ids(self._tokens(context, "context"))
+        ids = ids[-(self.order - 1):] if self.order > 1 else np.zeros(0, np.int64)
         lp = self._logp[1].copy()
         for k in range(2, self.order + 1):
             if len(ids) < k - 1:
                 break
             c = self._find(ids[len(ids) - (k - 1):][None, :])[0]
             if c < 0:
-                break                                    # longer contexts are absent too
+                # not a context: backoff 1, no k-grams. A longer context may still be stored
+                # (an ARPA file pruned so that 'b c' is gone but 'a b c' stays), so go on.
+                continue
             lp += self._logb[k - 1][c]
             lo, hi = np.searchsorted(self._key[k], [c * self._V, (c + 1) * self._V])
             lp[self._rows[k][lo:hi, -1]] = self._logp[k][lo:hi]
@@ -276,7 +323,7 @@ class NGramLM:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"n: expected an integer >= 0, got {n!r}")
         rng = np.random.default_rng(rng)
-        context = [BOS] + (prefix.split() if isinstance(prefix, str) else list(prefix))
+        context = [BOS] + self._tokens(prefix, "prefix")
         out = []
         for _ in range(n):
             p = self.distribution(context[-(self.order - 1):] if self.order > 1 else ())
@@ -293,6 +340,10 @@ class NGramLM:
         if bad:
             raise ValueError(f"to_arpa: ARPA separates words by whitespace; the vocabulary has "
                              f"tokens {bad[:3]!r} that are empty or contain whitespace")
+        bad = [t for t in self.vocab if not _utf8_encodable(t)]
+        if bad:
+            raise ValueError(f"to_arpa: the file is UTF-8; the vocabulary has tokens {bad[:3]!r} "
+                             "that UTF-8 cannot encode (lone surrogates)")
         vocab = np.array(self.vocab, dtype=object)
         with open(path, "w", encoding="utf-8") as f:
             f.write("\\data\\\n")
@@ -304,11 +355,13 @@ class NGramLM:
                 for j in range(1, k):
                     words = words + " " + vocab[self._rows[k][:, j]]
                 lp = self._logp[k]
+                # repr: the shortest text that reads back as the same double, so load_arpa
+                # scores exactly as this model does
                 if k < self.order:
-                    lines = [f"{p:.9g}\t{w}\t{b:.9g}\n" for p, w, b in zip(lp.tolist(), words.tolist(),
-                                                                          self._logb[k].tolist())]
+                    lines = [f"{p!r}\t{w}\t{b!r}\n" for p, w, b in zip(lp.tolist(), words.tolist(),
+                                                                       self._logb[k].tolist())]
                 else:
-                    lines = [f"{p:.9g}\t{w}\n" for p, w in zip(lp.tolist(), words.tolist())]
+                    lines = [f"{p!r}\t{w}\n" for p, w in zip(lp.tolist(), words.tolist())]
                 f.writelines(lines)
             f.write("\n\\end\\\n")
 
@@ -331,8 +384,8 @@ class _Estimator(NGramLM):
         c[1][counts.grams[1][:, 0]] = counts.counts[1]
         parent = {1: np.zeros(V, dtype=np.int64)}
         suffix = {1: np.zeros(V, dtype=np.int64)}
-        self._V = V
-        self._key = {1: np.arange(V, dtype=np.int64)}
+        # Local tables: a fit that fails later (BadDiscountError) must leave a fitted model intact.
+        key = {1: np.arange(V, dtype=np.int64)}
         for k in range(2, N + 1):
             rows[k], c[k] = counts.grams[k], counts.counts[k]
             if k == 2:
@@ -341,8 +394,8 @@ class _Estimator(NGramLM):
             else:
                 parent[k] = counts.parents[k].astype(np.int64)
                 # suffix of (w0..w_{k-1}) = (suffix row of its prefix, last word) in table k-1
-                suffix[k] = self._lookup(k - 1, suffix[k - 1][parent[k]], rows[k][:, -1])
-            self._key[k] = parent[k] * V + rows[k][:, -1]
+                suffix[k] = _lookup(key[k - 1], V, suffix[k - 1][parent[k]], rows[k][:, -1])
+            key[k] = parent[k] * V + rows[k][:, -1]
         return tokens, rows, c, parent, suffix
 
 
@@ -361,7 +414,10 @@ class LaplaceLM(_Estimator):
 
     def __init__(self, order, eps=1.0):
         super().__init__(order)
-        e = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+        try:
+            e = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ValueError(f"eps: expected a positive number or {self.order} positive numbers, got {eps!r}") from None
         if e.ndim != 1 or len(e) not in (1, self.order) or not np.all(np.isfinite(e)) or np.any(e <= 0):
             raise ValueError(f"eps: expected a positive number or {self.order} positive numbers, got {eps!r}")
         self.eps = np.broadcast_to(e, (self.order,)).copy()
@@ -386,14 +442,26 @@ class LaplaceLM(_Estimator):
         return self
 
     def _finish(self, tokens, rows, parent, p, b):
+        # A zero is written as NEVER (-99), the ARPA convention for log10(0): KenLM refuses '-inf'.
+        # Zeros happen for '<s>', and in KN when a discount is at an end of its valid range
+        # (0 <= D_j <= j): D_j = 0 with every child of c at count j gives a backoff gamma(c) = 0.
         with np.errstate(divide="ignore"):
-            logp = {k: np.log10(p[k]) for k in p}
+            logp = {k: np.maximum(np.log10(p[k]), NEVER) for k in p}
+            logb = {k: np.maximum(np.log10(b[k]), NEVER) for k in b}
         logp[1][BOS_ID] = NEVER
-        self._set_tables(tokens, rows, parent, logp, {k: np.log10(b[k]) for k in b})
+        self._set_tables(tokens, rows, parent, logp, logb)
 
 
 class KneserNeyLM(_Estimator):
-    """Interpolated modified Kneser-Ney (Chen and Goodman), estimated as KenLM's lmplz does.
+    """Interpolated modified Kneser-Ney, estimated as KenLM's lmplz does.
+
+    References: S. F. Chen and J. Goodman, "An Empirical Study of Smoothing Techniques for
+    Language Modeling", Harvard TR-10-98 (1998), the section that introduces modified
+    Kneser-Ney (three discounts D1, D2, D3+ and their estimate from Y = n1 / (n1 + 2 n2));
+    K. Heafield,
+    I. Pouzyrevsky, J. H. Clark and P. Koehn, "Scalable Modified Kneser-Ney Language Model
+    Estimation", ACL 2013, section 3 (adjusted counts, discounts, normalisation, interpolation:
+    the four steps of lmplz, which this follows, including '<s>' and '<unk>').
 
     Adjusted counts a: the raw count at the highest order and for n-grams that start
     with '<s>'; otherwise the number of distinct words seen to the left (continuation
@@ -423,7 +491,10 @@ class KneserNeyLM(_Estimator):
         if discount_fallback is True:
             discount_fallback = LMPLZ_FALLBACK
         if discount_fallback is not None and discount_fallback is not False:
-            d = np.asarray(discount_fallback, dtype=np.float64)
+            try:
+                d = np.asarray(discount_fallback, dtype=np.float64)
+            except (TypeError, ValueError):
+                d = np.zeros(0)
             if d.shape != (3,) or not np.all(np.isfinite(d)) or np.any(d < 0) or np.any(d > [1, 2, 3]):
                 raise ValueError(f"discount_fallback: expected True or (D1, D2, D3+) with 0 <= Dj <= j, "
                                  f"got {discount_fallback!r}")
@@ -431,10 +502,15 @@ class KneserNeyLM(_Estimator):
         else:
             self.discount_fallback = None
         self.fixed_discounts = {}
+        if discounts is not None and not isinstance(discounts, dict):
+            raise ValueError(f"discounts: expected {{order: (D1, D2, D3+)}}, got {discounts!r}")
         for k, d in (discounts or {}).items():
-            d = np.asarray(d, dtype=np.float64)
+            try:
+                d = np.asarray(d, dtype=np.float64)
+            except (TypeError, ValueError):
+                d = np.zeros(0)
             if not (isinstance(k, (int, np.integer)) and 1 <= k <= self.order) or d.shape != (3,) \
-                    or np.any(d < 0) or np.any(d > [1, 2, 3]):
+                    or not np.all(np.isfinite(d)) or np.any(d < 0) or np.any(d > [1, 2, 3]):
                 raise ValueError(f"discounts: expected {{order: (D1, D2, D3+)}} with 0 <= Dj <= j, got {discounts!r}")
             self.fixed_discounts[int(k)] = tuple(float(x) for x in d)
         self.discounts = {}

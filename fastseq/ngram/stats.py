@@ -12,7 +12,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .counting import count_ngrams
+from .counting import MAX_ORDER, count_ngrams
 
 __all__ = ["ZipfFit", "frequencies", "loglog_data", "plot_zipf", "stop_words", "zipf_lsq", "zipf_mle"]
 
@@ -33,9 +33,12 @@ def _flat(tokens):
 def frequencies(tokens, n=1):
     """[(n-gram tuple, count)] over the flat token stream (as the book zips it), most
     frequent first; ties in order of first appearance of their first differing word."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_ORDER:
+        raise ValueError(f"n: expected an integer in [1, {MAX_ORDER}], got {n!r}")
     tokens = _flat(tokens)
+    bad = [t for t in tokens if not isinstance(t, str)][:1]
+    if bad:                                        # np.unique would raise TypeError comparing them
+        raise ValueError(f"tokens: expected string tokens, got a {type(bad[0]).__name__}")
     uniq, ids = np.unique(np.asarray(tokens, dtype=object), return_inverse=True)
     # ids by first appearance, so that ties keep the corpus order
     first = np.full(len(uniq), len(tokens))

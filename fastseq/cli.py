@@ -92,27 +92,17 @@ class TrainingError(Exception):
 
 
 # --------------------------------------------------------------------------- small helpers
-def _positive_int(name):
+def _int_at_least(lo):
+    """An argparse type: an integer >= lo, else a one-line usage error."""
     def conv(s):
         try:
             v = int(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s!r}")
+            v = None
+        if v is None or v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {s!r}")
         return v
-    conv.__name__ = name
     return conv
-
-
-def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
 
 
 def _finite(lo=None, lo_open=True):
@@ -1178,7 +1168,7 @@ def _common(p, json_flag=True, threads=False):
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     if threads:
-        p.add_argument("--threads", type=_positive_int("threads"), default=1,
+        p.add_argument("--threads", type=_int_at_least(1), default=1,
                        help="cores the C++ kernels may use (fastseq.set_num_threads; default: 1, which "
                             "keeps results bit-identical on resume; a second core pays off only when it is idle)")
 
@@ -1215,7 +1205,7 @@ def _parser():
     f = _sub(ngs, "fit", "fit an n-gram model on a corpus (one sentence per line) and write it as ARPA",
              EXAMPLES_NGRAM_FIT)
     f.add_argument("corpus", help=f"a corpus name ({corpora}) or a text file")
-    f.add_argument("--order", type=_positive_int("order"), default=3, help="n-gram order (default: 3)")
+    f.add_argument("--order", type=_int_at_least(1), default=3, help="n-gram order (default: 3)")
     f.add_argument("--smoothing", choices=("kn", "laplace"), default="kn",
                    help="kn: interpolated modified Kneser-Ney; laplace: the seed's additive smoothing (default: kn)")
     f.add_argument("--eps", type=_finite(0), default=1.0, help="Laplace's eps (default: 1)")
@@ -1241,37 +1231,37 @@ def _parser():
     t.add_argument("--corpus", help=f"a corpus name ({corpora}) or a text file (default: {d['corpus']}, offline)")
     t.add_argument("--token", choices=("char", "word"), help=f"token unit (default: {d['token']})")
     t.add_argument("--cleaning", choices=("none", "d2l", "unicode"), help="line cleaning (default: none)")
-    t.add_argument("--max-tokens", type=_nonneg_int,
+    t.add_argument("--max-tokens", type=_int_at_least(0),
                    help=f"use only the first N tokens, 0 for all (default: {d['max_tokens']:,})")
-    t.add_argument("--hidden", type=_positive_int("hidden"), help=f"hidden units H (default: {d['hidden']})")
-    t.add_argument("--steps", type=_positive_int("steps"), help=f"time steps T per batch (default: {d['steps']})")
-    t.add_argument("--batch", type=_positive_int("batch"), help=f"batch size B (default: {d['batch']})")
+    t.add_argument("--hidden", type=_int_at_least(1), help=f"hidden units H (default: {d['hidden']})")
+    t.add_argument("--steps", type=_int_at_least(1), help=f"time steps T per batch (default: {d['steps']})")
+    t.add_argument("--batch", type=_int_at_least(1), help=f"batch size B (default: {d['batch']})")
     t.add_argument("--optimizer", choices=("sgd", "adam"), help=f"optimizer (default: {d['optimizer']})")
     t.add_argument("--lr", type=_finite(0), help="learning rate (default: 1 for sgd, 0.001 for adam)")
     t.add_argument("--clip", type=_finite(0, lo_open=False),
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")
-    t.add_argument("--epochs", type=_positive_int("epochs"), help=f"epochs (default: {d['epochs']})")
+    t.add_argument("--epochs", type=_int_at_least(1), help=f"epochs (default: {d['epochs']})")
     t.add_argument("--bptt", help="full | block:K | sliding:K | random:P (default: full over the T steps)")
     t.add_argument("--sampling", choices=("sequential", "random"),
                    help="minibatches: sequential (state carries over) or random (default: sequential)")
     t.add_argument("--nonlinearity", choices=("tanh", "relu"), help="phi (default: tanh)")
     t.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default: float32)")
-    t.add_argument("--seed", type=_nonneg_int, help="seed of the initialisation, data order and BPTT draws (default: 0)")
+    t.add_argument("--seed", type=_int_at_least(0), help="seed of the initialisation, data order and BPTT draws (default: 0)")
     t.add_argument("--val-fraction", type=_finite(0, lo_open=False),
                    help=f"the last fraction of tokens held out (default: {d['val_fraction']})")
     t.add_argument("--backend", choices=("cpp", "numpy"), help="cpp (default when built) or numpy (the reference)")
     t.add_argument("--out", help="checkpoint folder (default: fastseq-train, or the --resume folder)")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
-    t.add_argument("--save-every", type=_nonneg_int, default=0,
+    t.add_argument("--save-every", type=_int_at_least(0), default=0,
                    help="checkpoint every N steps (default: 0 = every 30 s and at each epoch end)")
-    t.add_argument("--stop-after", type=_positive_int("stop-after"), metavar="STEPS",
+    t.add_argument("--stop-after", type=_int_at_least(1), metavar="STEPS",
                    help="stop (with a checkpoint) after this many steps in all, as an interruption would")
     t.add_argument("--ngram-orders", type=_orders, default=[3, 5],
                    help="Kneser-Ney orders for the held-out comparison (default: 3,5)")
     t.add_argument("--no-ngram", action="store_true", help="skip the n-gram comparison")
     t.add_argument("--prefix", help="prefix of the final sample (default: 'A class ' for pydoc, else 'The ')")
-    t.add_argument("--sample-length", type=_nonneg_int, default=200, help="tokens in the final sample (default: 200)")
+    t.add_argument("--sample-length", type=_int_at_least(0), default=200, help="tokens in the final sample (default: 200)")
     t.add_argument("--plot", metavar="FILE.png", help="perplexity curves (default: OUT/train.png)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(t, threads=True)
@@ -1281,11 +1271,11 @@ def _parser():
              EXAMPLES_GENERATE)
     g.add_argument("checkpoint", help="a checkpoint folder written by fastseq train")
     g.add_argument("--prefix", help="the text to warm up on (default: 'A class ' for pydoc, else 'The ')")
-    g.add_argument("-n", type=_nonneg_int, default=100, help="tokens to generate (default: 100)")
+    g.add_argument("-n", type=_int_at_least(0), default=100, help="tokens to generate (default: 100)")
     g.add_argument("--temperature", type=_finite(0, lo_open=False), default=0.0,
                    help="0: greedy (the book's predict); > 0: sample (default: 0)")
-    g.add_argument("--top-k", type=_nonneg_int, default=0, help="sample from the k most likely only (default: 0, all)")
-    g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the sampling draws (default: 0)")
+    g.add_argument("--top-k", type=_int_at_least(0), default=0, help="sample from the k most likely only (default: 0, all)")
+    g.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling draws (default: 0)")
     g.add_argument("--backend", choices=("cpp", "numpy"))
     _common(g, threads=True)
     g.set_defaults(func=cmd_generate)
@@ -1304,14 +1294,14 @@ def _parser():
     c.add_argument("--cleaning", choices=("none", "d2l", "unicode"), default="none")
     c.add_argument("--strategies", default="full,block:5,sliding:5,random:0.2",
                    help="comma-separated strategies (default: full,block:5,sliding:5,random:0.2)")
-    c.add_argument("--max-tokens", type=_nonneg_int, default=0, help="first N tokens, 0 for all (default: 0)")
-    c.add_argument("--hidden", type=_positive_int("hidden"), default=128, help="hidden units H (default: 128)")
-    c.add_argument("--steps", type=_positive_int("steps"), default=35, help="time steps T (default: 35)")
-    c.add_argument("--batch", type=_positive_int("batch"), default=32, help="batch size B (default: 32)")
+    c.add_argument("--max-tokens", type=_int_at_least(0), default=0, help="first N tokens, 0 for all (default: 0)")
+    c.add_argument("--hidden", type=_int_at_least(1), default=128, help="hidden units H (default: 128)")
+    c.add_argument("--steps", type=_int_at_least(1), default=35, help="time steps T (default: 35)")
+    c.add_argument("--batch", type=_int_at_least(1), default=32, help="batch size B (default: 32)")
     c.add_argument("--lr", type=_finite(0), default=1.0, help="SGD learning rate, the book's (default: 1)")
     c.add_argument("--clip", type=_finite(0, lo_open=False), default=1.0, help="clipping theta (default: 1)")
-    c.add_argument("--epochs", type=_positive_int("epochs"), default=8, help="epochs (default: 8)")
-    c.add_argument("--seed", type=_nonneg_int, default=0, help="one seed for every strategy (default: 0)")
+    c.add_argument("--epochs", type=_int_at_least(1), default=8, help="epochs (default: 8)")
+    c.add_argument("--seed", type=_int_at_least(0), default=0, help="one seed for every strategy (default: 0)")
     c.add_argument("--backend", choices=("cpp", "numpy"))
     c.add_argument("--plot", metavar="FILE.png", default="bptt.png", help="output PNG (default: bptt.png)")
     c.add_argument("--no-progress", action="store_true")
@@ -1322,10 +1312,10 @@ def _parser():
              "distance from the loss, and the spectral radius of W_hh", EXAMPLES_GRADNORMS)
     r.add_argument("checkpoint", help="a checkpoint folder written by fastseq train")
     r.add_argument("--text", help="text to take windows from (default: the held-out part of the training corpus)")
-    r.add_argument("--window", type=_positive_int("window"), default=100, help="window length T (default: 100)")
-    r.add_argument("--sequences", type=_positive_int("sequences"), default=64,
+    r.add_argument("--window", type=_int_at_least(1), default=100, help="window length T (default: 100)")
+    r.add_argument("--sequences", type=_int_at_least(1), default=64,
                    help="windows averaged (default: 64)")
-    r.add_argument("--seed", type=_nonneg_int, default=0)
+    r.add_argument("--seed", type=_int_at_least(0), default=0)
     r.add_argument("--plot", metavar="FILE.png", help="draw the norms against the distance")
     _common(r)
     r.set_defaults(func=cmd_grad_norms)

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from . import datasets
+from .train import DivergenceError, train_step
 
 EXAMPLES_MAIN = """examples:
   fastseq train                          # an RNN on the built-in corpus, with n-gram baselines (< 1 min)
@@ -411,18 +412,6 @@ def _parse_bptt(spec):
     raise UsageError(f"--bptt: expected full, block:K, sliding:K or random:P, got {spec!r}")
 
 
-def _clipper(model):
-    if getattr(model, "backend", "numpy") == "cpp":
-        from .clip import clip_grad_norm
-    else:
-        from .reference.clip import clip_grad_norm
-    return clip_grad_norm
-
-
-def _grad_norm(grads):
-    return math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
-
-
 def _make_optimizer(name, lr):
     from . import optim
 
@@ -526,7 +515,6 @@ class Run:
         self.optimizer = _make_optimizer(hp["optimizer"], hp["lr"])
         self.loader = SeqDataLoader(train_ids, hp["batch"], hp["steps"], hp["sampling"], seed=hp["seed"] + 1)
         self.strategy = _parse_bptt(hp["bptt"])(hp["seed"] + 2)
-        self.clip = _clipper(model)
         self.step = 0                 # optimizer steps completed
         self.epoch = 0                # epochs completed
         self.batch = 0                # batches of the current epoch completed
@@ -580,18 +568,13 @@ class Run:
             t0 = time.perf_counter()
             if self.state is None or not self.loader.carries_state:
                 self.state = model.begin_state(B)
-            loss, grads, new_state = model.loss_and_grad(X, Y, self.state, bptt=self.strategy)
             step = self.step + 1
-            if not math.isfinite(loss):
-                raise TrainingError(self._diverged(step, f"the loss is {loss}"))
-            if hp["clip"] and hp["clip"] > 0:
-                norm = self.clip(grads, hp["clip"])
-            else:
-                norm = _grad_norm(grads)
-            if not math.isfinite(norm):
-                raise TrainingError(self._diverged(step, f"the gradient norm is {norm}"))
-            with np.errstate(over="ignore", invalid="ignore"):   # a divergence is reported at the next loss
-                self.optimizer.step(model.params, grads)
+            clip = hp["clip"] if hp["clip"] and hp["clip"] > 0 else None
+            try:
+                loss, norm, new_state = train_step(model, self.optimizer, X, Y, self.state, clip,
+                                                   self.strategy, step, self.epoch + 1)
+            except DivergenceError as e:
+                raise TrainingError(self._diverged(step, f"{e.what} is {e.value}")) from None
             self.state = new_state
             self.step, self.batch = step, self.batch + 1
             dt = time.perf_counter() - t0

@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 
+from .clip import clip_grad_norm as _cpp_clip
 from .optim import SGD
-from .reference import clip as _ref_clip
+from .reference.clip import clip_grad_norm as _ref_clip
 from .reference.rnn import RNNLM as _RefRNNLM
 
-__all__ = ["DivergenceError", "train", "evaluate", "predict", "sample", "state_grad_norms",
+__all__ = ["DivergenceError", "train", "train_step", "evaluate", "predict", "sample", "state_grad_norms",
            "spectral_radius", "gradient_diagnostics"]
 
 _ADVICE = ("lower the learning rate, clip the gradients (clip=1.0), or use truncated BPTT "
@@ -40,10 +41,29 @@ def _global_norm(grads):
 
 
 def _clip_fn(model):
-    if getattr(model, "backend", "numpy") == "cpp":
-        from .clip import clip_grad_norm
-        return clip_grad_norm
-    return _ref_clip.clip_grad_norm
+    return _cpp_clip if getattr(model, "backend", "numpy") == "cpp" else _ref_clip
+
+
+def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoch=1):
+    """One optimisation step: loss_and_grad, global-norm clipping (None: only the norm), update.
+
+    Returns (loss, gradient norm before clipping, new_state). Raises
+    DivergenceError naming ``step`` and ``epoch`` when the loss, the gradient
+    norm or a parameter stops being finite (overflow is reported this way, not
+    as NumPy warnings); the parameters may then already be updated.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        loss, grads, new_state = model.loss_and_grad(X, Y, state, bptt=bptt)
+        if not math.isfinite(loss):
+            raise DivergenceError(step, epoch, "the loss", loss)
+        norm = _clip_fn(model)(grads, clip) if clip is not None else _global_norm(grads)
+        if not math.isfinite(norm):
+            raise DivergenceError(step, epoch, "the gradient norm", norm)
+        optimizer.step(model.params, grads)
+        for k, p in model.params.items():
+            if not np.all(np.isfinite(p)):
+                raise DivergenceError(step, epoch, f"parameter {k}", "nan/inf after the update")
+    return loss, norm, new_state
 
 
 def train(model, data_iter, num_epochs, lr, clip=1.0, bptt=None, optimizer=None, callback=None):
@@ -73,7 +93,6 @@ def train(model, data_iter, num_epochs, lr, clip=1.0, bptt=None, optimizer=None,
     if callback is not None and not callable(callback):
         raise ValueError(f"callback: expected a callable or None, got {callback!r}")
     carries = getattr(data_iter, "carries_state", True) is not False
-    clip_fn = _clip_fn(model)
     history, step, stop = [], 0, False
     for epoch in range(1, num_epochs + 1):
         state, total_loss, tokens, norms = None, 0.0, 0, []
@@ -83,18 +102,7 @@ def train(model, data_iter, num_epochs, lr, clip=1.0, bptt=None, optimizer=None,
             B = np.shape(X)[0]
             if state is None or not carries or state.shape[0] != B:
                 state = model.begin_state(B)
-            # Overflow is detected below and reported as a DivergenceError, not as a warning.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                loss, grads, state = model.loss_and_grad(X, Y, state, bptt=bptt)
-                if not math.isfinite(loss):
-                    raise DivergenceError(step, epoch, "the loss", loss)
-                norm = clip_fn(grads, clip) if clip is not None else _global_norm(grads)
-                if not math.isfinite(norm):
-                    raise DivergenceError(step, epoch, "the gradient norm", norm)
-                optimizer.step(model.params, grads)
-                for k, p in model.params.items():
-                    if not np.all(np.isfinite(p)):
-                        raise DivergenceError(step, epoch, f"parameter {k}", "not finite after the update")
+            loss, norm, state = train_step(model, optimizer, X, Y, state, clip, bptt, step, epoch)
             n = int(np.size(Y))
             total_loss += loss * n
             tokens += n

@@ -1,6 +1,7 @@
 """fastseq.datasets: every failure gives a DatasetError that says what to do."""
 import hashlib
 import io
+import os
 import urllib.error
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from fastseq import datasets
 from fastseq.datasets import DatasetError, load
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(os.environ.get("FASTSEQ_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 TM_SHA256 = "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516"  # shared/data/README.md
 
 

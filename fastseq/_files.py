@@ -93,7 +93,8 @@ def read_regular(path, error, max_bytes=None, what="file"):
             raise error(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
         chunks, total = [], 0
         while True:
-            chunk = os.read(fd, 1 << 20)
+            # Ask for what is left plus one byte (EOF in one call), at most 16 MB at a time.
+            chunk = os.read(fd, max(4096, min(st.st_size - total + 1, 1 << 24)))
             if not chunk:
                 break
             total += len(chunk)

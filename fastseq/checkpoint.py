@@ -23,9 +23,9 @@ Why a save cannot lose the checkpoint: the new files are written under new
 names (temporary file, flush, fsync, rename), then the manifest that names
 them replaces the old one by one atomic rename, and only then are the files
 the old manifest named deleted. At every instant a complete, verified
-checkpoint is on disk. A save records the names it is about to create in
-``.fastseq-pending.json`` first, so the next save removes what an interrupted
-one left behind; a save deletes nothing else (files in the folder that no
+checkpoint is on disk. A save first records in ``.fastseq-pending.json`` the
+names it is about to create and to replace, so the next save removes what an
+interrupted one left behind (those of them the manifest does not name); a save deletes nothing else (files in the folder that no
 manifest of fastseq named are the user's, whatever their names).
 
 Resume state is a JSON-able dict (optimizer scalars, data position, NumPy
@@ -61,7 +61,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_HEADER_BYTES = 100 << 20          # safetensors' own limit on its JSON header
 MAX_DEPTH = 64                        # nesting of the manifest's JSON (the resume state is ~5 deep)
 _TENSOR_FILE = re.compile(r"(model|resume)-\d{8}(-[0-9a-f]{8})?\.safetensors")
-_LEFTOVER = re.compile(r"\.(" + re.escape(META_FILE) + "|" + re.escape(PENDING_FILE[1:]) + "|"
+_LEFTOVER = re.compile(r"\.(" + re.escape(META_FILE) + "|" + re.escape(PENDING_FILE) + "|"
                        + _TENSOR_FILE.pattern + r")\..+" + re.escape(TMP_SUFFIX))
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ST_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "bfloat16", "BOOL": "bool",
@@ -192,7 +192,8 @@ def _listed_files(folder):
 
 
 def _remove_leftovers(folder, keep):
-    """Delete what an interrupted save left: the files its pending record names, and its temporary files."""
+    """Delete what an interrupted save left: the files its pending record names (the ones it was writing
+    and the ones it was replacing) but the manifest on disk does not, and its temporary files."""
     try:
         pending = json.loads(read_regular(os.path.join(folder, PENDING_FILE), CheckpointError, 1 << 16))
         pending = pending.get("files", []) if isinstance(pending, dict) else []
@@ -283,8 +284,9 @@ def save(path, model, vocab, hparams, step=0, resume=None, history=None, extra=N
         raise CheckpointError(f"{META_FILE}: {len(meta_bytes):,} bytes, more than the {MAX_MANIFEST_BYTES:,} "
                               "a manifest may have (is the history or the vocabulary that large?)")
 
+    # The record names the old files too: a save killed after the switch leaves them for the next to delete.
     pending = os.path.join(path, PENDING_FILE)
-    atomic_write(pending, json.dumps({"files": sorted(new.values())}).encode("utf-8"))
+    atomic_write(pending, json.dumps({"files": sorted(old | set(new.values()))}).encode("utf-8"))
     atomic_write(os.path.join(path, new["weights"]), weights_data, replace=False)
     if resume_data is not None:
         atomic_write(os.path.join(path, new["resume"]), resume_data, replace=False)

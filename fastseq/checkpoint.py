@@ -60,6 +60,7 @@ PENDING_FILE = ".fastseq-pending.json"
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_HEADER_BYTES = 100 << 20          # safetensors' own limit on its JSON header
 MAX_DEPTH = 64                        # nesting of the manifest's JSON (the resume state is ~5 deep)
+INTEGRITY_DEPTH = 4                   # levels of fields the integrity record names one by one
 _TENSOR_FILE = re.compile(r"(model|resume)-\d{8}(-[0-9a-f]{8})?\.safetensors")
 _LEFTOVER = re.compile(r"\.(" + re.escape(META_FILE) + "|" + re.escape(PENDING_FILE) + "|"
                        + _TENSOR_FILE.pattern + r")\..+" + re.escape(TMP_SUFFIX))
@@ -97,8 +98,35 @@ def _canonical(value):
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def _digest(value, depth):
+    """The integrity record of one entry: its sha256, and for an object that of each field, ``depth`` levels down
+    (so an edit is named as 'resume.state.batch', not only as 'resume')."""
+    h = _sha256(_canonical(value))
+    if isinstance(value, dict) and depth > 1:
+        return {"sha256": h, "fields": {k: _digest(v, depth - 1) for k, v in value.items()}}
+    return h
+
+
 def _integrity(meta):
-    return {k: _sha256(_canonical(v)) for k, v in meta.items() if k != "integrity"}
+    return {k: _digest(v, INTEGRITY_DEPTH) for k, v in meta.items() if k != "integrity"}
+
+
+def _first_change(fields, value, path):
+    """(path, how) of the first field of the object ``value`` that differs from its record ``fields``, or None."""
+    for k in sorted(set(fields) | set(value)):
+        if k not in value:
+            return path + (k,), "was removed"
+        if k not in fields:
+            return path + (k,), "was added"
+        record = fields[k]
+        if (record.get("sha256") if isinstance(record, dict) else record) != _sha256(_canonical(value[k])):
+            deeper = record.get("fields") if isinstance(record, dict) else None
+            if isinstance(deeper, dict) and isinstance(value[k], dict):
+                found = _first_change(deeper, value[k], path + (k,))
+                if found:
+                    return found
+            return path + (k,), "changed"
+    return None
 
 
 def _depth(obj):
@@ -435,15 +463,16 @@ def _check_manifest(meta, meta_path):
     if fv >= 2:
         s.obj(s.get(meta, "weights", "weights").get("tensors"), "weights.tensors")
         integrity = s.obj(s.get(meta, "integrity", "integrity"), "integrity")
-        want = _integrity(meta)
-        for key in sorted(set(want) | set(integrity)):
-            if key not in integrity:
-                raise CheckpointError(f"{meta_path}: '{key}' was added after the save (the integrity "
-                                      "record does not know it); was fastseq.json edited?")
-            if integrity[key] != want.get(key):
-                what = "was removed" if key not in want else "does not match what was saved"
-                raise CheckpointError(f"{meta_path}: '{key}' {what} (its sha256 in 'integrity' differs); "
-                                      "fastseq.json was edited or damaged")
+        found = _first_change(integrity, {k: v for k, v in meta.items() if k != "integrity"}, ())
+        if found:
+            path, how = found
+            if how == "changed":
+                value = meta
+                for k in path:
+                    value = value[k]
+                how = f"is {_show(value)}, not what was saved"
+            raise CheckpointError(f"{meta_path}: '{'.'.join(path)}' {how} (the 'integrity' record differs); "
+                                  "fastseq.json was edited or damaged")
     return fv
 
 

@@ -31,13 +31,8 @@ def _meta(path):
 
 
 def _sign(meta):
-    """Recompute the manifest's integrity record as its format defines it (what a deliberate edit would do)."""
-    def canonical(v):
-        return json.dumps(v, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if "integrity" in meta:
-        meta = dict(meta, integrity={k: hashlib.sha256(canonical(v)).hexdigest()
-                                     for k, v in meta.items() if k != "integrity"})
-    return meta
+    """Recompute the manifest's integrity record (what a deliberate edit would do)."""
+    return dict(meta, integrity=checkpoint._integrity(meta)) if "integrity" in meta else meta
 
 
 def _write_meta(path, meta, sign=True):
@@ -397,14 +392,15 @@ def _drop_moments(meta):
 
 
 @pytest.mark.parametrize("fn, field", [
-    (_set_nonlinearity, "'model'"),
-    (_set_batch(-5), "'resume'"),
-    (_set_batch(10 ** 6), "'resume'"),
-    (_drop_moments, "'resume'"),
-    (lambda meta: meta["hparams"].update(lr=100.0), "'hparams'"),
-    (lambda meta: meta.update(step=7), "'step'"),
+    (_set_nonlinearity, "'model.config.nonlinearity' is 'relu', not what was saved"),
+    (_set_batch(-5), "'resume.state.batch' is -5, not what was saved"),
+    (_set_batch(10 ** 6), "'resume.state.batch' is 1000000, not what was saved"),
+    (_drop_moments, "'resume.state.optimizer.m' was removed"),
+    (lambda meta: meta["hparams"].update(lr=100.0), "'hparams.lr' is 100.0"),
+    (lambda meta: meta.update(step=7), "'step' is 7"),
     (lambda meta: meta.update(comment="mine"), "'comment' was added"),
     (lambda meta: meta.pop("history"), "'history' was removed"),
+    (lambda meta: meta["vocab"]["idx_to_token"].reverse(), "'vocab.idx_to_token' is a list, not what was saved"),
 ])
 def test_edited_manifest_refused_naming_the_field(tmp_path, fn, field):
     # fastseq.json was trusted: an edited nonlinearity loaded and shifted the logits; "batch": -5 or
@@ -413,7 +409,7 @@ def test_edited_manifest_refused_naming_the_field(tmp_path, fn, field):
     state = {"batch": 3, "optimizer": {"t": 2, "m": {"W_hh": np.ones((8, 8))}}}
     checkpoint.save(tmp_path, m, vocab, {"lr": 1.0}, step=3, resume=state, history={"epochs": []})
     _edit(tmp_path, fn)
-    with pytest.raises(CheckpointError, match=field):
+    with pytest.raises(CheckpointError, match=re.escape(field)):
         checkpoint.load(tmp_path, backend="numpy", resume=True)
 
 
@@ -572,3 +568,15 @@ def test_errors_belong_to_the_one_hierarchy():
     from fastseq.datasets import DatasetError
     from fastseq.errors import FastseqError
     assert issubclass(CheckpointError, FastseqError) and issubclass(DatasetError, FastseqError)
+
+
+def test_integrity_record_is_the_sha256_of_canonical_json():
+    # Pins the format: another implementation (or a user's script) can recompute the record.
+    meta = {"step": 3, "hparams": {"lr": 0.5, "bptt": "full"}, "history": None}
+    rec = checkpoint._integrity(meta)
+
+    def sha(v):
+        return hashlib.sha256(json.dumps(v, sort_keys=True, ensure_ascii=False,
+                                         separators=(",", ":")).encode("utf-8")).hexdigest()
+    assert rec == {"step": sha(3), "history": sha(None),
+                   "hparams": {"sha256": sha(meta["hparams"]), "fields": {"lr": sha(0.5), "bptt": sha("full")}}}

@@ -61,9 +61,7 @@ class Copy:
 
     def write_meta(self, meta, sign):
         if sign:
-            meta = dict(meta, integrity={k: hashlib.sha256(json.dumps(
-                v, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
-                for k, v in meta.items() if k != "integrity"})
+            meta = dict(meta, integrity=checkpoint._integrity(meta))
         with open(self.manifest, "w", encoding="utf-8") as f:
             json.dump(meta, f)
 

@@ -8,8 +8,8 @@ and hands the maths to its ops object (``model.ops``, named by
 ``model.backend``): ``backend='cpp'`` (default) runs the C++ kernels,
 ``backend='numpy'`` the NumPy reference (fastseq.reference.ops); see
 fastseq.ops. Code written against one runs on the other with the same results
-up to rounding. ``fastseq.reference.RNN`` / ``RNNLM`` build these same classes
-on the NumPy ops.
+up to rounding. ``fastseq.reference.RNN`` / ``RNNLM`` are these classes with
+the NumPy ops as their default.
 """
 import math
 import numbers
@@ -126,7 +126,8 @@ class _Model:
 
     @classmethod
     def from_config(cls, config, backend=None):
-        """An untrained model from ``config`` (a dict as ``model.config`` returns) on ``backend``."""
+        """An untrained model from ``config`` (a dict as ``model.config`` returns) on ``backend``
+        (None: the class's default, 'cpp' for fastseq's models, 'numpy' for fastseq.reference's)."""
         if not isinstance(config, dict):
             raise ArgumentError(f"config: expected a dict, got {type(config).__name__}")
         keys = cls._CONFIG_KEYS
@@ -136,7 +137,7 @@ class _Model:
         missing = [k for k in keys[:2] if k not in config]
         if missing:
             raise ArgumentError(f"config: {missing[0]!r} is missing (expected {list(keys)})")
-        return cls(**config, backend=backend)
+        return cls(**config) if backend is None else cls(**config, backend=backend)
 
     @property
     def config(self):

@@ -141,7 +141,8 @@ def test_one_class_per_model_holding_its_ops(cls, sizes):
         assert type(m) is cls and m.backend == backend and m.ops is get_ops(backend)
     assert cls(*sizes).backend == "cpp"
     ref = getattr(reference, cls.__name__)(*sizes)
-    assert type(ref) is cls and ref.backend == "numpy"
+    assert isinstance(ref, cls) and ref.backend == "numpy"
+    assert set(vars(type(ref))) <= {"__init__", "__doc__", "__module__", "__qualname__"}   # only the default differs
     # the same weights for a seed whatever the ops, and the reference's documented draw
     a, b = cls(*sizes, seed=3, backend="cpp"), cls(*sizes, seed=3, backend="numpy")
     rng = np.random.default_rng(3)
@@ -428,6 +429,7 @@ def test_from_config_rebuilds_the_model(backend, cls, sizes):
     again = cls.from_config(m.config, backend=backend)
     assert type(again) is cls and again.config == m.config and again.backend == backend
     assert cls.from_config(m.config).backend == "cpp"
+    assert getattr(reference, cls.__name__).from_config(m.config).backend == "numpy"
     with pytest.raises(ArgumentError, match="config: expected a dict, got list"):
         cls.from_config([1, 2])
     with pytest.raises(ArgumentError, match="config: unexpected key 'cell'"):

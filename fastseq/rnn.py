@@ -12,7 +12,6 @@ up to rounding. ``fastseq.reference.RNN`` / ``RNNLM`` are these classes with
 the NumPy ops as their default.
 """
 import math
-import numbers
 import os
 
 import numpy as np
@@ -119,6 +118,10 @@ class _Model:
         self.params = {k: (rng.normal(0, 0.01, s) if len(s) == 2 else np.zeros(s)).astype(self.dtype)
                        for k, s in shapes.items()}  # the book's scale, 0.01; drawn in float64, then cast
 
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{type(self).__name__}({args}, backend={self.backend!r})"
+
     @property
     def backend(self):
         """The name of the ops running this model: 'cpp' or 'numpy'."""
@@ -162,7 +165,9 @@ class _Model:
             a = np.asarray(d[k])
             if a.shape != p.shape:
                 raise ArgumentError(f"{k}: expected shape {p.shape}, got {a.shape}")
-            if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
+            if a.dtype.kind not in "iuf":
+                raise ArgumentError(f"{k}: expected real numbers, got dtype {a.dtype}")
+            if not np.all(np.isfinite(a)):
                 raise ArgumentError(f"{k}: expected finite numbers")
             with np.errstate(over="ignore"):
                 new[k] = a.astype(p.dtype)
@@ -315,7 +320,8 @@ class RNNLM(_Model):
         else:
             uniforms = np.asarray(uniforms)
             if uniforms.dtype != np.float64 or uniforms.shape != (n,):
-                raise ArgumentError(f"uniforms: expected float64 of shape ({n},), got {uniforms.dtype} {uniforms.shape}")
+                raise ArgumentError(f"uniforms: expected float64 of shape ({n},), "
+                                    f"got {uniforms.dtype} {uniforms.shape}")
             if n and not (np.all(uniforms >= 0) and np.all(uniforms < 1)):
                 raise ArgumentError("uniforms: expected values in [0, 1)")
         params = self.params if logit_bias is None else dict(self.params, b_q=self._biased_b_q(logit_bias))

@@ -460,6 +460,25 @@ def test_load_state_dict_refuses_a_value_that_overflows_the_dtype(backend):
     assert m64.params["W_hq"][1, 2] == 1e300
 
 
+@pytest.mark.parametrize("backend", OPS_NAMES)
+def test_load_state_dict_names_what_is_wrong(backend):
+    m = fastseq.RNNLM(5, 4, backend=backend)
+    good = m.state_dict()
+    cases = [
+        ({k: v for k, v in good.items() if k != "b_h"}, "b_h: missing from the state_dict"),
+        (dict(good, extra=np.zeros(2)), "extra: unexpected key in the state_dict"),
+        (dict(good, W_hh=np.zeros((4, 5))), r"W_hh: expected shape \(4, 4\), got \(4, 5\)"),
+        (dict(good, b_q=good["b_q"].astype(complex)), "b_q: expected real numbers, got dtype complex128"),
+        (dict(good, b_q=np.full(5, np.nan)), "b_q: expected finite numbers"),
+        ([1, 2], "state_dict: expected a dict of arrays, got list"),
+    ]
+    for d, match in cases:
+        with pytest.raises(ArgumentError, match=match):
+            m.load_state_dict(d)
+    m.load_state_dict({k: np.ones(v.shape, dtype=np.int64) for k, v in good.items()})   # integers convert
+    assert m.params["W_hq"].dtype == np.float32 and (m.params["W_hq"] == 1).all()
+
+
 def _memory():
     import os
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

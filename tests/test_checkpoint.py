@@ -476,7 +476,7 @@ def test_edited_size_refused_before_a_model_is_allocated(tmp_path, monkeypatch, 
     checkpoint.save(tmp_path / "v2", m, vocab, {})
     save_v1(tmp_path / "v1", m, vocab, {})
     built = []
-    monkeypatch.setattr(checkpoint, "build_model", lambda *a, **k: built.append(a) or pytest.fail("model built"))
+    monkeypatch.setattr(checkpoint, "_from_config", lambda *a, **k: built.append(a) or pytest.fail("model built"))
     for folder in ("v1", "v2"):
         _edit(tmp_path / folder, lambda meta: meta["model"]["config"].update(num_hiddens=hidden), sign=True)
         tracemalloc.start()
@@ -580,3 +580,18 @@ def test_integrity_record_is_the_sha256_of_canonical_json():
                                          separators=(",", ":")).encode("utf-8")).hexdigest()
     assert rec == {"step": sha(3), "history": sha(None),
                    "hparams": {"sha256": sha(meta["hparams"]), "fields": {"lr": sha(0.5), "bptt": sha("full")}}}
+
+
+@pytest.mark.parametrize("config", [dict(vocab_size=1, num_hiddens=1, nonlinearity="tanh", dtype="float32"),
+                                    dict(vocab_size=7, num_hiddens=3, nonlinearity="relu", dtype="float64")])
+def test_shapes_checked_before_building_are_the_models(config):
+    from fastseq.rnn import RNNLM as FastRNNLM
+    model = FastRNNLM.from_config(config, "numpy")
+    assert checkpoint._param_shapes(config) == {k: v.shape for k, v in model.params.items()}
+
+
+def test_unknown_backend_is_a_checkpoint_error(tmp_path):
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {})
+    with pytest.raises(CheckpointError, match="backend"):
+        checkpoint.load(tmp_path, backend="gpu")

@@ -496,20 +496,6 @@ def _fifo(path):
     return path
 
 
-@pytest.fixture
-def no_hang():
-    """Fail (instead of hanging the suite) if a read blocks: opening a FIFO waits for a writer."""
-    import signal
-
-    def alarm(*_):
-        raise TimeoutError("blocked reading a FIFO")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("kind", ["folder", "fifo", "dev-zero"])
 @pytest.mark.parametrize("which", ["manifest", "weights"])
 def test_paths_that_are_not_regular_files_refused(tmp_path, no_hang, kind, which):

@@ -109,20 +109,6 @@ def test_bad_argument_type():
         load(42)
 
 
-@pytest.fixture
-def no_hang():
-    """Fail (instead of hanging the suite) if a read blocks: opening a FIFO waits for a writer."""
-    import signal
-
-    def alarm(*_):
-        raise TimeoutError("blocked reading a FIFO")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 def _not_regular(path, kind):
     if kind == "fifo":
         os.mkfifo(path)

@@ -127,14 +127,19 @@ def _edit(meta, edit):
     return meta
 
 
-@FUZZ
-@given(edit=st.lists(edits, min_size=1, max_size=3))
-def test_manifest_edits_without_re_signing_are_refused(template, edit):
+def _edited(template, edit, sign):
     c = Copy(template)
     meta = c.meta
     for e in edit:
         meta = _edit(meta, e)
-    c.write_meta(meta, sign=False)
+    c.write_meta(meta, sign=sign)
+    return c, meta
+
+
+@FUZZ
+@given(edit=st.lists(edits, min_size=1, max_size=3))
+def test_manifest_edits_without_re_signing_are_refused(template, edit):
+    c, meta = _edited(template, edit, sign=False)
     # An edit inside the integrity record's nested hashes that leaves its top-level ones true damages
     # nothing the load uses; every change to the checkpoint's own entries must be refused.
     def entries(m):
@@ -148,12 +153,7 @@ def test_manifest_edits_without_re_signing_are_refused(template, edit):
 @FUZZ
 @given(edit=st.lists(edits, min_size=1, max_size=3))
 def test_re_signed_manifest_edits_give_only_checkpoint_errors(template, edit):
-    c = Copy(template)
-    meta = c.meta
-    for e in edit:
-        meta = _edit(meta, e)
-    c.write_meta(meta, sign=True)
-    c.load()
+    _edited(template, edit, sign=True)[0].load()
 
 
 @FUZZ

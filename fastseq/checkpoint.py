@@ -293,6 +293,15 @@ def save(path, model, vocab, hparams, step=0, resume=None, history=None, extra=N
     if _depth(meta) > MAX_DEPTH:
         raise CheckpointError(f"hparams/history/extra/resume: nested deeper than {MAX_DEPTH} levels")
 
+    try:
+        return _write(path, meta, step, weights_data, resume_data)
+    except OSError as e:   # a full disk, a read-only folder: before the manifest's rename, so nothing changed
+        raise CheckpointError(f"{e.filename or path}: cannot be written ({e.strerror}); "
+                              f"the checkpoint in {path} (if any) is unchanged") from None
+
+
+def _write(path, meta, step, weights_data, resume_data):
+    """The file operations of a save (see the module's docstring for why in this order)."""
     os.makedirs(path, exist_ok=True)
     old = _listed_files(path)
     _remove_leftovers(path, keep=old)

@@ -581,3 +581,24 @@ def test_unknown_backend_is_a_checkpoint_error(tmp_path):
     checkpoint.save(tmp_path, m, vocab, {})
     with pytest.raises(CheckpointError, match="backend"):
         checkpoint.load(tmp_path, backend="gpu")
+
+
+def test_a_full_disk_is_a_checkpoint_error_and_keeps_the_previous(tmp_path, monkeypatch):
+    import errno
+    m, vocab = _model()
+    checkpoint.save(tmp_path, m, vocab, {"v": 1}, step=1)
+    real_write = os.write
+
+    def full(fd, data):
+        if len(data) > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(CheckpointError, match="No space left on device.*is unchanged"):
+        checkpoint.save(tmp_path, m, vocab, {"v": 2}, step=2)
+    monkeypatch.undo()
+    assert checkpoint.load(tmp_path).hparams == {"v": 1}
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="cannot be written"):
+        checkpoint.save(tmp_path / "file", m, vocab, {})

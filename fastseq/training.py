@@ -18,6 +18,7 @@ import copy
 import inspect
 import math
 import signal
+import sys
 import threading
 import time
 
@@ -39,6 +40,9 @@ __all__ = ["DivergenceError", "TrainingInterrupted", "Callback", "Trainer", "tra
 EPOCH_KEYS = ("epoch", "step", "train_ppl", "val_ppl", "lr", "tokens_per_s", "grad_norm_mean", "grad_norm_max",
               "seconds", "partial")
 LOG_KEYS = ("epoch", "step", "train_ppl", "lr", "grad_norm_mean", "tokens_per_s")
+
+# A mean cross-entropy above this has a perplexity beyond the largest float: the run has diverged.
+MAX_LOSS = math.log(sys.float_info.max)
 
 _ADVICE = ("lower the learning rate, clip the gradients (clip=1.0), or use truncated BPTT "
            "(bptt=Truncated(tau))")
@@ -85,14 +89,16 @@ def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoc
     """One optimisation step: loss_and_grad, global-norm clipping (None or 0: only the norm), update.
 
     Returns (loss, gradient norm before clipping, new_state). Raises
-    DivergenceError naming ``step`` and ``epoch`` when the loss or the gradient
-    norm is not finite (then nothing was updated) or a parameter is not finite
+    DivergenceError naming ``step`` and ``epoch`` when the loss is not finite or
+    above MAX_LOSS (its perplexity overflows), or the gradient norm is not
+    finite (in these cases nothing was updated), or a parameter is not finite
     after the (complete) update; overflow is reported this way, never as NumPy warnings.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         loss, grads, new_state = model.loss_and_grad(X, Y, state, bptt=bptt)
-        if not math.isfinite(loss):
-            raise DivergenceError(step, epoch, "the loss", loss)
+        if not loss <= MAX_LOSS:
+            raise DivergenceError(step, epoch, "the loss", loss if not math.isfinite(loss) else
+                                  f"{loss:.6g} nats per token (its perplexity overflows)")
         if clip:
             norm = (_cpp_clip if getattr(model, "backend", "numpy") == "cpp" else _ref_clip)(grads, clip)
         else:
@@ -238,6 +244,7 @@ class Trainer:
         self.history, self.log = [], []
         self.stop_reason = None   # why the last fit() returned: 'epochs', 'time budget', 'callback'
         self._stop = False
+        self._live = None         # the iterator over the running epoch's batches
 
     # ------------------------------------------------------------------ control
     @property
@@ -285,8 +292,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _batches(self):
-        it = iter(self.loader)
-        if not self._resumable_loader:    # a plain re-iterable: skip what this epoch has done
+        """The rest of the running epoch: the live iterator when fit() continues in this object,
+        else a new one (the loader's state_dict or, for a plain re-iterable, skipping gives the position)."""
+        if self.batch and self._live is not None:
+            return self._live
+        self._live = it = iter(self.loader)
+        if self.batch and not self._resumable_loader:
             for _ in range(self.batch):
                 next(it, None)
         return it
@@ -350,7 +361,7 @@ class Trainer:
             loss = math.log(val) if val is not None else acc["loss_sum"] / acc["tokens"]
             self.schedule.step(loss, self.optimizer)
         self.history.append(record)
-        self.epoch, self.batch, self.hidden, self._acc = self.epoch + 1, 0, None, _zero_acc()
+        self.epoch, self.batch, self.hidden, self._acc, self._live = self.epoch + 1, 0, None, _zero_acc(), None
         for cb in self.callbacks:
             if cb.on_epoch_end(self, record) is False:
                 self._stop = True
@@ -445,6 +456,7 @@ class Trainer:
         self.epoch, self.step, self.batch, self.hidden = epoch, step, batch, hidden
         self._acc, self._interval = accs["accumulators"], accs["interval"]
         self.history, self.log = copy.deepcopy(state["history"]), copy.deepcopy(state["log"])
+        self._live = None
 
 
 def train(model, data_iter, num_epochs=None, lr=None, clip=1.0, bptt=None, optimizer=None, callback=None, *,

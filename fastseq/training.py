@@ -95,20 +95,27 @@ def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoc
     after the (complete) update; overflow is reported this way, never as NumPy warnings.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        loss, grads, new_state = model.loss_and_grad(X, Y, state, bptt=bptt)
-        if not loss <= MAX_LOSS:
-            raise DivergenceError(step, epoch, "the loss", loss if not math.isfinite(loss) else
-                                  f"{loss:.6g} nats per token (its perplexity overflows)")
-        if clip:
-            norm = (_cpp_clip if getattr(model, "backend", "numpy") == "cpp" else _ref_clip)(grads, clip)
-        else:
-            norm = _global_norm(grads)
-        if not math.isfinite(norm):
-            raise DivergenceError(step, epoch, "the gradient norm", norm)
-        optimizer.step(model.params, grads)
-        for k, p in model.params.items():
-            if not np.all(np.isfinite(p)):
-                raise DivergenceError(step, epoch, f"parameter {k}", "nan/inf after the update")
+        return _step(model, optimizer, X, Y, state, _check_clip(clip), bptt, step, epoch)
+
+
+def _step(model, optimizer, X, Y, state, clip, bptt, step, epoch):
+    # train_step without its errstate, which the engine enters once per epoch instead of per step.
+    loss, grads, new_state = model.loss_and_grad(X, Y, state, bptt=bptt)
+    if not loss <= MAX_LOSS:
+        raise DivergenceError(step, epoch, "the loss", loss if not math.isfinite(loss) else
+                              f"{loss:.6g} nats per token (its perplexity overflows)")
+    if clip:
+        norm = (_cpp_clip if getattr(model, "backend", "numpy") == "cpp" else _ref_clip)(grads, clip)
+    else:
+        norm = _global_norm(grads)
+    if not math.isfinite(norm):
+        raise DivergenceError(step, epoch, "the gradient norm", norm)
+    optimizer.step(model.params, grads)
+    # One float64 sum per parameter: NaN or inf anywhere makes it non-finite (float32 values cannot
+    # overflow a float64 sum), at a fraction of the cost of an isfinite pass.
+    for k, p in model.params.items():
+        if not math.isfinite(p.sum(dtype=np.float64)):
+            raise DivergenceError(step, epoch, f"parameter {k}", "nan/inf after the update")
     return loss, norm, new_state
 
 
@@ -311,18 +318,20 @@ class Trainer:
             self.history.pop()            # the epoch continues: its partial record is replaced at its end
         bar = _progress_bar(self.progress, len(self.loader) if hasattr(self.loader, "__len__") else None,
                             self.batch, f"epoch {self.epoch + 1}")
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
         try:
+            errstate.__enter__()
             for X, Y in self._batches():
                 t0 = time.perf_counter()
-                B = np.shape(X)[0]
+                B = len(X)
                 state = self.hidden
                 if state is None or not self.carries_state or state.shape[0] != B:
                     state = model.begin_state(B)
                 step = self.step + 1
-                loss, norm, state = train_step(model, self.optimizer, X, Y, state, self.clip, self.bptt,
-                                               step, self.epoch + 1)
+                loss, norm, state = _step(model, self.optimizer, X, Y, state, self.clip, self.bptt,
+                                          step, self.epoch + 1)
                 dt = time.perf_counter() - t0
-                n = int(np.size(Y))
+                n = Y.size if isinstance(Y, np.ndarray) else int(np.size(Y))
                 self.step, self.batch, self.hidden = step, self.batch + 1, state
                 for a in (acc, iv):
                     a["loss_sum"] += loss * n
@@ -334,15 +343,16 @@ class Trainer:
                 if iv["batches"] >= self.log_every:
                     self.log.append(self._record(iv, LOG_KEYS))
                     self._interval = iv = _zero_acc()
-                info = dict(epoch=self.epoch + 1, step=step, batch=self.batch, loss=loss, grad_norm=norm,
-                            lr=self.optimizer.lr, tokens_per_s=acc["tokens"] / max(acc["seconds"], 1e-12))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"ppl {perplexity(acc['loss_sum'] / acc['tokens']):.2f}, "
-                                        f"{info['tokens_per_s']:,.0f} tok/s", refresh=False)
-                for cb in self.callbacks:
-                    if cb.on_step(self, info) is False:
-                        self._stop = True
+                                        f"{acc['tokens'] / max(acc['seconds'], 1e-12):,.0f} tok/s", refresh=False)
+                if self.callbacks:
+                    info = dict(epoch=self.epoch + 1, step=step, batch=self.batch, loss=loss, grad_norm=norm,
+                                lr=self.optimizer.lr, tokens_per_s=acc["tokens"] / max(acc["seconds"], 1e-12))
+                    for cb in self.callbacks:
+                        if cb.on_step(self, info) is False:
+                            self._stop = True
                 if sigint.fired:
                     raise TrainingInterrupted(self.step)
                 budget = deadline is not None and time.monotonic() >= deadline
@@ -351,6 +361,7 @@ class Trainer:
                     self.history.append(self._epoch_record(partial=True))
                     return False
         finally:
+            errstate.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
         if acc["tokens"] == 0:

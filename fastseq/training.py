@@ -15,7 +15,6 @@ overflows is ``inf``, never an exception. Gradient clipping is the book's, from
 T steps, H hidden, V vocabulary.
 """
 import copy
-import inspect
 import math
 import signal
 import sys
@@ -26,11 +25,9 @@ import numpy as np
 
 from ._checks import check_int, check_real
 from .bptt import as_strategy
-from .clip import clip_grad_norm as _cpp_clip
 from .data import _rng
 from .errors import ArgumentError, FastseqError
 from .optim import SGD
-from .reference.clip import clip_grad_norm as _ref_clip
 
 __all__ = ["DivergenceError", "TrainingInterrupted", "Callback", "Trainer", "train", "train_step",
            "evaluate", "evaluate_nll", "perplexity", "sample", "predict", "state_grad_norms",
@@ -73,10 +70,6 @@ def perplexity(mean_nll):
         return math.inf
 
 
-def _global_norm(grads):
-    return math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
-
-
 def _check_clip(clip):
     """None or 0: no clipping (as the command's --clip 0); else a finite theta > 0."""
     if clip is None:
@@ -104,10 +97,8 @@ def _step(model, optimizer, X, Y, state, clip, bptt, step, epoch):
     if not loss <= MAX_LOSS:
         raise DivergenceError(step, epoch, "the loss", loss if not math.isfinite(loss) else
                               f"{loss:.6g} nats per token (its perplexity overflows)")
-    if clip:
-        norm = (_cpp_clip if getattr(model, "backend", "numpy") == "cpp" else _ref_clip)(grads, clip)
-    else:
-        norm = _global_norm(grads)
+    # Without clipping the ops' clip still measures the norm: no norm exceeds the largest float.
+    norm = model.ops.clip_grad_norm(grads, clip or sys.float_info.max)
     if not math.isfinite(norm):
         raise DivergenceError(step, epoch, "the gradient norm", norm)
     optimizer.step(model.params, grads)
@@ -549,23 +540,15 @@ def evaluate(model, ids, batch_size=32, num_steps=35):
 
 
 # ---------------------------------------------------------------------- the sampler
-def _generate_takes_logit_bias(model):
-    # Until the ops models (generate(..., logit_bias=)) are merged, today's models lack the argument.
-    try:
-        return "logit_bias" in inspect.signature(model.generate).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def sample(model, prefix_ids, num_preds, temperature=1.0, top_k=0, rng=None, logit_bias=None):
     """Generate num_preds ids after prefix_ids: temperature 0 is greedy; > 0 samples with uniforms
     from ``rng`` (a Generator or an integer; one draw per generated token). logit_bias (V,) is added
     to the logits (-inf forbids a token)."""
     n = check_int("num_preds", num_preds, lo=0)
     temperature = check_real("temperature", temperature, lo=0)
-    kw = {} if logit_bias is None else {"logit_bias": logit_bias}
     uniforms = None if temperature == 0 else _rng(rng).random(n)
-    return model.generate(prefix_ids, n, temperature=temperature, top_k=top_k, uniforms=uniforms, **kw)
+    return model.generate(prefix_ids, n, temperature=temperature, top_k=top_k, uniforms=uniforms,
+                          logit_bias=logit_bias)
 
 
 def predict(prefix, num_preds, model, vocab, temperature=0.0, top_k=0, rng=None, token="char"):
@@ -587,10 +570,8 @@ def predict(prefix, num_preds, model, vocab, temperature=0.0, top_k=0, rng=None,
         raise ArgumentError(f"prefix: expected a string or a list of tokens, got {type(prefix).__name__}")
     if not tokens:
         raise ArgumentError("prefix: expected at least one token")
-    bias = None
-    if _generate_takes_logit_bias(model):
-        bias = np.zeros(model.vocab_size, dtype=np.float64)
-        bias[vocab.unk] = -np.inf
+    bias = np.zeros(model.vocab_size, dtype=np.float64)
+    bias[vocab.unk] = -np.inf                 # a model that knows its vocabulary never says '<unk>'
     out = sample(model, np.asarray(vocab[tokens], dtype=np.int64), num_preds, temperature, top_k, rng, bias)
     gen = vocab.to_tokens(out)
     if not isinstance(prefix, str):
@@ -599,14 +580,6 @@ def predict(prefix, num_preds, model, vocab, temperature=0.0, top_k=0, rng=None,
 
 
 # ---------------------------------------------------------------------- gradient diagnostics
-def _state_grads(model, X, Y, state, bptt, term):
-    """dL/dH_t (T, B, H). The one place that reaches the reference's private _loss_grad; it becomes
-    model.state_grads(X, Y, state, bptt, term) when the ops models are merged."""
-    from .reference.rnn import RNNLM as _RefRNNLM
-
-    return _RefRNNLM._loss_grad(model, X, Y, state, bptt, term)[3]
-
-
 def state_grad_norms(model, X, Y, state=None, bptt=None, term=None):
     """||dL/dH_t|| (Frobenius over batch and hidden) for t = 0..T-1 of one window -> float64 (T,).
 
@@ -616,10 +589,7 @@ def state_grad_norms(model, X, Y, state=None, bptt=None, term=None):
     "Backpropagation Through Time" section directly: vanishing (falling quickly
     towards t = 0) or exploding (growing).
     """
-    if term is not None:
-        T = np.shape(X)[1]
-        term = check_int("term", term, lo=-T, hi=T - 1) % T
-    dH = _state_grads(model, X, Y, state, bptt, term)
+    dH = model.state_grads(X, Y, state, bptt, term)
     return np.sqrt(np.sum(np.square(dH, dtype=np.float64), axis=(1, 2)))
 
 

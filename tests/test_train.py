@@ -398,17 +398,13 @@ def test_predict_words_and_logit_bias_forbids_unk():
     greedy = m.generate(np.array(vocab[["the", "cat"]]), 4)
     assert out == "the cat" + "".join(" " + t for t in vocab.to_tokens(greedy))
 
-    class WithBias(RNNLM):
-        """A model whose generate takes logit_bias (the ops models' signature) and records it."""
-
-        def generate(self, prefix_ids, num_preds, temperature=0.0, top_k=0, uniforms=None, logit_bias=None):
-            self.bias = logit_bias
-            return super().generate(prefix_ids, num_preds, temperature, top_k, uniforms)
-
-    w = WithBias(len(vocab), 8, seed=1)
-    predict("the", 3, w, vocab, token="word", temperature=1.0, rng=0)
-    assert w.bias.shape == (len(vocab),) and w.bias[vocab.unk] == -np.inf
-    assert np.all(w.bias[np.arange(len(vocab)) != vocab.unk] == 0)
+    # a model that prefers '<unk>' above all: generate says it, predict never does
+    m.params["b_q"][vocab.unk] = 50.0
+    raw = m.generate(np.array(vocab[["the"]]), 20, temperature=5.0, uniforms=np.random.default_rng(0).random(20))
+    assert vocab.unk in raw.tolist()
+    for temperature in (0.0, 1.0, 1000.0):
+        out = predict(["the"], 20, m, vocab, temperature=temperature, rng=0)
+        assert "<unk>" not in out and len(out) == 21
     with pytest.raises(ValueError, match="temperature"):
         sample(m, [1], 3, temperature=-1)
     with pytest.raises(ValueError, match="num_preds"):

@@ -81,7 +81,7 @@ def _as_ngram(g, fitting):
 
 def _str_keys(tok, rows):
     """Tuples of token strings for an (K, n) array of token ids."""
-    return list(map(tuple, tok[rows].tolist())) if rows.shape[1] else [()] * len(rows)
+    return list(zip(*(tok[rows[:, j]].tolist() for j in range(rows.shape[1])))) if rows.shape[1] else [()] * len(rows)
 
 
 def _groups(rows):

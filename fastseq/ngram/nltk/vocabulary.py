@@ -31,7 +31,10 @@ class Vocabulary:
     def lookup(self, words):
         """A word or the unknown label; for a sequence, a tuple of looked-up items."""
         if isinstance(words, str):
-            return words if words in self else self.unk_label
+            return words if words == self.unk_label or self.counts.get(words, 0) >= self._cutoff else self.unk_label
+        if type(words) in (list, tuple) and all(type(w) is str for w in words):    # the common case, quickly
+            get, cutoff, unk = self.counts.get, self._cutoff, self.unk_label
+            return tuple(w if w == unk or get(w, 0) >= cutoff else unk for w in words)
         if isinstance(words, Iterable):
             return tuple(self.lookup(w) for w in words)
         raise TypeError(f"words: expected a string or an iterable of strings, got a {type(words).__name__}")

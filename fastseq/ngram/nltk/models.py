@@ -8,7 +8,7 @@ words before c w, N1+(. c .) the number of distinct n-grams with c in the middle
 import math
 import random
 from bisect import bisect
-from itertools import accumulate
+from itertools import accumulate, chain
 
 from ..._checks import check_int, check_real
 from ...errors import FastseqError
@@ -75,21 +75,22 @@ class LanguageModel:
         return self.counts[len(context) + 1][context] if context else self.counts.unigrams
 
     def entropy(self, text_ngrams):
-        """Cross-entropy: minus the mean log2 score of the n-grams (the last word given the others)."""
-        memo, logs = {}, []
-        for ng in text_ngrams:
-            try:
-                v = memo.get(ng)
-            except TypeError:                          # an unhashable n-gram (a list): no memo
-                v = None
-            if v is None:
-                v = self.logscore(ng[-1], ng[:-1])
-                if isinstance(ng, tuple):
-                    memo[ng] = v
-            logs.append(v)
-        if not logs:
+        """Cross-entropy: minus the mean log2 score of the n-grams (the last word given the others).
+        Each distinct n-gram is scored once, its words looked up once: the same numbers as
+        logscore(ngram[-1], ngram[:-1]) for each, summed in the order given, as nltk sums them."""
+        grams = [g if type(g) is tuple else tuple(g) for g in text_ngrams]
+        if not grams:
             raise NltkZeroDivisionError("text_ngrams: no n-grams to score, so no mean")
-        return -1 * (sum(logs) / len(logs))
+        distinct = dict.fromkeys(grams)
+        words = set(chain.from_iterable(distinct))
+        for w in words:
+            if not isinstance(w, str):
+                raise FastseqError(f"text_ngrams: expected n-grams of string words, got a {type(w).__name__}")
+        lookup = self.vocab.lookup
+        mask = {w: lookup(w) for w in words}
+        for g in distinct:
+            distinct[g] = _log2(self.unmasked_score(mask[g[-1]], tuple(mask[w] for w in g[:-1]) or None))
+        return -1 * (sum([distinct[g] for g in grams]) / len(grams))
 
     def perplexity(self, text_ngrams):
         """2 ** entropy(text_ngrams)."""

@@ -64,6 +64,7 @@ class LanguageModel:
         return self.unmasked_score(self.vocab.lookup(word), self._context(context))
 
     def unmasked_score(self, word, context=None):
+        """P(word | context) without vocabulary look-ups (nltk's contract); context a sequence or None."""
         raise NotImplementedError
 
     def logscore(self, word, context=None):
@@ -126,6 +127,8 @@ class MLE(LanguageModel):
     """Maximum likelihood: c(c w) / N(c), and 0 for a context never seen."""
 
     def unmasked_score(self, word, context=None):
+        if context and type(context) is not tuple:
+            context = tuple(context)
         t = self.counts._tables()
         if not context:
             total = t["uni"][0]
@@ -143,6 +146,8 @@ class Lidstone(LanguageModel):
         self.gamma = check_real("gamma", gamma, lo=0, lo_open=True)
 
     def unmasked_score(self, word, context=None):
+        if context and type(context) is not tuple:
+            context = tuple(context)
         t = self.counts._tables()
         if not context:
             count, total = t["cnt"].get(1, {}).get(word, 0), t["uni"][0]
@@ -167,6 +172,8 @@ class _Interpolated(LanguageModel):
     _continuation = False
 
     def unmasked_score(self, word, context=None):
+        if context and type(context) is not tuple:
+            context = tuple(context)
         t = self.counts._tables(self._continuation)
         p = self._unigram(t, word)
         if context:

@@ -383,3 +383,15 @@ def test_partly_consumed_everygrams_count_only_the_rest():
     ours.fit(sents[1], list(nltk_pre.flatten(TOY)))
     assert ours.counts.N() == theirs.counts.N()
     assert dict(ours.counts.unigrams) == dict(theirs.counts.unigrams)
+
+
+def test_an_nltk_vocabulary_can_be_passed_in():
+    theirs = nltk_lm.Laplace(2, vocabulary=nltk_lm.Vocabulary(unk_cutoff=2))
+    ours = fs.Laplace(2, vocabulary=nltk_lm.Vocabulary(unk_cutoff=2))
+    theirs.fit(*nltk_pre.padded_everygram_pipeline(2, TOY))
+    ours.fit(*fs_pre.padded_everygram_pipeline(2, TOY))
+    assert ours.counts["<UNK>"] == theirs.counts["<UNK>"] == 4                  # b, d, e, f
+    for w in ["a", "b", "c", "<UNK>", "zz"]:
+        for c in [[], ["a"], ["c"], ["b"]]:
+            assert same(theirs.score(w, c), ours.score(w, c))
+    assert ours.generate(6, random_seed=1) == theirs.generate(6, random_seed=1)

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from . import datasets
-from .train import DivergenceError, train_step
+from .training import DivergenceError, train_step
 
 EXAMPLES_MAIN = """examples:
   fastseq train                          # an RNN on the built-in corpus, with n-gram baselines (< 1 min)
@@ -1070,7 +1070,7 @@ def _hidden_grad_norms(model, X, Y):
     mean loss (over T tokens for one sequence) restricted to its last term;
     times T it is the gradient of that one token's loss.
     """
-    from .train import state_grad_norms
+    from .training import state_grad_norms
 
     T = X.shape[1]
     return np.stack([state_grad_norms(model, X[b:b + 1], Y[b:b + 1], term=-1)[::-1] * T
@@ -1100,7 +1100,7 @@ def cmd_grad_norms(args):
     Y = np.stack([ids[s + 1:s + T + 1] for s in starts]).astype(np.int32)
     norms = _hidden_grad_norms(ck.model, X, Y)
     W_hh = np.asarray(ck.model.params["W_hh"], dtype=np.float64)
-    from .train import spectral_radius
+    from .training import spectral_radius
     rho = spectral_radius(ck.model)
     sigma = float(np.linalg.norm(W_hh, 2))
     med = np.median(norms, axis=0)

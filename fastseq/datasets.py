@@ -14,10 +14,12 @@ Where they are read from, first match wins:
 """
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from ._files import atomic_write, read_regular
+from .errors import FastseqError
 
 __all__ = ["DatasetError", "CORPORA", "load", "names"]
 
@@ -39,7 +41,7 @@ CORPORA = {
 BUILTIN = ("pydoc",)
 
 
-class DatasetError(Exception):
+class DatasetError(FastseqError):
     """A corpus could not be loaded; the message says why and what to do."""
 
 
@@ -99,12 +101,13 @@ def _download(name, dest, timeout):
             f"connect to the network, or set {DATA_DIR_ENV} to a folder holding {name}.txt") from None
     _verified(data, name, url)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: an interrupted download never leaves a partial cache file.
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
+    atomic_write(dest, data)   # an interrupted download never leaves a partial cache file
     return data
+
+
+def _read(path):
+    """The bytes of a corpus file; a folder, device or FIFO is refused (it would block or never end)."""
+    return read_regular(path, DatasetError, what="text file")
 
 
 def load(name_or_path, data_dir=None, download=True, timeout=60):
@@ -118,25 +121,24 @@ def load(name_or_path, data_dir=None, download=True, timeout=60):
         folder = data_dir or os.environ.get(DATA_DIR_ENV)
         if folder:
             path = Path(folder) / f"{key}.txt"
-            if not path.is_file():
+            try:
+                data = _read(path)
+            except FileNotFoundError:
                 raise DatasetError(
                     f"{key}: {path} does not exist (the local folder comes from "
-                    f"{'data_dir' if data_dir else DATA_DIR_ENV}); put {key}.txt there or unset it")
-            return _decode(_verified(path.read_bytes(), key, str(path)), str(path))
+                    f"{'data_dir' if data_dir else DATA_DIR_ENV}); put {key}.txt there or unset it") from None
+            return _decode(_verified(data, key, str(path)), str(path))
         cached = cache_dir() / f"{key}.txt"
-        if cached.is_file():
-            return _decode(_verified(cached.read_bytes(), key, str(cached)), str(cached))
+        try:
+            return _decode(_verified(_read(cached), key, str(cached)), str(cached))
+        except FileNotFoundError:
+            pass
         if not download:
             raise DatasetError(f"{key}: not in the cache ({cached}) and download=False")
         return _decode(_download(key, cached, timeout), key)
-    path = Path(key)
-    if not path.exists():
-        raise DatasetError(
-            f"{key}: no such file, and not a corpus name (known: {', '.join(names())})")
-    if path.is_dir():
-        raise DatasetError(f"{key}: is a folder; expected a text file or one of {', '.join(names())}")
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DatasetError(f"{key}: cannot be read ({e.strerror})") from None
+        data = _read(key)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{key}: no such file, and not a corpus name (known: {', '.join(names())})") from None
     return _decode(data, key)

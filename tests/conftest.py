@@ -17,3 +17,17 @@ def _outside_the_source_tree(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(old)
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) if a read blocks, as opening a FIFO does until a writer comes."""
+    import signal
+
+    def alarm(*_):
+        raise TimeoutError("blocked: a read waited more than 10 s")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

@@ -1,6 +1,7 @@
 """fastseq.datasets: every failure gives a DatasetError that says what to do."""
 import hashlib
 import io
+import os
 import urllib.error
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from fastseq import datasets
 from fastseq.datasets import DatasetError, load
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(os.environ.get("FASTSEQ_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 TM_SHA256 = "8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516"  # shared/data/README.md
 
 
@@ -106,3 +107,43 @@ def test_damaged_cache_is_reported(no_local):
 def test_bad_argument_type():
     with pytest.raises(DatasetError, match="name_or_path"):
         load(42)
+
+
+def _not_regular(path, kind):
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_corpus_path_that_is_not_a_regular_file(tmp_path, no_hang, kind):
+    # A corpus path at /dev/zero grew memory until the process died; a FIFO blocked forever (item 11).
+    with pytest.raises(DatasetError, match="is not a regular file"):
+        load(str(_not_regular(tmp_path / "corpus.txt", kind)))
+    with pytest.raises(DatasetError, match="is not a regular file"):
+        load("/dev/zero")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_named_corpus_in_the_local_folder_or_cache_not_a_regular_file(tmp_path, no_hang, no_local, kind):
+    _not_regular(tmp_path / "timemachine.txt", kind)
+    with pytest.raises(DatasetError, match="is not a regular file"):
+        load("timemachine", data_dir=str(tmp_path))
+    no_local.mkdir()
+    _not_regular(no_local / "timemachine.txt", kind)
+    with pytest.raises(DatasetError, match="is not a regular file"):
+        load("timemachine")
+
+
+def test_dataset_error_is_a_fastseq_error():
+    from fastseq.errors import FastseqError
+    assert issubclass(DatasetError, FastseqError)
+    with pytest.raises(ValueError):   # callers that caught ValueError keep working
+        load(42)
+
+
+def test_nul_in_a_path_is_a_dataset_error():
+    with pytest.raises(DatasetError, match="NUL"):
+        load("corpus\0.txt")

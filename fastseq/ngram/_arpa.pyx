@@ -148,44 +148,51 @@ cdef inline bint _is_sep(char c) noexcept nogil:
 
 # ----- a hash set of words (byte ranges), ids 0..n-1 in insertion order -------------------------
 cdef class _Words:
-    """Open addressing over byte ranges of one buffer (or of a vocabulary blob)."""
-    cdef vector[int32_t] slots
-    cdef vector[uint64_t] hashes
-    cdef vector[const char*] ptr
-    cdef vector[int64_t] size
+    """Open addressing over words copied into one arena (so comparisons stay in cache).
+
+    A slot holds the word's high hash bits and its id + 1 (0: empty), so a probe reads one
+    slot and compares bytes only when the hash bits agree."""
+    cdef vector[uint64_t] slots
+    cdef string arena
+    cdef vector[int64_t] start
     cdef uint64_t mask
-    cdef object keep
 
     cdef void reserve(self, int64_t n) noexcept:
         cdef int64_t cap = 16
         while cap < 2 * n + 2:
             cap <<= 1
-        self.slots.assign(cap, -1)
+        self.slots.assign(cap, 0)
         self.mask = cap - 1
-        self.ptr.reserve(n)
-        self.size.reserve(n)
-        self.hashes.reserve(n)
+        self.start.reserve(n + 1)
+        self.start.push_back(0)
 
-    cdef int32_t find_or_add(self, const char* p, int64_t n, bint add) noexcept nogil:
+    cdef inline int32_t find_or_add(self, const char* p, int64_t n, bint add) noexcept nogil:
         """Id of the word p[:n]; when absent, -1 (add false) or -2 - (its new id) (add true)."""
         cdef uint64_t h = fs_hash_bytes(p, n)
         cdef uint64_t s = h & self.mask
-        cdef int32_t i
+        cdef uint64_t tag = h & 0xFFFFFFFF00000000ULL
+        cdef uint64_t v
+        cdef int64_t i
         while True:
-            i = self.slots[s]
-            if i < 0:
+            v = self.slots[s]
+            if v == 0:
                 break
-            if self.hashes[i] == h and self.size[i] == n and memcmp(self.ptr[i], p, n) == 0:
-                return i
+            if (v & 0xFFFFFFFF00000000ULL) == tag:
+                i = <int64_t> (v & 0xFFFFFFFFULL) - 1
+                if self.start[i + 1] - self.start[i] == n and \
+                        memcmp(self.arena.data() + self.start[i], p, n) == 0:
+                    return <int32_t> i
             s = (s + 1) & self.mask
         if not add:
             return -1
-        i = <int32_t> self.ptr.size()
-        self.slots[s] = i
-        self.ptr.push_back(p)
-        self.size.push_back(n)
-        self.hashes.push_back(h)
-        return -2 - i
+        i = self.start.size() - 1
+        self.slots[s] = tag | <uint64_t> (i + 1)
+        self.arena.append(p, n)
+        self.start.push_back(self.arena.size())
+        return <int32_t> (-2 - i)
+
+    cdef bytes word(self, int64_t i):
+        return PyBytes_FromStringAndSize(self.arena.data() + self.start[i], self.start[i + 1] - self.start[i])
 
 
 # ----- an int64 -> row map ------------------------------------------------------------------------
@@ -275,10 +282,15 @@ cdef int _section(_Cursor* cur, int k, int N, int64_t count, _Words words, int32
     cdef const char* fb[MAXF]
     cdef const char* fe[MAXF]
     cdef const char* p
+    cdef const char* pb[MAXF]                     # the previous line's words and their ids
+    cdef int64_t pn[MAXF]
+    cdef int32_t pid[MAXF]
     cdef int nf, m
     cdef int64_t j
     cdef int32_t w
     cdef double x
+    for m in range(k):
+        pn[m] = -1
     for j in range(count):
         err_j[0] = j
         if not _next_line(cur, &b, &e):
@@ -326,11 +338,16 @@ cdef int _section(_Cursor* cur, int k, int N, int64_t count, _Words words, int32
                 return E_DUP_UNIGRAM
         else:
             for m in range(k):
+                # sorted files repeat most words of the line before: compare before hashing
+                if pn[m] == fe[m + 1] - fb[m + 1] and memcmp(pb[m], fb[m + 1], pn[m]) == 0:
+                    rows[j * k + m] = pid[m]
+                    continue
                 w = words.find_or_add(fb[m + 1], fe[m + 1] - fb[m + 1], False)
                 if w < 0:
                     err_b[0], err_e[0] = fb[m + 1], fe[m + 1]
                     return E_UNKNOWN_WORD
                 rows[j * k + m] = fid_to_id[w]
+                pb[m], pn[m], pid[m] = fb[m + 1], fe[m + 1] - fb[m + 1], fid_to_id[w]
     return 0
 
 
@@ -466,8 +483,8 @@ cdef _raise(int code, int64_t line, int k, int N, int64_t cnt, int64_t j, const 
 
 cdef tuple _vocabulary(_Words words, lp_f, lb_f, where_f, int64_t section_line, double missing_unk):
     """Model ids of the unigrams: '<unk>', '<s>', '</s>' first, then the file's order."""
-    cdef int64_t K = words.ptr.size(), j
-    file_words = [PyBytes_FromStringAndSize(words.ptr[j], words.size[j]) for j in range(K)]
+    cdef int64_t K = words.start.size() - 1, j
+    file_words = [words.word(j) for j in range(K)]
     special = {b"<unk>": 0, b"<s>": 1, b"</s>": 2}
     for t in (b"<s>", b"</s>"):
         if words.find_or_add(<const char*> t, len(t), False) < 0:
@@ -805,7 +822,6 @@ cdef class QueryCore:
         for i in range(V):
             if words.find_or_add(base + o64[i], o64[i + 1] - o64[i], True) >= 0:
                 raise ValueError(f"words: word {i} appears twice")
-        words.keep = bl
         self._words = words
         self.bos, self.eos = 1, 2
 

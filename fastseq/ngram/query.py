@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from . import _arpa
-from .arpa import ArpaError, escape_token, parse_arpa, read_regular_file
+from .arpa import ArpaError, check_regular_file, escape_token, parse_arpa, read_regular_file
 from .binary import is_binary, load_binary
 
 __all__ = ["Config", "FullScoreReturn", "LanguageModel", "Model", "State"]
@@ -43,7 +43,7 @@ class Model(_arpa.QueryCore):
     """A back-off n-gram model read from an ARPA file or a fastseq binary model (kenlm's Model)."""
 
     def __init__(self, path, config=None):
-        name = os.fspath(path)
+        name = check_regular_file(path)                  # before opening: a FIFO would block
         self.path = os.path.abspath(name)
         if is_binary(name):
             b = load_binary(name)

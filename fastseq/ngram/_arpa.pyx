@@ -13,7 +13,7 @@ loops run, so no caller can make them read out of bounds; the loops run without 
 """
 import numpy as np
 
-from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint8_t
 from libc.string cimport memcmp, memchr, memcpy
 from libcpp.string cimport string
 from libcpp.vector cimport vector
@@ -736,6 +736,59 @@ cdef class FullScoreReturn:
         return f"FullScoreReturn({self.log_prob!r}, {self.ngram_length!r}, {self.oov!r})"
 
 
+def check_tables(int order, blob, offsets, list starts, list lasts, list logp, list logb):
+    """The tables of a model as contiguous arrays (offsets, blob, then starts, lasts, logp, logb of
+    each order), after checking what the query loops rely on: ValueError naming the broken table."""
+    if not 1 <= order <= MAXCTX + 1:
+        raise ValueError(f"order: expected 1..{MAXCTX + 1}, got {order}")
+    if len(starts) != order or len(lasts) != order or len(logp) != order or len(logb) != order:
+        raise ValueError("tables: one of each kind per order")
+    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    bl = np.frombuffer(blob, dtype=np.uint8)
+    cdef int64_t V = off.shape[0] - 1
+    if V < 3 or off[0] != 0 or off[V] > bl.shape[0] or np.any(np.diff(off) < 0):
+        raise ValueError("words: offsets must start at 0, not decrease, and end inside the blob")
+    keep = [off, bl]
+    cdef const int64_t[::1] s64
+    cdef const int32_t[::1] l32
+    cdef int k
+    cdef int64_t prevK = V, K, c, i, bad
+    for k in range(order):
+        lpk = np.ascontiguousarray(logp[k], dtype=np.float64)
+        lbk = np.ascontiguousarray(logb[k], dtype=np.float64)
+        if k == 0:
+            K = V
+            stk = np.zeros(1, np.int64)
+            lak = np.arange(V, dtype=np.int32)
+        else:
+            stk = np.ascontiguousarray(starts[k], dtype=np.int64)
+            lak = np.ascontiguousarray(lasts[k], dtype=np.int32)
+            K = lak.shape[0]
+            if stk.shape[0] != prevK + 1 or stk[0] != 0 or stk[prevK] != K:
+                raise ValueError(f"order {k + 1}: starts must have {prevK + 1} entries from 0 to {K}")
+            s64, l32 = stk, lak
+            bad = -1
+            with nogil:
+                for c in range(prevK):
+                    if s64[c + 1] < s64[c] or s64[c + 1] > K:    # before any read of lasts
+                        bad = c
+                        break
+                    for i in range(s64[c], s64[c + 1]):
+                        if l32[i] < 0 or l32[i] >= V or (i > s64[c] and l32[i] <= l32[i - 1]):
+                            bad = c
+                    if bad >= 0:
+                        break
+            if bad >= 0:
+                raise ValueError(f"order {k + 1}: the children of row {bad} are not increasing ids in [0, {V})")
+        if lpk.shape[0] != K or (lbk.shape[0] != K and not (k == order - 1 and lbk.shape[0] == 0)):
+            raise ValueError(f"order {k + 1}: {K} probabilities and backoffs expected")
+        if lbk.shape[0] == 0:
+            lbk = np.zeros(max(K, 1))
+        keep += [stk, lak, lpk, lbk]
+        prevK = K
+    return keep
+
+
 cdef class QueryCore:
     """The back-off tables of a model and the query loops (kenlm's Model without the loading).
 
@@ -755,70 +808,28 @@ cdef class QueryCore:
     cdef int32_t bos, eos
 
     def _set_tables(self, int order, blob, offsets, list starts, list lasts, list logp, list logb):
-        """Check the tables (so the unchecked loops stay in bounds) and keep them."""
-        if not 1 <= order <= MAXCTX + 1:
-            raise ValueError(f"order: expected 1..{MAXCTX + 1}, got {order}")
-        if len(starts) != order or len(lasts) != order or len(logp) != order or len(logb) != order:
-            raise ValueError("tables: one of each kind per order")
-        off = np.ascontiguousarray(offsets, dtype=np.int64)
-        bl = np.frombuffer(blob, dtype=np.uint8)
-        cdef int64_t V = off.shape[0] - 1
-        if V < 3 or off[0] != 0 or off[V] > bl.shape[0] or np.any(np.diff(off) < 0):
-            raise ValueError("words: offsets must start at 0, not decrease, and end inside the blob")
-        keep = [bl, off]
-        cdef const int64_t[::1] o64
+        """Check the tables (check_tables: the unchecked loops stay in bounds) and keep them."""
+        keep = check_tables(order, blob, offsets, starts, lasts, logp, logb)
+        cdef const int64_t[::1] o64 = keep[0]
+        cdef const uint8_t[::1] bl = keep[1]
         cdef const int64_t[::1] s64
         cdef const int32_t[::1] l32
         cdef const double[::1] dv
         cdef int k
-        cdef int64_t prevK = V, K, c, i, bad
+        cdef int64_t V = o64.shape[0] - 1, i
         for k in range(order):
-            lpk = np.ascontiguousarray(logp[k], dtype=np.float64)
-            lbk = np.ascontiguousarray(logb[k], dtype=np.float64)
-            if k == 0:
-                K = V
-                stk = np.zeros(1, np.int64)
-                lak = np.arange(V, dtype=np.int32)
-            else:
-                stk = np.ascontiguousarray(starts[k], dtype=np.int64)
-                lak = np.ascontiguousarray(lasts[k], dtype=np.int32)
-                K = lak.shape[0]
-                if stk.shape[0] != prevK + 1 or stk[0] != 0 or stk[prevK] != K:
-                    raise ValueError(f"order {k + 1}: starts must have {prevK + 1} entries from 0 to {K}")
-                s64, l32 = stk, lak
-                bad = -1
-                with nogil:
-                    for c in range(prevK):
-                        if s64[c + 1] < s64[c]:
-                            bad = c
-                            break
-                        for i in range(s64[c], s64[c + 1]):
-                            if l32[i] < 0 or l32[i] >= V or (i > s64[c] and l32[i] <= l32[i - 1]):
-                                bad = c
-                        if bad >= 0:
-                            break
-                if bad >= 0:
-                    raise ValueError(f"order {k + 1}: the children of row {bad} are not increasing ids in [0, {V})")
-            if lpk.shape[0] != K or (lbk.shape[0] != K and not (k == order - 1 and lbk.shape[0] == 0)):
-                raise ValueError(f"order {k + 1}: {K} probabilities and backoffs expected")
-            if lbk.shape[0] == 0:
-                lbk = np.zeros(max(K, 1))
-            keep += [stk, lak, lpk, lbk]
-            s64 = stk
+            s64, l32 = keep[2 + 4 * k], keep[3 + 4 * k]
             self.st[k] = &s64[0]
-            l32 = lak
-            self.la[k] = &l32[0] if K else NULL
-            dv = lpk
-            self.lp[k] = &dv[0] if K else NULL
-            dv = lbk
+            self.la[k] = &l32[0] if l32.shape[0] else NULL
+            dv = keep[4 + 4 * k]
+            self.lp[k] = &dv[0] if dv.shape[0] else NULL
+            dv = keep[5 + 4 * k]
             self.lb[k] = &dv[0]
-            prevK = K
         self._keep = keep
         self.order, self.V = order, V
         words = _Words()
         words.reserve(V)
-        o64 = off
-        cdef const char* base = <const char*> <Py_ssize_t> bl.ctypes.data if bl.shape[0] else _EMPTY
+        cdef const char* base = <const char*> &bl[0] if bl.shape[0] else _EMPTY
         for i in range(V):
             if words.find_or_add(base + o64[i], o64[i + 1] - o64[i], True) >= 0:
                 raise ValueError(f"words: word {i} appears twice")

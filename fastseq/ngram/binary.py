@@ -52,9 +52,14 @@ class BinaryModel:
         """The NGramLM (an ArpaLM) these tables hold, as load_arpa returns it."""
         V, N = self.vocab_size, self.order
         blob = bytes(self.words)
-        tokens = [blob[self.offsets[i]:self.offsets[i + 1]].decode("utf-8") for i in range(V)]
+        try:
+            tokens = [blob[self.offsets[i]:self.offsets[i + 1]].decode("utf-8") for i in range(V)]
+        except UnicodeDecodeError:
+            raise ArpaError(f"{self.path}: a word of the vocabulary is not UTF-8") from None
         if self.escaped:
             tokens = [unescape_token(t, self.path) for t in tokens]
+        if len(set(tokens)) != V:
+            raise ArpaError(f"{self.path}: a word appears twice in the vocabulary")
         rows, parent = {1: np.arange(V, dtype=np.int32)[:, None]}, {1: np.zeros(V, np.int64)}
         for k in range(2, N + 1):
             starts = np.asarray(self.starts[k - 1])
@@ -191,6 +196,10 @@ def load_binary(path, verify=True):
         if k > 1:
             m.starts.append(table(f"starts{k}", np.int64, counts[k - 2] + 1))
             m.lasts.append(table(f"lasts{k}", np.int32, counts[k - 1]))
+    try:                                         # what the query loops rely on, even in a file re-signed by hand
+        _arpa.check_tables(N, m.words, m.offsets, m.starts, m.lasts, m.logp, m.logb)
+    except ValueError as e:
+        raise ArpaError(f"{name}: {e}") from None
     m._mmap = mm
     return m
 

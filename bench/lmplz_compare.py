@@ -14,6 +14,7 @@ import argparse
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -64,9 +65,12 @@ def write_corpus(path, words):
 
 
 def timed(cmd, **kw):
+    """(wall seconds, CPU seconds of the child: user + system, all its threads)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, **kw)
-    return time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def main(argv=None):
@@ -90,30 +94,32 @@ def main(argv=None):
     rows = []
     lmplz = os.environ.get("LMPLZ")
     if lmplz:
-        t = min(timed(f"{lmplz} -o {args.order} -S 20% -T {out} < {corpus} > {out}/lmplz.arpa", shell=True,
+        t = min(timed(f"exec {lmplz} -o {args.order} -S 20% -T {out} < {corpus} > {out}/lmplz.arpa", shell=True,
                       stderr=subprocess.DEVNULL) for _ in range(args.repeat))
         rows.append(("lmplz -o %d (text to ARPA)" % args.order, t, (out / "lmplz.arpa").stat().st_size))
     cmd = [sys.executable, "-m", "fastseq", "ngram", "fit", str(corpus), "--order", str(args.order),
            "--arpa", str(out / "fastseq.arpa")]
     t = min(timed(cmd, stdout=subprocess.DEVNULL) for _ in range(args.repeat))
     rows.append((f"fastseq ngram fit --order {args.order} --arpa (command)", t, (out / "fastseq.arpa").stat().st_size))
-    fit = write = read = float("inf")
+    fit = write = (float("inf"),) * 2
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sents = [line.split() for line in corpus.open(encoding="utf-8") if line.strip()]
         m = KneserNeyLM(args.order).fit(sents)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         m.to_arpa(out / "api.arpa")
-        t2 = time.perf_counter()
-        fit, write = min(fit, t1 - t0), min(write, t2 - t1)
+        t2, c2 = time.perf_counter(), time.process_time()
+        fit, write = min(fit, (t1 - t0, c1 - c0)), min(write, (t2 - t1, c2 - c1))
     rows.append(("fastseq read + fit (in process)", fit, None))
     rows.append(("fastseq to_arpa (in process)", write, None))
-    rows.append(("fastseq read + fit + to_arpa (in process)", fit + write, (out / "api.arpa").stat().st_size))
+    rows.append(("fastseq read + fit + to_arpa (in process)", (fit[0] + write[0], fit[1] + write[1]),
+                 (out / "api.arpa").stat().st_size))
     print(f"corpus: {corpus} ({n:,} tokens, sampled trigram chain of tinyshakespeare + timemachine)")
     print(f"machine: {machine_line()}")
-    print(f"\n| step | seconds (best of {args.repeat}) | ARPA bytes |\n|---|---:|---:|")
-    for name, t, size in rows:
-        print(f"| {name} | {t:.2f} | {'' if size is None else f'{size:,}'} |")
+    print(f"\n| step | wall s | CPU s | ARPA bytes |\n|---|---:|---:|---:|")
+    for name, (wall, cpu), size in rows:
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {'' if size is None else f'{size:,}'} |")
+    print(f"\n(best of {args.repeat}; CPU: user + system of all threads, the machine being shared)")
 
 
 if __name__ == "__main__":

@@ -13,29 +13,7 @@ from fastseq.ngram import ArpaError, KneserNeyLM, LaplaceLM, Model, load_arpa, l
 from fastseq.ngram.arpa import escape_token, unescape_token
 from fastseq.text import read_lines
 
-ARPA = """\\data\\
-ngram 1=4
-ngram 2=2
-
-\\1-grams:
--1.0\t<s>\t-0.3
--0.5\t</s>
--0.6\ta\t-0.2
--0.9\tb
-
-\\2-grams:
--0.2\t<s> a
--0.4\ta b
-
-\\end\\
-"""
-
-
-@pytest.fixture(scope="module")
-def tm_split():
-    lines = [line for line in read_lines("timemachine", "d2l") if line]
-    n = int(len(lines) * 0.9)
-    return [line.split() for line in lines[:n]], [line.split() for line in lines[n:]]
+from test_ngram import ARPA, tm_split  # noqa: F401  (the hand-written file and the Time Machine split)
 
 
 @pytest.fixture(scope="module")

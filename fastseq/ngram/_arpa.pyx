@@ -789,6 +789,18 @@ def check_tables(int order, blob, offsets, list starts, list lasts, list logp, l
     return keep
 
 
+cdef inline bint _next_word(const char** p, const char* e, const char** b) noexcept nogil:
+    """The next word of p[0] .. e, split on ASCII whitespace as Python's bytes.split() (and kenlm)."""
+    while p[0] < e and (p[0][0] == b' ' or (b'\t' <= p[0][0] <= b'\r')):
+        p[0] += 1
+    if p[0] >= e:
+        return False
+    b[0] = p[0]
+    while p[0] < e and not (p[0][0] == b' ' or (b'\t' <= p[0][0] <= b'\r')):
+        p[0] += 1
+    return True
+
+
 cdef class QueryCore:
     """The back-off tables of a model and the query loops (kenlm's Model without the loading).
 
@@ -907,14 +919,7 @@ cdef class QueryCore:
         else:
             for k in range(self.order - 1):
                 ctx[k] = -1
-        while True:
-            while p < e and (p[0] == b' ' or (b'\t' <= p[0] <= b'\r')):
-                p += 1
-            if p >= e:
-                break
-            b = p
-            while p < e and not (p[0] == b' ' or (b'\t' <= p[0] <= b'\r')):
-                p += 1
+        while _next_word(&p, e, &b):
             w = self._index(b, p - b)
             x = self._step(ctx, w, ctx, &length)
             total += x
@@ -996,14 +1001,7 @@ cdef class QueryCore:
         else:
             for k in range(self.order - 1):
                 ctx[k] = -1
-        while True:
-            while p < e and (p[0] == b' ' or (b'\t' <= p[0] <= b'\r')):
-                p += 1
-            if p >= e:
-                break
-            b = p
-            while p < e and not (p[0] == b' ' or (b'\t' <= p[0] <= b'\r')):
-                p += 1
+        while _next_word(&p, e, &b):
             w = self._index(b, p - b)
             x = self._step(ctx, w, ctx, &length)
             out.append((x, length, w == 0))

@@ -801,6 +801,55 @@ cdef inline bint _next_word(const char** p, const char* e, const char** b) noexc
     return True
 
 
+def suffix_closed(list starts, list lasts):
+    """Whether the suffix of every stored n-gram is stored (as in every model lmplz or fastseq fits;
+    not in a pruned file). Tables as check_tables returns them (already checked). Then a search
+    that misses at order k misses at every higher order, and queries stop searching there."""
+    cdef int N = len(lasts), k
+    cdef const int64_t[::1] st, stp
+    cdef const int32_t[::1] la, lap
+    cdef int64_t K, c, r, lo, hi, mid, end, s
+    cdef int32_t w
+    cdef bint ok = True
+    if N < 2:
+        return True
+    la = lasts[1]
+    suf_a = np.asarray(la, dtype=np.int64)            # order 2: the suffix of (c, w) is the unigram w
+    cdef int64_t[::1] suf = suf_a, nsuf
+    for k in range(3, N + 1):
+        st, la = starts[k - 1], lasts[k - 1]           # order k grouped by context rows of order k-1
+        stp, lap = starts[k - 2], lasts[k - 2]         # order k-1, where the suffixes must be
+        K = la.shape[0]
+        nsuf_a = np.empty(K, dtype=np.int64)
+        nsuf = nsuf_a
+        with nogil:
+            for c in range(st.shape[0] - 1):
+                s = suf[c]                               # row (order k-2) of the suffix of context c
+                for r in range(st[c], st[c + 1]):
+                    w = la[r]
+                    if s < 0:
+                        ok = False
+                        break
+                    lo, end = stp[s], stp[s + 1]
+                    hi = end
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if lap[mid] < w:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    if lo >= end or lap[lo] != w:
+                        ok = False
+                        break
+                    nsuf[r] = lo
+                if not ok:
+                    break
+        if not ok:
+            return False
+        suf_a, suf = nsuf_a, nsuf
+    return True
+
+
 cdef class QueryCore:
     """The back-off tables of a model and the query loops (kenlm's Model without the loading).
 
@@ -818,10 +867,16 @@ cdef class QueryCore:
     cdef const double* lb[64]
     cdef object _keep
     cdef int32_t bos, eos
+    cdef bint closed
 
-    def _set_tables(self, int order, blob, offsets, list starts, list lasts, list logp, list logb):
-        """Check the tables (check_tables: the unchecked loops stay in bounds) and keep them."""
+    def _set_tables(self, int order, blob, offsets, list starts, list lasts, list logp, list logb, closed=None):
+        """Check the tables (check_tables: the unchecked loops stay in bounds) and keep them.
+        closed: whether the model is suffix-closed (None: find out; a wrong True gives wrong
+        scores, never a read out of bounds)."""
         keep = check_tables(order, blob, offsets, starts, lasts, logp, logb)
+        if closed is None:
+            closed = suffix_closed(keep[2::4], keep[3::4])
+        self.closed = closed
         cdef const int64_t[::1] o64 = keep[0]
         cdef const uint8_t[::1] bl = keep[1]
         cdef const int64_t[::1] s64
@@ -867,6 +922,7 @@ cdef class QueryCore:
         """log10 P(w | ctx) by back-off; out: the state after w (may alias ctx: read before written)."""
         cdef double r = self.lp[0][w]
         cdef int k, found = 1
+        cdef bint missed = False
         cdef int64_t c, lo, hi, mid, end
         cdef int32_t nxt[MAXCTX]
         cdef const int32_t* la
@@ -874,6 +930,9 @@ cdef class QueryCore:
             c = ctx[k - 2]
             nxt[k - 1] = -1
             if c < 0:
+                continue
+            if missed:                                   # suffix-closed: no longer n-gram is stored
+                r += self.lb[k - 2][c]
                 continue
             lo = self.st[k - 1][c]
             end = self.st[k - 1][c + 1]
@@ -891,6 +950,7 @@ cdef class QueryCore:
                 nxt[k - 1] = <int32_t> lo
             else:
                 r += self.lb[k - 2][c]                   # b(c) P(w | shorter context)
+                missed = self.closed
         if self.order > 1:
             out[0] = w
             for k in range(1, self.order - 1):

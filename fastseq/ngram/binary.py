@@ -78,7 +78,8 @@ def _tables_of(model):
     escaped, words = arpa_words(model.vocab)
     starts, lasts, logp, logb = model._scoring_tables()
     N = model.order
-    return (escaped, words, [np.asarray(s, np.int64) for s in starts], [np.asarray(x, np.int32) for x in lasts],
+    return (escaped, words, [np.ascontiguousarray(s, np.int64) for s in starts],
+            [np.ascontiguousarray(x, np.int32) for x in lasts],
             list(logp), [logb[k] if k < N - 1 else np.zeros(0) for k in range(N)])
 
 
@@ -123,6 +124,7 @@ def write_binary(source, path, meta=None):
         body[off:off + a.nbytes] = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
     header = {"format": "fastseq n-gram model", "order": N, "vocab_size": len(words),
               "counts": [int(len(logp[k])) for k in range(N)], "escaped": bool(escaped), "meta": meta,
+              "suffix_closed": bool(_arpa.suffix_closed(starts, lasts)),
               "tables": place, "tables_checksum": _arpa.checksum(np.frombuffer(body, np.uint8))}
     hb = json.dumps(header, ensure_ascii=False).encode("utf-8")
     start = -(-(_FIXED.size + len(hb)) // _ALIGN) * _ALIGN
@@ -163,6 +165,7 @@ def load_binary(path, verify=True):
         m.path = name
         m.order, m.vocab_size = int(h["order"]), int(h["vocab_size"])
         m.escaped, m.meta = bool(h["escaped"]), _check_meta(h["meta"])
+        m.suffix_closed = bool(h.get("suffix_closed", False))
         place = {t[0]: (str(t[1]), int(t[2]), int(t[3])) for t in h["tables"]}
         counts = [int(c) for c in h["counts"]]
         tsum = int(h["tables_checksum"])

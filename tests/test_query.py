@@ -126,3 +126,22 @@ def test_lmplz_style_file_with_pruned_suffix(tmp_path):
     q, m = Model(p), load_arpa(p)
     for s in ("a a", "a b", "b a a", "a a b"):
         assert q.score(s) == pytest.approx(m.score(s), abs=1e-12)
+
+
+def test_suffix_closure_is_found_and_a_pruned_file_keeps_the_full_search(tmp_path, tm_split):
+    # fitted models are suffix-closed (queries stop at the first miss); a pruned file is not,
+    # and a query that stopped there would miss the stored '<s> a a' (-0.05)
+    from fastseq.ngram import _arpa, load_binary
+    KneserNeyLM(4).fit(tm_split[0]).to_arpa(tmp_path / "kn.arpa")
+    write_binary(tmp_path / "kn.arpa", tmp_path / "kn.bin")
+    assert load_binary(tmp_path / "kn.bin").suffix_closed
+    p = tmp_path / "pruned.arpa"
+    p.write_text("\\data\\\nngram 1=4\nngram 2=2\nngram 3=1\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n-0.5\t</s>\n"
+                 "-0.6\ta\t-0.2\n-0.9\tb\n\n\\2-grams:\n-0.2\t<s> a\t-0.1\n-0.4\ta b\t0\n\n\\3-grams:\n"
+                 "-0.05\t<s> a a\n\n\\end\\\n")
+    write_binary(p, tmp_path / "pruned.bin")
+    assert not load_binary(tmp_path / "pruned.bin").suffix_closed
+    b = load_binary(tmp_path / "pruned.bin")
+    assert not _arpa.suffix_closed(b.starts, b.lasts)
+    for q in (Model(p), Model(tmp_path / "pruned.bin")):
+        assert q.score("a a", eos=False) == pytest.approx(-0.2 - 0.05, abs=1e-12)

@@ -359,6 +359,8 @@ def parse(const unsigned char[::1] buf, int max_order, double missing_unk):
     tables[k-1] = (rows int32 (K, k) of model ids, logp float64, logb float64, line int64), in file
     order (rows of order 1: the ids, in model-id order). Raises ParseError(line, message).
     """
+    if not 1 <= max_order <= 64:                     # a line keeps at most MAXF = 72 fields
+        raise ValueError(f"max_order: expected 1..64, got {max_order}")
     cdef int64_t n = buf.shape[0]
     cdef const char* data = <const char*> &buf[0] if n else _EMPTY
     cdef int64_t bad

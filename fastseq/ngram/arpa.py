@@ -23,7 +23,7 @@ import stat
 
 import numpy as np
 
-from ..errors import FastseqError
+from ..errors import ArgumentError, FastseqError
 from .counting import MAX_ORDER
 from .models import NGramLM, _utf8_encodable
 from . import _arpa
@@ -84,7 +84,6 @@ def unescape_token(word, where="word"):
 def _check_meta(meta):
     if meta is None:
         return {}
-    from .._checks import ArgumentError
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise ArgumentError(f"meta: expected a dict of strings (e.g. {{'token': 'char'}}), got {meta!r}")
     return dict(meta)

@@ -960,11 +960,12 @@ cdef class QueryCore:
         length[0] = found
         return r
 
-    cdef void _begin(self, int32_t* ctx) noexcept nogil:
+    cdef void _start(self, int32_t* ctx, bint bos) noexcept nogil:
+        """The context at a sentence start ('<s>') or the empty context."""
         cdef int k
         for k in range(self.order - 1):
             ctx[k] = -1
-        if self.order > 1:
+        if bos and self.order > 1:
             ctx[0] = self.bos
 
     cdef double _sentence(self, const char* p, int64_t n, bint bos, bint eos, int64_t* tokens,
@@ -976,11 +977,7 @@ cdef class QueryCore:
         cdef int32_t w
         cdef int length
         cdef int k
-        if bos:
-            self._begin(ctx)
-        else:
-            for k in range(self.order - 1):
-                ctx[k] = -1
+        self._start(ctx, bos)
         while _next_word(&p, e, &b):
             w = self._index(b, p - b)
             x = self._step(ctx, w, ctx, &length)
@@ -1058,11 +1055,7 @@ cdef class QueryCore:
         cdef int length, k
         cdef double x
         out = []
-        if bos:
-            self._begin(ctx)
-        else:
-            for k in range(self.order - 1):
-                ctx[k] = -1
+        self._start(ctx, bos)
         while _next_word(&p, e, &b):
             w = self._index(b, p - b)
             x = self._step(ctx, w, ctx, &length)
@@ -1074,14 +1067,12 @@ cdef class QueryCore:
 
     def BeginSentenceWrite(self, State state):
         """Set state to the start of a sentence (the context '<s>')."""
-        self._begin(state.ctx)
+        self._start(state.ctx, True)
         state.n = self.order - 1
 
     def NullContextWrite(self, State state):
         """Set state to the empty context."""
-        cdef int k
-        for k in range(self.order - 1):
-            state.ctx[k] = -1
+        self._start(state.ctx, False)
         state.n = self.order - 1
 
     cdef inline void _check_state(self, State s) except *:

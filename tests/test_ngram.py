@@ -709,12 +709,6 @@ def test_arpa_order_above_64_is_refused_at_its_header_line(tmp_path):
     assert m.order == 64 and m.score("", bos=True, eos=True) == pytest.approx(-1.0)
 
 
-def test_to_arpa_refuses_whitespace_tokens(tmp_path):
-    m = LaplaceLM(2).fit([["a b", "c"]])
-    with pytest.raises(ValueError, match="whitespace"):
-        m.to_arpa(tmp_path / "x.arpa")
-
-
 def test_arpa_with_missing_context_names_the_line(tmp_path):
     p = tmp_path / "bad.arpa"
     p.write_text(ARPA.replace("ngram 2=2", "ngram 2=2\nngram 3=1").replace("\\end\\", "\\3-grams:\n-0.1\tb a b\n\n\\end\\"))

@@ -1,5 +1,8 @@
-"""Reading ARPA back-off models (the format of SRILM, KenLM's lmplz and ``NGramLM.to_arpa``).
+"""ARPA back-off models (the format of SRILM, KenLM's lmplz and ``NGramLM.to_arpa``): writing and
+reading in compiled code (fastseq.ngram._arpa), with the file's header comments and the escape of
+tokens that contain whitespace. The format and both conventions are documented in docs/NGRAM-FILES.md.
 
+    # fastseq-meta: {"token": "char"}     optional comment lines (KenLM skips lines starting with '#')
     \\data\\
     ngram 1=<count>          one line per order
     \\1-grams:
@@ -9,163 +12,215 @@
     <log10 p>  <w1 .. wN>
     \\end\\
 
-Fields are separated by whitespace; the backoff may be omitted (0). The file
-is UTF-8; at most MAX_ORDER (64) orders. Any deviation is an ArpaError naming
-the file and the line.
+Numbers are written as the shortest text that reads back as the same double, so a model
+read back scores exactly as the one written; they are read with exactly KenLM's number syntax.
+Words are separated by spaces, tabs or carriage returns (KenLM's separators). At most
+MAX_ORDER (64) orders. Any deviation is an ArpaError naming the file and the line.
 """
+import json
+import os
+import stat
+
 import numpy as np
 
+from ..errors import ArgumentError, FastseqError
 from .counting import MAX_ORDER
-from .models import BOS, EOS, UNK, UNK_ID, NGramLM
+from .models import NGramLM, _utf8_encodable
+from . import _arpa
 
-__all__ = ["ArpaError", "load_arpa"]
+__all__ = ["ArpaError", "ArpaLM", "escape_token", "unescape_token", "load_arpa", "write_arpa"]
 
 # What KenLM substitutes for a missing '<unk>' (it warns and uses log10 p = -100).
 MISSING_UNK = -100.0
+META_PREFIX = "# fastseq-meta: "
+ESCAPE_PREFIX = "# fastseq-escape: "
+ESCAPE_LINE = (ESCAPE_PREFIX + "tokens with whitespace: \\s space, \\t tab, \\n newline, \\r return, "
+               "\\\\ backslash, \\uXXXX other whitespace")
+_ESC = {" ": "\\s", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\"}
+_UNESC = {"s": " ", "t": "\t", "n": "\n", "r": "\r", "\\": "\\"}
 
 
-class ArpaError(ValueError):
-    """A malformed ARPA file; the message has the path and line number."""
+class ArpaError(FastseqError):
+    """An ARPA (or binary) model file cannot be read or written; the message names the file (and line)."""
 
 
 class ArpaLM(NGramLM):
-    """A model read from an ARPA file; scores exactly as the file says."""
+    """A model read from an ARPA file; scores exactly as the file says. ``meta``: the header's dict."""
+
+    meta = {}
 
 
-def _float(tok, path, ln, what):
+def escape_token(token):
+    """The ARPA spelling of a token in an escaped file: whitespace and backslash as backslash escapes
+    (a space is '\\s'), so a character model's ' ' is one word; KenLM then scores text escaped alike."""
+    if not any(ch.isspace() or ch == "\\" for ch in token):
+        return token
+    return "".join(_ESC.get(ch) or (f"\\u{ord(ch):04x}" if ch.isspace() else ch) for ch in token)
+
+
+def unescape_token(word, where="word"):
+    """Inverse of escape_token; ArpaError on a backslash that starts no escape."""
+    if "\\" not in word:
+        return word
+    out, i = [], 0
+    while i < len(word):
+        ch = word[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        nxt = word[i + 1:i + 2]
+        if nxt in _UNESC:
+            out.append(_UNESC[nxt])
+            i += 2
+        elif nxt == "u" and len(word) >= i + 6 and all(c in "0123456789abcdefABCDEF" for c in word[i + 2:i + 6]):
+            out.append(chr(int(word[i + 2:i + 6], 16)))
+            i += 6
+        else:
+            raise ArpaError(f"{where}: {word!r} has a backslash that starts no escape (\\s \\t \\n \\r \\\\ \\uXXXX)")
+    return "".join(out)
+
+
+def _check_meta(meta):
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ArgumentError(f"meta: expected a dict of strings (e.g. {{'token': 'char'}}), got {meta!r}")
+    return dict(meta)
+
+
+def arpa_words(vocab, escape=None):
+    """(escaped?, UTF-8 bytes of each token as the file spells it); ArpaError on a token no file holds."""
+    bad = [t for t in vocab if not t]
+    if bad:
+        raise ArpaError("to_arpa: the vocabulary has an empty token (ARPA separates words by whitespace)")
+    if escape is None:
+        escape = any(any(ch.isspace() for ch in t) for t in vocab)
+    words = [escape_token(t) for t in vocab] if escape else list(vocab)
     try:
-        x = float(tok)
-    except ValueError:
-        raise ArpaError(f"{path}:{ln}: {what} {tok!r} is not a number") from None
-    if what == "log10 probability" and (np.isnan(x) or x > 0):
-        raise ArpaError(f"{path}:{ln}: {what} {tok!r} must be a log10 probability <= 0")
-    if np.isnan(x) or x == np.inf:                  # -inf: a zero weight, as a zero discount gives
-        raise ArpaError(f"{path}:{ln}: {what} {tok!r} must be a number or -inf")
-    return x
+        return escape, [w.encode("utf-8") for w in words]
+    except UnicodeEncodeError:
+        bad = [t for t in vocab if not _utf8_encodable(t)]
+        raise ArpaError(f"to_arpa: the file is UTF-8; the vocabulary has tokens {bad[:3]!r} "
+                        "that UTF-8 cannot encode (lone surrogates)") from None
+
+
+def header_comments(meta, escaped):
+    """The comment lines before '\\data\\' (escape convention, then the meta dict as JSON)."""
+    lines = [ESCAPE_LINE] if escaped else []
+    if meta:
+        lines.append(META_PREFIX + json.dumps(meta, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)
+
+
+def write_arpa(model, path, meta=None):
+    """Write ``model`` (a fitted NGramLM) as an ARPA file at ``path``, atomically: a temporary
+    file in the same folder, flushed and synced, then renamed over ``path`` (an old file there
+    stays intact until the new one is complete). meta: a dict of strings written as a header
+    comment (KenLM ignores it; ``load_arpa(path).meta`` reads it back)."""
+    from ..checkpoint import atomic_write
+    model._check_fitted()
+    meta = _check_meta(meta)
+    escaped, words = arpa_words(model.vocab)
+    N = model.order
+    head = header_comments(meta, escaped) + "\\data\\\n" + "".join(
+        f"ngram {k}={len(model._rows[k])}\n" for k in range(1, N + 1))
+    blob = b"".join(words)
+    offsets = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum([len(w) for w in words], out=offsets[1:])
+    text = _arpa.format_arpa(head.encode("utf-8"), np.frombuffer(blob, np.uint8), offsets,
+                             [np.ascontiguousarray(model._rows[k], dtype=np.int32) for k in range(1, N + 1)],
+                             [model._logp[k] for k in range(1, N + 1)],
+                             [model._logb[k] if k < N else None for k in range(1, N + 1)])
+    try:
+        atomic_write(path, text)
+    except OSError as e:
+        raise ArpaError(f"{os.fspath(path)}: cannot be written ({e.strerror or e})") from None
+
+
+def check_regular_file(path, what="model file"):
+    """os.fspath(path); ArpaError when it cannot be read or is not a regular file (a FIFO would
+    block, /dev/zero never ends)."""
+    name = os.fspath(path)
+    try:
+        st = os.stat(name)
+    except (OSError, ValueError) as e:
+        raise ArpaError(f"{name}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ArpaError(f"{name}: is {kind}; expected a {what}")
+    return name
+
+
+def read_regular_file(path, what="model file"):
+    """The bytes of path, a regular file (check_regular_file)."""
+    name = check_regular_file(path, what)
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ArpaError(f"{name}: cannot be read ({e.strerror})") from None
+
+
+def parse_comments(comments, name):
+    """(meta dict, escaped?) from the comment lines before '\\data\\'."""
+    meta, escaped = {}, False
+    for line in comments:
+        if line.startswith(ESCAPE_PREFIX):
+            escaped = True
+        elif line.startswith(META_PREFIX):
+            try:
+                m = json.loads(line[len(META_PREFIX):])
+            except ValueError:
+                m = None
+            if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
+                raise ArpaError(f"{name}: the '{META_PREFIX.strip()}' header is not a JSON object of strings")
+            meta.update(m)
+    return meta, escaped
+
+
+def parse_arpa(data, name):
+    """(meta, escaped, file words as bytes, rows, parent, logp, logb): the sorted tables of ARPA text."""
+    try:
+        comments, words, tables = _arpa.parse(data, MAX_ORDER, MISSING_UNK)
+    except _arpa.ParseError as e:
+        raise ArpaError(f"{name}:{e.args[0]}: {e.args[1]}") from None
+    meta, escaped = parse_comments(comments, name)
+    V, N = len(words), len(tables)
+    try:
+        perms, parents = _arpa.link([t[0] for t in tables], V)
+    except _arpa.ParseError as e:
+        kind, k, i = e.args
+        r, line = tables[k - 1][0][i], tables[k - 1][3][i]
+        if kind == "twice":
+            raise ArpaError(f"{name}:{line}: this {k}-gram appears twice") from None
+        ctx = " ".join(words[int(j)].decode() for j in r[:-1])
+        raise ArpaError(f"{name}:{line}: the context {ctx!r} of this {k}-gram is not among the "
+                        f"{k - 1}-grams") from None
+    rows, parent, logp, logb = {1: tables[0][0]}, {1: np.zeros(V, np.int64)}, {1: tables[0][1]}, {1: tables[0][2]}
+    for k in range(2, N + 1):
+        r, lp, lb, _ = tables[k - 1]
+        perm = perms[k - 2]
+        if perm is not None:
+            r, lp, lb = r[perm], lp[perm], lb[perm]
+        rows[k], parent[k], logp[k], logb[k] = r, parents[k - 2], lp, lb
+    return meta, escaped, words, rows, parent, logp, logb
 
 
 def load_arpa(path):
-    """An NGramLM that scores identically to the ARPA file at ``path``."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ArpaError(f"{path}: cannot be read ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ArpaError(f"{path}:{line}: not UTF-8 "
-                        f"(byte {data[e.start]:#04x} at offset {e.start})") from None
+    """An NGramLM that scores identically to the ARPA file at ``path``; ``.meta`` holds the dict
+    written by ``to_arpa(path, meta=...)`` and escaped tokens are read back as they were."""
+    name = os.fspath(path)
+    data = read_regular_file(path, "ARPA file")
+    meta, escaped, words, rows, parent, logp, logb = parse_arpa(data, name)
     del data
-    lines = text.split("\n")
-    ln = 0
-
-    def nxt():
-        nonlocal ln
-        while ln < len(lines):
-            ln += 1
-            s = lines[ln - 1].strip()
-            if s:
-                return s
-        raise ArpaError(f"{path}:{ln}: unexpected end of file (missing \\end\\)")
-
-    try:
-        s = nxt()
-        while s != "\\data\\":                      # text before \data\ is a comment
-            s = nxt()
-    except ArpaError:
-        raise ArpaError(f"{path}:{ln}: no '\\data\\' line: not an ARPA file") from None
-    sizes = {}
-    s = nxt()
-    while s.startswith("ngram "):
-        try:
-            k, cnt = s[6:].split("=")
-            k, cnt = int(k), int(cnt)
-        except ValueError:
-            raise ArpaError(f"{path}:{ln}: expected 'ngram <order>=<count>', got {s!r}") from None
-        if k != len(sizes) + 1 or cnt < 0:
-            raise ArpaError(f"{path}:{ln}: expected 'ngram {len(sizes) + 1}=<count>', got {s!r}")
-        if k > MAX_ORDER:
-            raise ArpaError(f"{path}:{ln}: order {k} is above the highest supported, {MAX_ORDER}")
-        # each n-gram takes a line: a larger count is a broken header (and would size the arrays)
-        if sum(sizes.values()) + cnt > len(lines) - ln:
-            raise ArpaError(f"{path}:{ln}: the header announces {cnt} {k}-grams, but only "
-                            f"{len(lines) - ln} lines follow")
-        sizes[k] = cnt
-        s = nxt()
-    if not sizes:
-        raise ArpaError(f"{path}:{ln}: expected 'ngram 1=<count>' after \\data\\, got {s!r}")
-    N = len(sizes)
-    grams, section = {}, {}
-    for k in range(1, N + 1):
-        if s != f"\\{k}-grams:":
-            raise ArpaError(f"{path}:{ln}: expected '\\{k}-grams:', got {s!r}")
-        section[k] = ln
-        words, lp, lb, where = [], np.empty(sizes[k]), np.zeros(sizes[k]), np.empty(sizes[k], np.int64)
-        for j in range(sizes[k]):
-            s = nxt()
-            if s.startswith("\\"):
-                raise ArpaError(f"{path}:{ln}: the header announced {sizes[k]} {k}-grams, "
-                                f"but section \\{k}-grams: has {j}")
-            t = s.split()
-            if len(t) not in (k + 1, k + 2) or (len(t) == k + 2 and k == N):
-                raise ArpaError(f"{path}:{ln}: a {k}-gram line needs a log10 probability, {k} words"
-                                f"{' and an optional backoff' if k < N else ''}; got {len(t)} fields")
-            lp[j] = _float(t[0], path, ln, "log10 probability")
-            if len(t) == k + 2:
-                lb[j] = _float(t[-1], path, ln, "log10 backoff")
-            words.append(t[1:k + 1])
-            where[j] = ln
-        grams[k] = (words, lp, lb, where)
-        s = nxt()
-    if s != "\\end\\":
-        raise ArpaError(f"{path}:{ln}: expected '\\end\\' after the {N}-grams "
-                        f"(more lines than 'ngram {N}={sizes[N]}' announced?), got {s!r}")
-    # Vocabulary: '<unk>', '<s>', '</s>' first (the ids the models use), then the file's order.
-    uni = [w[0] for w in grams[1][0]]
-    index = {}
-    for j, w in enumerate(uni):
-        if w in index:
-            raise ArpaError(f"{path}:{grams[1][3][j]}: unigram {w!r} appears twice")
-        index[w] = j
-    for t in (BOS, EOS):
-        if t not in index:
-            raise ArpaError(f"{path}:{section[1]}: the unigrams have no {t!r}")
-    tokens = [UNK, BOS, EOS] + [w for w in uni if w not in (UNK, BOS, EOS)]
-    tid = {t: i for i, t in enumerate(tokens)}
-    V = len(tokens)
-    model = ArpaLM(N)
-    lp1, lb1 = np.full(V, MISSING_UNK), np.zeros(V)
-    order = np.array([tid[w] for w in uni], dtype=np.int64)
-    lp1[order], lb1[order] = grams[1][1], grams[1][2]
-    # '<s>' keeps the file's value: a sentence start is never predicted anyway, and a literal
-    # '<s>' inside a sentence is scored with it, as KenLM does (lmplz writes -99 there).
-    rows, parent, logp, logb = {1: np.arange(V, dtype=np.int32)[:, None]}, {1: np.zeros(V, np.int64)}, {1: lp1}, {1: lb1}
-    model._V = V
-    model._key = {1: np.arange(V, dtype=np.int64)}
-    model._rows = rows
-    for k in range(2, N + 1):
-        words, lp, lb, where = grams[k]
-        r = np.empty((len(words), k), dtype=np.int64)
-        for j, ws in enumerate(words):
-            for m, w in enumerate(ws):
-                i = tid.get(w)
-                if i is None:
-                    raise ArpaError(f"{path}:{where[j]}: word {w!r} of this {k}-gram is not among the unigrams")
-                r[j, m] = i
-        perm = np.lexsort(r.T[::-1]) if len(r) else np.zeros(0, np.int64)
-        r, lp, lb, where = r[perm], lp[perm], lb[perm], where[perm]
-        if len(r) > 1:
-            dup = np.flatnonzero(np.all(r[1:] == r[:-1], axis=1))
-            if dup.size:
-                raise ArpaError(f"{path}:{where[dup[0] + 1]}: this {k}-gram appears twice")
-        par = model._find(r[:, :-1]) if k > 2 else r[:, 0].copy()
-        if np.any(par < 0):
-            j = int(np.flatnonzero(par < 0)[0])
-            raise ArpaError(f"{path}:{where[j]}: the context {' '.join(tokens[i] for i in r[j, :-1])!r} of this "
-                            f"{k}-gram is not among the {k - 1}-grams")
-        rows[k], parent[k], logp[k], logb[k] = r.astype(np.int32), par, lp, lb
-        model._key[k] = par * V + r[:, -1]
+    tokens = [w.decode("utf-8") for w in words]
+    if escaped:
+        tokens = [unescape_token(t, name) for t in tokens]
+        if len(set(tokens)) != len(tokens):
+            raise ArpaError(f"{name}: two words of the file unescape to the same token")
+    model = ArpaLM(len(rows))
     model._set_tables(tokens, rows, parent, logp, logb)
+    model.meta = meta
     return model
+

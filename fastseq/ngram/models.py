@@ -333,37 +333,14 @@ class NGramLM:
         return out
 
     # ----- ARPA ------------------------------------------------------------------------------
-    def to_arpa(self, path):
-        """Write the model as an ARPA file (readable by KenLM, SRILM and ``load_arpa``)."""
-        self._check_fitted()
-        bad = [t for t in self.vocab if not t or any(ch.isspace() for ch in t)]
-        if bad:
-            raise ValueError(f"to_arpa: ARPA separates words by whitespace; the vocabulary has "
-                             f"tokens {bad[:3]!r} that are empty or contain whitespace")
-        bad = [t for t in self.vocab if not _utf8_encodable(t)]
-        if bad:
-            raise ValueError(f"to_arpa: the file is UTF-8; the vocabulary has tokens {bad[:3]!r} "
-                             "that UTF-8 cannot encode (lone surrogates)")
-        vocab = np.array(self.vocab, dtype=object)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("\\data\\\n")
-            for k in range(1, self.order + 1):
-                f.write(f"ngram {k}={len(self._rows[k])}\n")
-            for k in range(1, self.order + 1):
-                f.write(f"\n\\{k}-grams:\n")
-                words = vocab[self._rows[k][:, 0]]
-                for j in range(1, k):
-                    words = words + " " + vocab[self._rows[k][:, j]]
-                lp = self._logp[k]
-                # repr: the shortest text that reads back as the same double, so load_arpa
-                # scores exactly as this model does
-                if k < self.order:
-                    lines = [f"{p!r}\t{w}\t{b!r}\n" for p, w, b in zip(lp.tolist(), words.tolist(),
-                                                                       self._logb[k].tolist())]
-                else:
-                    lines = [f"{p!r}\t{w}\n" for p, w in zip(lp.tolist(), words.tolist())]
-                f.writelines(lines)
-            f.write("\n\\end\\\n")
+    def to_arpa(self, path, meta=None):
+        """Write the model as an ARPA file (readable by KenLM, SRILM and ``load_arpa``), atomically.
+
+        meta: a dict of strings kept as a header comment (``load_arpa(path).meta``); tokens
+        containing whitespace are escaped as docs/NGRAM-FILES.md describes (a space is '\\s').
+        """
+        from .arpa import write_arpa
+        write_arpa(self, path, meta=meta)
 
 
 class _Estimator(NGramLM):

@@ -1,0 +1,106 @@
+"""Query speed of fastseq.ngram.query.Model side by side with the kenlm module, in one run.
+
+    python bench/bench_query.py [--order 5] [--words 600000] [--heldout 72000] [--repeat 5]
+
+The model: a Kneser-Ney N-gram of the sampled corpus of bench/lmplz_compare.py (a trigram chain of
+tinyshakespeare + The Time Machine, kept out of the repository); held-out text: another sample
+of the same chain. Each figure is the best of --repeat runs, the two libraries interleaved;
+loads are also given in CPU seconds of this process (the machine is shared).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def best(f, repeat):
+    wall = cpu = float("inf")
+    for _ in range(repeat):
+        c0, w0 = time.process_time(), time.perf_counter()
+        f()
+        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
+    return wall, cpu
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--order", type=int, default=5)
+    p.add_argument("--words", type=int, default=600_000)
+    p.add_argument("--heldout", type=int, default=72_000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--out", default="/tmp/fastseq-lmplz")
+    args = p.parse_args(argv)
+    import kenlm
+    from conftest import machine_line
+    from lmplz_compare import sampled_corpus
+    from fastseq.ngram import KneserNeyLM, Model, load_arpa, write_binary
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = sampled_corpus(args.words, rng_state=0)
+    held = [" ".join(s) for s in sampled_corpus(args.heldout, rng_state=1)]
+    n_tok = sum(len(s.split()) + 1 for s in held)
+    lm = KneserNeyLM(args.order).fit(train)
+    arpa, binf = out / "query.arpa", out / "query.bin"
+    rows = []
+    t_write_f = best(lambda: lm.to_arpa(arpa), 1)
+    t_bin_w = best(lambda: write_binary(arpa, binf), 1)
+    k_load = best(lambda: kenlm.Model(str(arpa)), args.repeat)
+    f_load = best(lambda: Model(arpa), args.repeat)
+    f_lm = best(lambda: load_arpa(arpa), args.repeat)
+    f_bin = best(lambda: Model(binf), args.repeat)
+    k, q = kenlm.Model(str(arpa)), Model(binf)
+
+    def per_sentence(m):
+        return lambda: [m.score(s) for s in held]
+
+    k_score = best(per_sentence(k), args.repeat)
+    f_score = best(per_sentence(q), args.repeat)
+    f_batch = best(lambda: q.score_batch(held), args.repeat)
+    k_ppl = best(lambda: [k.perplexity(s) for s in held], args.repeat)
+    words = [w for s in held for w in s.split() + ["</s>"]]
+
+    def chain(m, State):
+        def run():
+            a, b = State(), State()
+            m.BeginSentenceWrite(a)
+            for w in words:
+                m.BaseScore(a, w, b)
+                a, b = b, a
+        return run
+
+    k_base = best(chain(k, kenlm.State), args.repeat)
+    f_base = best(chain(q, __import__("fastseq.ngram.query", fromlist=["State"]).State), args.repeat)
+    ks = sum(k.score(s) for s in held)
+    fs = float(q.score_batch(held).sum())
+    print(f"model: {args.order}-gram Kneser-Ney of {args.words:,} sampled words; ARPA {arpa.stat().st_size:,} bytes, "
+          f"binary {binf.stat().st_size:,} bytes; held-out {len(held):,} sentences, {n_tok:,} tokens "
+          f"(with </s>); total log10: kenlm {ks:.4f}, fastseq {fs:.4f}")
+    print(f"machine: {machine_line()}\n")
+    print("| operation | kenlm | fastseq | fastseq / kenlm speed |\n|---|---:|---:|---:|")
+
+    def rate(t):                       # tokens per CPU second (this process; the machine is shared)
+        return n_tok / t[1]
+    rows = [
+        ("ARPA load (s wall / s CPU)", f"{k_load[0]:.2f} / {k_load[1]:.2f}", f"Model {f_load[0]:.2f} / {f_load[1]:.2f}",
+         f"{k_load[1] / f_load[1]:.2f}x (CPU)"),
+        ("ARPA load to NGramLM (load_arpa)", "", f"{f_lm[0]:.2f} / {f_lm[1]:.2f}", f"{k_load[1] / f_lm[1]:.2f}x (CPU)"),
+        ("binary load (s wall / s CPU)", "", f"{f_bin[0]:.3f} / {f_bin[1]:.3f}",
+         f"{f_load[1] / f_bin[1]:.0f}x faster than parsing its ARPA (CPU)"),
+        ("score() per sentence (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M", f"{rate(f_score) / 1e6:.2f}M",
+         f"{k_score[1] / f_score[1]:.2f}x"),
+        ("batch score_batch() vs kenlm per-sentence score (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M",
+         f"{rate(f_batch) / 1e6:.2f}M", f"{k_score[1] / f_batch[1]:.2f}x"),
+        ("perplexity() per sentence (tokens per CPU s)", f"{rate(k_ppl) / 1e6:.2f}M", "", ""),
+        ("BaseScore chained (calls per CPU s)", f"{len(words) / k_base[1] / 1e6:.2f}M",
+         f"{len(words) / f_base[1] / 1e6:.2f}M", f"{k_base[1] / f_base[1]:.2f}x"),
+        ("to_arpa / write_binary (s, once)", "", f"{t_write_f[0]:.2f} / {t_bin_w[0]:.2f}", ""),
+    ]
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""fastseq.ngram.query.Model against the kenlm module on the same files: every sentence of a
+held-out text, states chained word by word, OOVs and '</s>' included."""
+import copy
+
+import pytest
+
+from fastseq.ngram import KneserNeyLM, LaplaceLM, Model, State, load_arpa, write_binary
+from fastseq.ngram import query
+from fastseq.text import read_lines
+
+kenlm = pytest.importorskip("kenlm")
+
+
+@pytest.fixture(scope="module")
+def tm_split():
+    lines = [line for line in read_lines("timemachine", "d2l") if line]
+    n = int(len(lines) * 0.9)
+    return [line.split() for line in lines[:n]], [line.split() for line in lines[n:]]
+
+
+@pytest.fixture(scope="module", params=[(KneserNeyLM, 2, {}), (KneserNeyLM, 3, {}), (LaplaceLM, 4, {}),
+                                        (KneserNeyLM, 5, dict(discount_fallback=True))],
+                ids=["kn2", "kn3", "laplace4", "kn5"])
+def models(request, tm_split, tmp_path_factory):
+    cls, order, kw = request.param
+    d = tmp_path_factory.mktemp("q")
+    cls(order, **kw).fit(tm_split[0]).to_arpa(d / "m.arpa")
+    write_binary(d / "m.arpa", d / "m.bin")
+    return kenlm.Model(str(d / "m.arpa")), Model(d / "m.arpa"), Model(d / "m.bin")
+
+
+def held_out(tm_split):
+    # every held-out sentence, plus OOVs, a literal '<unk>', '</s>' and '<s>' inside, the empty one
+    return [" ".join(s) for s in tm_split[1]] + ["zzz qqq the", "<unk> the", "the </s> time", "a <s> b", "",
+                                                 "  the\ttime  machine "]
+
+
+def test_score_full_scores_perplexity_as_kenlm(models, tm_split):
+    k, qa, qb = models
+    assert qa.order == qb.order == k.order
+    for s in held_out(tm_split):
+        for bos in (True, False):
+            for eos in (True, False):
+                ours = qa.score(s, bos=bos, eos=eos)
+                assert ours == pytest.approx(k.score(s, bos=bos, eos=eos), rel=1e-5, abs=1e-4)
+                assert qb.score(s, bos=bos, eos=eos) == ours
+                got, want = list(qa.full_scores(s, bos=bos, eos=eos)), list(k.full_scores(s, bos=bos, eos=eos))
+                assert [(n, o) for _, n, o in got] == [(n, o) for _, n, o in want]
+                assert [p for p, _, _ in got] == pytest.approx([p for p, _, _ in want], rel=1e-5, abs=1e-5)
+        assert qa.perplexity(s) == pytest.approx(k.perplexity(s), rel=1e-5)
+
+
+def test_states_chained_word_by_word_as_kenlm(models, tm_split):
+    k, qa, qb = models
+    for s in held_out(tm_split)[::3]:
+        for q in (qa, qb):
+            for begin in ("BeginSentenceWrite", "NullContextWrite"):
+                ks, ko = kenlm.State(), kenlm.State()
+                qs, qo = State(), State()
+                getattr(k, begin)(ks)
+                getattr(q, begin)(qs)
+                for w in s.split() + ["</s>"]:
+                    want = k.BaseFullScore(ks, w, ko)
+                    got = q.BaseFullScore(qs, w, qo)
+                    assert got.log_prob == pytest.approx(want.log_prob, rel=1e-5, abs=1e-5), (s, w)
+                    assert (got.ngram_length, got.oov) == (want.ngram_length, want.oov), (s, w)
+                    assert q.BaseScore(qs, w, State()) == got.log_prob
+                    ks, ko = ko, ks
+                    qs, qo = qo, qs
+
+
+def test_membership_and_state_semantics(models):
+    k, qa, _ = models
+    for w in ("the", "time", "zzz", "<unk>", "<s>", "</s>", ""):
+        assert (w in qa) == (w in k), w
+    a, b = State(), State()
+    qa.BeginSentenceWrite(a)
+    qa.BeginSentenceWrite(b)
+    assert a == b and hash(a) == hash(b)
+    c = State()
+    qa.BaseScore(a, "the", c)
+    assert c != a and copy.copy(c) == c
+    # in_state and out_state may be the same object, as a decoder loop often passes them
+    d = copy.copy(a)
+    x = qa.BaseScore(d, "the", d)
+    assert x == qa.BaseScore(a, "the", State()) and d == c
+    with pytest.raises(ValueError, match="in_state"):
+        qa.BaseScore(State(), "the", State())
+
+
+def test_batch_and_corpus_perplexity_as_the_model(tm_split, tmp_path):
+    m = KneserNeyLM(4).fit(tm_split[0])
+    m.to_arpa(tmp_path / "m.arpa")
+    q = Model(tmp_path / "m.arpa")
+    sents = [" ".join(s) for s in tm_split[1]]
+    scores = q.score_batch(sents)
+    assert list(scores) == [q.score(s) for s in sents]
+    assert scores == pytest.approx([m.score(s) for s in sents], rel=1e-12, abs=1e-12)
+    assert q.corpus_perplexity(sents) == pytest.approx(tuple(m.perplexity(tm_split[1])), rel=1e-12)
+    mem = Model.from_lm(m)
+    assert list(mem.score_batch(sents)) == list(scores)
+
+
+def test_kenlm_code_runs_unchanged(tmp_path, tm_split):
+    # the usual decoder idiom, with `import fastseq.ngram.query as kenlm`
+    LaplaceLM(3).fit(tm_split[0]).to_arpa(tmp_path / "m.arpa")
+    scores = []
+    for mod in (kenlm, query):
+        model = mod.LanguageModel(str(tmp_path / "m.arpa"))
+        state, out = mod.State(), mod.State()
+        model.BeginSentenceWrite(state)
+        total = 0.0
+        for w in "the time traveller zzz".split():
+            total += model.BaseScore(state, w, out)
+            state, out = out, state
+        scores.append(total)
+    assert scores[1] == pytest.approx(scores[0], rel=1e-5)
+
+
+def test_lmplz_style_file_with_pruned_suffix(tmp_path):
+    # a stored 3-gram whose 2-gram suffix is absent: fastseq's back-off agrees with load_arpa
+    p = tmp_path / "m.arpa"
+    p.write_text("\\data\\\nngram 1=4\nngram 2=2\nngram 3=1\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n-0.5\t</s>\n"
+                 "-0.6\ta\t-0.2\n-0.9\tb\n\n\\2-grams:\n-0.2\t<s> a\t-0.1\n-0.4\ta b\t0\n\n\\3-grams:\n"
+                 "-0.05\t<s> a a\n\n\\end\\\n")
+    q, m = Model(p), load_arpa(p)
+    for s in ("a a", "a b", "b a a", "a a b"):
+        assert q.score(s) == pytest.approx(m.score(s), abs=1e-12)
+
+
+def test_suffix_closure_is_found_and_a_pruned_file_keeps_the_full_search(tmp_path, tm_split):
+    # fitted models are suffix-closed (queries stop at the first miss); a pruned file is not,
+    # and a query that stopped there would miss the stored '<s> a a' (-0.05)
+    from fastseq.ngram import _arpa, load_binary
+    KneserNeyLM(4).fit(tm_split[0]).to_arpa(tmp_path / "kn.arpa")
+    write_binary(tmp_path / "kn.arpa", tmp_path / "kn.bin")
+    assert load_binary(tmp_path / "kn.bin").suffix_closed
+    p = tmp_path / "pruned.arpa"
+    p.write_text("\\data\\\nngram 1=4\nngram 2=2\nngram 3=1\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n-0.5\t</s>\n"
+                 "-0.6\ta\t-0.2\n-0.9\tb\n\n\\2-grams:\n-0.2\t<s> a\t-0.1\n-0.4\ta b\t0\n\n\\3-grams:\n"
+                 "-0.05\t<s> a a\n\n\\end\\\n")
+    write_binary(p, tmp_path / "pruned.bin")
+    assert not load_binary(tmp_path / "pruned.bin").suffix_closed
+    b = load_binary(tmp_path / "pruned.bin")
+    assert not _arpa.suffix_closed(b.starts, b.lasts)
+    for q in (Model(p), Model(tmp_path / "pruned.bin")):
+        assert q.score("a a", eos=False) == pytest.approx(-0.2 - 0.05, abs=1e-12)

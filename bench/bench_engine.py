@@ -87,7 +87,7 @@ def own_cost(epochs=10, rounds=3):
     result = model.loss_and_grad(X, Y, model.begin_state(B))
 
     class Stub:
-        backend, vocab_size, dtype, params = "cpp", V, np.float32, model.params
+        backend, vocab_size, dtype, params, ops = "cpp", V, np.float32, model.params, model.ops
 
         def begin_state(self, batch_size):
             return result[2]

@@ -170,13 +170,14 @@ class ReduceLROnPlateau:
 
     def state_dict(self):
         return {"type": "ReduceLROnPlateau", "factor": self.factor, "patience": self.patience,
-                "threshold": self.threshold, "min_lr": self.min_lr, "best": self.best,
+                "threshold": self.threshold, "min_lr": self.min_lr,
+                "best": None if self.best == math.inf else self.best,     # strict JSON has no Infinity
                 "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state):
         _check_state(state, "ReduceLROnPlateau", ("factor", "patience", "threshold", "min_lr", "best",
                                                   "bad_epochs"))
         other = ReduceLROnPlateau(state["factor"], state["patience"], state["threshold"], state["min_lr"])
-        other.best = check_real("state['best']", state["best"], finite=False)
+        other.best = math.inf if state["best"] is None else check_real("state['best']", state["best"])
         other.bad_epochs = check_int("state['bad_epochs']", state["bad_epochs"], lo=0)
         self.__dict__.update(other.__dict__)

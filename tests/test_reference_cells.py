@@ -318,3 +318,37 @@ def test_dropout_masks():
 def test_bad_arguments_name_themselves(call, message):
     with pytest.raises(ArgumentError, match=f"^{message}"):
         call()
+
+
+def test_bad_stack_calls_name_the_argument():
+    cell, params, X, state0, G, g_T, masks = problem("lstm", 2, dropout=0.5)
+    bad_forward = [
+        ((params, X[0], state0, masks), "X:"),
+        ((params, X.astype(np.int64), state0, masks), "X:"),
+        (([], X, state0, masks), "params:"),
+        (([params[0], {**params[1], "weight_hh": params[1]["weight_hh"][:, :2]}], X, state0, masks),
+         r"params\[1\]\['weight_hh'\]:"),
+        (([params[0], {k: v for k, v in params[1].items() if k != "bias_hh"}], X, state0, masks),
+         r"params\[1\]:"),
+        (([{k: v.astype(np.float32) for k, v in p.items()} for p in params], X, state0, masks),
+         r"params\[0\]\['weight_ih'\]:"),
+        ((params, X, state0[:1], masks), "state0:"),
+        ((params, X, (state0[0], state0[1][:1]), masks), r"state0 \(c\):"),
+        ((params, X, state0, masks[:, :2]), "masks:"),
+    ]
+    for args, message in bad_forward:
+        with pytest.raises(ArgumentError, match=f"^{message}"):
+            stack_forward("lstm", *args)
+    _, _, cache = stack_forward("lstm", params, X, state0, masks)
+    bad_backward = [
+        ((params, G[:2], cache, g_T, (None, 0)), "dY:"),
+        ((params, G, cache, g_T[:1], (None, 0)), "dstate_T:"),
+        ((params, G, cache, (g_T[0], g_T[1][:, :1]), (None, 0)), r"dstate_T \(c\):"),
+        ((params, G, cache, g_T, (None, -1)), "window:"),
+        ((params, G, cache, g_T, (np.ones((T, B)), 2)), "plan:"),
+        ((params, G, cache, g_T, (np.ones((T + 1, B)), 0)), "scale:"),
+        ((params[:1], G, cache, g_T, (None, 0)), "cache:"),
+    ]
+    for args, message in bad_backward:
+        with pytest.raises(ArgumentError, match=f"^{message}"):
+            stack_backward("lstm", *args)

@@ -7,7 +7,7 @@
 ``weight_ih_l{k}`` etc. of layer k, gate blocks stacked in PyTorch's order (GRU r, z, n; LSTM i, f, g, o).
 docs/CELLS.md has the equations in the book's notation.
 
-A cell is stateless; it owns
+A cell object holds no arrays; it owns
   * ``gates`` (G) and ``state_parts`` (("h",) or ("h", "c")): the parameter and state layout,
   * ``forward(p, x, state) -> (new_state, cache)``: one step, numbered,
   * ``backward(p, cache, dnew) -> (dx, dprev, grads)``: the same numbers primed, with EVERY path
@@ -204,9 +204,43 @@ def dropout_masks(rng, dropout, num_layers, T, B, H, dtype=np.float64):
     return (keep / (1 - p)).astype(dtype)
 
 
+def _check_array(name, a, shape, dtype):
+    if not isinstance(a, np.ndarray) or a.shape != tuple(shape) or a.dtype != dtype:
+        got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ArgumentError(f"{name}: expected a {np.dtype(dtype)} array of shape {tuple(shape)}, got {got}")
+
+
+def _check_stack(cell, params, X, state0, masks):
+    """Shapes and dtypes of a stack's call, so a mistake is named instead of broadcast or mis-indexed."""
+    if not isinstance(X, np.ndarray) or X.ndim != 3 or X.shape[0] < 1 \
+            or X.dtype not in (np.float32, np.float64):
+        raise ArgumentError("X: expected a float32 or float64 array (T, B, D) with T >= 1")
+    if not isinstance(params, (list, tuple)) or not params or not all(isinstance(p, dict) for p in params):
+        raise ArgumentError("params: expected a non-empty list of per-layer dicts (see init_stack)")
+    T, B, D = X.shape
+    w = params[0].get("weight_hh")
+    if not isinstance(w, np.ndarray) or w.ndim != 2:
+        raise ArgumentError("params[0]['weight_hh']: expected an array of shape (G*H, H)")
+    L, H = len(params), w.shape[1]
+    for l, p in enumerate(params):
+        shapes = cell.param_shapes(D if l == 0 else H, H)
+        if set(p) != set(shapes):
+            raise ArgumentError(f"params[{l}]: expected the keys {sorted(shapes)}, got {sorted(p)}")
+        for n, s in shapes.items():
+            _check_array(f"params[{l}][{n!r}]", p[n], s, X.dtype)
+    if not isinstance(state0, tuple) or len(state0) != len(cell.state_parts):
+        raise ArgumentError(f"state0: expected a tuple of {len(cell.state_parts)} array(s) "
+                            f"{cell.state_parts}, each (L, B, H)")
+    for k, s in zip(cell.state_parts, state0):
+        _check_array(f"state0 ({k})", s, (L, B, H), X.dtype)
+    if masks is not None:
+        _check_array("masks", masks, (L - 1, T, B, H), X.dtype)
+
+
 def stack_forward(cell, params, X, state0, masks=None):
     """X (T, B, D), state0 (one (L, B, H) per state part) -> (Y (T, B, H) top layer's H_t, state_T, cache)."""
     cell = get_cell(cell)
+    _check_stack(cell, params, X, state0, masks)
     T, L = X.shape[0], len(params)
     state = [tuple(s[l] for s in state0) for l in range(L)]      # per layer: (h,) or (h, c)
     Y = np.empty(X.shape[:2] + state0[0].shape[-1:], dtype=state0[0].dtype)
@@ -234,9 +268,23 @@ def stack_backward(cell, params, dY, cache, dstate_T=None, plan=(None, 0)):
     """
     cell = get_cell(cell)
     caches, masks = cache
+    T, L, P = len(caches), len(params), len(cell.state_parts)
+    if len(caches[0]) != L:
+        raise ArgumentError(f"cache: from a stack of {len(caches[0])} layer(s), params have {L}")
+    h0 = caches[0][0][1]                                         # every cell's cache starts (x, h)
+    B, H = h0.shape
+    _check_array("dY", dY, (T, B, H), h0.dtype)
+    if dstate_T is not None:
+        if not isinstance(dstate_T, tuple) or len(dstate_T) != P:
+            raise ArgumentError(f"dstate_T: expected None or a tuple of {P} array(s) {cell.state_parts}")
+        for k, s in zip(cell.state_parts, dstate_T):
+            _check_array(f"dstate_T ({k})", s, (L, B, H), h0.dtype)
     scale, window = plan
-    T, B, H = dY.shape
-    L, P = len(params), len(cell.state_parts)
+    check_int("window", window, lo=0)
+    if scale is not None:
+        if window:
+            raise ArgumentError("plan: expected a scale or a window, not both")
+        _check_array("scale", scale, (T, B), scale.dtype if isinstance(scale, np.ndarray) else h0.dtype)
     ages = window if window else 1
     M = [[np.zeros((ages, B, H), dtype=dY.dtype) for _ in range(P)] for _ in range(L)]
     if dstate_T is not None:

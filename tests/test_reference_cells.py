@@ -276,6 +276,53 @@ def test_dropout_between_layers_as_pytorch_places_it(name):
     compare(mine(cell, params, X, state0, G, g_T, masks), torch_run(torch, ms, name, X, state0, G, g_T, masks))
 
 
+@pytest.mark.parametrize("strategy", ["block", "randomized"])
+@pytest.mark.parametrize("name", NAMES)
+def test_scaled_plans_equal_pytorch_with_a_held_state(name, strategy):
+    """scale[t] on the whole state, checked by torch itself: run nn.* one step at a time and feed step t
+    the state w * s + (1 - w) * s.detach() with w = scale[t] (its value unchanged, its derivative scaled)."""
+    torch = pytest.importorskip("torch")
+    cell, params, X, state0, G, g_T, _ = problem(name, 2, seed=7)
+    scale, window = STRATEGIES[strategy].plan(T, B)
+    m = torch_module(torch, name, params, D)
+    Xt = torch.tensor(X, requires_grad=True)
+    st0 = [torch.tensor(s, requires_grad=True) for s in state0]
+    st, ys = st0, []
+    for t in range(T):
+        w = torch.from_numpy(scale[t])[None, :, None]
+        st = [w * s + (1 - w) * s.detach() for s in st]
+        y, fin = m(Xt[t:t + 1], tuple(st) if name == "lstm" else st[0])
+        st = list(fin) if name == "lstm" else [fin]
+        ys.append(y)
+    loss = (torch.cat(ys) * torch.from_numpy(G)).sum() + sum((s * torch.from_numpy(g)).sum() for s, g in zip(st, g_T))
+    loss.backward()
+    dX, dstate0, grads = analytic(cell, params, X, state0, G, g_T, None, (scale, window))
+    assert_rel(dX, Xt.grad.numpy(), 1e-10)
+    for a, s in zip(dstate0, st0):
+        assert_rel(a, s.grad.numpy(), 1e-10)
+    for l, g in enumerate(grads):
+        for n in g:
+            assert_rel(g[n], getattr(m, f"{n}_l{l}").grad.numpy(), 1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_agrees_with_float64(name):
+    cell, params, X, state0, G, g_T, masks = problem(name, 2, dropout=0.3, seed=8)
+    plan = Truncated(2, mode="sliding").plan(T, B)
+    ref = analytic(cell, params, X, state0, G, g_T, masks, plan)
+    f32 = lambda a: a.astype(np.float32)                                           # noqa: E731
+    low = analytic(cell, [{n: f32(a) for n, a in p.items()} for p in params], f32(X),
+                   tuple(map(f32, state0)), f32(G), tuple(map(f32, g_T)), f32(masks), plan)
+    assert low[0].dtype == np.float32
+    assert_rel(low[0], ref[0], 1e-4)
+    for a, b in zip(low[1], ref[1]):
+        assert_rel(a, b, 1e-4)
+    for g, r in zip(low[2], ref[2]):
+        for n in r:
+            assert g[n].dtype == np.float32
+            assert_rel(g[n], r[n], 1e-4)
+
+
 # ------------------------------------------------------------------ registry, init, masks, arguments
 def test_registry_and_parameter_layout():
     assert set(CELLS) == set(NAMES)

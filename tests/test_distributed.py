@@ -5,7 +5,6 @@ from pathlib import Path
 
 os.environ.setdefault("FASTSEQ_DATA_DIR", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
-import numpy as np
 import pytest
 
 from fastseq.errors import FastseqError
@@ -16,21 +15,22 @@ from fastseq.text import read_lines
 from dask import distributed  # noqa: E402
 
 from fastseq.ngram import distributed as fd  # noqa: E402
+from test_outofcore import assert_same_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client():
     # Worker processes: the counting runs where the partitions are, not in the test's process.
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, worker_dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    """The Time Machine and a slice of Shakespeare in three files."""
-    lines = read_lines("timemachine") + read_lines("tinyshakespeare")[:6000]
+    """The Time Machine in three files (small: the shuffles of estimate="shuffle" are many tasks)."""
+    lines = read_lines("timemachine")
     folder = tmp_path_factory.mktemp("parts")
     paths, step = [], len(lines) // 3 + 1
     for j in range(3):
@@ -40,25 +40,17 @@ def parts(tmp_path_factory):
     return paths, lines
 
 
-def assert_same_model(a, b):
-    assert a.vocab == b.vocab and a.order == b.order
-    for k in range(1, a.order + 1):
-        assert np.array_equal(a._rows[k], b._rows[k]), k
-        assert np.array_equal(a._logp[k], b._logp[k]), k
-        assert np.array_equal(a._logb[k], b._logb[k]), k
-
-
 def test_cluster_has_two_worker_processes(client):
     workers = client.scheduler_info()["workers"]
     assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
     assert len({client.run(os.getpid)[w] for w in workers} | {os.getpid()}) == 3
 
 
-@pytest.mark.parametrize("order", [3, 4])
+@pytest.mark.parametrize("order", [4])
 def test_merge_in_a_tree_equals_single_machine_fit(client, parts, tmp_path, order):
     paths, lines = parts
-    # small blocks: many partitions, so the vocabulary and the counts go through a tree
-    got = fd.fit(client, paths, order, blocksize="40KiB", memory="2M")
+    # small blocks: 9 partitions, so the vocabulary and the counts go up a tree
+    got = fd.fit(client, paths, order, blocksize="20KiB", memory="2M")
     want = KneserNeyLM(order).fit(lines)
     assert_same_model(got, want)
     got.to_arpa(tmp_path / "d.arpa")
@@ -69,14 +61,14 @@ def test_merge_in_a_tree_equals_single_machine_fit(client, parts, tmp_path, orde
 def test_laplace_and_a_bag_of_lines(client, parts):
     import dask.bag as db
     _, lines = parts
-    bag = db.from_sequence(lines, npartitions=7)
+    bag = db.from_sequence(lines, npartitions=5)
     assert_same_model(fd.fit(client, bag, 3, model=LaplaceLM(3, eps=0.25)), LaplaceLM(3, eps=0.25).fit(lines))
 
 
-@pytest.mark.parametrize("order", [2, 4])
+@pytest.mark.parametrize("order", [3])
 def test_shuffle_estimate_equals_single_machine_fit(client, parts, tmp_path, order):
     paths, lines = parts
-    got = fd.fit(client, paths, order, estimate="shuffle", blocksize="100KiB")
+    got = fd.fit(client, paths, order, estimate="shuffle")
     want = KneserNeyLM(order).fit(lines)
     assert got.discounts == want.discounts
     assert_same_model(got, want)

@@ -37,9 +37,12 @@ def corpus_600k():
     from the trigram model of Shakespeare."""
     lines = read_lines("tinyshakespeare") + read_lines("timemachine")
     have = sum(len(line.split()) for line in lines)
-    for text in sampled_lines(lines, 600_000 - have, random_state=1, lanes=4096):
-        lines += text.splitlines()
-    assert 600_000 <= sum(len(line.split()) for line in lines) < 650_000
+    for text in sampled_lines(lines, 600_000 - have, random_state=1, lanes=1024):
+        for line in text.splitlines():
+            if have < 600_000:
+                lines.append(line)
+                have += len(line.split())
+    assert 600_000 <= sum(len(line.split()) for line in lines) < 600_100
     return lines
 
 

@@ -117,7 +117,7 @@ def _counted(client, files, order, memory, tmp_dir, blocksize, split_every):
     bag = _bag(files, blocksize)
     tokens = vocabulary(client, bag, blocksize, split_every)
     # scattered once, so the vocabulary travels to each worker once, not with every task
-    tokens_f = client.scatter(tokens, broadcast=True)
+    (tokens_f,) = client.scatter([tokens], broadcast=True)     # one object (a bare list would scatter each word)
     return tokens, bag.map_partitions(_count_partition, tokens_f, order, memory, tmp_dir)
 
 

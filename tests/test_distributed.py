@@ -21,9 +21,8 @@ from test_outofcore import assert_same_model  # noqa: E402
 @pytest.fixture(scope="module")
 def client():
     # Worker processes: the counting runs where the partitions are, not in the test's process.
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as c:
+    with fd.cluster(workers=2) as c:
+        assert isinstance(c, distributed.Client)
         yield c
 
 
@@ -65,6 +64,7 @@ def test_laplace_and_a_bag_of_lines(client, parts):
     assert_same_model(fd.fit(client, bag, 3, model=LaplaceLM(3, eps=0.25)), LaplaceLM(3, eps=0.25).fit(lines))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [3])
 def test_shuffle_estimate_equals_single_machine_fit(client, parts, tmp_path, order):
     paths, lines = parts
@@ -93,3 +93,9 @@ def test_errors(client, parts):
         fd.fit(client, parts[0], 2, model=LaplaceLM(2), estimate="shuffle")
     with pytest.raises(FastseqError, match="files"):
         fd.fit(client, [], 2)
+    with pytest.raises(FastseqError, match="^workers"):
+        with fd.cluster(workers=0):
+            pass
+    with pytest.raises(FastseqError, match="^workers"):
+        with fd.cluster("tcp://127.0.0.1:1", workers=2):
+            pass

@@ -26,6 +26,9 @@ Data flow (docs/NGRAM-SCALE.md says what moves over the network at each step):
 Both give the model of a single-machine fit bit for bit: counts are integers, and the sums over a
 context in Kneser-Ney are sums of integers (fastseq.ngram.models.kn_context_sums), exact in any order.
 """
+import contextlib
+import operator
+
 import numpy as np
 
 from ..errors import ArgumentError
@@ -33,7 +36,7 @@ from .counting import NGramCounts, _check_order
 from .models import BOS, BOS_ID, EOS, UNK, KneserNeyLM, _Estimator, _lookup, _tables, kn_gamma, kn_probability
 from .outofcore import count_files, parse_memory
 
-__all__ = ["fit", "count", "vocabulary"]
+__all__ = ["fit", "count", "vocabulary", "cluster"]
 
 
 def _require_dask():
@@ -92,6 +95,28 @@ def _sum_counts(parts):
 
 
 # ----- the public calls --------------------------------------------------------------------
+@contextlib.contextmanager
+def cluster(scheduler=None, workers=None):
+    """A ``dask.distributed.Client`` for the command's --scheduler ADDRESS / --workers N: connected
+    to the scheduler at ``scheduler``, or to a LocalCluster of ``workers`` worker processes (one
+    thread each) on 127.0.0.1 that is stopped on exit."""
+    _require_dask()
+    from dask import distributed
+    if scheduler is not None and workers is not None:
+        raise ArgumentError("workers: a local cluster's size; not with scheduler (a running cluster)")
+    if scheduler is not None:
+        if not isinstance(scheduler, str) or not scheduler:
+            raise ArgumentError(f"scheduler: expected an address such as 'tcp://host:8786', got {scheduler!r}")
+        with distributed.Client(scheduler) as client:
+            yield client
+        return
+    from .._checks import check_int
+    workers = check_int("workers", 2 if workers is None else workers, 1)
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=":0") as local, distributed.Client(local) as client:
+        yield client
+
+
 def vocabulary(client, files, blocksize="64MiB", split_every=8):
     """The model vocabulary of the lines ('<unk>', '<s>', '</s>', then words in order of first
     appearance), gathered by one tree reduction over the partitions."""
@@ -181,7 +206,7 @@ def _order_frame(per_part, k):
     meta = pd.DataFrame({name: pd.Series(dtype=np.int32) for name in _cols(k)})
     meta["n"] = pd.Series(dtype=np.int64)
     parts = per_part.map_partitions(_frame, k).to_delayed()
-    return dd.from_delayed([dask.delayed(lambda x: x[0])(p) for p in parts], meta=meta, verify_meta=False)
+    return dd.from_delayed([dask.delayed(operator.itemgetter(0))(p) for p in parts], meta=meta, verify_meta=False)
 
 
 def _sum_by(df, cols, what, npart):
@@ -240,7 +265,7 @@ def _estimate_by_shuffles(client, model, tokens, per_part):
     for k in range(2, N + 1):
         ak = a[k].map_partitions(_adjust)
         ctx = _sum_by(ak.rename(columns={"a": "den"}), _cols(k - 1), ["den", "j1", "j2", "j3"], npart)
-        ctx = ctx.map_partitions(_gamma, D[k])                     # gamma(c) of each context: the backoff
+        ctx = client.persist(ctx.map_partitions(_gamma, D[k]))     # gamma(c) of each context: the backoff
         t = ak.merge(ctx[_cols(k - 1) + ["den", "gamma"]], on=_cols(k - 1), how="left", shuffle_method="tasks")
         if k == 2:
             t = t.map_partitions(_prob, D[k], p1)

@@ -19,21 +19,22 @@ import time
 CHILD = r"""
 import resource, sys, time
 from fastseq.ngram import KneserNeyLM
-path, order, how, memory, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+path, order, how, memory, tmp, fallback = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 t0 = time.perf_counter()
+model = KneserNeyLM(order, discount_fallback=fallback == "1")
 if how == "outofcore":
-    m = KneserNeyLM(order).fit_files([path], memory=memory, tmp_dir=tmp)
+    m = model.fit_files([path], memory=memory, tmp_dir=tmp)
 else:
     with open(path, encoding="utf-8") as f:
-        m = KneserNeyLM(order).fit(f.read().splitlines())
+        m = model.fit(f.read().splitlines())
 t = time.perf_counter() - t0
 print(t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sum(len(m._rows[k]) for k in m._rows))
 """
 
 
-def run_fit(path, order, how, memory, tmp):
-    out = subprocess.run([sys.executable, "-c", CHILD, path, str(order), how, memory, tmp],
-                         capture_output=True, text=True, check=True).stdout.split()
+def run_fit(path, order, how, memory, tmp, fallback=False):
+    out = subprocess.run([sys.executable, "-c", CHILD, path, str(order), how, memory, tmp, str(int(fallback))],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout.split()   # errors show
     return float(out[0]), int(out[1]), int(out[2])
 
 
@@ -57,23 +58,29 @@ def main(argv=None):
     ap.add_argument("--order", type=int, default=3)
     ap.add_argument("--memory", default="1G")
     ap.add_argument("--tmp", default=None, help="folder for the runs (default: the system's temporary folder)")
+    ap.add_argument("--tokens", type=int, default=None, help="the corpus's token count, if known (else counted)")
     ap.add_argument("--in-memory", action="store_true", help="also the in-memory fit")
     ap.add_argument("--lmplz", default=None, help="path of KenLM's lmplz binary")
+    ap.add_argument("--discount-fallback", action="store_true",
+                    help="lmplz's fallback discounts: at order 3 a corpus sampled from a trigram model has no "
+                         "trigram seen 1 to 4 times, so the Kneser-Ney discounts cannot be estimated")
     a = ap.parse_args(argv)
     sys.path.insert(0, os.path.dirname(__file__))
     from conftest import machine_line
-    with open(a.corpus, "rb") as f:
-        tokens = sum(len(line.split()) for line in f)
+    tokens = a.tokens
+    if tokens is None:
+        with open(a.corpus, "rb") as f:
+            tokens = sum(len(line.split()) for line in f)
     print(f"machine: {machine_line()}")
     print(f"corpus: {a.corpus}, {tokens:,} tokens, order {a.order}\n")
     print("| fit | tokens | budget | wall time (s) | peak RSS (MB) | n-grams in the model |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
-        t, rss, ngrams = run_fit(a.corpus, a.order, "outofcore", a.memory, tmp)
+        t, rss, ngrams = run_fit(a.corpus, a.order, "outofcore", a.memory, tmp, a.discount_fallback)
         print(f"| fit_files (out of core) | {tokens:,} | {a.memory} | {t:.1f} | {rss / 2**20:.0f} | {ngrams:,} |",
               flush=True)
         if a.in_memory:
-            t, rss, ngrams = run_fit(a.corpus, a.order, "inmemory", a.memory, tmp)
+            t, rss, ngrams = run_fit(a.corpus, a.order, "inmemory", a.memory, tmp, a.discount_fallback)
             print(f"| fit (in memory) | {tokens:,} | none | {t:.1f} | {rss / 2**20:.0f} | {ngrams:,} |", flush=True)
         if a.lmplz:
             t, rss = run_lmplz(a.lmplz, a.corpus, a.order, a.memory, tmp)

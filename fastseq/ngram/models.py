@@ -625,7 +625,7 @@ class KneserNeyLM(_Estimator):
             return np.array((0.0,) + self.discount_fallback)
         raise BadDiscountError(
             f"KneserNeyLM(order={self.order}): {problem} (counts of counts n1..n4 = "
-            f"{', '.join(str(int(x)) for x in n)}); the data is too small for modified Kneser-Ney "
+            f"{', '.join(str(int(x)) for x in n)}); the data is too small (or too regular) for modified Kneser-Ney "
             f"at order {self.order}. Use a lower order, or pass discount_fallback=True to substitute "
             f"lmplz's fallback discounts D1=0.5 D2=1 D3+=1.5 (the fastseq command's --discount-fallback; "
             f"lmplz --discount_fallback).")

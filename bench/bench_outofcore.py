@@ -19,7 +19,8 @@ import time
 CHILD = r"""
 import resource, sys, time
 from fastseq.ngram import KneserNeyLM
-path, order, how, memory, tmp, fallback = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+path, order, how, memory, tmp, fallback = sys.argv[1:7]
+order = int(order)
 t0 = time.perf_counter()
 model = KneserNeyLM(order, discount_fallback=fallback == "1")
 if how == "outofcore":

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastseq.errors import FastseqError
 from fastseq.ngram import (ArpaError, BadDiscountError, KneserNeyLM, LaplaceLM, NGramCounts, count_in_pieces,
                            count_ngrams, count_ngrams_reference, load_arpa)
 from fastseq.text import Vocab, read_lines
@@ -320,9 +321,10 @@ def test_laplace_by_hand():
     assert m.prob("a", ["qqq"]) == pytest.approx(p1["a"])
     want = math.log10((2 + 2 * p1["a"]) / 4 * (1 + 2 * p1["b"]) / 5 * (1 + 2 * p1["</s>"]) / 3)
     assert m.score("a b") == pytest.approx(want)
-    assert m.logprob("a b") == pytest.approx(want * math.log(10))
+    assert m.logprob("a", ["<s>"]) == pytest.approx(math.log10((2 + 2 * p1["a"]) / 4))
+    assert m.logprob("b", ["<s>", "a"]) == pytest.approx(math.log10((1 + 2 * p1["b"]) / 5))
     assert m.score("a b", bos=False, eos=False) == pytest.approx(math.log10(p1["a"] * (1 + 2 * p1["b"]) / 5))
-    # The seed's slip, n(x, x') + eps_2 P(x), would not normalise: over the 4 predictable
+    # The book's slip, n(x, x') + eps_2 P(x), would not normalise: over the 4 predictable
     # tokens after 'a' it sums to (3 + 4 * 2 * P(a)) / 5, not 1.
     assert abs((3 + 4 * 2 * p1["a"]) / 5 - 1) > 0.1
     assert sum(m.prob(w, ["a"]) for w in ("a", "b", "</s>", "<unk>")) == pytest.approx(1.0, abs=1e-12)
@@ -451,12 +453,55 @@ def test_model_bad_input(cls, kw):
         cls(2).fit([1, 2, 7], vocab=vocab)
     with pytest.raises(ValueError, match="Vocab"):
         cls(2).fit(np.array([1, 2]))
-    with pytest.raises(RuntimeError, match="fit"):
-        cls(2).score("a b")
+    for call in (lambda m: m.score("a b"), lambda m: m.prob("a"), lambda m: m.to_arpa(os.devnull)):
+        with pytest.raises(FastseqError, match=f"^{cls.__name__}: not fitted; call fit"):
+            call(cls(2))
     with pytest.raises(ValueError, match="eps"):
         LaplaceLM(2, eps=(1.0, -1.0))
     with pytest.raises(ValueError, match="discount_fallback"):
         KneserNeyLM(2, discount_fallback=(0.5, 3.0, 1.0))
+
+
+@pytest.mark.parametrize("flag", [["the"], "the", 1, 0, None, np.array([True])])
+def test_score_refuses_a_context_in_place_of_bos(flag):
+    # issue 10: score("time", ["the"]) took the list as bos and returned a sentence's log10
+    m = LaplaceLM(2).fit([["the", "time"]])
+    for kw in ({"bos": flag}, {"eos": flag}):
+        with pytest.raises(FastseqError, match=r"^(bos|eos): expected True or False.*prob\(word, context\).*"
+                                               r"logprob\(word, context\)"):
+            m.score("time", **kw)
+    with pytest.raises(FastseqError, match="bos: expected True or False"):
+        m.score("time", ["the"])
+    assert m.score("time", np.True_, False) == m.score("time", True, False)
+    assert m.logprob("time", ["the"]) == pytest.approx(math.log10(m.prob("time", ["the"])), abs=1e-15)
+    assert m.logprob("<s>", ["the"]) == -math.inf and m.prob("<s>") == 0.0
+
+
+def test_bad_discount_error_is_a_fastseq_error_naming_argument_and_flag():
+    with pytest.raises(FastseqError) as e:
+        KneserNeyLM(1).fit([["a", "a", "a", "b"], ["a", "c", "c"], ["d", "e", "e"], ["f", "f", "g"]])
+    assert isinstance(e.value, BadDiscountError)
+    assert "discount_fallback=True" in str(e.value) and "--discount-fallback" in str(e.value)
+
+
+def test_fit_counts_of_merged_pieces_equals_fit(tm_split):
+    # counts merged from pieces carry no parent links: fit_counts finds them
+    train, _ = tm_split
+    from fastseq.ngram.models import _sentences_to_ids
+    ids, lengths, tokens = _sentences_to_ids(train)
+    cut = int(lengths[:1000].sum())
+    kw = dict(bos=1, eos=2, vocab_size=len(tokens))
+    merged = count_ngrams(ids[:cut], 4, lengths=lengths[:1000], **kw) + \
+        count_ngrams(ids[cut:], 4, lengths=lengths[1000:], **kw)
+    assert merged.parents is None
+    for make in (lambda: KneserNeyLM(4), lambda: LaplaceLM(4, eps=0.5)):
+        a, b = make().fit_counts(tokens, merged), make().fit(train)
+        for k in range(1, 5):
+            assert np.array_equal(a._logp[k], b._logp[k]) and np.array_equal(a._logb[k], b._logb[k])
+    with pytest.raises(FastseqError, match="tokens"):
+        KneserNeyLM(4).fit_counts(tokens[1:], merged)
+    with pytest.raises(FastseqError, match="counts: expected NGramCounts of order 3"):
+        KneserNeyLM(3).fit_counts(tokens, merged)
 
 
 def test_failed_refit_leaves_the_fitted_model_intact(tm_split):

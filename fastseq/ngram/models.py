@@ -1,4 +1,5 @@
-"""N-gram language models: the seed's Laplace smoothing and interpolated modified Kneser-Ney.
+"""N-gram language models: Laplace smoothing (*Dive into Deep Learning*, chapter 8, "Language
+Models") and interpolated modified Kneser-Ney.
 
 Legend: V model vocabulary size, N model order, K_k number of k-grams in table k,
 T tokens in a padded stream.
@@ -21,10 +22,11 @@ from collections import namedtuple
 import numpy as np
 
 from .. import _text
+from ..errors import ArgumentError, FastseqError
 from . import _count
 from .counting import MAX_ORDER, count_ngrams, padded_stream
 
-__all__ = ["BadDiscountError", "KneserNeyLM", "LaplaceLM", "Perplexity", "NGramLM"]
+__all__ = ["BadDiscountError", "KneserNeyLM", "LaplaceLM", "Perplexity", "NGramLM", "NotFittedError"]
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -37,8 +39,12 @@ Perplexity.__doc__ = """KenLM query's summary: '</s>' is a token; OOV tokens are
 (including_oov) or left out of both sum and count (excluding_oov)."""
 
 
-class BadDiscountError(ValueError):
+class BadDiscountError(FastseqError):
     """A modified Kneser-Ney discount falls outside its valid range (lmplz's BadDiscountException)."""
+
+
+class NotFittedError(FastseqError):
+    """A model was asked to score, generate or save before it was fitted."""
 
 
 def _sentences_to_ids(sentences):
@@ -152,7 +158,7 @@ class NGramLM:
 
     def _check_fitted(self):
         if self.vocab is None:
-            raise RuntimeError(f"{type(self).__name__}: fit the model first")
+            raise NotFittedError(f"{type(self).__name__}: not fitted; call fit() (or load_arpa) first")
 
     def _lookup(self, k, prefix_row, word):
         """Row of table k for (prefix row of table k-1, last word); -1 where absent."""
@@ -253,30 +259,43 @@ class NGramLM:
         predicted = ~((q == 0) & bool(bos))              # '<s>' is context, never predicted
         return stream, q, predicted, stream == UNK_ID
 
+    @staticmethod
+    def _check_flag(name, v):
+        # score("time", ["the"]) once took the context list as bos and returned a sentence's log10
+        if not isinstance(v, (bool, np.bool_)):
+            raise ArgumentError(f"{name}: expected True or False, got {v!r}; score(words, bos, eos) scores a "
+                                "whole sentence; for P(word | context) call prob(word, context) or "
+                                "logprob(word, context)")
+        return bool(v)
+
     def score(self, words, bos=True, eos=True):
         """log10 probability of one sentence: kenlm's ``Model.score`` contract.
 
         words: a string (split on whitespace) or a list of tokens. bos: start from
         '<s>' (else from the empty context); eos: include P('</s>' | ...).
+        For one word given its context use ``prob`` / ``logprob``.
         """
         self._check_fitted()
+        bos, eos = self._check_flag("bos", bos), self._check_flag("eos", eos)
         stream, q, predicted, _ = self._corpus([self._tokens(words, "words")], bos, eos, "words")
         return float(self._logp_fast(stream, q)[predicted].sum())
 
-    def logprob(self, words, bos=True, eos=True):
-        """Natural-log probability of one sentence (score times ln 10)."""
-        return self.score(words, bos, eos) * np.log(10.0)
+    def logprob(self, word, context=()):
+        """log10 P(word | context), the base of ARPA files and of ``score``; -inf for '<s>'.
+
+        context: the tokens before ``word``, starting with '<s>' at a sentence start.
+        """
+        self._check_fitted()
+        if not isinstance(word, str):
+            raise ArgumentError(f"word: expected a string token, got {word!r}")
+        ids = self._ids(self._tokens(context, "context") + [word])
+        if ids[-1] == BOS_ID:
+            return -np.inf
+        return float(self._logp_stream(ids, np.arange(len(ids)))[-1])
 
     def prob(self, word, context=()):
         """P(word | context); context: tokens before it, starting with '<s>' at a sentence start."""
-        self._check_fitted()
-        if not isinstance(word, str):
-            raise ValueError(f"word: expected a string token, got {word!r}")
-        ids = self._ids(self._tokens(context, "context") + [word])
-        if ids[-1] == BOS_ID:
-            return 0.0
-        lp = self._logp_stream(ids, np.arange(len(ids)))
-        return float(10.0 ** lp[-1])
+        return float(10.0 ** self.logprob(word, context))
 
     def distribution(self, context=()):
         """P(w | context) for every model id w (V,), summing to 1 ('<s>' has 0)."""
@@ -343,48 +362,103 @@ class NGramLM:
         write_arpa(self, path, meta=meta)
 
 
-class _Estimator(NGramLM):
-    """Shared fit: ids -> counts -> tables of rows with parent and suffix links."""
+def _tables(tokens, counts, order):
+    """(rows, c, parent, suffix) of every order from NGramCounts with model ids.
 
-    def _counts(self, sentences, vocab, lengths):
+    Table 1 is dense (row = id, count 0 for an id never seen); parent[k] is the row of a
+    k-gram's prefix in table k-1 and suffix[k] the row of its suffix (both exist: the counts
+    of a corpus hold every sub-n-gram of every n-gram they hold).
+    """
+    V, N = len(tokens), order
+    if counts.order != N or counts.vocab_size > V:
+        raise ArgumentError(f"counts: expected NGramCounts of order {N} over at most {V} ids, got {counts!r} "
+                            f"over {counts.vocab_size}")
+    rows = {1: np.arange(V, dtype=np.int32)[:, None]}
+    c = {1: np.zeros(V, dtype=np.int64)}
+    c[1][counts.grams[1][:, 0]] = counts.counts[1]
+    parent = {1: np.zeros(V, dtype=np.int64)}
+    suffix = {1: np.zeros(V, dtype=np.int64)}
+    key = {1: np.arange(V, dtype=np.int64)}
+    for k in range(2, N + 1):
+        rows[k], c[k] = counts.grams[k], counts.counts[k]
+        if k == 2:
+            parent[k] = rows[k][:, 0].astype(np.int64)
+            suffix[k] = rows[k][:, 1].astype(np.int64)
+        else:
+            if counts.parents is not None:
+                parent[k] = counts.parents[k].astype(np.int64)
+            else:                                        # merged counts: find each prefix in table k-1
+                parent[k] = rows[k][:, 0].astype(np.int64)
+                for m in range(2, k):
+                    parent[k] = _lookup(key[m], V, parent[k], rows[k][:, m - 1])
+            # suffix of (w0..w_{k-1}) = (suffix row of its prefix, last word) in table k-1
+            suffix[k] = _lookup(key[k - 1], V, suffix[k - 1][parent[k]], rows[k][:, -1])
+        if len(rows[k]) and (parent[k].min() < 0 or suffix[k].min() < 0):
+            raise ArgumentError(f"counts: some {k}-grams have no prefix or suffix among the {k - 1}-grams "
+                                "(not the counts of one corpus)")
+        key[k] = parent[k] * V + rows[k][:, -1]
+    return rows, c, parent, suffix
+
+
+class _Estimator(NGramLM):
+    """Shared fit: ids -> counts -> tables of rows with parent and suffix links -> _estimate -> _finish."""
+
+    def fit(self, sentences, vocab=None, lengths=None):
+        """Fit on sentences (token lists or strings), or on an id array with its Vocab
+        (``lengths``: sentence lengths; default one sentence)."""
         if isinstance(sentences, np.ndarray) or vocab is not None:
             ids, lengths, tokens = _ids_with_vocab(sentences, vocab, lengths)
         else:
             if lengths is not None:
-                raise ValueError("lengths: only with an id array (sentences of tokens carry their own lengths)")
+                raise ArgumentError("lengths: only with an id array (sentences of tokens carry their own lengths)")
             ids, lengths, tokens = _sentences_to_ids(sentences)
-        V = len(tokens)
-        counts = count_ngrams(ids, self.order, lengths=lengths, bos=BOS_ID, eos=EOS_ID, vocab_size=V)
-        N = self.order
-        rows = {1: np.arange(V, dtype=np.int32)[:, None]}
-        c = {1: np.zeros(V, dtype=np.int64)}
-        c[1][counts.grams[1][:, 0]] = counts.counts[1]
-        parent = {1: np.zeros(V, dtype=np.int64)}
-        suffix = {1: np.zeros(V, dtype=np.int64)}
+        counts = count_ngrams(ids, self.order, lengths=lengths, bos=BOS_ID, eos=EOS_ID, vocab_size=len(tokens))
+        return self.fit_counts(tokens, counts)
+
+    def fit_counts(self, tokens, counts):
+        """Estimate from n-gram counts of sentences wrapped in '<s>' ... '</s>'.
+
+        tokens: the model vocabulary, '<unk>', '<s>', '</s>' first (id i is tokens[i]);
+        counts: NGramCounts of orders 1..order over those ids (merged counts of pieces, of
+        files counted out of core, or of Dask partitions give the same model as ``fit``).
+        """
+        tokens = list(tokens)
+        if tokens[:3] != [UNK, BOS, EOS] or len(set(tokens)) != len(tokens):
+            raise ArgumentError("tokens: expected distinct tokens starting with '<unk>', '<s>', '</s>'")
         # Local tables: a fit that fails later (BadDiscountError) must leave a fitted model intact.
-        key = {1: np.arange(V, dtype=np.int64)}
-        for k in range(2, N + 1):
-            rows[k], c[k] = counts.grams[k], counts.counts[k]
-            if k == 2:
-                parent[k] = rows[k][:, 0].astype(np.int64)
-                suffix[k] = rows[k][:, 1].astype(np.int64)
-            else:
-                parent[k] = counts.parents[k].astype(np.int64)
-                # suffix of (w0..w_{k-1}) = (suffix row of its prefix, last word) in table k-1
-                suffix[k] = _lookup(key[k - 1], V, suffix[k - 1][parent[k]], rows[k][:, -1])
-            key[k] = parent[k] * V + rows[k][:, -1]
-        return tokens, rows, c, parent, suffix
+        self._estimate(tokens, *_tables(tokens, counts, self.order))
+        return self
+
+    def fit_files(self, sources, memory="1G", tmp_dir=None):
+        """Fit on text files (one sentence a line, tokens separated by whitespace) or on any
+        iterable of lines, counting out of core within ``memory`` bytes ("2G", "500M" or an int)
+        and spilling sorted runs to ``tmp_dir``. The model equals ``fit`` on the same lines.
+        See fastseq.ngram.outofcore."""
+        from .outofcore import count_files
+        tokens, counts = count_files(sources, self.order, memory=memory, tmp_dir=tmp_dir)
+        return self.fit_counts(tokens, counts)
+
+    def _finish(self, tokens, rows, parent, p, b):
+        # A zero is written as NEVER (-99), the ARPA convention for log10(0): KenLM refuses '-inf'.
+        # Zeros happen for '<s>', and in KN when a discount is at an end of its valid range
+        # (0 <= D_j <= j): D_j = 0 with every child of c at count j gives a backoff gamma(c) = 0.
+        with np.errstate(divide="ignore"):
+            logp = {k: np.maximum(np.log10(p[k]), NEVER) for k in p}
+            logb = {k: np.maximum(np.log10(b[k]), NEVER) for k in b}
+        logp[1][BOS_ID] = NEVER
+        self._set_tables(tokens, rows, parent, logp, logb)
 
 
 class LaplaceLM(_Estimator):
-    """The seed's Laplace smoothing, applied recursively down to the uniform distribution.
+    """Laplace smoothing as *Dive into Deep Learning* (Zhang, Lipton, Li, Smola), chapter 8,
+    "Language Models", gives it, applied recursively down to the uniform distribution.
 
     P(x) = (n(x) + eps_1 / m) / (n + eps_1), m = V - 1 predictable tokens (every
     word, '</s>', '<unk>'), n = their total count; and for a context c of k-1 tokens
     P(w | c) = (n(c, w) + eps_k P(w | c')) / (n(c) + eps_k), c' = c without its first
-    token, n(c) = sum_w n(c, w) (c's count as a context). The seed prints the bigram
+    token, n(c) = sum_w n(c, w) (c's count as a context). The book prints the bigram
     numerator as n(x, x') + eps_2 P(x): a slip (it does not normalise); the lower-order
-    estimate of the predicted token, P(x'), is the right one, as in the book it follows.
+    estimate of the predicted token, P(x'), is the right one.
 
     eps: one positive number for every order, or one per order (eps_1 .. eps_N).
     """
@@ -399,10 +473,7 @@ class LaplaceLM(_Estimator):
             raise ValueError(f"eps: expected a positive number or {self.order} positive numbers, got {eps!r}")
         self.eps = np.broadcast_to(e, (self.order,)).copy()
 
-    def fit(self, sentences, vocab=None, lengths=None):
-        """Fit on sentences (token lists or strings), or on an id array with its Vocab
-        (``lengths``: sentence lengths; default one sentence)."""
-        tokens, rows, c, parent, suffix = self._counts(sentences, vocab, lengths)
+    def _estimate(self, tokens, rows, c, parent, suffix):
         V, N = len(tokens), self.order
         n1 = c[1].astype(np.float64)
         n1[BOS_ID] = 0.0                                 # '<s>' is never predicted
@@ -416,17 +487,34 @@ class LaplaceLM(_Estimator):
             b[k - 1] = np.where(nc > 0, e / (nc + e), 1.0)
         b[N] = np.ones(len(rows[N]))
         self._finish(tokens, rows, parent, p, b)
-        return self
 
-    def _finish(self, tokens, rows, parent, p, b):
-        # A zero is written as NEVER (-99), the ARPA convention for log10(0): KenLM refuses '-inf'.
-        # Zeros happen for '<s>', and in KN when a discount is at an end of its valid range
-        # (0 <= D_j <= j): D_j = 0 with every child of c at count j gives a backoff gamma(c) = 0.
-        with np.errstate(divide="ignore"):
-            logp = {k: np.maximum(np.log10(p[k]), NEVER) for k in p}
-            logb = {k: np.maximum(np.log10(b[k]), NEVER) for k in b}
-        logp[1][BOS_ID] = NEVER
-        self._set_tables(tokens, rows, parent, logp, logb)
+
+# The arithmetic of interpolated modified Kneser-Ney, shared with fastseq.ngram.distributed (which
+# applies it to pandas columns): every sum over a context is a sum of integers, exact in float64
+# below 2**53 and so independent of the order of summation; the rest is elementwise. A model
+# estimated in pieces on a cluster therefore has the same bits as one estimated here.
+def counts_of_counts(a):
+    """(n1, n2, n3, n4): how many n-grams have adjusted count 1, 2, 3, 4."""
+    return np.bincount(np.minimum(a, 5), minlength=6)[1:5]
+
+
+def kn_context_sums(a, parent, K):
+    """Per context row (K of them): sum_w a(c w) as float64, and N_j(c .) for j = 1, 2, 3+."""
+    a3 = np.minimum(a, 3)
+    denom = np.bincount(parent, weights=a, minlength=K)
+    return denom, [np.bincount(parent[a3 == j], minlength=K).astype(np.float64) for j in (1, 2, 3)]
+
+
+def kn_gamma(D, denom, nj):
+    """gamma(c) = (D1 N1(c .) + D2 N2(c .) + D3+ N3+(c .)) / sum_w a(c w); 1 where c is not a context."""
+    ctx = denom > 0
+    gam = D[1] * nj[0] + D[2] * nj[1] + D[3] * nj[2]
+    return np.where(ctx, gam / np.where(ctx, denom, 1.0), 1.0)
+
+
+def kn_probability(a, D, denom, gamma, lower):
+    """P(w | c) = (a(c w) - D(a)) / sum_w a(c w) + gamma(c) P(w | c'), elementwise."""
+    return (a - D[np.minimum(a, 3)]) / denom + gamma * lower
 
 
 class KneserNeyLM(_Estimator):
@@ -492,10 +580,11 @@ class KneserNeyLM(_Estimator):
             self.fixed_discounts[int(k)] = tuple(float(x) for x in d)
         self.discounts = {}
 
-    def _discount(self, k, a):
+    def _discount(self, k, n):
+        """[0, D1, D2, D3+] of order k from the counts of counts n = (n1, n2, n3, n4) of adjusted counts."""
         if k in self.fixed_discounts:
             return np.array((0.0,) + self.fixed_discounts[k])
-        n = np.array([np.count_nonzero(a == j) for j in range(1, 5)], dtype=np.float64)
+        n = np.asarray(n, dtype=np.float64)
         problem = None
         if np.any(n[:3] == 0):
             j = int(np.flatnonzero(n[:3] == 0)[0]) + 1
@@ -513,15 +602,28 @@ class KneserNeyLM(_Estimator):
             return np.array((0.0,) + self.discount_fallback)
         raise BadDiscountError(
             f"KneserNeyLM(order={self.order}): {problem} (counts of counts n1..n4 = "
-            f"{', '.join(str(int(x)) for x in n)}); the data is too small for modified Kneser-Ney "
+            f"{', '.join(str(int(x)) for x in n)}); the data is too small (or too regular) for modified Kneser-Ney "
             f"at order {self.order}. Use a lower order, or pass discount_fallback=True to substitute "
-            f"lmplz's fallback discounts D1=0.5 D2=1 D3+=1.5 (lmplz --discount_fallback).")
+            f"lmplz's fallback discounts D1=0.5 D2=1 D3+=1.5 (the fastseq command's --discount-fallback; "
+            f"lmplz --discount_fallback).")
 
-    def fit(self, sentences, vocab=None, lengths=None):
-        """Fit on sentences (token lists or strings), or on an id array with its Vocab
-        (``lengths``: sentence lengths; default one sentence)."""
-        tokens, rows, c, parent, suffix = self._counts(sentences, vocab, lengths)
-        V, N = len(tokens), self.order
+    def _discounts(self, n):
+        """{order: [0, D1, D2, D3+]} from {order: counts of counts}; sets self.discounts."""
+        D = {k: self._discount(k, n[k]) for k in sorted(n)}
+        self.discounts = {k: tuple(float(x) for x in D[k][1:]) for k in D}
+        return D
+
+    @staticmethod
+    def _unigram_probability(a1, D1):
+        """Order 1: discounted continuation counts plus gamma times the uniform distribution over the
+        V - 1 tokens but '<s>' (a(<s>) = 0 and an unseen '<unk>' has a = 0: D[0] = 0 discounts nothing)."""
+        denom, nj = kn_context_sums(a1, np.zeros(len(a1), np.int64), 1)
+        p1 = kn_probability(a1, D1, denom[0], kn_gamma(D1, denom, nj)[0], 1.0 / (len(a1) - 1))
+        p1[BOS_ID] = 0.0
+        return p1
+
+    def _estimate(self, tokens, rows, c, parent, suffix):
+        N = self.order
         # Adjusted counts.
         a = {N: c[N].copy()}
         for k in range(N - 1, 0, -1):
@@ -529,24 +631,12 @@ class KneserNeyLM(_Estimator):
             starts = rows[k][:, 0] == BOS_ID
             a[k][starts] = c[k][starts]
         a[1][BOS_ID] = 0
-        D = {k: self._discount(k, a[k]) for k in range(1, N + 1)}
-        self.discounts = {k: tuple(float(x) for x in D[k][1:]) for k in D}
-        # Order 1: discounted continuation counts plus gamma times the uniform distribution.
-        d1 = D[1][np.minimum(a[1], 3)]
-        denom = float(a[1].sum())
-        gamma0 = float((d1 * (a[1] > 0)).sum()) / denom
-        p = {1: (a[1] - d1 * (a[1] > 0)) / denom + gamma0 / (V - 1)}
-        p[1][BOS_ID] = 0.0
-        b = {}
+        D = self._discounts({k: counts_of_counts(a[k]) for k in range(1, N + 1)})
+        p, b = {1: self._unigram_probability(a[1], D[1])}, {}
         for k in range(2, N + 1):
-            K = len(rows[k - 1])
-            dk = D[k][np.minimum(a[k], 3)]
-            denom = np.bincount(parent[k], weights=a[k], minlength=K)                # sum_w a(c w)
-            gam = np.bincount(parent[k], weights=dk, minlength=K)                   # sum_j D_j N_j(c .)
-            ctx = denom > 0
-            gamma = np.where(ctx, gam / np.where(ctx, denom, 1.0), 1.0)
-            p[k] = (a[k] - dk) / denom[parent[k]] + gamma[parent[k]] * p[k - 1][suffix[k]]
-            b[k - 1] = gamma                                                         # 1 where not a context
+            denom, nj = kn_context_sums(a[k], parent[k], len(rows[k - 1]))
+            gamma = kn_gamma(D[k], denom, nj)                                        # 1 where not a context
+            p[k] = kn_probability(a[k], D[k], denom[parent[k]], gamma[parent[k]], p[k - 1][suffix[k]])
+            b[k - 1] = gamma
         b[N] = np.ones(len(rows[N]))
-        LaplaceLM._finish(self, tokens, rows, parent, p, b)
-        return self
+        self._finish(tokens, rows, parent, p, b)

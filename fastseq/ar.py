@@ -47,7 +47,6 @@ One-step errors sit at the noise variance 0.2^2 = 0.04; every model's error
 grows with k. Seeds 1-3 show the same growth; the RNN's 64-step error varies
 most across seeds (0.27-1.41), the linear model's least (0.24-0.26).
 """
-import argparse
 import numbers
 import sys
 
@@ -447,25 +446,10 @@ def plot_experiment(result, path):
 
 
 def main(argv=None):
-    """``python -m fastseq.ar [--seed S] [--png FILE] [--no-rnn]``: print the MSE table."""
-    ap = argparse.ArgumentParser(prog="python -m fastseq.ar", description=__doc__.split("\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--png", default=None, help="write the figure here (needs matplotlib)")
-    ap.add_argument("--no-rnn", action="store_true", help="skip the latent (RNN) model")
-    args = ap.parse_args(argv)
-    result = book_experiment(seed=args.seed, rnn=not args.no_rnn)
-    print(f"x_t = sin(0.01 t) + N(0, 0.2^2), n = {len(result['series'])}, tau = {result['tau']}, "
-          f"train rows = {result['n_train']}, seed = {args.seed}; held-out targets "
-          f"t = {result['n_train'] + result['tau']}..{len(result['series']) - 1}")
-    print(format_table(result))
-    if args.png:
-        try:
-            plot_experiment(result, args.png)
-        except ImportError:
-            print("matplotlib is not installed: no figure", file=sys.stderr)
-        else:
-            print(f"figure: {args.png}")
-    return 0
+    """``python -m fastseq.ar [options]`` runs ``fastseq ar [options]`` (see ``fastseq ar --help``)."""
+    from .cli import main as cli_main
+
+    return cli_main(["ar", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

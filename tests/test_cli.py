@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = (REPO / ".." / "shared" / "data").resolve()
+DATA_DIR = Path(os.environ.get("FASTSEQ_DATA_DIR") or REPO / ".." / "shared" / "data").resolve()
 
 TEXT = ("the quick brown fox jumps over the lazy dog.\n"
         "a lazy dog sleeps in the sun while the fox runs.\n"

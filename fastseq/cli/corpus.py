@@ -35,17 +35,40 @@ EXAMPLES_NGRAM_EVAL = """examples:
 STDIN = "-"
 
 
+def _text(name):
+    """The text of a corpus name, a file, or standard input ('-')."""
+    if name != STDIN:
+        return datasets.load(name)
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as e:
+        raise UsageError(f"standard input: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_lines(name, clean):
     """The cleaned lines of a corpus name, a file, or standard input ('-')."""
     from ..text import clean as clean_line, read_lines as read_corpus
 
     if name != STDIN:
         return read_corpus(name, clean)
-    try:
-        text = sys.stdin.read()
-    except UnicodeDecodeError as e:
-        raise UsageError(f"standard input: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return [clean_line(line, clean) for line in text.splitlines()]
+    return [clean_line(line, clean) for line in _text(name).splitlines()]
+
+
+def tokens_of(name, token, clean):
+    """(tokens, lines): the tokens a model of the corpus reads, as ``train`` reads them.
+
+    Raw characters are the text itself, line breaks included (a str); cleaned
+    characters are the cleaned lines joined as the book joins them; words are a flat list.
+    """
+    from ..text import tokenize
+
+    if token == "char" and clean is None:
+        text = _text(name)
+        return text, text.splitlines()
+    lines = read_lines(name, clean)
+    if token == "char":
+        return "".join(lines), lines
+    return [t for line in tokenize(lines, token) for t in line], lines
 
 
 def sentences(name, token, clean):
@@ -96,12 +119,11 @@ def add_parsers(subparsers, corpora):
 
 # --------------------------------------------------------------------------- stats
 def cmd_stats(args):
-    from ..text import Vocab, tokenize
+    from ..text import Vocab
 
     if plots.check_png(args.plot):
         plots.pyplot()
-    lines = read_lines(args.corpus, cleaning(args.cleaning))
-    tokens = [t for line in tokenize(lines, args.token) for t in line]
+    tokens, lines = tokens_of(args.corpus, args.token, cleaning(args.cleaning))
     if not tokens:
         raise UsageError(f"{args.corpus}: the corpus has no tokens")
     vocab = Vocab(tokens)

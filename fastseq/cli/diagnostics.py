@@ -47,7 +47,7 @@ def _hidden_grad_norms(model, X, Y):
 
 def _windows_source(args, ck):
     """The token ids windows are drawn from, and their name."""
-    from .run import smoke, tokens_of
+    from .corpus import tokens_of
 
     hp = ck.hparams
     text = args.text or hp.get("corpus")

@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from .. import datasets
 from ..train import DivergenceError, train_step
 from .args import UsageError, cleaning as _cleaning
+from .corpus import tokens_of
 
 TRAIN_DEFAULTS = dict(
     corpus="pydoc", token="char", cleaning="none", max_tokens=0, hidden=256, steps=35,
@@ -296,18 +296,3 @@ def check_model_size(hp, vocab_size):
         raise UsageError(f"--hidden {H} (--batch {B}, --steps {T}, vocabulary {V}): the model would need about "
                          f"{need / 2**30:,.1f} GiB and run out of memory (this machine has {have / 2**30:,.1f} GiB); "
                          "use a smaller --hidden, --batch or --steps")
-
-
-def tokens_of(name, token, cleaning):
-    """(tokens, lines) of a corpus: tokens is a str (raw characters) or a flat list."""
-    from ..text import read_lines, tokenize
-
-    if token == "char" and cleaning is None:
-        text = datasets.load(name)
-        return text, text.splitlines()
-    lines = read_lines(name, cleaning)
-    if token == "char":
-        return "".join(lines), lines
-    return [t for line in tokenize(lines, token) for t in line], lines
-
-

@@ -111,7 +111,8 @@ def cmd_generate(args):
 
 
 def cmd_eval(args):
-    from .run import perplexity, tokens_of
+    from .corpus import tokens_of
+    from .run import perplexity
 
     ck = load_checkpoint(args.checkpoint, args.backend)
     hp = ck.hparams

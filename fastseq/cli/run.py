@@ -13,7 +13,7 @@ from .args import UsageError, cleaning as _cleaning
 from .corpus import tokens_of
 
 TRAIN_DEFAULTS = dict(
-    corpus="pydoc", token="char", cleaning="none", max_tokens=0, hidden=256, steps=35,
+    corpus="pydoc", token="char", cleaning="none", max_tokens=0, hidden=128, steps=35,
     batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full", sampling="sequential",
     nonlinearity="tanh", dtype="float32", seed=0, val_fraction=0.1,
 )

@@ -1,7 +1,5 @@
-"""Global-norm gradient clipping on the C++ backend (reference: fastseq.reference.clip)."""
-import numbers
-
-from . import _core
+"""Global-norm gradient clipping on the C++ ops (reference: fastseq.reference.clip)."""
+from .ops import get_ops
 
 
 def clip_grad_norm(grads, theta):
@@ -12,7 +10,4 @@ def clip_grad_norm(grads, theta):
     finite leaves the gradients unchanged and is returned, so callers can stop.
     Arrays must not share memory (each would be counted and scaled twice).
     """
-    if not isinstance(theta, numbers.Real):
-        raise ValueError(f"theta: expected a finite number > 0, got {theta!r}")
-    arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
-    return _core.clip_grad_norm(arrays, float(theta))
+    return get_ops("cpp").clip_grad_norm(grads, theta)

@@ -27,6 +27,9 @@ need it.
 """
 import numpy as np
 
+from .errors import ArgumentError
+from .rnn import RNNLM
+
 __all__ = ["KEYS", "to_torch_state_dict", "from_torch_state_dict", "torch_module"]
 
 KEYS = ("embedding.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0",
@@ -50,7 +53,7 @@ def to_torch_state_dict(model, prefix="", tensors="torch"):
     book's input, and weight_ih_l0 (H, V) is W_xh^T.
     """
     if tensors not in ("torch", "numpy"):
-        raise ValueError(f"tensors: expected 'torch' or 'numpy', got {tensors!r}")
+        raise ArgumentError(f"tensors: expected 'torch' or 'numpy', got {tensors!r}")
     p = model.params
     V, H = p["W_xh"].shape
     dt = p["W_xh"].dtype
@@ -78,9 +81,9 @@ def _as_numpy(name, v):
         v = v.numpy()
     a = np.asarray(v)
     if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"state_dict[{name!r}]: expected floating-point numbers, got {a.dtype}")
+        raise ArgumentError(f"state_dict[{name!r}]: expected floating-point numbers, got {a.dtype}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"state_dict[{name!r}]: holds NaN or inf")
+        raise ArgumentError(f"state_dict[{name!r}]: holds NaN or inf")
     return a
 
 
@@ -91,12 +94,12 @@ def _module_nonlinearity(module, prefix, nonlinearity):
         if part:
             rnn = getattr(rnn, part, None)
     if rnn is None:
-        raise ValueError(f"state_dict: the module has no submodule {prefix}rnn")
+        raise ArgumentError(f"state_dict: the module has no submodule {prefix}rnn")
     kind = type(rnn).__name__
     if kind != "RNN" or not hasattr(rnn, "nonlinearity"):
-        raise ValueError(f"state_dict: {prefix}rnn is a {kind}; only a single-layer nn.RNN maps to an RNNLM")
+        raise ArgumentError(f"state_dict: {prefix}rnn is a {kind}; only a single-layer nn.RNN maps to an RNNLM")
     if nonlinearity is not None and nonlinearity != rnn.nonlinearity:
-        raise ValueError(f"nonlinearity: {nonlinearity!r} given, but the module's nn.RNN uses {rnn.nonlinearity!r}")
+        raise ArgumentError(f"nonlinearity: {nonlinearity!r} given, but the module's nn.RNN uses {rnn.nonlinearity!r}")
     return rnn.nonlinearity
 
 
@@ -111,7 +114,7 @@ def from_torch_state_dict(state_dict, nonlinearity=None, dtype=None, prefix="", 
     record it: default 'tanh' (nn.RNN's default) for a state dict, the
     module's own for a module; given and different from the module's, an error.
     dtype: the model's dtype (default: that of rnn.weight_hh_l0; float16 and
-    bfloat16 become float32). backend: 'cpp' or 'numpy' (default: cpp when built).
+    bfloat16 become float32). backend: 'cpp' (default) or 'numpy'.
     """
     if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):   # an nn.Module
         nonlinearity = _module_nonlinearity(state_dict, prefix, nonlinearity)
@@ -119,41 +122,38 @@ def from_torch_state_dict(state_dict, nonlinearity=None, dtype=None, prefix="", 
     elif nonlinearity is None:
         nonlinearity = "tanh"
     if not hasattr(state_dict, "keys"):
-        raise ValueError(f"state_dict: expected a mapping of names to tensors, got {type(state_dict).__name__}")
+        raise ArgumentError(f"state_dict: expected a mapping of names to tensors, got {type(state_dict).__name__}")
     names = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
     missing = [k for k in KEYS if k not in names]
     extra = sorted(set(names) - set(KEYS))
     if any(k.endswith("_reverse") for k in extra):
-        raise ValueError("state_dict: a bidirectional nn.RNN (keys *_reverse) has no RNNLM equivalent")
+        raise ArgumentError("state_dict: a bidirectional nn.RNN (keys *_reverse) has no RNNLM equivalent")
     if any(k.startswith("rnn.") and k[-3:-1] == "_l" for k in extra):
-        raise ValueError(f"state_dict: a multi-layer nn.RNN ({', '.join(prefix + k for k in extra)}) "
+        raise ArgumentError(f"state_dict: a multi-layer nn.RNN ({', '.join(prefix + k for k in extra)}) "
                          "has no single-layer RNNLM equivalent")
     if missing or extra:
-        raise ValueError(f"state_dict: expected the keys {[prefix + k for k in KEYS]}; "
+        raise ArgumentError(f"state_dict: expected the keys {[prefix + k for k in KEYS]}; "
                          f"missing {[prefix + k for k in missing]}, unexpected {[prefix + k for k in extra]}")
     a = {k: _as_numpy(names[k], state_dict[names[k]]) for k in KEYS}
     emb, w_hh = a["embedding.weight"], a["rnn.weight_hh_l0"]
     if emb.ndim != 2:
-        raise ValueError(f"state_dict['{prefix}embedding.weight']: expected (V, E), got shape {emb.shape}")
+        raise ArgumentError(f"state_dict['{prefix}embedding.weight']: expected (V, E), got shape {emb.shape}")
     V, E = emb.shape
     if w_hh.ndim != 2 or w_hh.shape[0] != w_hh.shape[1]:
         gated = {3: " (an nn.GRU's 3 gates?)", 4: " (an nn.LSTM's 4 gates?)"}
         hint = gated.get(w_hh.shape[0] // w_hh.shape[1], "") if w_hh.ndim == 2 and w_hh.shape[1] else ""
-        raise ValueError(f"state_dict['{prefix}rnn.weight_hh_l0']: expected (H, H), got shape {w_hh.shape}{hint}")
+        raise ArgumentError(f"state_dict['{prefix}rnn.weight_hh_l0']: expected (H, H), got shape {w_hh.shape}{hint}")
     H = w_hh.shape[0]
     want = {"rnn.weight_ih_l0": (H, E), "rnn.bias_ih_l0": (H,), "rnn.bias_hh_l0": (H,),
             "linear.weight": (V, H), "linear.bias": (V,)}
     for k, shape in want.items():
         if a[k].shape != shape:
-            raise ValueError(f"state_dict['{prefix}{k}']: expected shape {shape} (V={V}, E={E}, H={H}), "
+            raise ArgumentError(f"state_dict['{prefix}{k}']: expected shape {shape} (V={V}, E={E}, H={H}), "
                              f"got {a[k].shape}")
-    from .checkpoint import build_model
-
     dt = np.dtype(dtype if dtype is not None else w_hh.dtype)
     if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype: expected float32 or float64, got {dt}")
-    model = build_model({"class": "RNNLM", "config": dict(vocab_size=V, num_hiddens=H,
-                                                           nonlinearity=nonlinearity, dtype=dt.name)}, backend)
+        raise ArgumentError(f"dtype: expected float32 or float64, got {dt}")
+    model = RNNLM.from_config(dict(vocab_size=V, num_hiddens=H, nonlinearity=nonlinearity, dtype=dt.name), backend)
     f64 = {k: v.astype(np.float64) for k, v in a.items()}
     model.load_state_dict({
         "W_xh": (f64["embedding.weight"] @ f64["rnn.weight_ih_l0"].T).astype(dt),   # (V, E)(E, H)

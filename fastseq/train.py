@@ -13,7 +13,6 @@ import numpy as np
 from .clip import clip_grad_norm as _cpp_clip
 from .optim import SGD
 from .reference.clip import clip_grad_norm as _ref_clip
-from .reference.rnn import RNNLM as _RefRNNLM
 
 __all__ = ["DivergenceError", "train", "train_step", "evaluate", "predict", "sample", "state_grad_norms",
            "spectral_radius", "gradient_diagnostics"]
@@ -218,7 +217,7 @@ def state_grad_norms(model, X, Y, state=None, bptt=None, term=None):
         if isinstance(term, bool) or not isinstance(term, numbers.Integral) or not -T <= term < T:
             raise ValueError(f"term: expected None or a step index in [-{T}, {T}), got {term!r}")
         term = int(term) % T
-    _, _, _, dH = _RefRNNLM._loss_grad(model, X, Y, state, bptt, term)
+    dH = model.state_grads(X, Y, state, bptt, term)
     return np.sqrt(np.sum(np.square(dH, dtype=np.float64), axis=(1, 2)))
 
 

@@ -137,6 +137,20 @@ def test_rnn_ar_gradient_matches_finite_differences():
         np.testing.assert_allclose(grads[k], num, rtol=1e-5, atol=1e-8, err_msg=k)
 
 
+def test_rnn_ar_runs_on_the_kernels_and_matches_the_reference():
+    """RNNAR's layer runs on the C++ ops by default; training and k-step predictions agree with the NumPy ops."""
+    x = sine_series(300, seed=2)
+    fast = RNNAR(4, hidden_size=8, epochs=20, seed=1).fit(x[:200])
+    slow = RNNAR(4, hidden_size=8, epochs=20, seed=1, backend="numpy").fit(x[:200])
+    assert fast.rnn.backend == "cpp" and slow.rnn.backend == "numpy"
+    np.testing.assert_allclose(fast.loss_history_, slow.loss_history_, rtol=1e-10)
+    for k in fast.rnn.params:
+        np.testing.assert_allclose(fast.rnn.params[k], slow.rnn.params[k], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fast.predict_multistep(x, 8), slow.predict_multistep(x, 8), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="backend"):
+        RNNAR(4, backend="gpu")
+
+
 def test_rnn_ar_multistep_by_hand_unrolled():
     """The latent model's k-step prediction against the recurrence written out here."""
     m = RNNAR(2, hidden_size=3, seed=6)

@@ -360,10 +360,15 @@ def test_layer_bad_inputs():
 
 
 def test_layer_and_lm_share_method_signatures_of_the_contract():
-    sig = {name: str(inspect.signature(getattr(RNNLM, name)))
-           for name in ("__call__", "loss_and_grad", "generate", "begin_state", "state_dict", "load_state_dict")}
+    lm, layer = type(RNNLM(2, 2)), type(RNN(2, 2))     # the classes the reference builds
+    sig = {name: str(inspect.signature(getattr(lm, name)))
+           for name in ("__call__", "loss_and_grad", "generate", "state_grads", "begin_state", "state_dict",
+                        "load_state_dict", "from_config")}
     assert sig["__call__"] == "(self, X, state)"
     assert sig["loss_and_grad"] == "(self, X, Y, state, bptt=None)"
-    assert sig["generate"] == "(self, prefix_ids, num_preds, temperature=0.0, top_k=0, uniforms=None)"
-    assert str(inspect.signature(RNN.forward)) == "(self, X, h0=None)"
-    assert str(inspect.signature(RNN.backward)) == "(self, dHs, cache, dH_T=None, bptt=None)"
+    assert sig["generate"] == "(self, prefix_ids, num_preds, temperature=0.0, top_k=0, uniforms=None, logit_bias=None)"
+    assert sig["state_grads"] == "(self, X, Y, state=None, bptt=None, term=None)"
+    assert sig["from_config"] == "(config, backend=None)"
+    assert str(inspect.signature(layer.forward)) == "(self, X, h0=None)"
+    assert str(inspect.signature(layer.backward)) == "(self, dHs, cache, dH_T=None, bptt=None)"
+    assert str(inspect.signature(layer.from_config)) == "(config, backend=None)"

@@ -277,22 +277,3 @@ def hparams_from_args(args):
         raise UsageError(f"--val-fraction: expected a number in [0, 1), got {hp['val_fraction']}")
     parse_bptt(hp["bptt"])
     return smoke(hp)
-
-
-def check_model_size(hp, vocab_size):
-    """Refuse, before allocating anything, a model that would not fit in half of this machine's memory.
-
-    Parameters, gradients and two optimizer moments (float64 while initialising), plus the activations
-    of one batch (B x T x (H + V)) kept for the backward pass.
-    """
-    H, V, B, T = hp["hidden"], vocab_size, hp["batch"], hp["steps"]
-    params = V * H + H * H + H + H * V + V
-    need = 8 * (4 * params + 3 * B * T * (H + V))
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):   # not POSIX: no bound but the allocator's
-        return
-    if need > have // 2:
-        raise UsageError(f"--hidden {H} (--batch {B}, --steps {T}, vocabulary {V}): the model would need about "
-                         f"{need / 2**30:,.1f} GiB and run out of memory (this machine has {have / 2**30:,.1f} GiB); "
-                         "use a smaller --hidden, --batch or --steps")

@@ -8,8 +8,7 @@ from .. import datasets
 from . import plots
 from .args import (UsageError, add_common, finite, info, int_at_least, optional_import, orders, print_json,
                    progress_bar, sub, CLEANING_CHOICES)
-from .run import (DEFAULT_LR, RUN_KEYS, TRAIN_DEFAULTS, Run, TrainingError, check_model_size, hparams_from_args,
-                  prepare_data)
+from .run import (DEFAULT_LR, RUN_KEYS, TRAIN_DEFAULTS, Run, TrainingError, hparams_from_args, prepare_data)
 from .sample import check_prefix, sample
 
 EXAMPLES_TRAIN = """examples:
@@ -155,7 +154,6 @@ def cmd_train(args):
     else:
         hp = hparams_from_args(args)
         vocab, train_ids, val_ids = prepare_data(hp)
-        check_model_size(hp, len(vocab))
         run = Run(hp, args.backend, vocab, train_ids, val_ids)
         hp["backend"] = getattr(run.model, "backend", "numpy")
         out = args.out or _fresh_default_out(args)

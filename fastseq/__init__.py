@@ -7,13 +7,39 @@ fast path is tested against.
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import _core, optim
-from .bptt import Full, Randomized, Truncated
-from .clip import clip_grad_norm
-from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
-from .rnn import RNN, RNNLM
-from .text import Vocab, clean, load_corpus, read_lines, tokenize
-from .train import DivergenceError, evaluate, predict, train
+
+def _compiled_modules_missing(error):
+    """The ImportError to raise when fastseq._core cannot be imported: from a source tree (no
+    compiled modules next to this file) say where the user is and what to do, as NumPy does."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "csrc")):
+        return ImportError(
+            f"fastseq: importing from its source tree ({root}), whose fastseq/ folder has no compiled "
+            "kernels (fastseq._core, fastseq._text); Python found it before the installed fastseq "
+            "because it is the current folder. Run Python from another folder (cd ..) to use the "
+            "installed fastseq, or install from this tree in development mode: "
+            "pip install --no-build-isolation -e .")
+    return ImportError(f"fastseq: the compiled module fastseq._core cannot be loaded ({error}); "
+                       "reinstall fastseq (pip install --force-reinstall fastseq)")
+
+
+try:
+    from . import _core
+except ImportError as _e:
+    raise _compiled_modules_missing(_e) from None
+
+from . import optim  # noqa: E402
+from .bptt import Full, Randomized, Truncated  # noqa: E402
+from .clip import clip_grad_norm  # noqa: E402
+from .data import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential  # noqa: E402
+from .errors import FastseqError  # noqa: E402
+from .rnn import RNN, RNNLM  # noqa: E402
+from .text import Vocab, clean, corpus_tokens, load_corpus, read_lines, tokenize, tokenize_text  # noqa: E402
+from .training import (Callback, DivergenceError, Trainer, TrainingInterrupted, evaluate,  # noqa: E402
+                       predict, sample, train)
 
 try:
     __version__ = _version("fastseq")
@@ -39,8 +65,8 @@ def get_num_threads():
 
 
 __all__ = [
-    "DivergenceError", "Full", "RNN", "RNNLM", "Randomized", "SeqDataLoader", "Truncated", "Vocab",
-    "build_info", "clean", "clip_grad_norm", "evaluate", "get_num_threads", "load_corpus", "optim",
-    "predict", "read_lines", "seq_data_iter_random", "seq_data_iter_sequential", "set_num_threads",
-    "tokenize", "train",
+    "Callback", "DivergenceError", "FastseqError", "Full", "RNN", "RNNLM", "Randomized", "SeqDataLoader",
+    "Trainer", "TrainingInterrupted", "Truncated", "Vocab", "build_info", "clean", "clip_grad_norm",
+    "corpus_tokens", "evaluate", "get_num_threads", "load_corpus", "optim", "predict", "read_lines", "sample",
+    "seq_data_iter_random", "seq_data_iter_sequential", "set_num_threads", "tokenize", "tokenize_text", "train",
 ]

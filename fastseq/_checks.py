@@ -4,7 +4,7 @@ import numbers
 
 from .errors import ArgumentError
 
-__all__ = ["check_int", "check_real", "check_choice"]
+__all__ = ["check_int", "check_real", "check_choice", "check_generator_state"]
 
 
 def check_int(name, v, lo=None, hi=None):
@@ -42,3 +42,15 @@ def check_choice(name, v, choices):
     if not any(v == c and type(v) is type(c) for c in choices):
         raise ArgumentError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {v!r}")
     return v
+
+
+def check_generator_state(name, rng, state):
+    """Load ``state`` into the numpy Generator ``rng``; another algorithm or a damaged state is refused."""
+    kind = type(rng.bit_generator).__name__
+    if not isinstance(state, dict) or state.get("bit_generator") != kind:
+        got = state.get("bit_generator") if isinstance(state, dict) else type(state).__name__
+        raise ArgumentError(f"{name}: expected a {kind} generator state, got {got!r}")
+    try:
+        rng.bit_generator.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise ArgumentError(f"{name}: not a valid {kind} state ({e})") from None

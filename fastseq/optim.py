@@ -1,39 +1,49 @@
-"""Optimisers that update a dict of named NumPy arrays in place.
+"""Optimisers that update a dict of named NumPy arrays in place, their factory, and a learning-rate schedule.
 
 ``step(params, grads)`` takes two dicts with the same keys (a model's
 ``params`` and the grads of ``loss_and_grad``) and changes ``params`` in place,
-so the arrays a model holds stay the same objects.
+so the arrays a model holds stay the same objects. Every optimiser and the
+schedule have ``state_dict()``/``load_state_dict()`` so a run can resume bit for bit.
 """
 import math
 import numbers
 
 import numpy as np
 
-__all__ = ["SGD", "Adam"]
+from ._checks import check_choice, check_int, check_real
+from .errors import ArgumentError
+
+__all__ = ["SGD", "Adam", "ReduceLROnPlateau", "OPTIMIZERS", "from_spec"]
 
 
-def _positive(name, v, upper=None):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0 \
-            or (upper is not None and v >= upper):
-        bound = f"in (0, {upper})" if upper is not None else "> 0"
-        raise ValueError(f"{name}: expected a finite number {bound}, got {v!r}")
-    return float(v)
+def _lr(v, name="lr"):
+    return check_real(name, v, lo=0, lo_open=True)
 
 
 def _check_pair(params, grads):
     if not isinstance(params, dict) or not isinstance(grads, dict) or set(params) != set(grads):
-        raise ValueError(f"grads: expected a dict with the keys of params {sorted(params)}, "
-                         f"got {sorted(grads) if isinstance(grads, dict) else type(grads).__name__}")
+        raise ArgumentError(f"grads: expected a dict with the keys of params {sorted(params)}, "
+                            f"got {sorted(grads) if isinstance(grads, dict) else type(grads).__name__}")
     for k, p in params.items():
         if grads[k].shape != p.shape:
-            raise ValueError(f"grads[{k!r}]: expected shape {p.shape}, got {grads[k].shape}")
+            raise ArgumentError(f"grads[{k!r}]: expected shape {p.shape}, got {grads[k].shape}")
+
+
+def _check_state(state, kind, keys):
+    if not isinstance(state, dict):
+        raise ArgumentError(f"state: expected a dict, got {type(state).__name__}")
+    if state.get("type") != kind:
+        raise ArgumentError(f"state: expected a {kind} state, got type {state.get('type')!r}")
+    for k in keys:
+        if k not in state:
+            raise ArgumentError(f"state[{k!r}]: missing from the {kind} state")
 
 
 class SGD:
     """Plain minibatch SGD, the book's: p <- p - lr * g."""
 
     def __init__(self, lr):
-        self.lr = _positive("lr", lr)
+        self.lr = _lr(lr)
 
     def step(self, params, grads):
         _check_pair(params, grads)
@@ -44,9 +54,8 @@ class SGD:
         return {"type": "SGD", "lr": self.lr}
 
     def load_state_dict(self, state):
-        if state.get("type") != "SGD":
-            raise ValueError(f"state: expected an SGD state, got type {state.get('type')!r}")
-        self.lr = _positive("lr", state["lr"])
+        _check_state(state, "SGD", ("lr",))
+        self.lr = _lr(state["lr"], "state['lr']")
 
 
 class Adam:
@@ -56,16 +65,20 @@ class Adam:
     """
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        self.lr = _positive("lr", lr)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas: expected a pair of numbers in [0, 1), got {betas!r}")
-        for b in betas:
-            if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 <= b < 1:
-                raise ValueError(f"betas: expected numbers in [0, 1), got {betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = _positive("eps", eps)
+        self.lr = _lr(lr)
+        self.betas = self._betas(betas, "betas")
+        self.eps = check_real("eps", eps, lo=0, lo_open=True)
         self.t = 0
         self.m, self.v = {}, {}
+
+    @staticmethod
+    def _betas(betas, name):
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ArgumentError(f"{name}: expected a pair of numbers in [0, 1), got {betas!r}")
+        try:
+            return tuple(check_real(name, b, lo=0, hi=1, hi_open=True) for b in betas)
+        except ArgumentError:
+            raise ArgumentError(f"{name}: expected numbers in [0, 1), got {betas!r}") from None
 
     def step(self, params, grads):
         _check_pair(params, grads)
@@ -88,13 +101,82 @@ class Adam:
                 "v": {k: a.copy() for k, a in self.v.items()}}
 
     def load_state_dict(self, state):
-        if state.get("type") != "Adam":
-            raise ValueError(f"state: expected an Adam state, got type {state.get('type')!r}")
-        if set(state["m"]) != set(state["v"]):
-            raise ValueError("state: the m and v moments name different parameters")
-        self.lr = _positive("lr", state["lr"])
-        self.betas = tuple(float(b) for b in state["betas"])
-        self.eps = _positive("eps", state["eps"])
-        self.t = int(state["t"])
-        self.m = {k: np.array(a, dtype=np.float64) for k, a in state["m"].items()}
-        self.v = {k: np.array(a, dtype=np.float64) for k, a in state["v"].items()}
+        _check_state(state, "Adam", ("lr", "betas", "eps", "t", "m", "v"))
+        moments = {}
+        for name in ("m", "v"):
+            d = state[name]
+            if not isinstance(d, dict):
+                raise ArgumentError(f"state[{name!r}]: expected a dict of arrays, got {type(d).__name__}")
+            moments[name] = {}
+            for k, a in d.items():
+                a = np.asarray(a)
+                if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
+                    raise ArgumentError(f"state[{name!r}][{k!r}]: expected finite numbers")
+                if name == "v" and np.any(a < 0):
+                    raise ArgumentError(f"state['v'][{k!r}]: a second moment must be >= 0")
+                moments[name][k] = np.array(a, dtype=np.float64)
+        if set(moments["m"]) != set(moments["v"]) or any(
+                moments["m"][k].shape != moments["v"][k].shape for k in moments["m"]):
+            raise ArgumentError("state['m'], state['v']: the moments name different parameters or shapes")
+        t = check_int("state['t']", state["t"], lo=0)
+        if t > 0 and not moments["m"]:
+            raise ArgumentError(f"state['m']: empty after t={t} steps")
+        lr = _lr(state["lr"], "state['lr']")
+        betas = self._betas(state["betas"], "state['betas']")
+        eps = check_real("state['eps']", state["eps"], lo=0, lo_open=True)
+        self.lr, self.betas, self.eps, self.t = lr, betas, eps, t
+        self.m, self.v = moments["m"], moments["v"]
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+DEFAULT_LR = {"sgd": 1.0, "adam": 1e-3}
+
+
+def from_spec(name, lr=None, **kwargs):
+    """An optimiser by name: 'sgd' (the book's) or 'adam'; lr None takes the name's default
+    (``DEFAULT_LR``: 1 for SGD, as the book's RNN chapters, 0.001 for Adam). kwargs go to the class."""
+    name = check_choice("optimizer", name, tuple(OPTIMIZERS))
+    return OPTIMIZERS[name](DEFAULT_LR[name] if lr is None else lr, **kwargs)
+
+
+class ReduceLROnPlateau:
+    """Step decay on plateau: divide the learning rate by ``factor`` when the monitored loss
+    (the held-out loss, else the training loss) did not improve on the best one by more than
+    ``threshold`` (relative) for more than ``patience`` epochs.
+
+    The defaults are the rule of PyTorch's word-language-model example (``lr /= 4`` whenever
+    the validation loss does not improve). ``min_lr`` bounds the rate from below.
+    ``step(loss, optimizer)`` is called once per epoch and returns the rate for the next one.
+    """
+
+    def __init__(self, factor=4.0, patience=0, threshold=0.0, min_lr=0.0):
+        self.factor = check_real("factor", factor, lo=1, lo_open=True)
+        self.patience = check_int("patience", patience, lo=0)
+        self.threshold = check_real("threshold", threshold, lo=0, hi=1, hi_open=True)
+        self.min_lr = check_real("min_lr", min_lr, lo=0)
+        self.best, self.bad_epochs = math.inf, 0
+
+    def step(self, loss, optimizer):
+        if not isinstance(loss, numbers.Real) or math.isnan(loss):
+            raise ArgumentError(f"loss: expected a number, got {loss!r}")
+        if loss < self.best * (1 - self.threshold):
+            self.best, self.bad_epochs = float(loss), 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.patience:
+                optimizer.lr = max(optimizer.lr / self.factor, self.min_lr)
+                self.bad_epochs = 0
+        return optimizer.lr
+
+    def state_dict(self):
+        return {"type": "ReduceLROnPlateau", "factor": self.factor, "patience": self.patience,
+                "threshold": self.threshold, "min_lr": self.min_lr, "best": self.best,
+                "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state):
+        _check_state(state, "ReduceLROnPlateau", ("factor", "patience", "threshold", "min_lr", "best",
+                                                  "bad_epochs"))
+        other = ReduceLROnPlateau(state["factor"], state["patience"], state["threshold"], state["min_lr"])
+        other.best = check_real("state['best']", state["best"], finite=False)
+        other.bad_epochs = check_int("state['bad_epochs']", state["bad_epochs"], lo=0)
+        self.__dict__.update(other.__dict__)

@@ -1,4 +1,9 @@
-"""Text preprocessing (the seed's four steps): load, tokenize, build a vocabulary, encode.
+"""Text preprocessing (*Dive into Deep Learning*, chapter 8, "Text Preprocessing"): load, tokenize,
+build a vocabulary, encode.
+
+``corpus_tokens`` turns a corpus into tokens and ``tokenize_text`` a piece of
+text (a prefix, a held-out file) the same way; ``fastseq stats``, ``fastseq
+train`` and ``load_corpus`` all go through them, so they count the same tokens.
 
 Counting and encoding run in the Cython module ``fastseq._text`` with the GIL
 released; interning word strings needs the GIL and happens once per token.
@@ -6,14 +11,21 @@ released; interning word strings needs the GIL and happens once per token.
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable
 
 import numpy as np
 
 from . import _text
+from ._checks import check_choice, check_int
 from .datasets import load
+from .errors import ArgumentError, FastseqError
 
-__all__ = ["CLEANINGS", "Vocab", "clean", "read_lines", "tokenize", "load_corpus"]
+__all__ = ["CLEANINGS", "TOKENS", "Vocab", "clean", "read_lines", "tokenize", "corpus_tokens", "tokenize_text",
+           "load_corpus"]
+
+TOKENS = ("char", "word")
+VOCAB_MAX_BYTES = 256 << 20     # a vocabulary file larger than this is not one
 
 _D2L = re.compile(r"[^A-Za-z]+")
 _UNICODE = re.compile(r"[\W_]+")
@@ -35,13 +47,18 @@ def clean(line, cleaning=None):
         return _D2L.sub(" ", line).strip().lower()
     if cleaning == "unicode":
         return _UNICODE.sub(" ", line).strip().casefold()
-    raise ValueError(f"cleaning: expected one of {CLEANINGS}, got {cleaning!r}")
+    raise ArgumentError(f"cleaning: expected one of {CLEANINGS}, got {cleaning!r}")
+
+
+def _check_cleaning(cleaning):
+    if cleaning not in CLEANINGS or not (cleaning is None or isinstance(cleaning, str)):
+        raise ArgumentError(f"cleaning: expected one of {CLEANINGS}, got {cleaning!r}")
+    return cleaning
 
 
 def read_lines(name_or_path, cleaning=None, data_dir=None):
     """The lines of a corpus (see fastseq.datasets.load), each cleaned by name."""
-    if cleaning not in CLEANINGS:
-        raise ValueError(f"cleaning: expected one of {CLEANINGS}, got {cleaning!r}")
+    _check_cleaning(cleaning)
     return [clean(line, cleaning) for line in load(name_or_path, data_dir=data_dir).splitlines()]
 
 
@@ -53,12 +70,40 @@ def _split_words(line):
 def tokenize(lines, token="word"):
     """A list of token lists, one per line: words (punctuation split off) or characters."""
     if isinstance(lines, str):
-        raise ValueError("lines: expected a list of strings (got one string; wrap it in a list)")
+        raise ArgumentError("lines: expected a list of strings (got one string; wrap it in a list)")
+    check_choice("token", token, TOKENS)
     if token == "word":
         return [_split_words(line) for line in lines]
+    return [list(line) for line in lines]
+
+
+def _text_tokens(text, token, cleaning):
+    """One rule for corpora and pieces of text alike: characters of raw text keep line breaks
+    (as char-rnn does); with a cleaning the cleaned lines are concatenated (as the book does);
+    words are the tokens of each line in order."""
+    if token == "char" and cleaning is None:
+        return text
+    lines = [clean(line, cleaning) for line in text.splitlines()]
     if token == "char":
-        return [list(line) for line in lines]
-    raise ValueError(f"token: expected 'word' or 'char', got {token!r}")
+        return "".join(lines)
+    return [t for line in tokenize(lines, token) for t in line]
+
+
+def corpus_tokens(name_or_path, token="char", cleaning=None, data_dir=None):
+    """The tokens of a corpus (a name of fastseq.datasets or a path): a str of characters for
+    token='char' (each character a token), else a flat list of words. See tokenize_text."""
+    check_choice("token", token, TOKENS)
+    _check_cleaning(cleaning)
+    return _text_tokens(load(name_or_path, data_dir=data_dir), token, cleaning)
+
+
+def tokenize_text(text, token="char", cleaning=None):
+    """A piece of text (a prefix, held-out text) as tokens, by the rule of corpus_tokens: a list of
+    characters or of words."""
+    if not isinstance(text, str):
+        raise ArgumentError(f"text: expected a string, got {type(text).__name__}")
+    check_choice("token", token, TOKENS)
+    return list(_text_tokens(text, token, _check_cleaning(cleaning)))
 
 
 def _flatten(tokens):
@@ -81,14 +126,9 @@ class Vocab:
     UNK = "<unk>"
 
     def __init__(self, tokens=(), min_freq=0, reserved_tokens=None):
-        if isinstance(min_freq, bool) or not isinstance(min_freq, (int, np.integer)) or min_freq < 0:
-            raise ValueError(f"min_freq: expected an integer >= 0, got {min_freq!r}")
-        reserved = list(reserved_tokens or [])
-        if len(set(reserved)) != len(reserved) or self.UNK in reserved:
-            raise ValueError(f"reserved_tokens: expected distinct tokens other than '<unk>', got {reserved!r}")
-        flat = tokens if isinstance(tokens, str) else _flatten(tokens)
-        if any(not isinstance(t, str) for t in flat[:1000]):
-            raise ValueError("tokens: expected strings")
+        min_freq = check_int("min_freq", min_freq, lo=0)
+        reserved = _check_reserved(reserved_tokens)
+        flat = tokens if isinstance(tokens, str) else _check_strings(_flatten(tokens))
         self._fit(*_count(flat), min_freq, reserved)
 
     def _fit(self, uniq, counts, min_freq, reserved):
@@ -133,14 +173,14 @@ class Vocab:
         return list(self._token_freqs)
 
     def to_tokens(self, ids):
-        """Token(s) for id(s); an id outside [0, len) is a ValueError."""
+        """Token(s) for id(s); an id outside [0, len) is an ArgumentError."""
         if isinstance(ids, (int, np.integer)):
             if not 0 <= ids < len(self):
-                raise ValueError(f"ids: {ids} is outside the vocabulary [0, {len(self)})")
+                raise ArgumentError(f"ids: {ids} is outside the vocabulary [0, {len(self)})")
             return self.idx_to_token[ids]
         ids = np.asarray(ids)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
-            raise ValueError(f"ids: values must lie in [0, {len(self)}), got [{ids.min()}, {ids.max()}]")
+            raise ArgumentError(f"ids: values must lie in [0, {len(self)}), got [{ids.min()}, {ids.max()}]")
         return [self.idx_to_token[i] for i in ids.ravel().tolist()]
 
     def encode(self, tokens):
@@ -165,12 +205,10 @@ class Vocab:
         if isinstance(tokens, str):
             vocab = cls(tokens, min_freq, reserved_tokens)
             return vocab, vocab.encode(tokens)
-        flat = list(_flatten(tokens))
+        flat = _check_strings(_flatten(tokens))
         vocab = cls((), min_freq, reserved_tokens)
-        if any(not isinstance(t, str) for t in flat[:1000]):
-            raise ValueError("tokens: expected strings")
         prov, uniq = _text.intern_tokens(flat)
-        vocab._fit(uniq, _text.count_ids(prov, len(uniq)), min_freq, list(reserved_tokens or []))
+        vocab._fit(uniq, _text.count_ids(prov, len(uniq)), min_freq, _check_reserved(reserved_tokens))
         return vocab, vocab._remap(prov, uniq)
 
     def to_dict(self):
@@ -180,11 +218,11 @@ class Vocab:
     @classmethod
     def from_dict(cls, d):
         if not isinstance(d, dict) or d.get("format") != "fastseq.Vocab":
-            raise ValueError("vocab: not a fastseq.Vocab dictionary (missing format='fastseq.Vocab')")
+            raise FastseqError("vocab: not a fastseq.Vocab dictionary (missing format='fastseq.Vocab')")
         itos = d.get("idx_to_token")
         if not isinstance(itos, list) or not itos or itos[0] != cls.UNK or len(set(itos)) != len(itos) \
                 or not all(isinstance(t, str) for t in itos):
-            raise ValueError("vocab: idx_to_token must be distinct strings starting with '<unk>'")
+            raise FastseqError("vocab: idx_to_token must be distinct strings starting with '<unk>'")
         v = cls.__new__(cls)
         v.idx_to_token = list(itos)
         v.token_to_idx = {t: i for i, t in enumerate(itos)}
@@ -192,21 +230,56 @@ class Vocab:
         return v
 
     def save(self, path):
-        """Write JSON (atomically: an interrupted save leaves the old file intact)."""
-        path = os.fspath(path)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
-        os.replace(tmp, path)
+        """Write JSON (atomically: temporary file, flush, fsync, rename; an interrupted save leaves
+        the old file intact)."""
+        from .checkpoint import atomic_write
+
+        atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8"))
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, max_bytes=VOCAB_MAX_BYTES):
+        """Read a file written by save(); only a regular file of at most max_bytes is read."""
+        path = os.fspath(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a JSON vocabulary ({e})") from None
+            with open(path, "rb", opener=_open_nonblocking) as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise FastseqError(f"{path}: not a regular file; expected a JSON vocabulary")
+                if st.st_size > max_bytes:
+                    raise FastseqError(f"{path}: {st.st_size:,} bytes, more than a vocabulary's "
+                                       f"{max_bytes:,}")
+                data = f.read(max_bytes + 1)
+        except OSError as e:
+            raise FastseqError(f"{path}: cannot read the vocabulary ({e.strerror or e})") from None
+        if len(data) > max_bytes:
+            raise FastseqError(f"{path}: more than a vocabulary's {max_bytes:,} bytes")
+        try:
+            d = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise FastseqError(f"{path}: not a JSON vocabulary ({e})") from None
         return cls.from_dict(d)
+
+
+def _open_nonblocking(path, flags):
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; the fstat check then refuses it.
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _check_strings(flat):
+    """Every token a string (all of them: one integer among thousands of strings is refused too)."""
+    flat = list(flat)
+    bad = next((i for i, t in enumerate(flat) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ArgumentError(f"tokens: expected strings, got {type(flat[bad]).__name__} {flat[bad]!r} "
+                            f"at position {bad}")
+    return flat
+
+
+def _check_reserved(reserved_tokens):
+    reserved = list(reserved_tokens or [])
+    if len(set(reserved)) != len(reserved) or Vocab.UNK in reserved or not all(isinstance(t, str) for t in reserved):
+        raise ArgumentError(f"reserved_tokens: expected distinct strings other than '<unk>', got {reserved!r}")
+    return reserved
 
 
 def _count(flat):
@@ -221,27 +294,20 @@ def _count(flat):
 
 def load_corpus(name_or_path="timemachine", token="char", cleaning=None, max_tokens=-1,
                 vocab=None, data_dir=None):
-    """(corpus ids int32, vocab) for a corpus.
+    """(corpus ids int32, vocab) for a corpus, tokenized by corpus_tokens.
 
-    Characters of raw text (cleaning=None) keep line breaks, as char-rnn does;
-    with a cleaning the cleaned lines are concatenated, as the book does (so
-    the Time Machine with 'd2l' has 170,580 characters and 28 tokens). Words
-    are tokens of each line in order. ``vocab``: encode with a given one.
+    With the 'd2l' cleaning the Time Machine has 170,580 characters and 28
+    tokens, as in the book. ``max_tokens``: -1 (all) or the first N tokens.
+    ``vocab``: encode with a given one.
     """
-    if token not in ("char", "word"):
-        raise ValueError(f"token: expected 'char' or 'word', got {token!r}")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) \
             or (max_tokens < 1 and max_tokens != -1):
-        raise ValueError(f"max_tokens: expected -1 (all) or an integer >= 1, got {max_tokens!r}")
-    if cleaning is None and token == "char":
-        tokens = load(name_or_path, data_dir=data_dir)
-    else:
-        lines = read_lines(name_or_path, cleaning, data_dir=data_dir)
-        tokens = "".join(lines) if token == "char" else _flatten(tokenize(lines, token))
+        raise ArgumentError(f"max_tokens: expected -1 (all) or an integer >= 1, got {max_tokens!r}")
+    tokens = corpus_tokens(name_or_path, token, cleaning, data_dir=data_dir)
     if max_tokens > 0:
         tokens = tokens[:max_tokens]
     if len(tokens) == 0:
-        raise ValueError(f"{name_or_path}: the corpus has no tokens")
+        raise FastseqError(f"{name_or_path}: the corpus has no tokens")
     if vocab is not None:
         return vocab.encode(tokens), vocab
     vocab, ids = Vocab.build(tokens)

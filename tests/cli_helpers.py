@@ -49,11 +49,12 @@ def is_png(path):
     return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
 
 
-def forward_logits(w, ids):
-    """An independent float64 forward pass of the seed's RNN LM on one sequence: logits (T, V)."""
-    h = np.zeros(w["W_hh"].shape[0])
+def forward_logits(w, ids, h=None):
+    """An independent float64 forward pass of the RNN LM of Dive into Deep Learning ("Recurrent Neural
+    Networks") on one sequence from state h (zeros by default): (logits (T, V), final state)."""
+    h = np.zeros(w["W_hh"].shape[0]) if h is None else h
     out = []
     for i in ids:
         h = np.tanh(w["W_xh"][i] + h @ w["W_hh"] + w["b_h"])
         out.append(h @ w["W_hq"] + w["b_q"])
-    return np.array(out)
+    return np.array(out).reshape(len(out), -1), h

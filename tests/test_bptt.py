@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastseq.bptt import Full, Randomized, Truncated
+from fastseq.bptt import Full, Randomized, Truncated, from_spec
+from fastseq.errors import ArgumentError
 from fastseq.reference.rnn import RNN, RNNLM
 from gradcheck import fd_grad
 
@@ -363,3 +364,49 @@ def test_block_truncation_is_full_gradient_of_each_block(T_, B_, tau, seed):
         total_loss += lb * (e - s) / T_
     assert loss == pytest.approx(total_loss, rel=1e-12)
     assert_grads_close(g, total, rtol=1e-10, atol=1e-14)
+
+
+# ------------------------------------------------------------------ specs and state_dicts
+@pytest.mark.parametrize("spec, want", [
+    ("full", "Full()"), (" FULL ", "Full()"), ("block:5", "Truncated(5, mode='block')"),
+    ("sliding:3", "Truncated(3, mode='sliding')"), ("random:0.25", "Randomized(pi=0.25)"),
+    ("random:1", "Randomized(pi=1.0)"),
+])
+def test_from_spec(spec, want):
+    assert repr(from_spec(spec, seed=1)) == want
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("block", "block:K"), ("block:0", "K must be"), ("block:2.5", "K must be"), ("sliding:x", "K must be"),
+    ("random:0", "P must be"), ("random:1.5", "P must be"), ("random:nan", "P must be"), ("random:p", "P must be"),
+    ("full:3", "full, block:K"), ("tbptt:3", "full, block:K"), (None, "full, block:K"),
+])
+def test_from_spec_refuses_naming_the_spec(spec, match):
+    with pytest.raises(ArgumentError, match=match):
+        from_spec(spec)
+
+
+def test_from_spec_seed_gives_the_same_draws():
+    a, b = from_spec("random:0.3", seed=4), from_spec("random:0.3", seed=4)
+    np.testing.assert_array_equal(a.draw(5, 2), b.draw(5, 2))
+
+
+def test_randomized_state_dict_resumes_the_draws():
+    a = Randomized(0.4, seed=3)
+    a.draw(7, 2)
+    state = a.state_dict()
+    want = [a.draw(7, 2) for _ in range(3)]
+    b = Randomized(0.4, seed=99)
+    b.load_state_dict(state)
+    for w in want:
+        np.testing.assert_array_equal(b.draw(7, 2), w)
+    with pytest.raises(ArgumentError, match=r"state\['pi'\]"):
+        Randomized(0.5).load_state_dict(state)
+    with pytest.raises(ArgumentError, match=r"state\['bit_generator'\]"):
+        b.load_state_dict(dict(state, bit_generator={"bit_generator": "PCG64", "state": {"state": "x"}}))
+    with pytest.raises(ArgumentError, match="state"):
+        b.load_state_dict(Full().state_dict())
+    Full().load_state_dict(Full().state_dict())
+    Truncated(3, "sliding").load_state_dict(Truncated(3, "sliding").state_dict())
+    with pytest.raises(ArgumentError, match="state"):
+        Truncated(3).load_state_dict(Truncated(4).state_dict())

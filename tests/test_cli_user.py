@@ -2,7 +2,9 @@
 are one line and an exit status, anything else is a bug and keeps its traceback."""
 import fnmatch
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -162,3 +164,64 @@ def test_docs_and_the_command_never_say_the_seed(path):
     for f in files:
         for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
             assert not UNNAMED_SOURCE.search(line), f"{f.name}:{i}: {line.strip()}"
+
+
+# ------------------------------------------------------------------ one engine, one evaluator, one sampler
+def test_the_command_has_no_loop_evaluator_or_sampler_of_its_own():
+    pattern = re.compile(r"loss_and_grad|log_softmax|\.random\(")
+    for f in sorted((REPO / "fastseq" / "cli").glob("*.py")):
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            assert not pattern.search(line), f"{f.name}:{i}: {line.strip()}"
+
+
+def test_eval_agrees_with_the_api_to_the_last_digit(trained, tmp_path):
+    held = tmp_path / "held.txt"
+    held.write_text("the lazy fox sleeps in the warm sun.\nthe dog is quick, the sun is warm.\n" * 3)
+    r = json.loads(run("eval", "run", held, "--json", cwd=tmp_path, check=0).stdout)
+    p = python("import sys, fastseq\n"
+               "from fastseq import checkpoint\n"
+               "ck = checkpoint.load('run')\n"
+               "ids = ck.vocab.encode(open('held.txt', encoding='utf-8').read())\n"
+               "print(repr(fastseq.evaluate(ck.model, ids)))\n", tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert r["perplexity"] == float(p.stdout)
+
+
+def test_generate_never_emits_unk(trained, tmp_path):
+    r = json.loads(run("generate", "run", "-n", "400", "--temperature", "1000", "--json", cwd=tmp_path,
+                       check=0).stdout)
+    assert len(r["ids"]) == 400 and 0 not in r["ids"] and "<unk>" not in r["text"]
+
+
+def test_a_resumed_run_may_lower_the_learning_rate(trained, tmp_path):
+    run("train", "--resume", "run", "--epochs", "2", "--lr", "0.0005", "--no-progress", "--no-ngram",
+        "--sample-length", "5", cwd=tmp_path, check=0)
+    meta = json.loads((trained / "fastseq.json").read_text())
+    lrs = [e["lr"] for e in meta["history"]["epochs"]]
+    assert lrs[-1] == 0.0005 and lrs[0] != 0.0005
+
+
+def test_a_time_budget_stops_with_a_checkpoint(tmp_path, text_file):
+    p = run("train", "--corpus", text_file, *TINY, "--epochs", "100000", "--minutes", "0.02", "--out", "run",
+            cwd=tmp_path, check=0, timeout=120)
+    assert "(--minutes)" in p.stdout and "--resume run" in p.stdout
+    meta = json.loads((tmp_path / "run" / "fastseq.json").read_text())
+    assert 0 < meta["step"]
+
+
+def test_ctrl_c_before_the_first_periodic_save_keeps_the_last_step(tmp_path):
+    env = dict(os.environ, FASTSEQ_DATA_DIR=str(DATA_DIR), PYTHONUNBUFFERED="1")
+    # pydoc in batches of 4 x 8: an epoch of 13,000 steps, so no epoch ends and no 30-second save is due.
+    proc = subprocess.Popen([sys.executable, "-m", "fastseq", "train", *TINY, "--out", "run"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("model RNNLM"):
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    meta = json.loads((tmp_path / "run" / "fastseq.json").read_text())
+    assert meta["step"] > 0
+    assert f"after step {meta['step']}," in out and "fastseq train --resume run" in out
+    run("train", "--resume", "run", "--stop-after", str(meta["step"] + 1), "--no-progress", cwd=tmp_path, check=0)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from fastseq import SeqDataLoader, seq_data_iter_random, seq_data_iter_sequential
+from fastseq.errors import ArgumentError
 
 CORPUS = np.arange(1000, dtype=np.int32)  # ids equal positions: every check reads offsets directly
 
@@ -49,17 +50,6 @@ def test_seeded_reproducibility_and_fresh_offsets_per_epoch():
     assert len(firsts) > 1  # each epoch draws again
 
 
-def test_loader_state_dict_resumes_the_same_stream():
-    a = SeqDataLoader(CORPUS, 4, 5, "sequential", seed=2)
-    next(iter(a))
-    state = a.state_dict()
-    want = [x for x, _ in a]
-    b = SeqDataLoader(CORPUS, 4, 5, "sequential", seed=99)
-    b.load_state_dict(state)
-    got = [x for x, _ in b]
-    assert len(got) == len(want) and all(np.array_equal(x, y) for x, y in zip(got, want))
-
-
 @pytest.mark.parametrize("sampling", ["random", "sequential"])
 def test_len_is_a_lower_bound_on_batches(sampling):
     loader = SeqDataLoader(CORPUS, 3, 7, sampling, seed=0)
@@ -88,3 +78,54 @@ def test_corpus_too_short_or_not_ids():
         list(seq_data_iter_random(np.zeros((10, 10), np.int32), 2, 2))
     with pytest.raises(ValueError, match="corpus"):
         list(seq_data_iter_random(np.zeros(100), 2, 2))
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_state_dict_mid_epoch_carries_the_position(sampling):
+    """After any batch k of an epoch, a loader loaded from state_dict() yields exactly the rest of
+    that epoch and then the same next epochs as the uninterrupted loader (no reaching into generators)."""
+    ref = SeqDataLoader(CORPUS, 4, 5, sampling, seed=3)
+    epochs = [[x.copy() for x, _ in ref] for _ in range(3)]
+    flat = [x for e in epochs for x in e]
+    n0 = len(epochs[0])
+    for k in range(0, n0 + 1):
+        a = SeqDataLoader(CORPUS, 4, 5, sampling, seed=3)
+        it = iter(a)
+        for _ in range(k):
+            next(it)
+        state = a.state_dict()
+        assert state["batch"] == k
+        b = SeqDataLoader(CORPUS, 4, 5, sampling, seed=123)
+        b.load_state_dict(state)
+        got = [x for x, _ in b] + [x for e in range(2) for x, _ in b]
+        assert len(got) == len(flat) - k
+        assert all(np.array_equal(x, y) for x, y in zip(got, flat[k:]))
+    # between epochs the state is the Generator's and batch 0
+    a = SeqDataLoader(CORPUS, 4, 5, sampling, seed=3)
+    list(a)
+    assert a.state_dict()["batch"] == 0
+    # without a loaded state every iter() starts a new epoch (an abandoned one is not continued)
+    a = SeqDataLoader(CORPUS, 4, 5, sampling, seed=3)
+    next(iter(a))
+    assert np.array_equal(next(iter(a))[0], epochs[1][0])
+
+
+def test_load_state_dict_is_validated_naming_the_key():
+    a = SeqDataLoader(CORPUS, 4, 5, "sequential", seed=3)
+    good = a.state_dict()
+    b = SeqDataLoader(CORPUS, 4, 5, "sequential", seed=3)
+    exact = sum(1 for _ in seq_data_iter_sequential(CORPUS, 4, 5, _gen(good)))   # that epoch's batches
+    b.load_state_dict(dict(good, batch=exact))        # the last batch of that epoch: accepted
+    for bad, key in [(dict(good, batch=exact + 1), "batch"), (dict(good, batch=-1), "batch"),
+                     (dict(good, batch="3"), "batch"), (dict(good, bit_generator={"bit_generator": "MT19937"}),
+                                                        "bit_generator"),
+                     (dict(good, bit_generator={"bit_generator": "PCG64", "state": "x"}), "bit_generator"),
+                     ({}, "bit_generator"), ([], "state")]:
+        with pytest.raises(ArgumentError, match=rf"state(\['{key}'\])?"):
+            SeqDataLoader(CORPUS, 4, 5, "sequential", seed=3).load_state_dict(bad)
+
+
+def _gen(state):
+    g = np.random.default_rng()
+    g.bit_generator.state = state["bit_generator"]
+    return g

@@ -1,12 +1,14 @@
 """Text pipeline: parity with the book on The Time Machine, cleaning, tokenize, Vocab."""
 import collections
 import json
+import os
 
 import numpy as np
 import pytest
 
 import fastseq
-from fastseq import Vocab, clean, load_corpus, read_lines, tokenize
+from fastseq import Vocab, clean, corpus_tokens, load_corpus, read_lines, tokenize, tokenize_text
+from fastseq.errors import ArgumentError, FastseqError
 
 
 # Facts from ../shared/data/README.md (measured by the book, not by fastseq).
@@ -168,3 +170,68 @@ def test_build_info_and_threads():
         fastseq.set_num_threads(old)
     with pytest.raises(ValueError, match="n"):
         fastseq.set_num_threads(0)
+
+
+# ------------------------------------------------------------------ one tokenizer for every command
+def test_corpus_tokens_is_what_training_and_stats_count():
+    """`fastseq stats` counted 65 characters of tinyshakespeare (its lines, without the line
+    breaks) where `fastseq train` counted 66: corpus_tokens is the one rule for both."""
+    chars = corpus_tokens("tinyshakespeare", "char")
+    assert isinstance(chars, str) and "\n" in chars
+    ids, vocab = load_corpus("tinyshakespeare", token="char")
+    assert len(Vocab(chars)) == len(vocab) == 66
+    assert np.array_equal(vocab.encode(chars), ids)
+    d2l = corpus_tokens("timemachine", "char", "d2l")
+    assert len(d2l) == 170580 and "\n" not in d2l
+    words = corpus_tokens("timemachine", "word", "d2l")
+    assert words == [t for line in tokenize(read_lines("timemachine", "d2l"), "word") for t in line]
+
+
+def test_tokenize_text_follows_the_corpus_rule():
+    assert tokenize_text("Hi, you\nthere", "char") == list("Hi, you\nthere")
+    assert tokenize_text("Hi, you\nthere", "word") == ["Hi", ",", "you", "there"]
+    assert tokenize_text("Hi, you\nthere", "char", "d2l") == list("hi youthere")
+    assert tokenize_text("Hi, you\nthere", "word", "d2l") == ["hi", "you", "there"]
+    text = "The Time  Machine,\nby H. G. Wells\n"
+    for token in ("char", "word"):
+        for cleaning in (None, "d2l", "unicode"):
+            assert tokenize_text(text, token, cleaning) == list(fastseq.text._text_tokens(text, token, cleaning))
+    with pytest.raises(ArgumentError, match="token"):
+        tokenize_text("a", "bpe")
+    with pytest.raises(ArgumentError, match="cleaning"):
+        tokenize_text("a", "char", "lower")
+    with pytest.raises(ArgumentError, match="text"):
+        tokenize_text(["a"], "char")
+
+
+def test_vocab_checks_every_token_not_only_the_first_thousand():
+    with pytest.raises(ArgumentError, match="tokens: expected strings, got int 5 at position 1500"):
+        Vocab(["ab"] * 1500 + [5])
+    with pytest.raises(ArgumentError, match="position 1500"):
+        Vocab.build(["ab"] * 1500 + [5])
+    with pytest.raises(ArgumentError, match="position"):
+        Vocab([["ab"] * 1200, ["cd", None]])
+    with pytest.raises(ArgumentError, match="reserved_tokens"):
+        Vocab(["a"], reserved_tokens=[3])
+
+
+def test_vocab_load_reads_only_regular_files_of_bounded_size(tmp_path):
+    with pytest.raises(FastseqError, match="not a regular file"):
+        Vocab.load("/dev/zero")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(FastseqError, match="not a regular file"):
+        Vocab.load(fifo)                      # neither blocks waiting for a writer nor reads forever
+    with pytest.raises(FastseqError, match="cannot read"):
+        Vocab.load(tmp_path)                  # a folder
+    with pytest.raises(FastseqError, match="cannot read"):
+        Vocab.load(tmp_path / "missing.json")
+    p = tmp_path / "v.json"
+    Vocab("abc").save(p)
+    assert Vocab.load(p) == Vocab("abc")
+    with pytest.raises(FastseqError, match="bytes"):
+        Vocab.load(p, max_bytes=10)
+    p.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(FastseqError, match="vocab"):
+        Vocab.load(p)
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "v.json"]     # save left no temporary file

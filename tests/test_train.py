@@ -1,4 +1,4 @@
-"""train / evaluate / predict / diagnostics and the optimisers, on the NumPy reference.
+"""train / evaluate / predict / diagnostics and the optimisers (fastseq.training), on the NumPy reference.
 
 Legend: B batch, T steps, H hidden, V vocabulary.
 """
@@ -13,8 +13,8 @@ from fastseq.data import SeqDataLoader
 from fastseq.optim import SGD, Adam
 from fastseq.reference.rnn import RNNLM
 from fastseq.text import Vocab, load_corpus
-from fastseq.train import (DivergenceError, evaluate, gradient_diagnostics, predict, sample, spectral_radius,
-                           state_grad_norms, train)
+from fastseq.training import (EPOCH_KEYS, DivergenceError, evaluate, gradient_diagnostics, predict, sample, spectral_radius,
+                              state_grad_norms, train)
 
 V = 6
 
@@ -68,8 +68,9 @@ def test_one_step_by_hand_sgd_and_clip():
     for k in m.params:
         np.testing.assert_allclose(m.params[k], ref.params[k], rtol=1e-12, atol=1e-14)
     assert hist[0]["grad_norm_max"] == pytest.approx(norm, rel=1e-12)       # before clipping
-    assert hist[0]["perplexity"] == pytest.approx(math.exp(loss), rel=1e-12)
-    assert set(hist[0]) == {"epoch", "perplexity", "tokens_per_s", "grad_norm_mean", "grad_norm_max", "seconds"}
+    assert hist[0]["train_ppl"] == pytest.approx(math.exp(loss), rel=1e-12)
+    assert tuple(hist[0]) == EPOCH_KEYS
+    assert hist[0]["lr"] == 0.5 and hist[0]["step"] == 1 and hist[0]["val_ppl"] is None
 
 
 def test_history_matches_callback_losses_and_stop():
@@ -81,19 +82,19 @@ def test_history_matches_callback_losses_and_stop():
     for e in (1, 2, 3):
         losses = [i["loss"] for i in infos if i["epoch"] == e]
         norms = [i["grad_norm"] for i in infos if i["epoch"] == e]
-        assert hist[e - 1]["perplexity"] == pytest.approx(math.exp(np.mean(losses)), rel=1e-9)
+        assert hist[e - 1]["train_ppl"] == pytest.approx(math.exp(np.mean(losses)), rel=1e-9)
         assert hist[e - 1]["grad_norm_mean"] == pytest.approx(np.mean(norms), rel=1e-9)
         assert hist[e - 1]["grad_norm_max"] == pytest.approx(max(norms), rel=1e-12)
         assert hist[e - 1]["tokens_per_s"] > 0 and hist[e - 1]["seconds"] > 0
     assert [i["step"] for i in infos] == list(range(1, len(infos) + 1))
-    assert set(infos[0]) == {"epoch", "step", "loss", "grad_norm", "tokens_per_s"}
+    assert set(infos[0]) == {"epoch", "step", "batch", "loss", "grad_norm", "lr", "tokens_per_s"}
     # the toy pattern is learnable: perplexity falls well below V
-    assert hist[-1]["perplexity"] < hist[0]["perplexity"] < V
+    assert hist[-1]["train_ppl"] < hist[0]["train_ppl"] < V
     # a callback returning False stops at once
     calls = []
     hist = train(RNNLM(V, 8), SeqDataLoader(corpus, 4, 5), 5, lr=1.0,
                  callback=lambda info: calls.append(info["step"]) or info["step"] < 3)
-    assert calls == [1, 2, 3] and len(hist) == 1
+    assert calls == [1, 2, 3] and len(hist) == 1 and hist[0]["partial"] and hist[0]["step"] == 3
 
 
 def test_state_carried_detached_when_sequential_and_reset_when_random():
@@ -128,7 +129,7 @@ def test_training_with_truncated_bptt_and_adam():
     corpus = toy_corpus()
     m = RNNLM(V, 16, seed=5)
     hist = train(m, SeqDataLoader(corpus, 4, 10, seed=0), 4, lr=None, optimizer=Adam(0.01), bptt=Truncated(3))
-    assert hist[-1]["perplexity"] < 0.7 * hist[0]["perplexity"]
+    assert hist[-1]["train_ppl"] < 0.7 * hist[0]["train_ppl"]
 
 
 def test_timemachine_short_run_lowers_perplexity(monkeypatch):
@@ -141,7 +142,7 @@ def test_timemachine_short_run_lowers_perplexity(monkeypatch):
     start_ppl = evaluate(m, te)
     assert abs(start_ppl - 28) < 0.5          # tiny initial weights: nearly uniform
     hist = train(m, SeqDataLoader(tr, 32, 35, seed=0), 2, lr=1.0, clip=1.0)
-    assert hist[1]["perplexity"] < hist[0]["perplexity"] < 28
+    assert hist[1]["train_ppl"] < hist[0]["train_ppl"] < 28
     # held-out perplexity beats the unigram (letter frequency) model, computed here
     freq = np.bincount(tr, minlength=28) / len(tr)
     unigram = math.exp(-np.mean(np.log(freq[te[1:]])))
@@ -174,7 +175,7 @@ def test_exploding_update_names_the_parameter():
 def test_train_bad_arguments():
     m = RNNLM(V, 8)
     data = SeqDataLoader(toy_corpus(), 4, 5)
-    with pytest.raises(ValueError, match="num_epochs"):
+    with pytest.raises(ValueError, match="epochs"):
         train(m, data, 0, lr=1.0)
     with pytest.raises(ValueError, match="clip"):
         train(m, data, 1, lr=1.0, clip=-1)
@@ -184,7 +185,7 @@ def test_train_bad_arguments():
         train(m, data, 1, lr=1.0, callback=3)
     with pytest.raises(ValueError, match="X"):
         train(m, [(np.full((2, 3), V), np.zeros((2, 3), dtype=int))], 1, lr=1.0)
-    with pytest.raises(ValueError, match="data_iter"):
+    with pytest.raises(ValueError, match="loader: an epoch produced no batches"):
         train(m, [], 1, lr=1.0)
 
 
@@ -211,11 +212,11 @@ def test_evaluate_equals_streams_run_in_one_piece(n, B):
 
 def test_evaluate_bad_inputs():
     m = RNNLM(V, 8)
-    with pytest.raises(ValueError, match="corpus_ids"):
+    with pytest.raises(ValueError, match="ids"):
         evaluate(m, np.array([0, V]))
-    with pytest.raises(ValueError, match="corpus_ids"):
+    with pytest.raises(ValueError, match="ids"):
         evaluate(m, np.array([1]))
-    with pytest.raises(ValueError, match="corpus_ids"):
+    with pytest.raises(ValueError, match="ids"):
         evaluate(m, np.zeros((3, 3), dtype=int))
     with pytest.raises(ValueError, match="num_steps"):
         evaluate(m, np.array([0, 1, 2]), num_steps=0)
@@ -373,3 +374,50 @@ def test_sgd_and_optimizer_validation():
         SGD(1).step(p, {"w": np.ones(4)})
     with pytest.raises(ValueError, match="state"):
         Adam().load_state_dict(SGD(1).state_dict())
+
+
+# ------------------------------------------------------------------ factories, sampler
+def test_optimizer_from_spec():
+    from fastseq import optim
+    from fastseq.errors import ArgumentError
+
+    assert isinstance(optim.from_spec("sgd"), SGD) and optim.from_spec("sgd").lr == 1.0
+    a = optim.from_spec("adam", 0.01, betas=(0.8, 0.9))
+    assert isinstance(a, Adam) and a.lr == 0.01 and a.betas == (0.8, 0.9)
+    assert optim.from_spec("adam").lr == 1e-3
+    with pytest.raises(ArgumentError, match="optimizer"):
+        optim.from_spec("rmsprop")
+    with pytest.raises(ArgumentError, match="lr"):
+        optim.from_spec("sgd", -1)
+
+
+def test_predict_words_and_logit_bias_forbids_unk():
+    vocab = Vocab("the cat sat on the mat".split())
+    m = RNNLM(len(vocab), 8, dtype=np.float64, seed=10)
+    out = predict("the cat", 4, m, vocab, token="word")
+    greedy = m.generate(np.array(vocab[["the", "cat"]]), 4)
+    assert out == "the cat" + "".join(" " + t for t in vocab.to_tokens(greedy))
+
+    # a model that prefers '<unk>' above all: generate says it, predict never does
+    m.params["b_q"][vocab.unk] = 50.0
+    raw = m.generate(np.array(vocab[["the"]]), 20, temperature=5.0, uniforms=np.random.default_rng(0).random(20))
+    assert vocab.unk in raw.tolist()
+    for temperature in (0.0, 1.0, 1000.0):
+        out = predict(["the"], 20, m, vocab, temperature=temperature, rng=0)
+        assert "<unk>" not in out and len(out) == 21
+    with pytest.raises(ValueError, match="temperature"):
+        sample(m, [1], 3, temperature=-1)
+    with pytest.raises(ValueError, match="num_preds"):
+        sample(m, [1], -1)
+
+
+def test_evaluate_reports_overflow_as_inf_and_evaluate_nll_counts():
+    from fastseq.training import evaluate_nll
+
+    m = RNNLM(V, 8, dtype=np.float64, seed=8)
+    ids = toy_corpus(50)
+    total, n = evaluate_nll(m, ids)
+    assert n == 49 and evaluate(m, ids) == pytest.approx(math.exp(total / n), rel=1e-15)
+    m.params["W_hq"][...] = 0
+    m.params["b_q"][...] = [1e6, -1e6, 0, 0, 0, 0]     # a model certain of id 0: cross-entropy ~1e6
+    assert evaluate(m, np.array([0, 1, 2, 1] * 5)) == math.inf

@@ -1,9 +1,7 @@
 """``fastseq compare-bptt``: the same model trained with full, truncated and randomized BPTT, measured."""
-import time
-
 from . import plots
-from .args import CLEANING_CHOICES, UsageError, add_common, finite, info, int_at_least, print_json, progress_bar, sub
-from .run import TRAIN_DEFAULTS, Run, TrainingError, parse_bptt, perplexity, prepare_data, smoke
+from .args import CLEANING_CHOICES, UsageError, add_common, finite, info, int_at_least, print_json, sub
+from .runs import TRAIN_DEFAULTS, new_model, prepare_data, smoke, strategy, trainer
 
 EXAMPLES_BPTT = """examples:
   fastseq compare-bptt                           # built-in corpus, full vs truncated vs randomized
@@ -46,7 +44,7 @@ def cmd_compare_bptt(args):
     if not specs:
         raise UsageError("--strategies: expected a comma-separated list such as full,block:5,random:0.2")
     for s in specs:
-        parse_bptt(s)
+        strategy({"bptt": s, "seed": args.seed})
     base = smoke(dict(TRAIN_DEFAULTS, corpus=args.corpus, token=args.token, cleaning=args.cleaning,
                       max_tokens=args.max_tokens, hidden=args.hidden, steps=args.steps, batch=args.batch,
                       lr=args.lr, clip=args.clip, epochs=args.epochs, seed=args.seed, optimizer="sgd",
@@ -67,26 +65,23 @@ def cmd_compare_bptt(args):
 
 
 def _one_strategy(args, hp, vocab, train_ids, val_ids):
+    """Train one strategy epoch by epoch on the engine; its held-out curve and training time."""
+    from ..training import DivergenceError, evaluate
+
     spec = hp["bptt"]
-    run = Run(hp, args.backend, vocab, train_ids, val_ids)
-    curve = [{"step": 0, "val_ppl": perplexity(run.model, val_ids)[0]}]
-    t_train = 0.0
+    tr = trainer(hp, new_model(hp, len(vocab), args.backend), train_ids, val_ids, progress=not args.no_progress)
+    curve = [{"step": 0, "val_ppl": evaluate(tr.model, val_ids)}]
+    seconds = 0.0
     try:
-        while run.epoch < hp["epochs"]:
-            bar = progress_bar(args, len(run.loader), 0, f"{spec:>12} epoch {run.epoch + 1}/{hp['epochs']}")
-            t0 = time.perf_counter()
-            try:
-                rec = run.run_epoch(progress=bar)
-            finally:
-                if bar is not None:
-                    bar.close()
-            t_train += time.perf_counter() - t0
+        for rec in tr.fit(hp["epochs"]):
+            seconds += rec["seconds"]
             curve.append({"step": rec["step"], "train_ppl": rec["train_ppl"], "val_ppl": rec["val_ppl"],
-                          "train_seconds": t_train})
-        row = {"bptt": spec, "final_val_ppl": curve[-1]["val_ppl"], "train_seconds": round(t_train, 3),
+                          "train_seconds": seconds})
+        row = {"bptt": spec, "final_val_ppl": curve[-1]["val_ppl"],
+               "train_seconds": round(seconds, 3), "curve": curve}
+    except DivergenceError as e:
+        row = {"bptt": spec, "error": f"diverged at step {e.step} (epoch {e.epoch}): {e.what} is {e.value}",
                "curve": curve}
-    except TrainingError as e:
-        row = {"bptt": spec, "error": str(e), "curve": curve}
     if "error" in row:
         info(args, f"{spec:>14}: {row['error']}")
     else:

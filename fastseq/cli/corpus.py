@@ -55,20 +55,12 @@ def read_lines(name, clean):
 
 
 def tokens_of(name, token, clean):
-    """(tokens, lines): the tokens a model of the corpus reads, as ``train`` reads them.
+    """(tokens, lines): the tokens a model of the corpus reads, by fastseq.text's one rule (raw characters
+    keep line breaks; cleaned lines are joined as the book joins them), from a name, a file or stdin."""
+    from ..text import tokenize_text
 
-    Raw characters are the text itself, line breaks included (a str); cleaned
-    characters are the cleaned lines joined as the book joins them; words are a flat list.
-    """
-    from ..text import tokenize
-
-    if token == "char" and clean is None:
-        text = _text(name)
-        return text, text.splitlines()
-    lines = read_lines(name, clean)
-    if token == "char":
-        return "".join(lines), lines
-    return [t for line in tokenize(lines, token) for t in line], lines
+    text = _text(name)
+    return tokenize_text(text, token, clean), text.splitlines()
 
 
 def sentences(name, token, clean):

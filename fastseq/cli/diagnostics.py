@@ -1,11 +1,10 @@
 """``fastseq grad-norms``: vanishing and exploding gradients on a trained model (Dive into Deep Learning,
 chapter 8, "Backpropagation Through Time")."""
-import os
-
 import numpy as np
 
 from . import plots
 from .args import UsageError, add_common, cleaning, info, int_at_least, print_json, progress_bar, sub
+from .runs import smoke_test
 from .sample import load_checkpoint
 
 EXAMPLES_GRADNORMS = """examples:
@@ -40,7 +39,7 @@ def _hidden_grad_norms(model, X, Y):
     mean loss (over T tokens) restricted to its last term; times T it is the
     gradient of that one token's loss.
     """
-    from ..train import state_grad_norms
+    from ..training import state_grad_norms
 
     return state_grad_norms(model, X, Y, term=-1)[::-1] * X.shape[1]
 
@@ -65,8 +64,7 @@ def _windows_source(args, ck):
 
 
 def cmd_grad_norms(args):
-    from ..train import spectral_radius
-    from .run import SMOKE_ENV
+    from ..training import spectral_radius
 
     plot = plots.check_png(args.plot)
     if plot:
@@ -74,7 +72,7 @@ def cmd_grad_norms(args):
     ck = load_checkpoint(args.checkpoint, "numpy")
     ids, text = _windows_source(args, ck)
     T, B = args.window, args.sequences
-    if os.environ.get(SMOKE_ENV, "") not in ("", "0"):
+    if smoke_test():
         B = min(B, SMOKE_SEQUENCES)
     if len(ids) < T + 2:
         raise UsageError(f"--window {T}: {text} has {len(ids):,} tokens; use --window {max(1, len(ids) - 2):,} "

@@ -7,10 +7,10 @@ from .. import datasets
 from ..checkpoint import CheckpointError
 from ..errors import FastseqError
 from ..ngram import ArpaError, BadDiscountError
-from ..train import DivergenceError
+from ..training import DivergenceError
 from . import ar, compare, corpus, diagnostics, sample, train
 from .args import Parser
-from .run import TrainingError
+from .train import TrainingError
 
 EXAMPLES_MAIN = """examples:
   fastseq train                          # an RNN on the built-in corpus, with n-gram baselines (< 1 min)

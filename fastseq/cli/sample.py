@@ -54,10 +54,8 @@ def load_checkpoint(path, backend=None):
 
 
 def _tokens(token, text):
-    if token == "char":
-        return list(text)
-    from ..text import tokenize
-    return [t for line in tokenize(text.splitlines(), "word") for t in line]
+    from ..text import tokenize_text
+    return tokenize_text(text, token)
 
 
 def check_prefix(vocab, token, prefix):
@@ -84,18 +82,18 @@ def _default_prefix(vocab, token, corpus):
 
 
 def sample(model, vocab, token, prefix, n, seed=0, temperature=0.8, top_k=0, corpus=None):
+    """fastseq.training.predict (the one sampler: never <unk>) from a checked prefix; a JSON-able record."""
+    from ..training import predict
+
     if prefix is None:
         prefix = _default_prefix(vocab, token, corpus)
     else:
         check_prefix(vocab, token, prefix)
-    ids = vocab.encode(_tokens(token, prefix))
-    uniforms = np.random.default_rng(seed).random(n)
-    out = model.generate(np.asarray(ids, dtype=np.int32), n, temperature=temperature, top_k=top_k,
-                         uniforms=uniforms if temperature > 0 else None)
-    toks = vocab.to_tokens(np.asarray(out))
-    text = "".join(toks) if token == "char" else " " + " ".join(toks)
+    toks = _tokens(token, prefix)
+    gen = predict(toks, n, model, vocab, temperature=temperature, top_k=top_k, rng=seed)[len(toks):]
+    text = "".join(gen) if token == "char" else "".join(" " + t for t in gen)
     return {"prefix": prefix, "text": text, "temperature": temperature, "top_k": top_k, "seed": seed,
-            "ids": [int(i) for i in out]}
+            "ids": [int(i) for i in vocab.encode(gen)] if gen else []}
 
 
 def cmd_generate(args):
@@ -111,8 +109,8 @@ def cmd_generate(args):
 
 
 def cmd_eval(args):
+    from ..training import evaluate
     from .corpus import tokens_of
-    from .run import perplexity
 
     ck = load_checkpoint(args.checkpoint, args.backend)
     hp = ck.hparams
@@ -121,7 +119,7 @@ def cmd_eval(args):
     ids = ck.vocab.encode(tokens)
     if len(ids) < 2:
         raise UsageError(f"{args.text}: needs at least 2 tokens, has {len(ids)}")
-    ppl, n = perplexity(ck.model, ids)
+    ppl, n = evaluate(ck.model, ids), len(ids) - 1   # the one evaluator: the API's number to the last digit
     oov = int(np.sum(ids[1:] == ck.vocab.unk))
     result = {"checkpoint": args.checkpoint, "text": args.text, "token": token, "perplexity": ppl,
               "tokens": n, "oov": oov}

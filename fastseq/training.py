@@ -1,0 +1,605 @@
+"""The training engine, the evaluator and the sampler for RNN language models.
+
+One place for each: ``Trainer`` (and its one-call wrapper ``train``) is the only
+training loop, ``evaluate``/``evaluate_nll`` the only held-out perplexity,
+``sample``/``predict`` the only place where sampling draws its uniforms. The
+``fastseq`` command uses these same functions, so the API and the command agree
+to the last digit.
+
+Works with any model of the RNNLM API (``loss_and_grad``, ``__call__``,
+``generate``, ``params``, ``begin_state``, ``state_dict``, ``dtype``,
+``vocab_size``). Perplexity is that of *Dive into Deep Learning*, chapter 8,
+"Language Models": exp of the mean cross-entropy per predicted token; one that
+overflows is ``inf``, never an exception. Gradient clipping is the book's, from
+"Recurrent Neural Network Implementation from Scratch". Legend: B batch,
+T steps, H hidden, V vocabulary.
+"""
+import copy
+import math
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from ._checks import check_int, check_real
+from .bptt import as_strategy
+from .data import _rng
+from .errors import ArgumentError, FastseqError
+from .optim import SGD
+
+__all__ = ["DivergenceError", "TrainingInterrupted", "Callback", "Trainer", "train", "train_step",
+           "evaluate", "evaluate_nll", "perplexity", "sample", "predict", "state_grad_norms",
+           "spectral_radius", "gradient_diagnostics", "EPOCH_KEYS", "LOG_KEYS"]
+
+# The history schema: one record per epoch (``Trainer.history``) and one per interval (``Trainer.log``).
+EPOCH_KEYS = ("epoch", "step", "train_ppl", "val_ppl", "lr", "tokens_per_s", "grad_norm_mean", "grad_norm_max",
+              "seconds", "partial")
+LOG_KEYS = ("epoch", "step", "train_ppl", "lr", "grad_norm_mean", "tokens_per_s")
+
+# A mean cross-entropy above this has a perplexity beyond the largest float: the run has diverged.
+MAX_LOSS = math.log(sys.float_info.max)
+
+_ADVICE = ("lower the learning rate, clip the gradients (clip=1.0), or use truncated BPTT "
+           "(bptt=Truncated(tau))")
+
+
+class DivergenceError(FastseqError, FloatingPointError):
+    """Training produced a NaN/inf loss, gradient norm or parameter; ``step`` names the step (1-based)."""
+
+    def __init__(self, step, epoch, what, value):
+        self.step, self.epoch, self.what, self.value = step, epoch, what, value
+        super().__init__(f"training diverged at step {step} (epoch {epoch}): {what} is {value}; {_ADVICE}")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``Trainer.fit``, raised at the step boundary after it: ``step`` steps are complete
+    and ``trainer.state_dict()`` holds exactly them (save it, then exit 130 as the command does)."""
+
+    def __init__(self, step):
+        self.step = step
+        super().__init__(f"training interrupted after step {step}; trainer.state_dict() holds that step")
+
+
+def perplexity(mean_nll):
+    """exp(mean cross-entropy); ``inf`` where it overflows."""
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
+
+
+def _check_clip(clip):
+    """None or 0: no clipping (as the command's --clip 0); else a finite theta > 0."""
+    if clip is None:
+        return None
+    clip = check_real("clip", clip, lo=0)
+    return clip or None
+
+
+def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoch=1):
+    """One optimisation step: loss_and_grad, global-norm clipping (None or 0: only the norm), update.
+
+    Returns (loss, gradient norm before clipping, new_state). Raises
+    DivergenceError naming ``step`` and ``epoch`` when the loss is not finite or
+    above MAX_LOSS (its perplexity overflows), or the gradient norm is not
+    finite (in these cases nothing was updated), or a parameter is not finite
+    after the (complete) update; overflow is reported this way, never as NumPy warnings.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _step(model, optimizer, X, Y, state, _check_clip(clip), bptt, step, epoch)
+
+
+def _step(model, optimizer, X, Y, state, clip, bptt, step, epoch):
+    # train_step without its errstate, which the engine enters once per epoch instead of per step.
+    loss, grads, new_state = model.loss_and_grad(X, Y, state, bptt=bptt)
+    if not loss <= MAX_LOSS:
+        raise DivergenceError(step, epoch, "the loss", loss if not math.isfinite(loss) else
+                              f"{loss:.6g} nats per token (its perplexity overflows)")
+    # Without clipping the ops' clip still measures the norm: no norm exceeds the largest float.
+    norm = model.ops.clip_grad_norm(grads, clip or sys.float_info.max)
+    if not math.isfinite(norm):
+        raise DivergenceError(step, epoch, "the gradient norm", norm)
+    optimizer.step(model.params, grads)
+    # A NaN or inf anywhere makes the sum non-finite; a sum is the cheapest pass over the values, and
+    # isfinite confirms the rare non-finite sum (large finite values can overflow it).
+    for k, p in model.params.items():
+        if not math.isfinite(p.sum()) and not np.isfinite(p).all():
+            raise DivergenceError(step, epoch, f"parameter {k}", "nan/inf after the update")
+    return loss, norm, new_state
+
+
+class Callback:
+    """Hooks of ``Trainer.fit``; override what you need. Returning False from a hook stops the run
+    at that point (as ``trainer.stop()`` does); None or True continues.
+
+    ``on_step(trainer, info)`` after every step: info = {epoch, step, batch, loss, grad_norm, lr,
+    tokens_per_s}. ``on_epoch_end(trainer, record)`` after every epoch with its history record.
+    """
+
+    def on_step(self, trainer, info):
+        return None
+
+    def on_epoch_end(self, trainer, record):
+        return None
+
+
+class _StepFunction(Callback):
+    """A plain callable f(info) used as on_step."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def on_step(self, trainer, info):
+        return self.f(info)
+
+
+def _zero_acc():
+    return {"loss_sum": 0.0, "tokens": 0, "norm_sum": 0.0, "norm_max": 0.0, "batches": 0, "seconds": 0.0}
+
+
+class _DeferSigint:
+    """Within the block, SIGINT only sets a flag (when Python's default handler is the one
+    installed, on the main thread); the engine checks it at step boundaries, so no update is
+    ever half applied."""
+
+    def __init__(self):
+        self.fired, self._old = False, None
+
+    def _handler(self, signum, frame):
+        self.fired = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+        return False
+
+
+def _progress_bar(enabled, total, initial, desc):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:       # the progress bar is optional: without tqdm, train quietly
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=True, mininterval=0.25,
+                dynamic_ncols=True)
+
+
+class Trainer:
+    """The training engine: model + optimizer + loader + BPTT strategy + clip + schedule + callbacks.
+
+    model: an RNNLM (any backend). loader: a fastseq.SeqDataLoader or any
+    re-iterable of (X, Y) id arrays (B, T); with ``carries_state`` False
+    (random sampling) the state is re-initialised for every batch, otherwise
+    the final state of a batch enters the next one, detached; each epoch starts
+    from zeros. optimizer: an object of fastseq.optim (default SGD(lr)).
+    bptt: a fastseq.bptt strategy (None: Full()). clip: theta of global-norm
+    clipping, None or 0 for none. schedule: e.g. optim.ReduceLROnPlateau(),
+    stepped once per epoch with the held-out loss (the training loss without
+    ``val_ids``). callbacks: Callback objects or plain callables f(info) (as
+    on_step). val_ids: held-out ids, evaluated by ``evaluate`` at each epoch end.
+    log_every: steps per record of ``log`` (default: about 20 per epoch).
+    progress: a tqdm bar per epoch when tqdm is installed (quiet otherwise).
+
+    ``fit(epochs, minutes)`` trains until ``epochs`` epochs are complete or the
+    wall-clock budget is spent, and can be called again to continue.
+    ``state_dict()`` captures everything that decides what happens next, so a
+    run interrupted after any step and resumed with ``load_state_dict`` ends
+    with bit-identical weights.
+    """
+
+    def __init__(self, model, loader, optimizer=None, *, lr=None, bptt=None, clip=1.0, schedule=None,
+                 callbacks=(), val_ids=None, eval_batch_size=32, eval_steps=35, log_every=None,
+                 progress=False):
+        if optimizer is None:
+            if lr is None:
+                raise ArgumentError("lr: expected a learning rate (or pass optimizer=)")
+            optimizer = SGD(lr)
+        self.model, self.loader, self.optimizer = model, loader, optimizer
+        self.bptt = as_strategy(bptt)
+        self.clip = _check_clip(clip)
+        if schedule is not None and not (callable(getattr(schedule, "step", None))
+                                         and callable(getattr(schedule, "state_dict", None))):
+            raise ArgumentError(f"schedule: expected an object with step() and state_dict(), got {schedule!r}")
+        self.schedule = schedule
+        if callable(callbacks) or isinstance(callbacks, Callback):
+            callbacks = [callbacks]
+        self.callbacks = []
+        for cb in callbacks:
+            if isinstance(cb, Callback):
+                self.callbacks.append(cb)
+            elif callable(cb):
+                self.callbacks.append(_StepFunction(cb))
+            else:
+                raise ArgumentError(f"callbacks: expected Callback objects or callables, got {cb!r}")
+        if val_ids is not None:
+            val_ids = _check_ids("val_ids", val_ids, model.vocab_size)
+        self.val_ids = val_ids
+        self.eval_batch_size = check_int("eval_batch_size", eval_batch_size, lo=1)
+        self.eval_steps = check_int("eval_steps", eval_steps, lo=1)
+        if log_every is None:
+            n = len(loader) if hasattr(loader, "__len__") else 20
+            log_every = max(1, n // 20)
+        self.log_every = check_int("log_every", log_every, lo=1)
+        self.progress = bool(progress)
+        self.carries_state = getattr(loader, "carries_state", True) is not False
+        self._resumable_loader = callable(getattr(loader, "state_dict", None))
+        # The position: everything besides the components' own state that decides what comes next.
+        self.epoch = 0            # epochs completed
+        self.step = 0             # optimizer steps completed
+        self.batch = 0            # batches of the running epoch completed
+        self.hidden = None        # the state carried into the next batch (B, H), or None
+        self._acc, self._interval = _zero_acc(), _zero_acc()
+        self.history, self.log = [], []
+        self.stop_reason = None   # why the last fit() returned: 'epochs', 'time budget', 'callback'
+        self._stop = False
+        self._live = None         # the iterator over the running epoch's batches
+
+    # ------------------------------------------------------------------ control
+    @property
+    def lr(self):
+        return self.optimizer.lr
+
+    @lr.setter
+    def lr(self, value):
+        """Change the learning rate (e.g. to fine-tune a resumed run); the schedule continues from it."""
+        self.optimizer.lr = check_real("lr", value, lo=0, lo_open=True)
+
+    def stop(self):
+        """Ask fit() to return after the current step (from a callback)."""
+        self._stop = True
+
+    def fit(self, epochs=None, minutes=None):
+        """Train until ``epochs`` epochs (in all, counting those done) are complete or ``minutes`` of
+        wall-clock time have passed (checked after every step); returns ``history``.
+
+        A run stopped mid-epoch (budget or callback) appends a record with partial=True for the
+        epoch so far; a later fit() continues that epoch and replaces the record. Ctrl-C raises
+        TrainingInterrupted at the next step boundary. Raises DivergenceError naming the step.
+        """
+        if epochs is None and minutes is None:
+            raise ArgumentError("epochs, minutes: give at least one of them")
+        if epochs is not None:
+            epochs = check_int("epochs", epochs, lo=1)
+        deadline = None if minutes is None else \
+            time.monotonic() + 60 * check_real("minutes", minutes, lo=0, lo_open=True)
+        self._stop, self.stop_reason = False, None
+        with _DeferSigint() as sigint:
+            while epochs is None or self.epoch < epochs:
+                if not self._run_epoch(deadline, sigint):
+                    return self.history
+                if sigint.fired:
+                    raise TrainingInterrupted(self.step)
+                if self._stop:
+                    self.stop_reason = "callback"
+                    return self.history
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.stop_reason = "time budget"
+                    return self.history
+        self.stop_reason = "epochs"
+        return self.history
+
+    # ------------------------------------------------------------------ the loop
+    def _batches(self):
+        """The rest of the running epoch: the live iterator when fit() continues in this object,
+        else a new one (the loader's state_dict or, for a plain re-iterable, skipping gives the position)."""
+        if self.batch and self._live is not None:
+            return self._live
+        self._live = it = iter(self.loader)
+        if self.batch and not self._resumable_loader:
+            for _ in range(self.batch):
+                next(it, None)
+        return it
+
+    def _run_epoch(self, deadline, sigint):
+        """Train to the end of the running epoch; False if stopped before its end."""
+        model, acc, iv = self.model, self._acc, self._interval
+        if self.batch == 0:
+            self.hidden = None
+        if self.history and self.history[-1]["partial"]:
+            self.history.pop()            # the epoch continues: its partial record is replaced at its end
+        bar = _progress_bar(self.progress, len(self.loader) if hasattr(self.loader, "__len__") else None,
+                            self.batch, f"epoch {self.epoch + 1}")
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        try:
+            errstate.__enter__()
+            for X, Y in self._batches():
+                t0 = time.perf_counter()
+                B = len(X)
+                state = self.hidden
+                if state is None or not self.carries_state or state.shape[0] != B:
+                    state = model.begin_state(B)
+                step = self.step + 1
+                loss, norm, state = _step(model, self.optimizer, X, Y, state, self.clip, self.bptt,
+                                          step, self.epoch + 1)
+                dt = time.perf_counter() - t0
+                n = Y.size if isinstance(Y, np.ndarray) else int(np.size(Y))
+                self.step, self.batch, self.hidden = step, self.batch + 1, state
+                for a in (acc, iv):
+                    a["loss_sum"] += loss * n
+                    a["tokens"] += n
+                    a["norm_sum"] += norm
+                    a["norm_max"] = max(a["norm_max"], norm)
+                    a["batches"] += 1
+                    a["seconds"] += dt
+                if iv["batches"] >= self.log_every:
+                    self.log.append(self._record(iv, LOG_KEYS))
+                    self._interval = iv = _zero_acc()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"ppl {perplexity(acc['loss_sum'] / acc['tokens']):.2f}, "
+                                        f"{acc['tokens'] / max(acc['seconds'], 1e-12):,.0f} tok/s", refresh=False)
+                if self.callbacks:
+                    info = dict(epoch=self.epoch + 1, step=step, batch=self.batch, loss=loss, grad_norm=norm,
+                                lr=self.optimizer.lr, tokens_per_s=acc["tokens"] / max(acc["seconds"], 1e-12))
+                    for cb in self.callbacks:
+                        if cb.on_step(self, info) is False:
+                            self._stop = True
+                if sigint.fired:
+                    raise TrainingInterrupted(self.step)
+                budget = deadline is not None and time.monotonic() >= deadline
+                if self._stop or budget:
+                    self.stop_reason = "callback" if self._stop else "time budget"
+                    self.history.append(self._epoch_record(partial=True))
+                    return False
+        finally:
+            errstate.__exit__(None, None, None)
+            if bar is not None:
+                bar.close()
+        if acc["tokens"] == 0:
+            raise ArgumentError("loader: an epoch produced no batches")
+        record = self._epoch_record(partial=False)
+        if self.schedule is not None:
+            val = record["val_ppl"]
+            loss = math.log(val) if val is not None else acc["loss_sum"] / acc["tokens"]
+            self.schedule.step(loss, self.optimizer)
+        self.history.append(record)
+        self.epoch, self.batch, self.hidden, self._acc, self._live = self.epoch + 1, 0, None, _zero_acc(), None
+        for cb in self.callbacks:
+            if cb.on_epoch_end(self, record) is False:
+                self._stop = True
+        return True
+
+    def _record(self, a, keys):
+        full = dict(epoch=self.epoch + 1, step=self.step, train_ppl=perplexity(a["loss_sum"] / a["tokens"]),
+                    lr=self.optimizer.lr, tokens_per_s=a["tokens"] / max(a["seconds"], 1e-12),
+                    grad_norm_mean=a["norm_sum"] / a["batches"], grad_norm_max=a["norm_max"],
+                    seconds=a["seconds"])
+        return {k: full[k] for k in keys if k in full}
+
+    def _epoch_record(self, partial):
+        rec = self._record(self._acc, EPOCH_KEYS)
+        rec["val_ppl"] = None if self.val_ids is None else \
+            evaluate(self.model, self.val_ids, self.eval_batch_size, self.eval_steps)
+        rec["partial"] = partial
+        return {k: rec[k] for k in EPOCH_KEYS}
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self):
+        """The components' own state_dicts and the position; arrays are copies."""
+        return {
+            "format": "fastseq.Trainer", "version": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loader": self.loader.state_dict() if self._resumable_loader else None,
+            "bptt": self.bptt.state_dict(),
+            "schedule": None if self.schedule is None else self.schedule.state_dict(),
+            "epoch": self.epoch, "step": self.step, "batch": self.batch,
+            "hidden": None if self.hidden is None else np.array(self.hidden),
+            "accumulators": dict(self._acc), "interval": dict(self._interval),
+            "history": copy.deepcopy(self.history), "log": copy.deepcopy(self.log),
+        }
+
+    def load_state_dict(self, state):
+        """Continue from ``state``; every key is checked (ArgumentError naming it) before anything changes
+        except the components, which check their own state (errors prefixed with their key)."""
+        if not isinstance(state, dict) or state.get("format") != "fastseq.Trainer":
+            raise ArgumentError("state: not a fastseq.Trainer state (missing format='fastseq.Trainer')")
+        if state.get("version") != 1:
+            raise ArgumentError(f"state['version']: expected 1, got {state.get('version')!r}")
+        for k in ("model", "optimizer", "loader", "bptt", "schedule", "epoch", "step", "batch", "hidden",
+                  "accumulators", "interval", "history", "log"):
+            if k not in state:
+                raise ArgumentError(f"state[{k!r}]: missing")
+        epoch = check_int("state['epoch']", state["epoch"], lo=0)
+        step = check_int("state['step']", state["step"], lo=0)
+        batch = check_int("state['batch']", state["batch"], lo=0, hi=step)
+        hidden = state["hidden"]
+        if hidden is not None:
+            hidden = np.asarray(hidden)
+            H = self.model.begin_state(1).shape[1]
+            if hidden.ndim != 2 or hidden.shape[1] != H or not np.issubdtype(hidden.dtype, np.floating) \
+                    or not np.all(np.isfinite(hidden)):
+                raise ArgumentError(f"state['hidden']: expected finite floats of shape (B, {H}), "
+                                    f"got {hidden.dtype} {hidden.shape}")
+            if batch == 0:
+                raise ArgumentError("state['hidden']: a carried state at the start of an epoch")
+            hidden = np.array(hidden, dtype=self.model.dtype)
+        accs = {}
+        for key in ("accumulators", "interval"):
+            a = state[key]
+            if not isinstance(a, dict) or set(a) != set(_zero_acc()):
+                raise ArgumentError(f"state[{key!r}]: expected the keys {sorted(_zero_acc())}")
+            accs[key] = {k: (check_int(f"state[{key!r}][{k!r}]", a[k], lo=0) if k in ("tokens", "batches")
+                             else check_real(f"state[{key!r}][{k!r}]", a[k], lo=0, finite=False))
+                         for k in a}
+        if accs["accumulators"]["batches"] != batch:
+            raise ArgumentError(f"state['accumulators']: counts {accs['accumulators']['batches']} batches "
+                                f"where state['batch'] is {batch}")
+        for key in ("history", "log"):
+            if not isinstance(state[key], list) or not all(isinstance(r, dict) for r in state[key]):
+                raise ArgumentError(f"state[{key!r}]: expected a list of records")
+        if len([r for r in state["history"] if not r.get("partial")]) != epoch:
+            raise ArgumentError(f"state['history']: does not hold the {epoch} epochs of state['epoch']")
+        if self._resumable_loader:
+            ls = state["loader"]
+            if not isinstance(ls, dict) or ls.get("batch", 0) != batch:
+                raise ArgumentError(f"state['loader']: its batch {ls.get('batch') if isinstance(ls, dict) else ls!r}"
+                                    f" is not state['batch'] = {batch}")
+        if (state["schedule"] is None) != (self.schedule is None):
+            raise ArgumentError("state['schedule']: the saved run and this trainer differ in having a schedule")
+        for key, obj in (("model", self.model), ("optimizer", self.optimizer), ("bptt", self.bptt),
+                         ("schedule", self.schedule), ("loader", self.loader if self._resumable_loader else None)):
+            if obj is None:
+                continue
+            try:
+                obj.load_state_dict(state[key])
+            except (ValueError, TypeError, KeyError) as e:
+                raise ArgumentError(f"state[{key!r}]: {e}") from None
+        self.epoch, self.step, self.batch, self.hidden = epoch, step, batch, hidden
+        self._acc, self._interval = accs["accumulators"], accs["interval"]
+        self.history, self.log = copy.deepcopy(state["history"]), copy.deepcopy(state["log"])
+        self._live = None
+
+
+def train(model, data_iter, num_epochs=None, lr=None, clip=1.0, bptt=None, optimizer=None, callback=None, *,
+          minutes=None, val_ids=None, schedule=None, progress=False):
+    """Train ``model`` in place with a Trainer; return its history (one record per epoch, EPOCH_KEYS).
+
+    data_iter: a SeqDataLoader or any re-iterable of (X, Y) (see Trainer).
+    lr: the learning rate of the default optimizer SGD(lr) (ignored when
+    ``optimizer`` is given). clip: theta of global-norm clipping, None or 0 for
+    none. callback(info) after every step; returning False stops (the partial
+    epoch is recorded with partial=True). minutes: a wall-clock budget besides
+    num_epochs. Raises DivergenceError (a FloatingPointError) naming the step.
+    """
+    if callback is not None and not callable(callback):
+        raise ArgumentError(f"callback: expected a callable or None, got {callback!r}")
+    trainer = Trainer(model, data_iter, optimizer, lr=lr, bptt=bptt, clip=clip, schedule=schedule,
+                      callbacks=() if callback is None else (callback,), val_ids=val_ids, progress=progress)
+    return trainer.fit(num_epochs, minutes)
+
+
+# ---------------------------------------------------------------------- the evaluator
+def _check_ids(name, ids, V):
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ArgumentError(f"{name}: expected a 1-D integer array, got {ids.dtype} {ids.shape}")
+    if ids.shape[0] < 2:
+        raise ArgumentError(f"{name}: expected at least 2 tokens")
+    if ids.min() < 0 or ids.max() >= V:
+        raise ArgumentError(f"{name}: ids must lie in [0, {V}), got values in [{ids.min()}, {ids.max()}]")
+    return ids
+
+
+def _nll(model, x, y, state):
+    """Sum of -log softmax(logits)[y] in float64 over a chunk, and the state after it."""
+    logits, state = model(np.ascontiguousarray(x), state)
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=-1))
+    picked = np.take_along_axis(z, y[..., None].astype(np.intp), axis=-1)[..., 0]
+    return float(np.sum(lse - picked)), state
+
+
+def evaluate_nll(model, ids, batch_size=32, num_steps=35):
+    """(total cross-entropy in nats, tokens predicted) of ``model`` on ``ids``: every token after the
+    first is predicted exactly once.
+
+    The ids are cut into batch_size contiguous streams (the book's sequential
+    partition without an offset), read num_steps at a time from a zero state
+    carried across chunks; the (len - 1) % batch_size leftover tokens at the
+    end continue the last stream's state, so no token is skipped.
+    """
+    ids = _check_ids("ids", ids, model.vocab_size)
+    B = check_int("batch_size", batch_size, lo=1)
+    T = check_int("num_steps", num_steps, lo=1)
+    n = ids.shape[0] - 1                       # predicted tokens
+    B = min(B, n)
+    L = n // B                                 # predictions per stream
+    X, Y = ids[:B * L].reshape(B, L), ids[1:B * L + 1].reshape(B, L)
+    total, state = 0.0, model.begin_state(B)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for s in range(0, L, T):
+            v, state = _nll(model, X[:, s:s + T], Y[:, s:s + T], state)
+            total += v
+        rest = n - B * L
+        if rest:                               # the tail continues stream B-1 (which ends at B*L)
+            state = state[B - 1:B].copy()
+            tx, ty = ids[B * L:n][None], ids[B * L + 1:n + 1][None]
+            for s in range(0, rest, T):
+                v, state = _nll(model, tx[:, s:s + T], ty[:, s:s + T], state)
+                total += v
+    return total, n
+
+
+def evaluate(model, ids, batch_size=32, num_steps=35):
+    """Perplexity of ``model`` on ``ids`` (1-D ids): exp of evaluate_nll's mean; inf where it overflows,
+    NaN when the model gives NaN."""
+    total, n = evaluate_nll(model, ids, batch_size, num_steps)
+    return perplexity(total / n)
+
+
+# ---------------------------------------------------------------------- the sampler
+def sample(model, prefix_ids, num_preds, temperature=1.0, top_k=0, rng=None, logit_bias=None):
+    """Generate num_preds ids after prefix_ids: temperature 0 is greedy; > 0 samples with uniforms
+    from ``rng`` (a Generator or an integer; one draw per generated token). logit_bias (V,) is added
+    to the logits (-inf forbids a token)."""
+    n = check_int("num_preds", num_preds, lo=0)
+    temperature = check_real("temperature", temperature, lo=0)
+    uniforms = None if temperature == 0 else _rng(rng).random(n)
+    return model.generate(prefix_ids, n, temperature=temperature, top_k=top_k, uniforms=uniforms,
+                          logit_bias=logit_bias)
+
+
+def predict(prefix, num_preds, model, vocab, temperature=0.0, top_k=0, rng=None, token="char"):
+    """The book's predict_ch8 ("Recurrent Neural Network Implementation from Scratch"): warm up on
+    ``prefix``, then generate num_preds tokens, never '<unk>'.
+
+    prefix: a string, tokenized as ``token`` ('char' or 'word', see
+    fastseq.text.tokenize_text); the result is then a string (words joined by
+    spaces). Or a list of tokens; the result is then the list of prefix +
+    generated tokens. temperature 0 is greedy; > 0 samples (top_k, rng as in ``sample``).
+    """
+    from .text import tokenize_text
+
+    if isinstance(prefix, str):
+        tokens = tokenize_text(prefix, token)
+    elif isinstance(prefix, (list, tuple)):
+        tokens = list(prefix)
+    else:
+        raise ArgumentError(f"prefix: expected a string or a list of tokens, got {type(prefix).__name__}")
+    if not tokens:
+        raise ArgumentError("prefix: expected at least one token")
+    bias = np.zeros(model.vocab_size, dtype=np.float64)
+    bias[vocab.unk] = -np.inf                 # a model that knows its vocabulary never says '<unk>'
+    out = sample(model, np.asarray(vocab[tokens], dtype=np.int64), num_preds, temperature, top_k, rng, bias)
+    gen = vocab.to_tokens(out)
+    if not isinstance(prefix, str):
+        return tokens + gen
+    return prefix + ("".join(gen) if token == "char" else "".join(" " + t for t in gen))
+
+
+# ---------------------------------------------------------------------- gradient diagnostics
+def state_grad_norms(model, X, Y, state=None, bptt=None, term=None):
+    """||dL/dH_t|| (Frobenius over batch and hidden) for t = 0..T-1 of one window -> float64 (T,).
+
+    With Full() this is the exact gradient of the window's loss w.r.t. each
+    hidden state. ``term``: the index of one loss term (e.g. -1, the last) to
+    back-propagate alone; then the norms show the powers of W_hh^T of the book's
+    "Backpropagation Through Time" section directly: vanishing (falling quickly
+    towards t = 0) or exploding (growing).
+    """
+    dH = model.state_grads(X, Y, state, bptt, term)
+    return np.sqrt(np.sum(np.square(dH, dtype=np.float64), axis=(1, 2)))
+
+
+def spectral_radius(model):
+    """max |eigenvalue| of W_hh (float64): > 1 lets gradients explode, < 1 vanish (for small states)."""
+    return float(np.max(np.abs(np.linalg.eigvals(model.params["W_hh"].astype(np.float64)))))
+
+
+def gradient_diagnostics(model, X, Y, state=None, bptt=None):
+    """dict(state_grad_norms=(T,), last_term_grad_norms=(T,), spectral_radius=float) for one window."""
+    return dict(state_grad_norms=state_grad_norms(model, X, Y, state, bptt),
+                last_term_grad_norms=state_grad_norms(model, X, Y, state, bptt, term=-1),
+                spectral_radius=spectral_radius(model))

@@ -1,0 +1,350 @@
+"""The training engine (fastseq.training.Trainer): resume bit for bit after an interrupt at any step,
+Ctrl-C at a step boundary, the wall-clock budget, the learning-rate schedule, callbacks, divergence.
+
+Legend: B batch, T steps, H hidden, V vocabulary.
+"""
+import copy
+import math
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+import fastseq
+from fastseq import optim
+from fastseq.bptt import Full, Randomized, Truncated
+from fastseq.data import SeqDataLoader
+from fastseq.errors import ArgumentError, FastseqError
+from fastseq.reference.rnn import RNNLM
+from fastseq.training import (EPOCH_KEYS, LOG_KEYS, Callback, DivergenceError, Trainer, TrainingInterrupted,
+                              evaluate)
+
+V = 6
+
+
+def toy_corpus(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    base = np.tile(np.array([0, 1, 2, 3, 4, 5, 4, 3, 2, 1]), n // 10 + 1)[:n]
+    return np.where(rng.random(n) < 0.1, rng.integers(0, V, n), base).astype(np.int32)
+
+
+CONFIGS = {
+    # random sampling + randomized truncation (two Generators besides the loader's) + Adam
+    "random+Randomized+adam": dict(sampling="random", bptt=lambda: Randomized(0.5, seed=7),
+                                   opt=lambda: optim.Adam(0.01), schedule=None),
+    # sequential partitioning (a carried hidden state) + block truncation + SGD + plateau schedule
+    "sequential+block+sgd+plateau": dict(sampling="sequential", bptt=lambda: Truncated(2),
+                                         opt=lambda: optim.SGD(1.0),
+                                         schedule=lambda: optim.ReduceLROnPlateau(factor=2, patience=0,
+                                                                                  threshold=0.2)),
+}
+
+
+def make(cfg, backend="numpy", callbacks=(), dtype=np.float64):
+    corpus = toy_corpus()
+    if backend == "numpy":
+        model = RNNLM(V, 8, dtype=dtype, seed=1)
+    else:
+        model = fastseq.RNNLM(V, 8, dtype=dtype, seed=1, backend=backend)
+    loader = SeqDataLoader(corpus[:240], 3, 5, sampling=cfg["sampling"], seed=2)
+    return Trainer(model, loader, cfg["opt"](), bptt=cfg["bptt"](), clip=0.5,
+                   schedule=cfg["schedule"]() if cfg["schedule"] else None, callbacks=callbacks,
+                   val_ids=corpus[240:], log_every=4)
+
+
+def stop_at(k):
+    return lambda info: info["step"] < k
+
+
+def comparable(history):
+    """History records without wall-clock figures."""
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "seconds")} for r in history]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_resume_after_any_step_is_bit_identical(name):
+    cfg = CONFIGS[name]
+    EPOCHS = 3
+    ref = make(cfg)
+    ref.fit(EPOCHS)
+    total = ref.step
+    assert total == sum(1 for _ in range(total)) and total >= 3 * 10
+    lrs = {r["lr"] for r in ref.history}
+    if cfg["schedule"]:
+        assert len(lrs) > 1, "the schedule never acted: the test would not cover its state"
+    for k in range(0, total + 1):
+        a = make(cfg, callbacks=[stop_at(k)] if k else [])
+        if k:
+            a.fit(EPOCHS)
+            assert a.step == k and a.stop_reason in ("callback", "epochs")
+        state = copy.deepcopy(a.state_dict())
+        del a
+        b = make(cfg)                       # fresh objects: everything comes from the state
+        b.load_state_dict(state)
+        b.fit(EPOCHS)
+        assert b.step == total and b.epoch == EPOCHS
+        for key, p in ref.model.params.items():
+            np.testing.assert_array_equal(b.model.params[key], p, err_msg=f"{name}: resumed after step {k}")
+        assert b.optimizer.state_dict()["lr"] == ref.optimizer.state_dict()["lr"]
+        assert comparable(b.history) == comparable(ref.history), f"resumed after step {k}"
+        assert comparable(b.log) == comparable(ref.log)
+
+
+def test_resume_on_the_cpp_backend_float32_is_bit_identical():
+    cfg = CONFIGS["random+Randomized+adam"]
+    ref = make(cfg, backend="cpp", dtype=np.float32)
+    ref.fit(2)
+    for k in (1, ref.step // 2, ref.step - 1):
+        a = make(cfg, backend="cpp", dtype=np.float32, callbacks=[stop_at(k)])
+        a.fit(2)
+        b = make(cfg, backend="cpp", dtype=np.float32)
+        b.load_state_dict(a.state_dict())
+        b.fit(2)
+        for key, p in ref.model.params.items():
+            np.testing.assert_array_equal(b.model.params[key], p)
+
+
+def test_fit_continues_in_the_same_object_and_extends():
+    cfg = CONFIGS["sequential+block+sgd+plateau"]
+    ref = make(cfg)
+    ref.fit(3)
+    t = make(cfg, callbacks=[stop_at(7)])
+    t.fit(3)
+    assert t.history[-1]["partial"] and t.history[-1]["step"] == 7
+    t.callbacks.clear()
+    t.fit(2)                                  # epochs counts in all: continues to the end of epoch 2
+    assert t.epoch == 2 and not any(r["partial"] for r in t.history)
+    t.fit(3)
+    for key, p in ref.model.params.items():
+        np.testing.assert_array_equal(t.model.params[key], p)
+    assert comparable(t.history) == comparable(ref.history)
+
+
+# ------------------------------------------------------------------ Ctrl-C
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_ctrl_c_is_deferred_to_the_step_boundary_and_resumes_bit_identically():
+    cfg = CONFIGS["random+Randomized+adam"]
+    ref = make(cfg)
+    ref.fit(2)
+
+    class KillInStep(RNNLM):
+        """SIGINT arrives in the middle of step 5's gradient computation."""
+        calls = 0
+
+        def loss_and_grad(self, X, Y, state, bptt=None):
+            KillInStep.calls += 1
+            out = super().loss_and_grad(X, Y, state, bptt)
+            if KillInStep.calls == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    t = make(cfg)
+    t.model = KillInStep(V, 8, dtype=np.float64, seed=1)
+    with pytest.raises(TrainingInterrupted) as e:
+        t.fit(2)
+    assert isinstance(e.value, KeyboardInterrupt) and e.value.step == 5 and t.step == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # restored
+    b = make(cfg)
+    b.load_state_dict(t.state_dict())
+    b.fit(2)
+    for key, p in ref.model.params.items():
+        np.testing.assert_array_equal(b.model.params[key], p)
+
+
+# ------------------------------------------------------------------ budget, schedule, callbacks
+def test_time_budget_stops_after_the_step_that_spends_it(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("fastseq.training.time.monotonic", lambda: clock[0])
+
+    def tick(info):
+        clock[0] += 6.0                        # every step "takes" 6 s of wall-clock time
+
+    t = make(CONFIGS["sequential+block+sgd+plateau"], callbacks=[tick])
+    t.fit(epochs=100, minutes=1.0)
+    assert t.stop_reason == "time budget"
+    assert t.step == 10                        # 10 x 6 s = 60 s: the budget is spent at step 10
+    rec = t.history[-1]
+    assert rec["partial"] and rec["step"] == 10 and rec["val_ppl"] is not None
+    t.fit(epochs=100, minutes=0.1)             # a new budget: one more step
+    assert t.step == 11
+    with pytest.raises(ArgumentError, match="epochs, minutes"):
+        t.fit()
+    with pytest.raises(ArgumentError, match="minutes"):
+        t.fit(minutes=0)
+
+
+def test_plateau_schedule_is_the_word_language_model_rule():
+    """PyTorch's word_language_model: lr /= 4 whenever the held-out loss did not improve."""
+    s = optim.ReduceLROnPlateau()
+    o = optim.SGD(20.0)
+    lrs = [s.step(loss, o) for loss in (5.0, 4.0, 4.0, 3.0, 3.5, 3.2, 2.0)]
+    assert lrs == [20.0, 20.0, 5.0, 5.0, 1.25, 0.3125, 0.3125]
+    s2 = optim.ReduceLROnPlateau()
+    s2.load_state_dict(copy.deepcopy(s.state_dict()))
+    o2 = copy.deepcopy(o)
+    assert s2.step(2.5, o2) == s.step(2.5, o) == 0.3125 / 4     # 2.5 > 2.0: no improvement
+    with pytest.raises(ArgumentError, match="factor"):
+        optim.ReduceLROnPlateau(factor=1)
+    with pytest.raises(ArgumentError, match=r"state\['bad_epochs'\]"):
+        s2.load_state_dict(dict(s.state_dict(), bad_epochs=-1))
+
+
+def test_trainer_steps_the_schedule_with_the_held_out_loss():
+    seen = []
+
+    class Spy(optim.ReduceLROnPlateau):
+        def step(self, loss, optimizer):
+            seen.append(loss)
+            return super().step(loss, optimizer)
+
+    t = make(CONFIGS["sequential+block+sgd+plateau"])
+    t.schedule = Spy()
+    t.fit(2)
+    assert seen == pytest.approx([math.log(r["val_ppl"]) for r in t.history], rel=1e-12)
+    assert [r["lr"] for r in t.history][0] == 1.0
+
+
+def test_callbacks_see_every_step_and_epoch_and_can_stop():
+    class Rec(Callback):
+        def __init__(self):
+            self.steps, self.epochs = [], []
+
+        def on_step(self, trainer, info):
+            self.steps.append(info)
+
+        def on_epoch_end(self, trainer, record):
+            self.epochs.append(record)
+            return record["epoch"] < 2          # stop after epoch 2
+
+    r = Rec()
+    t = make(CONFIGS["sequential+block+sgd+plateau"], callbacks=[r])
+    hist = t.fit(5)
+    assert t.stop_reason == "callback" and t.epoch == 2 and len(hist) == 2
+    assert r.epochs == hist
+    assert [i["step"] for i in r.steps] == list(range(1, t.step + 1))
+    assert set(r.steps[0]) == {"epoch", "step", "batch", "loss", "grad_norm", "lr", "tokens_per_s"}
+    for e in (1, 2):
+        losses = [i["loss"] for i in r.steps if i["epoch"] == e]
+        norms = [i["grad_norm"] for i in r.steps if i["epoch"] == e]
+        assert hist[e - 1]["train_ppl"] == pytest.approx(math.exp(np.mean(losses)), rel=1e-9)
+        assert hist[e - 1]["grad_norm_mean"] == pytest.approx(np.mean(norms), rel=1e-9)
+        assert hist[e - 1]["grad_norm_max"] == max(norms)
+    # trainer.stop() from a callback stops after the current step
+    t = make(CONFIGS["sequential+block+sgd+plateau"], callbacks=[lambda i: None])
+    t.callbacks.append(type("S", (Callback,), {"on_step": lambda self, tr, i: tr.stop() if i["step"] == 4 else None})())
+    t.fit(5)
+    assert t.step == 4 and t.stop_reason == "callback"
+
+
+def test_history_schema_and_interval_log():
+    t = make(CONFIGS["sequential+block+sgd+plateau"])
+    t.fit(2)
+    assert all(tuple(r) == EPOCH_KEYS for r in t.history)
+    assert [r["epoch"] for r in t.history] == [1, 2]
+    assert t.history[-1]["step"] == t.step
+    per_epoch = t.step // 2
+    assert len(t.log) == 2 * (per_epoch // 4) + (1 if (2 * per_epoch) % 4 and per_epoch % 4 == 0 else 0) \
+        or len(t.log) == t.step // 4
+    assert all(set(r) == set(LOG_KEYS) for r in t.log)
+    assert [r["step"] for r in t.log] == list(range(4, t.step + 1, 4))
+
+
+def test_progress_bar_is_optional(capsys):
+    t = make(CONFIGS["sequential+block+sgd+plateau"])
+    t.progress = True
+    t.fit(1)
+    err = capsys.readouterr().err
+    tqdm_installed = True
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        tqdm_installed = False
+    assert ("epoch 1" in err) == tqdm_installed
+
+
+# ------------------------------------------------------------------ divergence
+def test_book_no_clipping_experiment_raises_divergence_naming_the_step(monkeypatch):
+    """The book's experiment without clipping (lr 10) on the Time Machine used to end in
+    OverflowError: math range error. Now: DivergenceError with the step, nothing half applied."""
+    monkeypatch.setenv("FASTSEQ_DATA_DIR", "/work/shared/data")
+    ids, vocab = fastseq.load_corpus("timemachine", cleaning="d2l")
+    m = fastseq.RNNLM(len(vocab), 512, seed=0)
+    before = {}
+
+    def keep(info):
+        before.update({k: p.copy() for k, p in m.params.items()})
+
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+ \(epoch 1\): the loss") as e:
+        fastseq.train(m, SeqDataLoader(ids, 32, 35, seed=0), 3, lr=10, clip=None, callback=keep)
+    assert isinstance(e.value, FastseqError) and isinstance(e.value, FloatingPointError)
+    assert 1 < e.value.step < 152
+    for k, p in m.params.items():           # the failing step applied nothing
+        np.testing.assert_array_equal(p, before[k])
+    assert evaluate(m, ids[:2000]) == math.inf      # a perplexity that overflows is inf, not an exception
+
+
+def test_clip_zero_means_no_clipping_as_the_command():
+    cfg = CONFIGS["sequential+block+sgd+plateau"]
+    a, b = make(cfg), make(cfg)
+    a.clip, b.clip = None, None
+    c = Trainer(b.model, b.loader, b.optimizer, clip=0)
+    assert c.clip is None
+    with pytest.raises(ArgumentError, match="clip"):
+        Trainer(b.model, b.loader, b.optimizer, clip=-1)
+    with pytest.raises(ArgumentError, match="clip"):
+        Trainer(b.model, b.loader, b.optimizer, clip=math.inf)
+
+
+# ------------------------------------------------------------------ load_state_dict validation
+@pytest.mark.parametrize("edit, key", [
+    (lambda s: s.update(batch=10 ** 6), "batch"),
+    (lambda s: s.update(batch=-5), "batch"),
+    (lambda s: s.update(epoch="1"), "epoch"),
+    (lambda s: s.update(step=1.5), "step"),
+    (lambda s: s.update(hidden=np.zeros((3, 9))), "hidden"),
+    (lambda s: s.update(hidden=np.full((3, 8), np.nan)), "hidden"),
+    (lambda s: s["accumulators"].update(tokens=-1), "accumulators"),
+    (lambda s: s["accumulators"].pop("loss_sum"), "accumulators"),
+    (lambda s: s.update(history=[{"epoch": 1, "partial": False}]), "history"),
+    (lambda s: s["loader"].update(batch=10 ** 6), "loader"),
+    (lambda s: s["loader"].update(bit_generator={"bit_generator": "MT19937"}), "loader"),
+    (lambda s: s["bptt"].update(bit_generator=None), "bptt"),
+    (lambda s: s["optimizer"].update(t=-1), "optimizer"),
+    (lambda s: s["optimizer"]["v"].update(W_hh=-np.ones((8, 8))), "optimizer"),
+    (lambda s: s["model"].pop("W_hh"), "model"),
+    (lambda s: s.pop("step"), "step"),
+    (lambda s: s.update(version=2), "version"),
+])
+def test_load_state_dict_refuses_damage_naming_the_key(edit, key):
+    cfg = CONFIGS["random+Randomized+adam"]
+    a = make(cfg, callbacks=[stop_at(13)])
+    a.fit(3)
+    state = copy.deepcopy(a.state_dict())
+    if key == "hidden" and state["hidden"] is None:
+        state["hidden"] = np.zeros((3, 8))
+    edit(state)
+    b = make(cfg)
+    with pytest.raises(ArgumentError, match=rf"state\['{key}'\]"):
+        b.load_state_dict(state)
+
+
+def test_constructor_arguments():
+    m, loader = RNNLM(V, 8), SeqDataLoader(toy_corpus(), 3, 5)
+    with pytest.raises(ArgumentError, match="lr"):
+        Trainer(m, loader)
+    with pytest.raises(ArgumentError, match="callbacks"):
+        Trainer(m, loader, lr=1, callbacks=[3])
+    with pytest.raises(ArgumentError, match="schedule"):
+        Trainer(m, loader, lr=1, schedule=3)
+    with pytest.raises(ArgumentError, match="val_ids"):
+        Trainer(m, loader, lr=1, val_ids=[0, V])
+    with pytest.raises(ArgumentError, match="bptt"):
+        Trainer(m, loader, lr=1, bptt="full")
+    t = Trainer(m, loader, lr=1)
+    t.lr = 0.1                                  # fine-tuning a resumed run at a lower rate
+    assert t.optimizer.lr == 0.1
+    with pytest.raises(ArgumentError, match="lr"):
+        t.lr = 0
+    assert isinstance(Trainer(m, loader, lr=1, bptt=None).bptt, Full)

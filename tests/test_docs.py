@@ -1,6 +1,7 @@
 """Every code line of README.md and docs/*.md runs as written, outside the source tree.
 
-- ```python blocks run, each in its own interpreter, in an empty folder.
+- ```python blocks of one document run in order in one interpreter (a later block may use what an
+  earlier one defined, as a reader following the page would), in an empty folder.
 - ```bash blocks of one document run in order in one empty folder (a later command may use the run
   folder an earlier one wrote); every `fastseq ...` command (also after `&&`) must exit with 0.
   Installation and test commands (python3 -m venv, pip, pytest, bash bench/run) are what CI's
@@ -64,9 +65,21 @@ def env():
     return e
 
 
-def python_blocks():
-    return [pytest.param(path, line, text, id=f"{path.name}:{line}")
-            for path in DOCS for lang, line, text in blocks(path) if lang == "python"]
+RUN_SESSION = '''
+import json, sys, traceback
+ns = {"__name__": "__main__"}
+for where, src in json.load(sys.stdin):
+    try:
+        exec(compile(src, where, "exec"), ns)
+    except Exception:
+        print(f"{where}:\\n{src}", file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(1)
+'''
+
+
+def python_docs():
+    return [p for p in DOCS if any(b[0] == "python" for b in blocks(p))]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
@@ -75,13 +88,16 @@ def test_every_fence_names_its_language(path):
         assert lang in LANGUAGES, f"{path.name}:{line - 1}: ```{lang}: say bash, python or text"
 
 
-@pytest.mark.parametrize("path, line, text", python_blocks())
-def test_python_blocks_run(path, line, text, tmp_path):
-    if "torch" in text:
+@pytest.mark.parametrize("path", python_docs(), ids=lambda p: p.name)
+def test_python_blocks_run(path, tmp_path):
+    import json
+
+    todo = [(f"{path.name}:{line}", text) for lang, line, text in blocks(path) if lang == "python"]
+    if any("torch" in text for _, text in todo):
         pytest.importorskip("torch")
-    p = subprocess.run([sys.executable, "-c", text], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, f"{path.name}:{line}:\n{text}\n{p.stderr}"
+    p = subprocess.run([sys.executable, "-c", RUN_SESSION], input=json.dumps(todo), cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
 
 
 @pytest.mark.parametrize("path", [p for p in DOCS if any(b[0] == "bash" for b in blocks(p))],

@@ -53,7 +53,6 @@ the epoch losses agree to 1e-13 for 200 epochs and to 1e-5 at 300, then the
 rounding differences have grown in this chaotic training and the row reads 0.0412, 0.0471,
 0.0726, 0.2728: a difference of the size of the variation across seeds.
 """
-import argparse
 import sys
 
 import numpy as np
@@ -444,25 +443,10 @@ def plot_experiment(result, path):
 
 
 def main(argv=None):
-    """``python -m fastseq.ar [--seed S] [--png FILE] [--no-rnn]``: print the MSE table."""
-    ap = argparse.ArgumentParser(prog="python -m fastseq.ar", description=__doc__.split("\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--png", default=None, help="write the figure here (needs matplotlib)")
-    ap.add_argument("--no-rnn", action="store_true", help="skip the latent (RNN) model")
-    args = ap.parse_args(argv)
-    result = book_experiment(seed=args.seed, rnn=not args.no_rnn)
-    print(f"x_t = sin(0.01 t) + N(0, 0.2^2), n = {len(result['series'])}, tau = {result['tau']}, "
-          f"train rows = {result['n_train']}, seed = {args.seed}; held-out targets "
-          f"t = {result['n_train'] + result['tau']}..{len(result['series']) - 1}")
-    print(format_table(result))
-    if args.png:
-        try:
-            plot_experiment(result, args.png)
-        except ImportError:
-            print("matplotlib is not installed: no figure", file=sys.stderr)
-        else:
-            print(f"figure: {args.png}")
-    return 0
+    """``python -m fastseq.ar [options]`` runs ``fastseq ar [options]`` (see ``fastseq ar --help``)."""
+    from .cli import main as cli_main
+
+    return cli_main(["ar", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,10 @@
-"""Natural-language statistics (the seed's section): frequency tables, stop words, Zipf's law.
+"""Natural-language statistics (Dive into Deep Learning, chapter 8, "Language Models"): frequency tables,
+stop words, Zipf's law.
 
 Legend: R ranks (distinct n-grams), n_i the count of the i-th most frequent one.
 
-Zipf's law in the seed's form: log n_i = -alpha log i + c (natural logs). Two fits:
-least squares over a chosen rank range (what the seed's log-log plot suggests),
+Zipf's law in the book's form: log n_i = -alpha log i + c (natural logs). Two fits:
+least squares over a chosen rank range (what the book's log-log plot suggests),
 and maximum likelihood for a discrete power law over the ranks: each token's rank
 i is drawn with P(i) = i^-alpha / H(alpha), H = sum over the range of i^-alpha, and
 c = log(M / H) with M the tokens in the range, so that n_i ~ exp(c) i^-alpha.
@@ -53,7 +54,7 @@ def frequencies(tokens, n=1):
 
 
 def stop_words(tokens, k=10):
-    """The k most frequent tokens (the seed's stop words: the, i, and, of, ...)."""
+    """The k most frequent tokens (the book's stop words: the, i, and, of, ...)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k: expected an integer >= 1, got {k!r}")
     return [g[0] for g, _ in frequencies(tokens, 1)[:k]]
@@ -113,7 +114,7 @@ def zipf_mle(freqs, ranks=None):
 
 
 def loglog_data(tokens, orders=(1, 2, 3)):
-    """{n: (ranks, counts)} for the seed's log-log plot of unigram, bigram, trigram frequencies."""
+    """{n: (ranks, counts)} for the book's log-log plot of unigram, bigram, trigram frequencies."""
     tokens = _flat(tokens)
     out = {}
     for n in orders:

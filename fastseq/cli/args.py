@@ -1,0 +1,147 @@
+"""What every command shares: usage errors, argparse types, output (text or --json), optional imports."""
+import argparse
+import json
+import math
+import os
+import sys
+
+from ..errors import FastseqError
+
+CLEANING_CHOICES = ("none", "d2l", "unicode")
+
+
+class UsageError(FastseqError):
+    """A bad argument or input given to the command: one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2) instead of the usage block."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def sub(subparsers, name, help, epilog):
+    """A subcommand whose --help shows ``help`` and the examples in ``epilog`` as written."""
+    return subparsers.add_parser(name, help=help, description=help, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def int_at_least(lo, hi=None):
+    """An argparse type: an integer in [lo, hi], else a one-line usage error."""
+    def conv(s):
+        try:
+            v = int(s)
+        except ValueError:
+            v = None
+        if v is None or v < lo or (hi is not None and v > hi):
+            bound = f">= {lo}" if hi is None else f"in [{lo}, {hi:,}]"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {s!r}")
+        return v
+    conv.__name__ = "integer"
+    return conv
+
+
+def finite(lo=None, lo_open=True):
+    """An argparse type: a finite number (> lo, or >= lo with lo_open=False)."""
+    def conv(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)):
+            bound = "" if lo is None else (f" > {lo}" if lo_open else f" >= {lo}")
+            raise argparse.ArgumentTypeError(f"expected a finite number{bound}, got {s!r}")
+        return v
+    conv.__name__ = "number"
+    return conv
+
+
+def orders(s):
+    """An argparse type: comma-separated n-gram orders such as 3,5."""
+    try:
+        v = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected orders like 3,5, got {s!r}") from None
+    if not v or any(o < 1 for o in v):
+        raise argparse.ArgumentTypeError(f"expected orders >= 1 like 3,5, got {s!r}")
+    return v
+
+
+def add_common(p, json_flag=True, threads=False):
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    if threads:
+        p.add_argument("--threads", type=int_at_least(1), default=1,
+                       help="cores the C++ kernels may use (fastseq.set_num_threads; default: 1, which "
+                            "keeps results bit-identical on resume; a second core pays off only when it is idle)")
+
+
+def add_corpus_options(p, token="word"):
+    p.add_argument("--token", choices=("word", "char"), default=token, help=f"token unit (default: {token})")
+    p.add_argument("--cleaning", choices=CLEANING_CHOICES, default="none",
+                   help="line cleaning: none (raw), d2l (the rule of Dive into Deep Learning, "
+                        "section \"Text Preprocessing\"), unicode (default: none)")
+
+
+def cleaning(v):
+    """The command's cleaning name as fastseq.text takes it ('none' -> None)."""
+    return None if v in (None, "none") else v
+
+
+def info(args, *parts, **kw):
+    """Human-readable output: stdout normally, stderr under --json (stdout is the JSON)."""
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    print(*parts, file=stream, flush=True, **kw)
+
+
+def finite_or_none(obj):
+    """A copy of a JSON-able result with NaN/inf as null: JSON has no NaN (json.dumps would write `NaN`)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def print_json(obj):
+    """The --json result: one strict JSON object on stdout."""
+    print(json.dumps(finite_or_none(obj), ensure_ascii=False, allow_nan=False))
+
+
+def optional_import(module, what, extra="cli"):
+    """Import an optional dependency, or a usage error saying how to install it."""
+    top = module.split(".")[0]
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise UsageError(f"{what} needs the '{top}' package: pip install {top} "
+                         f"(or pip install 'fastseq[{extra}]')") from None
+
+
+def check_output(path, option):
+    """An output file name: its folder must exist and the name must not be a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a folder; expected a file name")
+    return path
+
+
+def progress_bar(args, total, initial, desc, unit="step"):
+    """A tqdm bar on stderr; without tqdm installed, a one-time note and no bar."""
+    if getattr(args, "no_progress", False):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        args.no_progress = True
+        info(args, "(no progress bar: the 'tqdm' package is not installed; pip install tqdm, "
+                   "or pip install 'fastseq[cli]')")
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                leave=True, mininterval=0.25)

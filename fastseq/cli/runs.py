@@ -1,0 +1,174 @@
+"""Run folders and the settings of a training run: defaults, data, the engine's parts, checkpoints.
+
+Shared by ``fastseq train`` and ``fastseq compare-bptt``; the training itself is fastseq.training.Trainer's.
+"""
+import os
+
+import numpy as np
+
+from ..datasets import DatasetError
+from ..errors import FastseqError
+from .args import UsageError, cleaning, info
+
+TRAIN_DEFAULTS = dict(
+    corpus="pydoc", token="char", cleaning="none", max_tokens=0, hidden=128, steps=35,
+    batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full", sampling="sequential",
+    nonlinearity="tanh", dtype="float32", seed=0, val_fraction=0.1,
+)
+# Settings that define the run; they cannot change on --resume (the learning rate can: fine-tuning).
+RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "hidden", "steps", "batch", "optimizer",
+            "clip", "bptt", "sampling", "nonlinearity", "dtype", "seed", "val_fraction")
+DEFAULT_OUT = "fastseq-train"
+
+SMOKE_ENV = "FASTSEQ_SMOKE"
+SMOKE_LIMITS = {"max_tokens": 20_000, "hidden": 32}
+
+
+def smoke_test():
+    """FASTSEQ_SMOKE=1 (documentation tests, CI smoke runs): every command runs at toy sizes."""
+    return os.environ.get(SMOKE_ENV, "") not in ("", "0")
+
+
+def smoke(hp):
+    """The settings capped to SMOKE_LIMITS under FASTSEQ_SMOKE=1."""
+    if not smoke_test():
+        return hp
+    hp = dict(hp)
+    hp["max_tokens"] = min(hp["max_tokens"] or SMOKE_LIMITS["max_tokens"], SMOKE_LIMITS["max_tokens"])
+    hp["hidden"] = min(hp["hidden"], SMOKE_LIMITS["hidden"])
+    return hp
+
+
+def hparams_from_args(args):
+    """The settings of a new run: the options given, the defaults for the rest, checked before any work."""
+    from .. import bptt, optim
+
+    hp = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in TRAIN_DEFAULTS.items()}
+    if hp["lr"] is None:
+        hp["lr"] = optim.DEFAULT_LR[hp["optimizer"]]
+    if hp["lr"] > float(np.finfo(hp["dtype"]).max):
+        raise UsageError(f"--lr {hp['lr']:g}: too large for {hp['dtype']} parameters")
+    if not 0 <= hp["val_fraction"] < 1:
+        raise UsageError(f"--val-fraction: expected a number in [0, 1), got {hp['val_fraction']}")
+    strategy(hp)
+    return smoke(hp)
+
+
+def strategy(hp):
+    """The run's BPTT strategy (fastseq.bptt.from_spec), its error naming the option."""
+    from .. import bptt
+
+    try:
+        return bptt.from_spec(hp["bptt"], seed=hp["seed"] + 2)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+
+
+def prepare_data(hp):
+    """(vocab, training ids, held-out ids): the last val_fraction of the tokens is held out, and the
+    vocabulary comes from the training part only."""
+    from ..text import Vocab, corpus_tokens
+
+    tokens = corpus_tokens(hp["corpus"], hp["token"], cleaning(hp["cleaning"]))
+    if hp["max_tokens"]:
+        tokens = tokens[:hp["max_tokens"]]
+    n = len(tokens)
+    n_val = int(round(n * hp["val_fraction"]))
+    n_train = n - n_val
+    B, T = hp["batch"], hp["steps"]
+    need = B * T + T + 1
+    if n_train < need:
+        raise UsageError(
+            f"{hp['corpus']}: {n_train:,} training tokens are too few for --batch {B} x --steps {T} "
+            f"(need {need:,}); use a longer corpus or smaller --batch/--steps")
+    if hp["val_fraction"] > 0 and n_val < 2:
+        raise UsageError(f"--val-fraction {hp['val_fraction']}: leaves fewer than 2 held-out tokens")
+    vocab = Vocab(tokens[:n_train])
+    ids = vocab.encode(tokens)
+    return vocab, ids[:n_train], ids[n_train:]
+
+
+def trainer(hp, model, train_ids, val_ids, callbacks=(), progress=False):
+    """The engine for these settings: data order, optimizer and BPTT draws from the run's seed."""
+    from .. import optim
+    from ..data import SeqDataLoader
+    from ..training import Trainer
+
+    loader = SeqDataLoader(train_ids, hp["batch"], hp["steps"], hp["sampling"], seed=hp["seed"] + 1)
+    return Trainer(model, loader, optim.from_spec(hp["optimizer"], hp["lr"]), bptt=strategy(hp),
+                   clip=hp["clip"] or None, val_ids=val_ids if len(val_ids) >= 2 else None,
+                   callbacks=callbacks, progress=progress)
+
+
+def new_model(hp, vocab_size, backend):
+    from ..rnn import RNNLM
+
+    return RNNLM(vocab_size, hp["hidden"], nonlinearity=hp["nonlinearity"], dtype=hp["dtype"], seed=hp["seed"],
+                 backend=backend or "cpp")
+
+
+def fresh_default_out(args):
+    """The default run folder: fastseq-train, or the first of fastseq-train-2, -3, ... not taken.
+
+    A second run of the README's command must work; it never touches an earlier run.
+    """
+    from ..checkpoint import META_FILE
+
+    out, n = DEFAULT_OUT, 1
+    while os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        n += 1
+        out = f"{DEFAULT_OUT}-{n}"
+    if n > 1:
+        earlier = DEFAULT_OUT if n == 2 else f"{DEFAULT_OUT}-{n - 1}"
+        hint = (f" (continue it with fastseq train --resume {earlier})"
+                if os.path.exists(os.path.join(earlier, META_FILE)) else "")
+        info(args, f"{earlier} holds an earlier run{hint}; this run writes to {out}")
+    return out
+
+
+def check_out(args, out):
+    """--out never silently replaces someone else's work."""
+    from ..checkpoint import META_FILE
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    holds_checkpoint = os.path.exists(os.path.join(out, META_FILE))
+    same_folder = args.resume and os.path.exists(out) and os.path.samefile(out, args.resume)
+    if holds_checkpoint and not same_folder and not args.overwrite:
+        hint = (f"continue it with --resume {out}, or pass --overwrite / another --out" if not args.resume
+                else f"pass another --out (or leave it out to continue in {args.resume}), or --overwrite")
+        raise UsageError(f"--out {out}: already holds a checkpoint of another run; {hint}")
+    if not holds_checkpoint and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        raise UsageError(f"--out {out}: is a folder with other files, not a fastseq checkpoint; "
+                         "pass a new or empty folder (or --overwrite to write into it)")
+    os.makedirs(out, exist_ok=True)
+
+
+def resume(args):
+    """(hp, checkpoint, vocab, train ids, held-out ids) of the run saved in --resume, its settings checked."""
+    from .. import checkpoint
+
+    # The run continues on the backend it was trained on (bit-identical), unless --backend says otherwise.
+    saved = checkpoint.load(args.resume, backend="numpy").hparams.get("backend")
+    ck = checkpoint.load(args.resume, backend=args.backend or saved, resume=True)
+    hp = dict(ck.hparams)
+    hp["backend"] = ck.model.backend
+    lacking = [k for k in (*RUN_KEYS, "epochs", "lr") if k not in hp]
+    if lacking:
+        raise UsageError(f"--resume {args.resume}: the checkpoint's hparams lack {', '.join(lacking)} "
+                         "(fastseq.json was edited or damaged)")
+    for k in RUN_KEYS:
+        given = getattr(args, k, None)
+        if given is not None and given != hp.get(k):
+            raise UsageError(f"--{k.replace('_', '-')}: cannot change when resuming "
+                             f"(the run in {args.resume} has {hp.get(k)!r})")
+    try:
+        vocab, train_ids, val_ids = prepare_data(hp)
+    except (UsageError, DatasetError):
+        raise
+    except FastseqError as e:   # a setting the corpus functions refuse: someone edited the manifest
+        raise UsageError(f"--resume {args.resume}: the checkpoint's hparams are damaged ({e})") from None
+    if vocab.idx_to_token != ck.vocab.idx_to_token:
+        raise UsageError(f"--resume {args.resume}: the corpus {hp['corpus']!r} no longer gives the "
+                         "checkpoint's vocabulary (has the file changed?)")
+    return hp, ck, vocab, train_ids, val_ids

@@ -109,6 +109,7 @@ py::dict build_info() {
 #endif
     d["isa_flags"] = FASTSEQ_ISA_FLAGS;
     d["build_type"] = FASTSEQ_BUILD_TYPE;
+    d["sanitize"] = bool(FASTSEQ_SANITIZE);
     py::list isa;
 #ifdef __SSE2__
     isa.append("sse2");

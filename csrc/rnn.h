@@ -113,7 +113,8 @@ struct ElmanCell {
         if (act == Act::Tanh) {
             kern::dtanh_n(dh, h, dz, n);
         } else {
-            for (idx i = 0; i < n; ++i) dz[i] = h[i] > T(0) ? dh[i] : T(0);
+            // dh * (h > 0), a product as in the reference: a NaN in dh stays NaN
+            for (idx i = 0; i < n; ++i) dz[i] = dh[i] * T(h[i] > T(0));
         }
     }
     // 2'. out = dZ W_hh^T (+ out when acc), for M rows (one step, or several stacked terms).

@@ -233,6 +233,24 @@ def merge_sorted(a_a, ca_a, b_a, cb_a):
     return rows_a[:k].copy(), counts_a[:k].copy()
 
 
+def _table(name, k, a, dtype):
+    """One order's table as a 1-d C-contiguous array of dtype; a value that does not convert
+    (a string, an integer beyond the dtype) is refused rather than wrapped."""
+    try:
+        arr = np.asarray(a)
+        if arr.dtype.kind not in "biuf" or (np.dtype(dtype).kind in "iu" and arr.dtype.kind == "f"):
+            raise TypeError(arr.dtype)
+        out = np.ascontiguousarray(arr, dtype=dtype)
+        if arr.dtype.kind in "iu" and arr.size and np.dtype(dtype).kind in "iu" \
+                and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
+            raise OverflowError
+    except (TypeError, ValueError, OverflowError):
+        raise ArgumentError(f"{name}[{k}]: expected an array of {np.dtype(dtype)} values") from None
+    if out.ndim != 1:
+        raise ArgumentError(f"{name}[{k}]: expected a 1-d array, got shape {out.shape}")
+    return out
+
+
 def backoff_logp(stream_a, q_a, starts, lasts, logps, logbs):
     """log10 P(stream[i] | its sentence before i) of a back-off model, for every i.
 
@@ -259,13 +277,10 @@ def backoff_logp(stream_a, q_a, starts, lasts, logps, logbs):
         raise ArgumentError(f"q: expected {T} positions, got {q.shape[0]}")
     keep = []
     for k in range(N):
-        a64 = np.ascontiguousarray(starts[k], dtype=np.int64)
-        a32 = np.ascontiguousarray(lasts[k], dtype=np.int32)
-        ap = np.ascontiguousarray(logps[k], dtype=np.float64)
-        ab = np.ascontiguousarray(logbs[k], dtype=np.float64)
-        for name, a in (("starts", a64), ("lasts", a32), ("logps", ap), ("logbs", ab)):
-            if a.ndim != 1:
-                raise ArgumentError(f"{name}[{k}]: expected a 1-d array, got shape {a.shape}")
+        a64 = _table("starts", k, starts[k], np.int64)
+        a32 = _table("lasts", k, lasts[k], np.int32)
+        ap = _table("logps", k, logps[k], np.float64)
+        ab = _table("logbs", k, logbs[k], np.float64)
         if len(ap) != len(a32) or len(ab) != len(a32) or (k > 0 and len(a64) != len(keep[len(keep) - 3]) + 1):
             raise ArgumentError(f"lasts[{k}]: the order-{k + 1} tables have inconsistent lengths")
         if k > 0 and len(a64) and (a64[0] < 0 or a64[len(a64) - 1] > len(a32) or np.any(np.diff(a64) < 0)):

@@ -34,19 +34,16 @@ def vector(name, a, dtype, ndim=1):
     return np.require(a, requirements="CA")
 
 
-cdef Py_ssize_t _first_outside(const int32_t[::1] ids, int64_t n) noexcept nogil:
+ctypedef fused index_t:
+    int32_t
+    uint32_t
+
+
+cdef Py_ssize_t _first_outside(const index_t[::1] ids, int64_t n) noexcept nogil:
     """The first position whose id is not in [0, n), or -1."""
     cdef Py_ssize_t i
     for i in range(ids.shape[0]):
-        if ids[i] < 0 or ids[i] >= n:
-            return i
-    return -1
-
-
-cdef Py_ssize_t _first_cp_outside(const uint32_t[::1] cps, int64_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(cps.shape[0]):
-        if cps[i] >= n:
+        if <int64_t> ids[i] < 0 or <int64_t> ids[i] >= n:
             return i
     return -1
 
@@ -104,7 +101,7 @@ def count_codepoints(cps):
     cdef const uint32_t[::1] v = cps
     cdef Py_ssize_t i, m = v.shape[0], k = 0, bad
     with nogil:
-        bad = _first_cp_outside(v, _MAX_CP)
+        bad = _first_outside(v, _MAX_CP)
     if bad >= 0:
         raise ArgumentError(f"cps: expected code points below {MAX_CODEPOINT:#x}, found {v[bad]:#x} at position {bad}")
     counts = np.zeros(MAX_CODEPOINT, dtype=np.int64)
@@ -123,45 +120,32 @@ def count_codepoints(cps):
     return first, counts[first]
 
 
-ctypedef fused index_t:
-    int32_t
-    uint32_t
-
-
-cdef _remap(const index_t[::1] keys, const int32_t[::1] table):
-    cdef Py_ssize_t i, m = keys.shape[0]
+cdef _remap(str name, const index_t[::1] keys, table):
+    """out[i] = table[keys[i]] after checking every key against the table's size."""
+    table = vector("table", table, np.int32)
+    cdef const int32_t[::1] t = table
+    cdef int64_t n = t.shape[0]
+    cdef Py_ssize_t i, m = keys.shape[0], bad
+    with nogil:
+        bad = _first_outside(keys, n)
+    if bad >= 0:
+        raise ArgumentError(f"{name}: expected values in [0, {n}) (the table's size), found {keys[bad]} "
+                            f"at position {bad}")
     out = np.empty(m, dtype=np.int32)
     cdef int32_t[::1] o = out
     with nogil:
         for i in range(m):
-            o[i] = table[keys[i]]
+            o[i] = t[keys[i]]
     return out
 
 
 def remap(ids, table):
     """out[i] = table[ids[i]]: provisional ids (int32) to vocabulary ids (int32)."""
-    ids = vector("ids", ids, np.int32)
-    table = vector("table", table, np.int32)
-    cdef const int32_t[::1] v = ids
-    cdef Py_ssize_t bad
-    cdef int64_t n = table.shape[0]
-    with nogil:
-        bad = _first_outside(v, n)
-    if bad >= 0:
-        raise ArgumentError(f"ids: expected ids in [0, {n}) (the table's size), found {v[bad]} at position {bad}")
-    return _remap[int32_t](v, table)
+    cdef const int32_t[::1] v = vector("ids", ids, np.int32)
+    return _remap("ids", v, table)
 
 
 def remap_codepoints(cps, table):
     """out[i] = table[cps[i]] for code points (uint32) and a dense table (int32, usually 0x110000 entries)."""
-    cps = vector("cps", cps, np.uint32)
-    table = vector("table", table, np.int32)
-    cdef const uint32_t[::1] v = cps
-    cdef Py_ssize_t bad
-    cdef int64_t n = table.shape[0]
-    with nogil:
-        bad = _first_cp_outside(v, n)
-    if bad >= 0:
-        raise ArgumentError(f"cps: expected code points below {n} (the table's size), found {v[bad]} "
-                            f"at position {bad}")
-    return _remap[uint32_t](v, table)
+    cdef const uint32_t[::1] v = vector("cps", cps, np.uint32)
+    return _remap("cps", v, table)

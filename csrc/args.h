@@ -5,10 +5,31 @@
 #include <pybind11/pybind11.h>
 
 #include <climits>
+#include <stdexcept>
 #include <string>
 
 namespace fastseq {
 namespace py = pybind11;
+
+// A bad argument at the binding boundary; reaches Python as
+// fastseq.errors.ArgumentError (a ValueError), the one error type of the
+// package's argument checks. The message starts with the argument's name.
+struct ArgumentError : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+// Translates ArgumentError for the module (called once, in its init).
+inline void register_argument_error() {
+    // a strong reference kept for the life of the process, like the module's own types
+    static PyObject* type = py::object(py::module_::import("fastseq.errors").attr("ArgumentError")).release().ptr();
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const ArgumentError& e) {
+            PyErr_SetString(type, e.what());
+        }
+    });
+}
 
 inline std::string type_name(const py::handle& o) { return std::string(py::str(py::type::of(o).attr("__name__"))); }
 
@@ -17,16 +38,16 @@ inline std::string type_name(const py::handle& o) { return std::string(py::str(p
 // the argument conversion (whose message would print every argument).
 inline int count_arg(const py::handle& o, const char* name) {
     const std::string what = std::string(name) + ": expected an integer in [0, " + std::to_string(INT_MAX) + "], got ";
-    if (PyBool_Check(o.ptr())) throw py::value_error(what + "a bool");
+    if (PyBool_Check(o.ptr())) throw fastseq::ArgumentError(what + "a bool");
     PyObject* i = PyNumber_Index(o.ptr());
     if (!i) {
         PyErr_Clear();
-        throw py::value_error(what + type_name(o));
+        throw fastseq::ArgumentError(what + type_name(o));
     }
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
     Py_DECREF(i);
-    if (overflow || v < 0 || v > INT_MAX) throw py::value_error(what + std::string(py::str(o)));
+    if (overflow || v < 0 || v > INT_MAX) throw fastseq::ArgumentError(what + std::string(py::str(o)));
     return int(v);
 }
 
@@ -34,17 +55,17 @@ inline int count_arg(const py::handle& o, const char* name) {
 inline double real_arg(const py::handle& o, const char* name) {
     const std::string what = std::string(name) + ": expected a real number, got ";
     if (PyBool_Check(o.ptr()) || PyUnicode_Check(o.ptr()) || PyBytes_Check(o.ptr()))
-        throw py::value_error(what + type_name(o));
+        throw fastseq::ArgumentError(what + type_name(o));
     const double v = PyFloat_AsDouble(o.ptr());
     if (v == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
-        throw py::value_error(what + type_name(o));
+        throw fastseq::ArgumentError(what + type_name(o));
     }
     return v;
 }
 
 inline std::string str_arg(const py::handle& o, const char* name) {
-    if (!PyUnicode_Check(o.ptr())) throw py::value_error(std::string(name) + ": expected a str, got " + type_name(o));
+    if (!PyUnicode_Check(o.ptr())) throw fastseq::ArgumentError(std::string(name) + ": expected a str, got " + type_name(o));
     return py::cast<std::string>(o);
 }
 

@@ -40,7 +40,7 @@ std::string shape_of(const py::array& a) {
 
 py::array as_array(const py::handle& obj, const std::string& name) {
     if (!py::isinstance<py::array>(obj))
-        throw py::value_error(name + ": expected a NumPy array, got " +
+        throw fastseq::ArgumentError(name + ": expected a NumPy array, got " +
                               std::string(py::str(py::type::of(obj).attr("__name__"))));
     return py::reinterpret_borrow<py::array>(obj);
 }
@@ -57,9 +57,9 @@ bool has_dtype(const py::array& a) {
 // offset breaks that, so it is refused rather than read.
 void check_layout(const py::array& a, const std::string& name) {
     if (!(a.flags() & py::array::c_style))
-        throw py::value_error(name + ": expected a C-contiguous array (use np.ascontiguousarray)");
+        throw fastseq::ArgumentError(name + ": expected a C-contiguous array (use np.ascontiguousarray)");
     if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        throw py::value_error(name + ": expected an aligned array (use np.require(a, requirements='CA'))");
+        throw fastseq::ArgumentError(name + ": expected an aligned array (use np.require(a, requirements='CA'))");
 }
 
 // shape: the extents; -1 stands for any extent >= 1.
@@ -67,7 +67,7 @@ void check_shape(const py::array& a, const std::string& name, const std::vector<
     bool ok = a.ndim() == idx(shape.size());
     for (std::size_t i = 0; ok && i < shape.size(); ++i)
         ok = shape[i] < 0 ? a.shape(i) >= 1 : a.shape(i) == shape[i];
-    if (!ok) throw py::value_error(name + ": expected shape " + shape_str(shape) + ", got " + shape_of(a));
+    if (!ok) throw fastseq::ArgumentError(name + ": expected shape " + shape_str(shape) + ", got " + shape_of(a));
 }
 
 // A C-contiguous, aligned array of element type T with the given shape (-1: any extent >= 1).
@@ -75,7 +75,7 @@ template <typename T>
 py::array_t<T> checked(const py::handle& obj, const std::string& name, std::vector<idx> shape) {
     py::array a = as_array(obj, name);
     if (!has_dtype<T>(a))
-        throw py::value_error(name + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+        throw fastseq::ArgumentError(name + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                               " (the model's dtype), got " + std::string(py::str(a.dtype())));
     check_shape(a, name, shape);
     check_layout(a, name);
@@ -87,21 +87,21 @@ py::array_t<std::int64_t> checked_ids(const py::handle& obj, const std::string& 
                                       idx V) {
     py::array a = as_array(obj, name);
     if (!has_dtype<std::int64_t>(a))
-        throw py::value_error(name + ": expected token ids of dtype int64, got " + std::string(py::str(a.dtype())));
+        throw fastseq::ArgumentError(name + ": expected token ids of dtype int64, got " + std::string(py::str(a.dtype())));
     check_shape(a, name, shape);
     check_layout(a, name);
     auto ids = py::reinterpret_borrow<py::array_t<std::int64_t>>(a);
     const std::int64_t* p = ids.data();
     for (idx i = 0; i < ids.size(); ++i)
         if (p[i] < 0 || p[i] >= V)
-            throw py::value_error(name + ": expected token ids in [0, " + std::to_string(V) + "), found " +
+            throw fastseq::ArgumentError(name + ": expected token ids in [0, " + std::to_string(V) + "), found " +
                                   std::to_string(p[i]));
     return ids;
 }
 
 py::dict params_dict(const py::handle& o) {
     if (!py::isinstance<py::dict>(o))
-        throw py::value_error("params: expected a dict of NumPy arrays, got " +
+        throw fastseq::ArgumentError("params: expected a dict of NumPy arrays, got " +
                               std::string(py::str(py::type::of(o).attr("__name__"))));
     return py::reinterpret_borrow<py::dict>(o);
 }
@@ -109,12 +109,12 @@ py::dict params_dict(const py::handle& o) {
 Act parse_act(const std::string& s) {
     if (s == "tanh") return Act::Tanh;
     if (s == "relu") return Act::Relu;
-    throw py::value_error("nonlinearity: expected 'tanh' or 'relu', got '" + s + "'");
+    throw fastseq::ArgumentError("nonlinearity: expected 'tanh' or 'relu', got '" + s + "'");
 }
 
 py::handle param(const py::dict& params, const char* key) {
     if (!params.contains(key))
-        throw py::value_error(std::string("params: missing '") + key + "'");
+        throw fastseq::ArgumentError(std::string("params: missing '") + key + "'");
     return params[key];
 }
 
@@ -122,7 +122,7 @@ py::handle param(const py::dict& params, const char* key) {
 // have fewer than 2^31 elements (rows = T*B).
 void check_size(idx rows, idx width, const char* what) {
     if (double(rows) * double(std::max<idx>(width, 1)) >= 2147483647.0)
-        throw py::value_error(std::string(what) + ": too large for the 32-bit BLAS (T*B*width must be < 2^31)");
+        throw fastseq::ArgumentError(std::string(what) + ": too large for the 32-bit BLAS (T*B*width must be < 2^31)");
 }
 
 // The element type of a model is the dtype of its W_hh.
@@ -131,14 +131,14 @@ Kind kind_of(const py::dict& params) {
     py::array w = as_array(param(params, "W_hh"), "params['W_hh']");
     if (w.dtype().is(py::dtype::of<float>())) return Kind::F32;
     if (w.dtype().is(py::dtype::of<double>())) return Kind::F64;
-    throw py::value_error("params['W_hh']: expected dtype float32 or float64, got " + std::string(py::str(w.dtype())));
+    throw fastseq::ArgumentError("params['W_hh']: expected dtype float32 or float64, got " + std::string(py::str(w.dtype())));
 }
 
 // H, read off W_hh (H, H): every other parameter's shape is checked against it.
 idx hidden_size(const py::dict& params) {
     py::array w = as_array(param(params, "W_hh"), "params['W_hh']");
     if (w.ndim() != 2 || w.shape(0) != w.shape(1) || w.shape(0) < 1)
-        throw py::value_error("params['W_hh']: expected shape (H, H) with H >= 1, got " + shape_of(w));
+        throw fastseq::ArgumentError("params['W_hh']: expected shape (H, H) with H >= 1, got " + shape_of(w));
     return w.shape(0);
 }
 
@@ -224,7 +224,7 @@ LMArgs<T> lm_args(const py::dict& params, const std::string& nonlinearity) {
     const idx H = hidden_size(params);
     py::array wx = as_array(param(params, "W_xh"), "params['W_xh']");
     if (wx.ndim() != 2 || wx.shape(0) < 1)
-        throw py::value_error("params['W_xh']: expected shape (V, " + std::to_string(H) + "), got " + shape_of(wx));
+        throw fastseq::ArgumentError("params['W_xh']: expected shape (V, " + std::to_string(H) + "), got " + shape_of(wx));
     const idx V = wx.shape(0);
     LMArgs<T> a;
     a.W_hh = checked<T>(param(params, "W_hh"), "params['W_hh']", {H, H});
@@ -296,21 +296,21 @@ py::array_t<std::int32_t> lm_generate_t(const py::handle& prefixo, const py::han
     auto a = lm_args<T>(params, nonlinearity);
     auto prefix = checked_ids(prefixo, "prefix_ids", {-1}, a.P.V);
     check_size(std::max(a.P.H, a.P.V), a.P.H, "params['W_hh']");
-    if (prefix.shape(0) >= 2147483647) throw py::value_error("prefix_ids: too long");
+    if (prefix.shape(0) >= 2147483647) throw fastseq::ArgumentError("prefix_ids: too long");
     const int num_preds = count_arg(num_predso, "num_preds");
     if (!(temperature >= 0) || !std::isfinite(temperature))
-        throw py::value_error("temperature: expected a finite number >= 0, got " + std::to_string(temperature));
+        throw fastseq::ArgumentError("temperature: expected a finite number >= 0, got " + std::to_string(temperature));
     const int top_k = count_arg(top_ko, "top_k");
     py::array_t<double> u;
     const bool sampling = temperature > 0;
     if (sampling) {
         if (uniformso.is_none())
-            throw py::value_error("uniforms: expected a float64 array of shape (num_preds,) when temperature > 0");
+            throw fastseq::ArgumentError("uniforms: expected a float64 array of shape (num_preds,) when temperature > 0");
         u = checked<double>(uniformso, "uniforms", {idx(num_preds)});
         const double* p = u.data();
         for (idx i = 0; i < num_preds; ++i)
             if (!(p[i] >= 0.0 && p[i] < 1.0))
-                throw py::value_error("uniforms: expected values in [0, 1), found " + std::to_string(p[i]));
+                throw fastseq::ArgumentError("uniforms: expected values in [0, 1), found " + std::to_string(p[i]));
     }
     py::array_t<std::int32_t> out({idx(num_preds)});
     {

@@ -239,7 +239,8 @@ static void gemv_pb(int K, const T* x, const T* Bp, int p0, int p1, T* y, int N,
 // exp for float, branch-free so it vectorises: x = n ln2 + r (Cody-Waite split
 // of ln2), e^r by its Taylor series to r^7 (|r| <= ln2/2: error < 1 ulp),
 // 2^n through the exponent bits. Inputs are clamped to the normal range
-// (below e^-87.3 it returns ~1.2e-38 rather than a denormal or 0).
+// (below e^-87.3 it returns ~1.2e-38 rather than a denormal or 0); +-inf are
+// clamped too, NaN stays NaN.
 FASTSEQ_INLINE float exp_approx(float x) {
     x = std::min(std::max(x, -87.3f), 88.7f);
     const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
@@ -252,7 +253,12 @@ FASTSEQ_INLINE float exp_approx(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    const std::int32_t bits = (std::int32_t(n) + 127) << 23;
+    // n is an integer in [-126, 128] for every number; NaN (which the clamp
+    // above lets through, and which p carries to the result) would make the
+    // conversion to int undefined behaviour, so its exponent is taken as 0.
+    // The shift is done unsigned: a negative left shift is undefined too.
+    const std::int32_t e = std::int32_t(n == n ? n : 0.0f) + 127;
+    const std::uint32_t bits = std::uint32_t(e) << 23;
     float s;
     std::memcpy(&s, &bits, sizeof s);
     return p * s;
@@ -286,6 +292,17 @@ FASTSEQ_CLONES static void exp_n(float* x, idx n) {
 }
 static void exp_n(double* x, idx n) {
     for (idx i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// relu as max(z, 0) computes it in NumPy and PyTorch: NaN stays NaN, so a
+// diverged model shows in its loss instead of being silently repaired.
+template <typename T>
+FASTSEQ_INLINE T relu(T z) {
+    return z <= T(0) ? T(0) : z;
+}
+template <typename T>
+inline void relu_n(const T* z, T* h, idx n) {
+    for (idx i = 0; i < n; ++i) h[i] = relu(z[i]);
 }
 
 // dz = dh * (1 - h^2) and relu' versions: trivially vectorised, cloned for width.

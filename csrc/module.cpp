@@ -30,32 +30,32 @@ struct GradView {
 GradView grad_view(const py::handle& obj, std::size_t i) {
     const std::string name = "grads[" + std::to_string(i) + "]";
     if (!py::isinstance<py::array>(obj))
-        throw py::value_error(name + ": expected a NumPy array, got " +
-                              std::string(py::str(obj.get_type().attr("__name__"))));
+        throw fastseq::ArgumentError(name + ": expected a NumPy array, got " +
+                              fastseq::type_name(obj));
     py::array a = py::reinterpret_borrow<py::array>(obj);
     const bool is_f = a.dtype().is(py::dtype::of<float>());
     const bool is_d = a.dtype().is(py::dtype::of<double>());
     if (!is_f && !is_d)
-        throw py::value_error(name + ": expected dtype float32 or float64, got " +
+        throw fastseq::ArgumentError(name + ": expected dtype float32 or float64, got " +
                               std::string(py::str(a.dtype())));
     const int flags = a.flags();
     if (!(flags & (py::array::c_style | py::array::f_style)))
-        throw py::value_error(name + ": expected a contiguous array (clipping is in place; "
+        throw fastseq::ArgumentError(name + ": expected a contiguous array (clipping is in place; "
                               "pass np.ascontiguousarray(g) and use the result)");
     if (!a.writeable())
-        throw py::value_error(name + ": expected a writeable array (clipping is in place)");
+        throw fastseq::ArgumentError(name + ": expected a writeable array (clipping is in place)");
     if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        throw py::value_error(name + ": expected an aligned array (clipping is in place)");
+        throw fastseq::ArgumentError(name + ": expected an aligned array (clipping is in place)");
     return {a.mutable_data(), static_cast<std::size_t>(a.size()), is_d};
 }
 
 double clip_grad_norm(const py::handle& grads_o, const py::handle& theta_o) {
     const double theta = fastseq::real_arg(theta_o, "theta");
     if (!py::isinstance<py::iterable>(grads_o))
-        throw py::value_error("grads: expected a list of NumPy arrays, got " + fastseq::type_name(grads_o));
+        throw fastseq::ArgumentError("grads: expected a list of NumPy arrays, got " + fastseq::type_name(grads_o));
     const py::iterable grads = py::reinterpret_borrow<py::iterable>(grads_o);
     if (!(theta > 0) || !std::isfinite(theta))
-        throw py::value_error("theta: expected a finite number > 0, got " + std::to_string(theta));
+        throw fastseq::ArgumentError("theta: expected a finite number > 0, got " + std::to_string(theta));
     std::vector<GradView> views;
     std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
     std::size_t i = 0;
@@ -73,7 +73,7 @@ double clip_grad_norm(const py::handle& grads_o, const py::handle& theta_o) {
             const auto* a1 = a0 + views[k].n * (views[k].is_double ? 8 : 4);
             const auto* b1 = b0 + views[j].n * (views[j].is_double ? 8 : 4);
             if (views[k].n && views[j].n && a0 < b1 && b0 < a1)
-                throw py::value_error("grads[" + std::to_string(j) + "]: shares memory with grads[" +
+                throw fastseq::ArgumentError("grads[" + std::to_string(j) + "]: shares memory with grads[" +
                                       std::to_string(k) + "] (clipping in place would scale it twice)");
         }
     double norm;
@@ -109,6 +109,7 @@ py::dict build_info() {
 #endif
     d["isa_flags"] = FASTSEQ_ISA_FLAGS;
     d["build_type"] = FASTSEQ_BUILD_TYPE;
+    d["sanitize"] = bool(FASTSEQ_SANITIZE);
     py::list isa;
 #ifdef __SSE2__
     isa.append("sse2");
@@ -141,12 +142,13 @@ PYBIND11_MODULE(_core, m) {
     m.def("build_info", &build_info);
     m.def("set_num_threads", [](const py::handle& no) {
         const int n = fastseq::count_arg(no, "n");
-        if (n < 1) throw py::value_error("n: expected a number of threads >= 1, got " + std::to_string(n));
+        if (n < 1) throw fastseq::ArgumentError("n: expected a number of threads >= 1, got " + std::to_string(n));
         // the pool's workers are capped by the batch, but a count far beyond the
         // cores only oversubscribes them; OpenBLAS caps it the same way
         fastseq::blas::SingleThreaded::set_user_threads(n);
     }, py::arg("n"));
     m.def("get_num_threads", []() { return fastseq::blas::SingleThreaded::user_threads(); });
+    fastseq::register_argument_error();
     bind_rnn(m);
     fastseq::NoGil::install_fork_handler();
     fastseq::blas::SingleThreaded::install_fork_handler();

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <memory>
 #include <numeric>
 #include <thread>
@@ -103,7 +104,7 @@ struct ElmanCell {
         if (act == Act::Tanh) {
             kern::tanh_n(z, h, n);
         } else {
-            for (idx i = 0; i < n; ++i) h[i] = z[i] > T(0) ? z[i] : T(0);
+            kern::relu_n(z, h, n);
         }
     }
     // 3'. dZ_t = dH_t * phi'(H_t); z unused (phi' from H alone).
@@ -112,7 +113,8 @@ struct ElmanCell {
         if (act == Act::Tanh) {
             kern::dtanh_n(dh, h, dz, n);
         } else {
-            for (idx i = 0; i < n; ++i) dz[i] = h[i] > T(0) ? dh[i] : T(0);
+            // dh * (h > 0), a product as in the reference: a NaN in dh stays NaN
+            for (idx i = 0; i < n; ++i) dz[i] = dh[i] * T(h[i] > T(0));
         }
     }
     // 2'. out = dZ W_hh^T (+ out when acc), for M rows (one step, or several stacked terms).
@@ -248,11 +250,16 @@ void parallel_slices(int B, int parts, F&& f) {
 // only when its products (about rows * (H^2 + H*width) multiply-adds per pass)
 // repay that: from about H = 48 for the book's B*T = 1120 (measured on 2 free
 // cores: 1.9x at H = 64 and above).
+// Each slice beyond the first keeps its own copy of the gradients, so the
+// count is capped by the cores this process can use, whatever thread count
+// the user set: more slices than cores run in turns and only cost memory.
+// An explicit request (tests of uneven splits, benchmarks) may go to twice that.
+inline int explicit_parts_cap() { return 2 * usable_cores(); }
 inline int auto_parts(int B, int Tn, int H, int width, int requested) {
-    if (requested > 0) return std::max(1, std::min(requested, B));
+    if (requested > 0) return std::max(1, std::min({requested, B, explicit_parts_cap()}));
     const double macs = double(B) * Tn * (double(H) * H + double(H) * width);
     if (macs < 4e6) return 1;
-    return std::max(1, std::min(blas::SingleThreaded::user_threads(), B));
+    return std::max(1, std::min({blas::SingleThreaded::user_threads(), B, usable_cores()}));
 }
 
 template <typename T>
@@ -600,50 +607,28 @@ int sample_token(const T* logits, int V, double temperature, int top_k, double u
     return std::min(cnt, V - 1);
 }
 
-// A barrier for a few threads that spin briefly (a step is microseconds) and
-// then yield, so a descheduled partner on a busy machine costs no more than a wait.
-class SpinBarrier {
-   public:
-    explicit SpinBarrier(int n) : n_(n) {}
-    void reset(int n) { n_ = n; }  // before any thread waits
-    void wait() {
-        const int g = gen_.load(std::memory_order_acquire);
-        if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-            count_.store(0, std::memory_order_relaxed);
-            gen_.store(g + 1, std::memory_order_release);
-            return;
-        }
-        for (int spins = 0; gen_.load(std::memory_order_acquire) == g; ++spins) {
-            if (spins < 500) {
-#if defined(__x86_64__) || defined(__i386__)
-                __builtin_ia32_pause();
-#endif
-            } else {
-                std::this_thread::yield();
-            }
-        }
-    }
-
-   private:
-    std::atomic<int> count_{0};
-    std::atomic<int> gen_{0};
-    int n_;
-};
-
 // Generation from a prefix (the book's predict): warm up on the prefix, then
 // feed back each prediction. out: num_preds ids. B=1 makes every product a
 // matrix-vector one, bound by reading W_hh: it is packed once per call and
 // split by columns between `parts` threads, so each core streams its half from
 // its own cache; one barrier per step. Every thread computes the (small)
 // logits and the same token itself, so no second barrier is needed.
+// The split pays only while every thread has a core: when another process
+// takes one, each step waits a scheduler tick for the descheduled partner (up
+// to 70x slower than one thread). So the barrier blocks rather than spins,
+// and a call whose threads keep having to block (kSoloAfter of the last
+// kWindow steps) goes on with one thread, which takes all the columns.
+constexpr int kGenSplitH = 256;  // below this, a step is too short to share
+constexpr int kWindow = 32, kSoloAfter = 3;
+
 template <typename T>
 void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
                  int top_k, const double* uniforms, std::int32_t* out, int parts) {
     const int H = P.H, V = P.V;
     constexpr int W = kern::NR<T>;
     const int panels = (H + W - 1) / W;
-    if (parts <= 0) parts = (H >= 256 && blas::SingleThreaded::user_threads() >= 2) ? 2 : 1;
-    parts = std::max(1, std::min(parts, panels));
+    if (parts <= 0) parts = (H >= kGenSplitH && blas::SingleThreaded::user_threads() >= 2) ? 2 : 1;
+    parts = std::max(1, std::min({parts, panels, explicit_parts_cap()}));
     Buffer<T> packed(kern::packed_size<T>(H, H) + kern::packed_size<T>(H, V));
     T* Wf = packed.get();
     T* Wq = Wf + kern::packed_size<T>(H, H);
@@ -651,41 +636,59 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
     kern::pack_b(H, V, P.W_hq, V, false, Wq);
     Buffer<T> hbuf(std::size_t(2) * H);
     std::fill(hbuf.get(), hbuf.get() + 2 * H, T(0));
-    SpinBarrier barrier(parts);
+    Barrier barrier(parts);
+    // Written only by the thread that releases a barrier, before the release;
+    // read by every thread after it: all threads see the same value each step.
+    int steps = 0, blocked = 0;
+    std::atomic<bool> solo{false};
+    auto on_release = [&](bool was_blocked) {
+        blocked += was_blocked;
+        if (++steps == kWindow) {
+            if (blocked >= kSoloAfter) solo.store(true, std::memory_order_relaxed);
+            steps = blocked = 0;
+        }
+    };
     // The threads wait until every one has been created: the system may refuse
     // some (thread limit), and the columns are then split between those that run.
-    std::atomic<int> go{0};
+    std::promise<int> started;
+    const std::shared_future<int> go = started.get_future().share();
 
     auto worker = [&](int part) {
-        int n;
-        while ((n = go.load(std::memory_order_acquire)) == 0) std::this_thread::yield();
-        const int p0 = panels * part / n, p1 = panels * (part + 1) / n;
-        const int c0 = p0 * W, c1 = std::min(H, p1 * W);
+        const int n = go.get();
+        int p0 = panels * part / n, p1 = panels * (part + 1) / n;
+        int c0 = p0 * W, c1 = std::min(H, p1 * W);
         std::vector<T> o(V);
         std::vector<double> e(V);
         std::vector<int> order(V);
         T* cur = hbuf.get();
         T* next = cur + H;
         bool zig = false;  // panel order alternates step to step (see gemv_pb)
-        auto step = [&](std::int64_t tok) {  // 1.-3. for this thread's columns of H_t
+        bool alone = n == 1;
+        // 1.-3. for this thread's columns of H_t; false: this thread leaves (solo from now on)
+        auto step = [&](std::int64_t tok) {
             const T* w = P.W_xh + idx(tok) * H;
             for (int j = c0; j < c1; ++j) next[j] = w[j] + P.b_h[j];
             kern::gemv_pb(H, cur, Wf, p0, p1, next, H, zig);
             zig = !zig;
             if (P.act == Act::Tanh) kern::tanh_n(next + c0, next + c0, c1 - c0);
-            else
-                for (int j = c0; j < c1; ++j) next[j] = next[j] > T(0) ? next[j] : T(0);
-            barrier.wait();
+            else kern::relu_n(next + c0, next + c0, c1 - c0);
             std::swap(cur, next);
+            if (alone) return true;
+            barrier.wait(on_release);
+            if (!solo.load(std::memory_order_relaxed)) return true;
+            alone = true;  // after this barrier nobody reads this step's columns but thread 0
+            p0 = 0, p1 = panels, c0 = 0, c1 = H;
+            return part == 0;
         };
-        for (int i = 0; i < np; ++i) step(prefix[i]);
+        for (int i = 0; i < np; ++i)
+            if (!step(prefix[i])) return;
         for (int i = 0; i < num_preds; ++i) {
             std::memcpy(o.data(), P.b_q, sizeof(T) * V);  // 4. O = H W_hq + b_q
             kern::gemv_pb(H, cur, Wq, 0, (V + W - 1) / W, o.data(), V, false);
             const int tok = sample_token(o.data(), V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(),
                                          order.data());
             if (part == 0) out[i] = tok;
-            if (i + 1 < num_preds) step(tok);
+            if (i + 1 < num_preds && !step(tok)) return;
         }
     };
     std::vector<std::thread> th;
@@ -695,7 +698,7 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
     } catch (const std::exception&) {
     }
     barrier.reset(int(th.size()) + 1);
-    go.store(int(th.size()) + 1, std::memory_order_release);
+    started.set_value(int(th.size()) + 1);
     worker(0);
     for (auto& x : th) x.join();
 }

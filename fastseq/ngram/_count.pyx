@@ -5,7 +5,7 @@ Contract: ids are int32 in [0, V); room[i] >= 1 is how many tokens remain in
 the segment that holds position i (so an n-gram may start at i iff room[i] >= n),
 and i + room[i] <= T. Callers (fastseq.ngram.counting) give clear errors for bad
 user input; the entry points here check the contract again (one O(T) pass) and
-raise ValueError, so no caller can make the unchecked loops read out of bounds.
+raise fastseq.errors.ArgumentError naming the argument, so no caller can make the unchecked loops read out of bounds.
 Everything runs without the GIL.
 
 Counting is hierarchical: the n-gram starting at i is the (n-1)-gram starting
@@ -18,6 +18,10 @@ import numpy as np
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memcpy, memset
 from libcpp.algorithm cimport sort
+
+from fastseq._checks import check_int
+from fastseq._text import vector
+from fastseq.errors import ArgumentError
 
 cdef void _sort_group(uint64_t* v, uint64_t* tmp, int64_t* hist, Py_ssize_t n, int64_t K) noexcept nogil:
     """Sort n items (rank << 32 | position) by rank: a counting sort when n is large next to K."""
@@ -43,7 +47,7 @@ cdef void _sort_group(uint64_t* v, uint64_t* tmp, int64_t* hist, Py_ssize_t n, i
     memcpy(v, tmp, n * sizeof(uint64_t))
 
 
-def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int64_t V):
+def count_orders(ids_a, room_a, order_a, V_a):
     """Counts of every n-gram, n = 1..order, in lexicographic order.
 
     Returns a list of (last int32[K], parent int32[K], counts int64[K]) per
@@ -55,20 +59,24 @@ def count_orders(const int32_t[::1] ids, const int32_t[::1] room, int order, int
     sorting each group by its next word gives the groups of order n+1 in
     lexicographic order: no global sort, and memory is read group by group.
     """
+    cdef const int32_t[::1] ids = vector("ids", ids_a, np.int32)
+    cdef const int32_t[::1] room = vector("room", room_a, np.int32)
+    cdef int order = check_int("order", order_a, 1, 2**16)
+    cdef int64_t V = check_int("V", V_a, 1, 2**31 - 1)
     cdef Py_ssize_t T = ids.shape[0], i, j, m, r, g, k, sz
     cdef int n
     cdef Py_ssize_t bad = -1
     if room.shape[0] != T:
-        raise ValueError(f"room: expected {T} entries (one per token), got {room.shape[0]}")
-    if not 1 <= V <= 2**31 - 1 or T > 2**31 - 1 or order < 1:
-        raise ValueError(f"count_orders: need 1 <= V < 2**31, T < 2**31, order >= 1; got V={V}, T={T}, order={order}")
+        raise ArgumentError(f"room: expected {T} entries (one per token), got {room.shape[0]}")
+    if T > 2**31 - 1:
+        raise ArgumentError(f"ids: expected fewer than 2**31 tokens, got {T}")
     with nogil:
         for i in range(T):
             if ids[i] < 0 or ids[i] >= V or room[i] < 1 or room[i] > T - i:
                 bad = i
                 break
     if bad >= 0:
-        raise ValueError(f"count_orders: position {bad} breaks the contract (id {ids[bad]} must lie in "
+        raise ArgumentError(f"ids: position {bad} breaks the contract (id {ids[bad]} must lie in "
                          f"[0, {V}), room {room[bad]} in [1, {T - bad}])")
     c1 = np.zeros(V, dtype=np.int64)
     cdef int64_t[::1] cc1 = c1
@@ -178,11 +186,15 @@ cdef inline int _cmp_rows(const int32_t[:, ::1] a, Py_ssize_t i, const int32_t[:
     return 0
 
 
-def merge_sorted(const int32_t[:, ::1] a, const int64_t[::1] ca, const int32_t[:, ::1] b, const int64_t[::1] cb):
+def merge_sorted(a_a, ca_a, b_a, cb_a):
     """Union of two lexicographically sorted (K, n) tables, counts summed; zero sums dropped."""
+    cdef const int32_t[:, ::1] a = vector("a", a_a, np.int32, 2)
+    cdef const int64_t[::1] ca = vector("ca", ca_a, np.int64)
+    cdef const int32_t[:, ::1] b = vector("b", b_a, np.int32, 2)
+    cdef const int64_t[::1] cb = vector("cb", cb_a, np.int64)
     cdef Py_ssize_t na = a.shape[0], nb = b.shape[0], n = a.shape[1]
     if b.shape[1] != n or ca.shape[0] != na or cb.shape[0] != nb:
-        raise ValueError(f"merge_sorted: expected tables (Ka, n), (Kb, n) with Ka and Kb counts, got "
+        raise ArgumentError(f"b: expected tables (Ka, n), (Kb, n) with Ka and Kb counts, got "
                          f"{(a.shape[0], a.shape[1])} with {ca.shape[0]} and {(b.shape[0], b.shape[1])} with {cb.shape[0]}")
     rows_a = np.empty((na + nb, n), dtype=np.int32)
     counts_a = np.empty(na + nb, dtype=np.int64)
@@ -221,7 +233,25 @@ def merge_sorted(const int32_t[:, ::1] a, const int64_t[::1] ca, const int32_t[:
     return rows_a[:k].copy(), counts_a[:k].copy()
 
 
-def backoff_logp(const int64_t[::1] stream, const int64_t[::1] q, list starts, list lasts, list logps, list logbs):
+def _table(name, k, a, dtype):
+    """One order's table as a 1-d C-contiguous array of dtype; a value that does not convert
+    (a string, an integer beyond the dtype) is refused rather than wrapped."""
+    try:
+        arr = np.asarray(a)
+        if arr.dtype.kind not in "biuf" or (np.dtype(dtype).kind in "iu" and arr.dtype.kind == "f"):
+            raise TypeError(arr.dtype)
+        out = np.ascontiguousarray(arr, dtype=dtype)
+        if arr.dtype.kind in "iu" and arr.size and np.dtype(dtype).kind in "iu" \
+                and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
+            raise OverflowError
+    except (TypeError, ValueError, OverflowError):
+        raise ArgumentError(f"{name}[{k}]: expected an array of {np.dtype(dtype)} values") from None
+    if out.ndim != 1:
+        raise ArgumentError(f"{name}[{k}]: expected a 1-d array, got shape {out.shape}")
+    return out
+
+
+def backoff_logp(stream_a, q_a, starts, lasts, logps, logbs):
     """log10 P(stream[i] | its sentence before i) of a back-off model, for every i.
 
     Order k = 1..N tables (lists indexed k - 1): lasts[k-1] int32[K_k] last words,
@@ -230,20 +260,34 @@ def backoff_logp(const int64_t[::1] stream, const int64_t[::1] q, list starts, l
     by last word (starts[0] unused; table 1 is dense: row = word id). q[i]: position of i
     in its sentence. The same back-off as NGramLM._logp_stream, one position at a time:
     a binary search among a context's children instead of over a whole table.
+    Every list is converted and checked (lengths, and starts non-decreasing within
+    [0, K_k]) before the search runs, so no table can send it out of bounds.
     """
+    cdef const int64_t[::1] stream = vector("stream", stream_a, np.int64)
+    cdef const int64_t[::1] q = vector("q", q_a, np.int64)
     cdef Py_ssize_t T = stream.shape[0], i, lo, hi, mid, j
+    for name, lst in (("starts", starts), ("lasts", lasts), ("logps", logps), ("logbs", logbs)):
+        if not isinstance(lst, list):
+            raise ArgumentError(f"{name}: expected a list of arrays, one per order, got {type(lst).__name__}")
     cdef int N = len(lasts), k
     if not 1 <= N <= 64 or len(starts) != N or len(logps) != N or len(logbs) != N:
-        raise ValueError(f"backoff_logp: expected 1..64 tables of each kind, got {len(starts)}, {N}, "
-                         f"{len(logps)}, {len(logbs)}")
+        raise ArgumentError(f"lasts: expected 1..64 tables of each kind, got {len(starts)} starts, {N} lasts, "
+                            f"{len(logps)} logps, {len(logbs)} logbs")
     if q.shape[0] != T:
-        raise ValueError(f"q: expected {T} positions, got {q.shape[0]}")
+        raise ArgumentError(f"q: expected {T} positions, got {q.shape[0]}")
+    keep = []
     for k in range(N):
-        if len(logps[k]) != len(lasts[k]) or len(logbs[k]) != len(lasts[k]) \
-                or (k > 0 and len(starts[k]) != len(lasts[k - 1]) + 1):
-            raise ValueError(f"backoff_logp: the order-{k + 1} tables have inconsistent lengths")
-    if T and (np.min(stream) < 0 or np.max(stream) >= len(logps[0])):
-        raise ValueError(f"stream: ids must lie in [0, {len(logps[0])})")
+        a64 = _table("starts", k, starts[k], np.int64)
+        a32 = _table("lasts", k, lasts[k], np.int32)
+        ap = _table("logps", k, logps[k], np.float64)
+        ab = _table("logbs", k, logbs[k], np.float64)
+        if len(ap) != len(a32) or len(ab) != len(a32) or (k > 0 and len(a64) != len(keep[len(keep) - 3]) + 1):
+            raise ArgumentError(f"lasts[{k}]: the order-{k + 1} tables have inconsistent lengths")
+        if k > 0 and len(a64) and (a64[0] < 0 or a64[len(a64) - 1] > len(a32) or np.any(np.diff(a64) < 0)):
+            raise ArgumentError(f"starts[{k}]: expected non-decreasing row numbers in [0, {len(a32)}]")
+        keep += [a64, a32, ap, ab]
+    if T and (np.min(stream_a) < 0 or np.max(stream_a) >= len(keep[2])):
+        raise ArgumentError(f"stream: ids must lie in [0, {len(keep[2])})")
     out_a = np.empty(T, dtype=np.float64)
     cdef double[::1] out = out_a
     cdef const int64_t* st[64]
@@ -253,13 +297,11 @@ def backoff_logp(const int64_t[::1] stream, const int64_t[::1] q, list starts, l
     cdef const int64_t[::1] mv64
     cdef const int32_t[::1] mv32
     cdef const double[::1] mvd
-    keep = []
     for k in range(N):
-        a64 = np.ascontiguousarray(starts[k], dtype=np.int64)
-        a32 = np.ascontiguousarray(lasts[k], dtype=np.int32)
-        ap = np.ascontiguousarray(logps[k], dtype=np.float64)
-        ab = np.ascontiguousarray(logbs[k], dtype=np.float64)
-        keep += [a64, a32, ap, ab]
+        a64 = keep[4 * k]
+        a32 = keep[4 * k + 1]
+        ap = keep[4 * k + 2]
+        ab = keep[4 * k + 3]
         mv64 = a64
         st[k] = &mv64[0] if a64.shape[0] else NULL
         mv32 = a32

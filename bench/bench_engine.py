@@ -15,7 +15,7 @@ waiting for a core shared with other jobs is not counted) and in wall time;
 the ratio uses the fastest epoch of each.
 
     python -m pytest bench/bench_engine.py --benchmark-only      # pytest-benchmark timings
-    python bench/bench_engine.py [OUT.md] [ROUNDS]               # the ratio table (bench/results/engine.md)
+    python bench/bench_engine.py [OUT.md] [ROUNDS]               # the ratio table (written to OUT.md, then copied into bench/RESULTS.md)
 """
 import os
 import sys
@@ -187,7 +187,7 @@ def main(out=None, rounds=7):
         f"| Trainer.fit | {stub_engine:.1f} |",
         f"| engine's own cost | {stub_engine - stub_bare:.1f} ({100 * share:.2f}% of the bare step above) |",
         "",
-        f"Command: `python bench/bench_engine.py bench/results/engine.md {rounds}`",
+        f"Command: `python bench/bench_engine.py OUT.md {rounds}`",
         "",
         f"Machine: {machine_line()}",
         "",

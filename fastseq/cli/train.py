@@ -9,7 +9,7 @@ from ..training import Callback, DivergenceError, TrainingInterrupted
 from . import plots, runs
 from .args import (CLEANING_CHOICES, UsageError, add_common, finite, info, int_at_least, optional_import, orders,
                    print_json, sub)
-from .runs import DEFAULT_OUT, TRAIN_DEFAULTS
+from .runs import DEFAULT_OUT, MAIN_JOB_MINUTES, TRAIN_DEFAULTS
 from .sample import check_prefix, sample
 
 EXAMPLES_TRAIN = """examples:
@@ -52,7 +52,8 @@ def add_parsers(subparsers, corpora):
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")
     t.add_argument("--epochs", type=int_at_least(1), help=f"epochs (default: {d['epochs']})")
     t.add_argument("--minutes", type=finite(0), help="a wall-clock budget for training besides --epochs "
-                   "(the run stops with a checkpoint when it is spent; --resume continues)")
+                   "(the run stops with a checkpoint when it is spent; --resume continues; default: none, "
+                   f"except {MAIN_JOB_MINUTES:g} when neither --epochs nor --minutes is given)")
     t.add_argument("--bptt", help="full | block:K | sliding:K | random:P (default: full over the T steps)")
     t.add_argument("--sampling", choices=("sequential", "random"),
                    help="minibatches: sequential (state carries over) or random (default: sequential)")
@@ -190,10 +191,15 @@ def cmd_train(args):
                f"{hp['epochs']} epochs of {len(tr.loader)} steps")
     if args.resume:
         info(args, f"resuming {args.resume} at step {tr.step} (epoch {tr.epoch + 1}, batch {tr.batch})")
+    minutes = args.minutes
+    if minutes is None and args.epochs is None and not args.resume:
+        minutes = MAIN_JOB_MINUTES   # the main job: see runs.MAIN_JOB_MINUTES
+        info(args, f"training for {hp['epochs']} epochs or {minutes * 60:g} s, whichever comes first "
+                   "(--epochs N or --minutes M to choose)")
     t_start = time.perf_counter()
     try:
         saver.save(tr)   # step 0 (or the resumed step, in --out): a run stopped at once can be resumed
-        tr.fit(hp["epochs"], args.minutes)
+        tr.fit(hp["epochs"], minutes)
     except TrainingInterrupted:
         saver.save(tr)   # the last completed step
         info(args, f"\ninterrupted after step {tr.step}, saved in {out}; continue with: "
@@ -207,7 +213,8 @@ def cmd_train(args):
     train_s = time.perf_counter() - t_start
     if tr.stop_reason != "epochs":
         saver.save(tr)
-        why = "--stop-after" if tr.stop_reason == "callback" else "--minutes"
+        why = "--stop-after" if tr.stop_reason == "callback" else \
+            ("--minutes" if args.minutes is not None else f"the main job's budget of {minutes * 60:g} s")
         info(args, f"stopped after step {tr.step} ({why}); checkpoint in {out}; continue with: "
                    f"fastseq train --resume {out}")
         if args.stop_after is not None and tr.step >= args.stop_after:

@@ -27,7 +27,7 @@ from fastseq.bptt import Full, Randomized, Truncated
 from fastseq.data import SeqDataLoader
 from fastseq.reference import RNNLM
 from fastseq.text import load_corpus
-from fastseq.train import evaluate, predict, spectral_radius, state_grad_norms, train
+from fastseq.training import evaluate, predict, spectral_radius, state_grad_norms, train
 
 
 def split():

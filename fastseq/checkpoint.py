@@ -568,19 +568,6 @@ def _from_config(config, backend, where):
         raise CheckpointError(f"{where}: 'model.config' {config}: cannot rebuild the model ({e})") from None
 
 
-def build_model(model_meta, backend=None):
-    """An untrained model from a manifest's ``model`` entry. Kept for the command until it calls
-    ``RNNLM.from_config`` itself; new code should."""
-    if not isinstance(model_meta, dict) or model_meta.get("class") != "RNNLM" \
-            or not isinstance(model_meta.get("config"), dict):
-        raise CheckpointError(f"model: expected class 'RNNLM' with a config, got {_show(model_meta)}")
-    from .rnn import RNNLM
-    try:   # not from_config: the command's config carries the initialisation seed
-        return RNNLM(**model_meta["config"], backend=backend or "cpp")
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"model config {model_meta['config']}: cannot rebuild the model ({e})") from None
-
-
 def _folder_of(path):
     """The checkpoint folder ``path`` means: the folder, its manifest, or a file inside it."""
     if os.path.basename(path) == META_FILE:

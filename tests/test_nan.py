@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastseq
-from fastseq.train import evaluate
+from fastseq.training import evaluate
 
 V, H, B, T = 7, 12, 3, 5
 

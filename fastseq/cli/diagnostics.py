@@ -35,7 +35,7 @@ def add_parsers(subparsers, corpora):
 def _hidden_grad_norms(model, X, Y):
     """||dl_{T-1}/dH_t|| of the last loss term alone, by distance d = T-1-t -> (T,) for one sequence (1, T).
 
-    fastseq.train.state_grad_norms(term=-1) gives the gradient of the window's
+    fastseq.training.state_grad_norms(term=-1) gives the gradient of the window's
     mean loss (over T tokens) restricted to its last term; times T it is the
     gradient of that one token's loss.
     """

@@ -6,7 +6,11 @@
     +-- CheckpointError                  fastseq.checkpoint: a checkpoint cannot be written or read
     +-- ArpaError                        fastseq.ngram: an ARPA (or binary) model file cannot be read
     +-- BadDiscountError                 fastseq.ngram: a Kneser-Ney discount out of range (lmplz's rule)
+    +-- NotFittedError                   fastseq.ngram: a model used before fit
+    +-- NltkZeroDivisionError            fastseq.ngram.nltk: a division by zero where nltk.lm divides by zero
+                                         (also a ZeroDivisionError, as nltk's)
     +-- DivergenceError                  training produced NaN or inf (also a FloatingPointError)
+    +-- UsageError, TrainingError        the fastseq command's own (fastseq.cli)
 
 FastseqError derives from ValueError so code written for the ValueErrors fastseq used to raise
 still catches them. Anything that is not a FastseqError is a bug in fastseq (or in the caller's own

@@ -4,9 +4,7 @@ import os
 import sys
 
 from .. import datasets
-from ..checkpoint import CheckpointError
 from ..errors import FastseqError
-from ..ngram import ArpaError, BadDiscountError
 from ..training import DivergenceError
 from . import ar, compare, corpus, diagnostics, sample, train
 from .args import Parser
@@ -25,9 +23,9 @@ exit status: 0 success, 1 a diverged run (or a failed write), 2 a usage error (o
 130 Ctrl-C. Anything else (a traceback) is a bug in fastseq: please report it.
 """
 
-# The library's own errors: a message for the user, never a traceback. Until every module's error derives
-# from FastseqError, the ones that do not yet are listed by name.
-USER_ERRORS = (FastseqError, datasets.DatasetError, CheckpointError, ArpaError, BadDiscountError)
+# The library's own errors (fastseq.errors: every error fastseq raises on purpose derives from FastseqError):
+# a message for the user, never a traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (FastseqError,)
 DIVERGED = (DivergenceError, TrainingError)
 
 COMMANDS = (corpus, train, sample, compare, diagnostics, ar)

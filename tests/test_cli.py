@@ -742,3 +742,10 @@ def test_every_error_fastseq_defines_is_a_fastseq_error():
             "fastseq.ngram.models.BadDiscountError"} <= found
     from fastseq.cli.main import USER_ERRORS
     assert USER_ERRORS == (FastseqError,)
+
+
+def test_ngram_fit_unreachable_scheduler_is_one_line(tmp_path, text_file):
+    pytest.importorskip("dask.distributed")
+    p = run("ngram", "fit", text_file, "--order", "2", "--scheduler", "tcp://127.0.0.1:1", cwd=tmp_path,
+            env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
+    usage_error(p, "--scheduler tcp://127.0.0.1:1", "cannot reach")

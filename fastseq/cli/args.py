@@ -96,6 +96,11 @@ def cleaning(v):
     return None if v in (None, "none") else v
 
 
+def one_line(e):
+    """The first line of an error's message (its type's name if it has none)."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def info(args, *parts, **kw):
     """Human-readable output: stdout normally, stderr under --json (stdout is the JSON)."""
     stream = sys.stderr if getattr(args, "json", False) else sys.stdout

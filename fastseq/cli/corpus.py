@@ -1,4 +1,5 @@
 """Corpus and n-gram commands: ``stats``, ``ngram fit``, ``ngram eval``."""
+import contextlib
 import os
 import sys
 import time
@@ -9,7 +10,7 @@ from .. import datasets
 from ..errors import ArgumentError
 from . import plots
 from .args import (CLEANING_CHOICES, TOKEN_CHOICES, UsageError, add_common, add_corpus_options, check_output,
-                   cleaning, finite, int_at_least, optional_import, print_json, sub)
+                   cleaning, finite, int_at_least, one_line, optional_import, print_json, sub)
 
 EXAMPLES_STATS = """examples:
   fastseq stats                      # the built-in offline corpus (Python's docs)
@@ -25,7 +26,7 @@ EXAMPLES_NGRAM = """examples:
 
 EXAMPLES_NGRAM_FIT = """examples:
   fastseq ngram fit timemachine --cleaning d2l --order 3 --smoothing kn --arpa tm3.arpa
-  fastseq ngram fit tinyshakespeare --token char --order 7 --arpa chars7.arpa
+  fastseq ngram fit tinyshakespeare --token char --order 7 --discount-fallback --arpa chars7.arpa
   fastseq ngram fit ./my.txt --order 2 --smoothing laplace --eps 1 --arpa my2.arpa --json
   fastseq ngram fit part-*.txt --order 5 --memory 2G --tmp /scratch --arpa big5.arpa   # out of core
   fastseq ngram fit part-*.txt --order 5 --workers 4 --arpa big5.arpa                  # a local Dask cluster
@@ -358,7 +359,12 @@ def _fit_on_cluster(model, args, clean):
     from ..ngram import distributed
 
     bag = db.read_text(list(args.corpus), blocksize="64MiB", encoding="utf-8").map(word_lines, clean).flatten()
-    with distributed.cluster(args.scheduler, args.workers) as client:
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(distributed.cluster(args.scheduler, args.workers))
+        except OSError as e:       # no scheduler at the address (after Dask's connect timeout), no free port
+            flag = f"--scheduler {args.scheduler}" if args.scheduler else f"--workers {args.workers}"
+            raise UsageError(f"{flag}: cannot reach or start the Dask cluster ({one_line(e)})") from None
         distributed.fit(client, bag, model.order, model=model, memory=args.memory or "1G", tmp_dir=args.tmp)
 
 

@@ -500,7 +500,8 @@ def test_ngram_fit_eval_matches_kenlm(tm_split, tmp_path):
             cwd=tmp_path, check=0)
     r = json.loads(p.stdout)
     assert r["sentences"] == 2563 and r["tokens"] == 29496
-    assert (tmp_path / "tm3.arpa").read_text().startswith("\\data\\")
+    arpa = (tmp_path / "tm3.arpa").read_text()     # the header comment KenLM skips, then the ARPA data
+    assert arpa.startswith('# fastseq-meta: {"token": "word", "cleaning": "none"}\n\\data\\\n')
     e = json.loads(run("ngram", "eval", "tm3.arpa", tm_split / "test.txt", "--json", cwd=tmp_path,
                        check=0).stdout)
     # KenLM's lmplz -o 3 + query on the same split (shared/data/README.md).

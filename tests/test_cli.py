@@ -500,7 +500,8 @@ def test_ngram_fit_eval_matches_kenlm(tm_split, tmp_path):
             cwd=tmp_path, check=0)
     r = json.loads(p.stdout)
     assert r["sentences"] == 2563 and r["tokens"] == 29496
-    assert (tmp_path / "tm3.arpa").read_text().startswith("\\data\\")
+    arpa = (tmp_path / "tm3.arpa").read_text()     # the header comment KenLM skips, then the ARPA data
+    assert arpa.startswith('# fastseq-meta: {"token": "word", "cleaning": "none"}\n\\data\\\n')
     e = json.loads(run("ngram", "eval", "tm3.arpa", tm_split / "test.txt", "--json", cwd=tmp_path,
                        check=0).stdout)
     # KenLM's lmplz -o 3 + query on the same split (shared/data/README.md).
@@ -591,3 +592,161 @@ def test_train_words_then_generate_words(tmp_path, text_file):
                        check=0).stdout)
     words = set(TEXT.replace(".", " . ").split()) | {"<unk>"}
     assert len(r["text"].split()) == 5 and set(r["text"].split()) <= words
+
+
+# ------------------------------------------------------------------ ngram: the fit's token and cleaning travel
+def test_ngram_eval_uses_the_token_and_cleaning_of_the_fit(tmp_path):
+    fit = json.loads(run("ngram", "fit", "timemachine", "--cleaning", "d2l", "--order", "3", "--arpa", "tm3.arpa",
+                         "--json", cwd=tmp_path, check=0).stdout)
+    # Scoring the training text again without the flags must read it as the fit did: the same perplexity.
+    e = json.loads(run("ngram", "eval", "tm3.arpa", "timemachine", "--json", cwd=tmp_path, check=0).stdout)
+    assert e["cleaning"] == "d2l" and e["token"] == "word"
+    assert e["perplexity_including_oov"] == pytest.approx(fit["train_perplexity"], rel=1e-9)
+    assert e["perplexity_including_oov"] < 30      # raw lines (capitals, punctuation) gave 243.9
+    same = json.loads(run("ngram", "eval", "tm3.arpa", "timemachine", "--cleaning", "d2l", "--json", cwd=tmp_path,
+                          check=0).stdout)
+    assert same["perplexity_including_oov"] == e["perplexity_including_oov"]
+    usage_error(run("ngram", "eval", "tm3.arpa", "timemachine", "--cleaning", "none", cwd=tmp_path),
+                "--cleaning none", "tm3.arpa", "d2l")
+    usage_error(run("ngram", "eval", "tm3.arpa", "timemachine", "--token", "char", cwd=tmp_path),
+                "--token char", "tm3.arpa", "word")
+
+
+def test_ngram_eval_of_a_file_without_meta_keeps_the_defaults(tmp_path, text_file):
+    from fastseq.ngram import KneserNeyLM, load_arpa
+    from fastseq.text import read_lines, tokenize
+    sents = [s for s in tokenize(read_lines(str(text_file)), "word") if s]
+    KneserNeyLM(2, discount_fallback=True).fit(sents).to_arpa(str(tmp_path / "plain.arpa"))   # as lmplz: no meta
+    assert load_arpa(str(tmp_path / "plain.arpa")).meta == {}
+    e = json.loads(run("ngram", "eval", "plain.arpa", text_file, "--json", cwd=tmp_path, check=0).stdout)
+    assert e["token"] == "word" and e["cleaning"] == "none"
+    want = load_arpa(str(tmp_path / "plain.arpa")).perplexity(sents).including_oov
+    assert e["perplexity_including_oov"] == pytest.approx(float(want), rel=1e-12)
+
+
+def test_ngram_eval_refuses_an_edited_meta(tmp_path, text_file):
+    from fastseq.ngram import KneserNeyLM
+    from fastseq.text import read_lines, tokenize
+    sents = [s for s in tokenize(read_lines(str(text_file)), "word") if s]
+    KneserNeyLM(2, discount_fallback=True).fit(sents).to_arpa(str(tmp_path / "odd.arpa"), meta={"token": "byte"})
+    usage_error(run("ngram", "eval", "odd.arpa", text_file, cwd=tmp_path), "odd.arpa", "token", "'byte'")
+
+
+@pytest.fixture
+def shakespeare_excerpt(tmp_path):
+    f = tmp_path / "excerpt.txt"
+    f.write_text("\n".join((DATA_DIR / "tinyshakespeare.txt").read_text(encoding="utf-8").splitlines()[:300]) + "\n",
+                 encoding="utf-8")
+    return f
+
+
+def test_ngram_char_model_fit_and_eval(tmp_path, shakespeare_excerpt):
+    fit = json.loads(run("ngram", "fit", shakespeare_excerpt, "--token", "char", "--order", "7", "--arpa", "m.arpa",
+                         "--json", cwd=tmp_path, check=0).stdout)
+    from fastseq.ngram import load_arpa
+    assert load_arpa(str(tmp_path / "m.arpa")).meta == {"token": "char", "cleaning": "none"}
+    for flags in (["--token", "char"], []):
+        e = json.loads(run("ngram", "eval", "m.arpa", shakespeare_excerpt, *flags, "--json", cwd=tmp_path,
+                           check=0).stdout)
+        assert e["token"] == "char" and e["oov"] == 0
+        # each line's characters, spaces included, plus its </s>
+        lines = [ln for ln in shakespeare_excerpt.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        assert e["tokens"] == sum(len(ln) + 1 for ln in lines)
+        assert e["perplexity_including_oov"] == pytest.approx(fit["train_perplexity"], rel=1e-9)
+        assert 1 < e["perplexity_including_oov"] < 10
+
+
+# ------------------------------------------------------------------ ngram fit out of core and on a Dask cluster
+def _word_files(tmp_path):
+    """Two files with punctuation, capitals and blank lines: the command's word rule must hold on every path."""
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(TEXT[:1500] + "\n\n  \n", encoding="utf-8")
+    b.write_text("The Fox, again!\n" + TEXT[1500:], encoding="utf-8")
+    return a, b
+
+
+@pytest.mark.parametrize("flags", [[], ["--cleaning", "d2l"]])
+def test_ngram_fit_memory_budget_gives_the_same_arpa(tmp_path, flags):
+    a, b = _word_files(tmp_path)
+    run("ngram", "fit", a, b, "--order", "3", "--discount-fallback", *flags, "--arpa", "mem.arpa", cwd=tmp_path,
+        check=0)
+    (tmp_path / "spill").mkdir()
+    p = run("ngram", "fit", a, b, "--order", "3", "--discount-fallback", *flags, "--memory", "1K", "--tmp", "spill",
+            "--arpa", "ooc.arpa", "--json", cwd=tmp_path, check=0)
+    assert json.loads(p.stdout)["memory"] == "1K"
+    mem = (tmp_path / "mem.arpa").read_bytes()
+    assert len(mem) > 1000 and (tmp_path / "ooc.arpa").read_bytes() == mem
+    assert list((tmp_path / "spill").iterdir()) == []           # the runs are removed
+    # the one-file corpus the in-memory fit sees is the two files in order
+    both = tmp_path / "both.txt"
+    both.write_text(a.read_text() + b.read_text())
+    run("ngram", "fit", both, "--order", "3", "--discount-fallback", *flags, "--arpa", "both.arpa", cwd=tmp_path,
+        check=0)
+    assert (tmp_path / "both.arpa").read_bytes() == mem
+    run("ngram", "fit", "-", "--order", "3", "--discount-fallback", *flags, "--memory", "1K", "--arpa", "stdin.arpa",
+        cwd=tmp_path, check=0, input=both.read_text())                 # standard input is streamed too
+    assert (tmp_path / "stdin.arpa").read_bytes() == mem
+
+
+def test_ngram_fit_scale_flags_refused_where_they_do_not_apply(tmp_path, text_file):
+    usage_error(run("ngram", "fit", text_file, "--memory", "lots", cwd=tmp_path), "--memory", "'lots'")
+    usage_error(run("ngram", "fit", text_file, "--memory", "1G", "--tmp", "nowhere", cwd=tmp_path), "--tmp", "nowhere")
+    usage_error(run("ngram", "fit", text_file, "--tmp", ".", cwd=tmp_path), "--tmp", "--memory")
+    usage_error(run("ngram", "fit", text_file, "--memory", "1G", "--token", "char", cwd=tmp_path),
+                "--token char", "--memory")
+    usage_error(run("ngram", "fit", text_file, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1", cwd=tmp_path),
+                "--workers", "--scheduler")
+    usage_error(run("ngram", "fit", "timemachine", "--workers", "2", cwd=tmp_path), "timemachine", "file")
+    usage_error(run("ngram", "fit", "-", "--workers", "2", cwd=tmp_path, input="a b\n"), "standard input")
+    usage_error(run("ngram", "fit", "-", "--memory", "1G", cwd=tmp_path, input="\n \n"), "no tokens")
+
+
+@pytest.mark.slow
+def test_ngram_fit_on_two_local_workers_gives_the_same_arpa(tmp_path):
+    pytest.importorskip("dask.distributed")
+    a, b = _word_files(tmp_path)
+    run("ngram", "fit", a, b, "--order", "3", "--discount-fallback", "--cleaning", "d2l", "--arpa", "mem.arpa",
+        cwd=tmp_path, check=0)
+    p = run("ngram", "fit", a, b, "--order", "3", "--discount-fallback", "--cleaning", "d2l", "--workers", "2",
+            "--memory", "64K", "--arpa", "dask.arpa", "--json", cwd=tmp_path, check=0, timeout=600)
+    assert json.loads(p.stdout)["workers"] == 2
+    mem = (tmp_path / "mem.arpa").read_bytes()
+    assert len(mem) > 1000 and (tmp_path / "dask.arpa").read_bytes() == mem
+
+
+def test_every_error_fastseq_defines_is_a_fastseq_error():
+    """cli/main.py maps only FastseqError to one-line errors: an error class outside the hierarchy would
+    reach the user as a traceback."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import fastseq
+    from fastseq.errors import FastseqError
+    # ParseError is the ARPA kernel's private exception, turned into ArpaError (with the file's name) in arpa.py;
+    # TrainingInterrupted is Ctrl-C (a KeyboardInterrupt, exit 130), not an error.
+    private = {"fastseq.ngram._arpa.ParseError", "fastseq.training.TrainingInterrupted"}
+    found = set()
+    for mod in pkgutil.walk_packages(fastseq.__path__, "fastseq."):
+        if mod.name == "fastseq.__main__":    # runs the command when imported
+            continue
+        try:
+            m = importlib.import_module(mod.name)
+        except ImportError:       # an optional dependency (torch, dask) absent here
+            continue
+        for _, cls in inspect.getmembers(m, inspect.isclass):
+            if issubclass(cls, BaseException) and cls.__module__ == m.__name__:
+                found.add(f"{cls.__module__}.{cls.__qualname__}")
+                if f"{cls.__module__}.{cls.__qualname__}" not in private:
+                    assert issubclass(cls, FastseqError), cls
+    assert {"fastseq.checkpoint.CheckpointError", "fastseq.ngram.arpa.ArpaError", "fastseq.datasets.DatasetError",
+            "fastseq.ngram.models.BadDiscountError"} <= found
+    from fastseq.cli.main import USER_ERRORS
+    assert USER_ERRORS == (FastseqError,)
+
+
+def test_ngram_fit_unreachable_scheduler_is_one_line(tmp_path, text_file):
+    pytest.importorskip("dask.distributed")
+    p = run("ngram", "fit", text_file, "--order", "2", "--scheduler", "tcp://127.0.0.1:1", cwd=tmp_path,
+            env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
+    usage_error(p, "--scheduler tcp://127.0.0.1:1", "cannot reach")

@@ -8,6 +8,7 @@ import sys
 from ..errors import FastseqError
 
 CLEANING_CHOICES = ("none", "d2l", "unicode")
+TOKEN_CHOICES = ("word", "char")
 
 
 class UsageError(FastseqError):
@@ -78,16 +79,26 @@ def add_common(p, json_flag=True, threads=False):
                             "keeps results bit-identical on resume; a second core pays off only when it is idle)")
 
 
-def add_corpus_options(p, token="word"):
-    p.add_argument("--token", choices=("word", "char"), default=token, help=f"token unit (default: {token})")
-    p.add_argument("--cleaning", choices=CLEANING_CHOICES, default="none",
+def add_corpus_options(p, token="word", default_from=None):
+    """--token and --cleaning; with default_from (e.g. "the model's"), both default to None so the
+    command can take them from a file and tell a flag given from one left out."""
+    tail = (lambda d: f"default: {d}") if default_from is None else \
+        (lambda d: f"default: {default_from}, else {d}")
+    p.add_argument("--token", choices=TOKEN_CHOICES, default=token if default_from is None else None,
+                   help=f"token unit ({tail(token)})")
+    p.add_argument("--cleaning", choices=CLEANING_CHOICES, default="none" if default_from is None else None,
                    help="line cleaning: none (raw), d2l (the rule of Dive into Deep Learning, "
-                        "section \"Text Preprocessing\"), unicode (default: none)")
+                        f"section \"Text Preprocessing\"), unicode ({tail('none')})")
 
 
 def cleaning(v):
     """The command's cleaning name as fastseq.text takes it ('none' -> None)."""
     return None if v in (None, "none") else v
+
+
+def one_line(e):
+    """The first line of an error's message (its type's name if it has none)."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def info(args, *parts, **kw):

@@ -4,12 +4,10 @@ import os
 import sys
 
 from .. import datasets
-from ..checkpoint import CheckpointError
 from ..errors import FastseqError
-from ..ngram import ArpaError, BadDiscountError
 from ..training import DivergenceError
 from . import ar, compare, corpus, diagnostics, sample, train
-from .args import Parser
+from .args import Parser, one_line
 from .train import TrainingError
 
 EXAMPLES_MAIN = """examples:
@@ -25,9 +23,9 @@ exit status: 0 success, 1 a diverged run (or a failed write), 2 a usage error (o
 130 Ctrl-C. Anything else (a traceback) is a bug in fastseq: please report it.
 """
 
-# The library's own errors: a message for the user, never a traceback. Until every module's error derives
-# from FastseqError, the ones that do not yet are listed by name.
-USER_ERRORS = (FastseqError, datasets.DatasetError, CheckpointError, ArpaError, BadDiscountError)
+# The library's own errors (fastseq.errors: every error fastseq raises on purpose derives from FastseqError):
+# a message for the user, never a traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (FastseqError,)
 DIVERGED = (DivergenceError, TrainingError)
 
 COMMANDS = (corpus, train, sample, compare, diagnostics, ar)
@@ -51,10 +49,6 @@ def _pkg_version():
     return __version__
 
 
-def _one_line(e):
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,10 +65,10 @@ def main(argv=None):
     try:
         return args.func(args)
     except DIVERGED as e:
-        print(f"fastseq {name}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"fastseq {name}: error: {one_line(e)}", file=sys.stderr)
         return 1
     except USER_ERRORS as e:
-        print(f"fastseq {name}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"fastseq {name}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fastseq {name}: interrupted", file=sys.stderr)
@@ -84,7 +78,7 @@ def main(argv=None):
         os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush does not complain
         return 0
     except MemoryError as e:   # the machine, not fastseq: sizes are bounded before the big allocations
-        detail = _one_line(e) if str(e) else "an allocation failed"
+        detail = one_line(e) if str(e) else "an allocation failed"
         print(f"fastseq {name}: error: out of memory ({detail}); use smaller sizes", file=sys.stderr)
         return 1
     except OSError as e:

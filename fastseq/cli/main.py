@@ -6,7 +6,7 @@ import sys
 from .. import datasets
 from ..errors import FastseqError
 from ..training import DivergenceError
-from . import ar, compare, corpus, diagnostics, sample, train
+from . import ar, compare, corpus, diagnostics, ngram, sample, train
 from .args import Parser, one_line
 from .train import TrainingError
 
@@ -28,7 +28,7 @@ exit status: 0 success, 1 a diverged run (or a failed write), 2 a usage error (o
 USER_ERRORS = (FastseqError,)
 DIVERGED = (DivergenceError, TrainingError)
 
-COMMANDS = (corpus, train, sample, compare, diagnostics, ar)
+COMMANDS = (corpus, ngram, train, sample, compare, diagnostics, ar)
 
 
 def build_parser():

@@ -45,7 +45,7 @@ def smoke(hp):
 
 def hparams_from_args(args):
     """The settings of a new run: the options given, the defaults for the rest, checked before any work."""
-    from .. import bptt, optim
+    from .. import optim
 
     hp = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in TRAIN_DEFAULTS.items()}
     if hp["lr"] is None:

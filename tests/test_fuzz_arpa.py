@@ -185,3 +185,18 @@ def test_resigned_untouched_file_loads(files, tmp_path):
     p = tmp_path / "same.bin"
     p.write_bytes(_resign(files[1]))
     assert Model(p).score("a b") == pytest.approx(load_binary(p).to_ngram_lm().score("a b"), abs=1e-12)
+
+
+def test_binary_padding_after_the_header_is_checked(files, tmp_path):
+    """Found by the fuzz above in CI: a flipped byte between the header and the 64-byte aligned tables
+    (covered by neither checksum) loaded silently."""
+    from fastseq.ngram.binary import _ALIGN
+
+    blob = files[1]
+    hlen = _FIXED.unpack_from(blob, 0)[2]
+    first, start = _FIXED.size + hlen, -(-(_FIXED.size + hlen) // _ALIGN) * _ALIGN
+    assert start > first, "this model's header happens to end on the alignment: no padding to test"
+    path = tmp_path / "padded.bin"
+    path.write_bytes(blob[:first] + b"\x01" + blob[first + 1:])
+    with pytest.raises(ArpaError, match="padding"):
+        load_binary(str(path))

@@ -172,6 +172,8 @@ def load_binary(path, verify=True):
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise ArpaError(f"{name}: the header is not a valid model description ({e})") from None
     start = -(-(_FIXED.size + hlen) // _ALIGN) * _ALIGN
+    if start > size or any(mm[_FIXED.size + hlen:start]):   # no checksum covers the padding: it must be zeros
+        raise ArpaError(f"{name}: the padding after the header is not zeros (the file was altered or damaged)")
     N, V = m.order, m.vocab_size
     if not 1 <= N <= 64 or len(counts) != N or V < 3 or counts[0] != V:
         raise ArpaError(f"{name}: the header describes order {N} with counts {counts[:8]}: not a model")

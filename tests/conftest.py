@@ -1,4 +1,5 @@
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,17 @@ def _outside_the_source_tree(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(old)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_as_at_a_terminal():
+    """A shell that starts the suite as a background job without job control (as a CI script may) sets
+    SIGINT to 'ignored', and the interpreter and every child inherit that: the Ctrl-C tests could then
+    deliver no signal. Give this process Python's default handler, as a terminal user has; children
+    started from it begin with the default disposition."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """What the command's tests share: running `python -m fastseq` as a user would, and reading its output."""
+import contextlib
 import json
 import os
 import subprocess
@@ -58,3 +59,14 @@ def forward_logits(w, ids, h=None):
         h = np.tanh(w["W_xh"][i] + h @ w["W_hh"] + w["b_h"])
         out.append(h @ w["W_hq"] + w["b_q"])
     return np.array(out).reshape(len(out), -1), h
+
+
+@contextlib.contextmanager
+def reaped(proc):
+    """Yield proc; on the way out (a failed assertion too) kill it if it still runs, so no run is left going."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

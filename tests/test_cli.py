@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import (DATA_DIR, REPO, TEXT, TINY, forward_logits, is_png, load_weights,  # noqa: F401
+from cli_helpers import (DATA_DIR, REPO, TEXT, TINY, forward_logits, is_png, load_weights, reaped,  # noqa: F401
                          run, usage_error)
 
 
@@ -251,7 +251,7 @@ def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(tmp_path, text_file):
     proc = subprocess.Popen([sys.executable, "-m", "fastseq", "train", "--corpus", str(text_file), *args,
                              "--out", "part", "--save-every", "5"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(proc):
         meta_file = tmp_path / "part" / "fastseq.json"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -260,10 +260,6 @@ def test_ctrl_c_keeps_last_checkpoint_and_resume_matches(tmp_path, text_file):
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:   # a failed assertion must not leave the run going
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert "interrupted after step" in out and "fastseq train --resume part" in out
     assert "Traceback" not in err

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cli_helpers import DATA_DIR, REPO, TEXT, TINY, run, usage_error
+from cli_helpers import DATA_DIR, REPO, TEXT, TINY, reaped, run, usage_error
 
 
 @pytest.fixture
@@ -214,17 +214,13 @@ def test_ctrl_c_before_the_first_periodic_save_keeps_the_last_step(tmp_path):
     # pydoc in batches of 4 x 8: an epoch of 13,000 steps, so no epoch ends and no 30-second save is due.
     proc = subprocess.Popen([sys.executable, "-m", "fastseq", "train", *TINY, "--out", "run"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(proc):
         for line in proc.stdout:
             if line.startswith("model RNNLM"):
                 break
         time.sleep(3)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-    finally:   # a failed assertion must not leave the run going
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, (out, err)
     meta = json.loads((tmp_path / "run" / "fastseq.json").read_text())
     assert meta["step"] > 0

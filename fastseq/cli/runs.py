@@ -92,14 +92,20 @@ def prepare_data(hp):
     return vocab, ids[:n_train], ids[n_train:]
 
 
+def loader(hp, train_ids):
+    """The run's minibatches: its data order comes from its seed (bench/quality_cells.py feeds the same
+    batches to PyTorch)."""
+    from ..data import SeqDataLoader
+
+    return SeqDataLoader(train_ids, hp["batch"], hp["steps"], hp["sampling"], seed=hp["seed"] + 1)
+
+
 def trainer(hp, model, train_ids, val_ids, callbacks=(), progress=False):
     """The engine for these settings: data order, optimizer and BPTT draws from the run's seed."""
     from .. import optim
-    from ..data import SeqDataLoader
     from ..training import Trainer
 
-    loader = SeqDataLoader(train_ids, hp["batch"], hp["steps"], hp["sampling"], seed=hp["seed"] + 1)
-    return Trainer(model, loader, optim.from_spec(hp["optimizer"], hp["lr"]), bptt=strategy(hp),
+    return Trainer(model, loader(hp, train_ids), optim.from_spec(hp["optimizer"], hp["lr"]), bptt=strategy(hp),
                    clip=hp["clip"] or None, val_ids=val_ids if len(val_ids) >= 2 else None,
                    callbacks=callbacks, progress=progress)
 

@@ -229,7 +229,7 @@ def _report(args, hp, tr, vocab, val_ids, out, plot, train_s, t_start):
     final_val = tr.history[-1]["val_ppl"] if tr.history else None
     result = {"status": "done" if tr.stop_reason == "epochs" else "stopped", "checkpoint": out, "steps": tr.step,
               "epochs": tr.history, "train_seconds": round(train_s, 3), "hparams": hp, "val_ppl": final_val}
-    result["ngram"] = _ngram_baselines(args, tr.loader.corpus, val_ids, vocab) \
+    result["ngram"] = ngram_baselines(args.ngram_orders, tr.loader.corpus, val_ids, vocab) \
         if not args.no_ngram and len(val_ids) >= 2 else []
     drawn = sample(tr.model, vocab, hp["token"], args.prefix, args.sample_length, seed=hp["seed"],
                    corpus=hp["corpus"])
@@ -264,8 +264,8 @@ def _report(args, hp, tr, vocab, val_ids, out, plot, train_s, t_start):
     return 0
 
 
-def _ngram_baselines(args, train_ids, val_ids, vocab):
-    """Kneser-Ney models of orders --ngram-orders fitted on the training ids, scored on the held-out ids.
+def ngram_baselines(orders, train_ids, val_ids, vocab):
+    """Kneser-Ney models of ``orders`` (--ngram-orders) fitted on the training ids, scored on the held-out ids.
 
     Both models see the same token ids; the n-gram model reads them as one
     long sentence (one <s>, one </s>), so its perplexity counts one token
@@ -277,7 +277,7 @@ def _ngram_baselines(args, train_ids, val_ids, vocab):
     train = [[tok[i] for i in train_ids.tolist()]]
     val = [[tok[i] for i in val_ids.tolist()]]
     out = []
-    for order in args.ngram_orders:
+    for order in orders:
         t0 = time.perf_counter()
         # Character unigrams are too few for lmplz's discount estimate; use its fallback there.
         model = ngram.KneserNeyLM(order, discount_fallback=True)

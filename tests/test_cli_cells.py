@@ -81,7 +81,8 @@ def test_cell_flags_usage_errors(text_dir, argv, words):
 def test_help_documents_cells_and_defaults():
     out = run("train", "--help", check=0).stdout
     for word in ("--cell", "rnn_tanh", "rnn_relu", "gru", "lstm", "--layers", "--dropout", "supersedes",
-                 "nn.LSTM(dropout=P)", "Every cell has the same defaults", "(default: rnn_tanh)"):
+                 "nn.LSTM(dropout=P)", "Every cell has the same defaults except Adam's learning rate: 0.001, but gru 0.01, lstm 0.01",
+                 "(default: rnn_tanh)"):
         assert word in out, word
     out = run("compare-bptt", "--help", check=0).stdout
     assert "--cell" in out and "--layers" in out and "--dropout" in out
@@ -96,6 +97,17 @@ def test_nonlinearity_still_names_the_plain_cell(text_dir, flags, cell):
     _, meta = load_weights(text_dir / "phi")
     assert meta["hparams"]["cell"] == cell
     assert f"H=16 {cell} float64" in p.stdout
+
+
+@pytest.mark.parametrize("flags, lr", [(["--cell", "lstm"], 0.01), (["--cell", "gru"], 0.01), ([], 0.001),
+                                       (["--cell", "rnn_relu"], 0.001), (["--cell", "lstm", "--optimizer", "sgd"], 1.0),
+                                       (["--cell", "lstm", "--lr", "0.002"], 0.002)])
+def test_default_learning_rate_by_cell(text_dir, flags, lr):
+    p = run("train", "--corpus", text_dir / "tiny.txt", *TINY, "--stop-after", 1, "--backend", "numpy", "--json",
+            "--out", "lr", "--overwrite", *flags, cwd=text_dir, check=0)
+    _, meta = load_weights(text_dir / "lr")
+    assert meta["hparams"]["lr"] == lr
+    assert f" lr {lr:g}, clip" in p.stderr          # what the optimizer was given
 
 
 # ------------------------------------------------------------------ every cell, end to end

@@ -9,7 +9,7 @@ from ..training import Callback, DivergenceError, TrainingInterrupted
 from . import plots, runs
 from .args import (CLEANING_CHOICES, UsageError, add_common, finite, fraction, info, int_at_least, optional_import,
                    orders, print_json, sub)
-from .runs import CELL_CHOICES, CELL_DEFAULTS, DEFAULT_OUT, MAIN_JOB_MINUTES, TRAIN_DEFAULTS
+from .runs import CELL_ADAM_LR, CELL_CHOICES, DEFAULT_OUT, MAIN_JOB_MINUTES, TRAIN_DEFAULTS
 from .sample import check_prefix, sample
 
 EXAMPLES_TRAIN = """examples:
@@ -41,11 +41,9 @@ Without --out, each run gets a new folder: fastseq-train, fastseq-train-2, ...
 
 def cell_defaults_note():
     """The defaults that differ by cell, in words (--help, docs/COMMANDS.md)."""
-    own = {c: d for c, d in CELL_DEFAULTS.items() if d}
-    if not own:
-        return "Every cell has the same defaults (below)."
-    return "Defaults that differ by cell: " + "; ".join(
-        f"{c}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items()) for c, d in own.items()) + "."
+    lr = ", ".join(f"{c} {v:g}" for c, v in CELL_ADAM_LR.items())
+    return (f"Every cell has the same defaults except Adam's learning rate: {DEFAULT_LR['adam']:g}, "
+            f"but {lr}.")
 
 
 def add_parsers(subparsers, corpora):
@@ -62,7 +60,8 @@ def add_parsers(subparsers, corpora):
     t.add_argument("--batch", type=int_at_least(1), help=f"batch size B (default: {d['batch']})")
     t.add_argument("--optimizer", choices=("sgd", "adam"), help=f"optimizer (default: {d['optimizer']})")
     t.add_argument("--lr", type=finite(0), help="learning rate (default: "
-                   + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + "); with --resume it may "
+                   + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + "; Adam's is "
+                   + ", ".join(f"{v:g} for {c}" for c, v in CELL_ADAM_LR.items()) + "); with --resume it may "
                    "change, e.g. lower for fine-tuning")
     t.add_argument("--clip", type=finite(0, lo_open=False),
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")

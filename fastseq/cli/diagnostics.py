@@ -88,8 +88,8 @@ def _radius(model):
     return spectral_radius(model), float(np.linalg.norm(W_hh, 2))
 
 
-def _measure(args, path, bar):
-    """(result, norms (B, T) by distance) of one checkpoint."""
+def _windows(args, path):
+    """(checkpoint, ids, their name, window starts) of one checkpoint, every size checked before any work."""
     ck = load_checkpoint(path, "numpy")
     ids, text = _windows_source(args, ck)
     T, B = args.window, args.sequences
@@ -101,7 +101,13 @@ def _measure(args, path, bar):
     if T * B > MAX_STEPS:
         raise UsageError(f"--window {T} x --sequences {B}: {T * B:,} steps of backpropagation; keep the product "
                          f"<= {MAX_STEPS:,}")
-    starts = np.random.default_rng(args.seed).integers(0, len(ids) - T - 1, size=B)
+    return ck, ids, text, np.random.default_rng(args.seed).integers(0, len(ids) - T - 1, size=B)
+
+
+def _measure(args, path, windows, bar):
+    """(result, norms (B, T) by distance) of one checkpoint."""
+    ck, ids, text, starts = windows
+    T, B = args.window, len(starts)
     norms = np.empty((B, T))
     for b, s in enumerate(starts):
         window = np.asarray(ids[s:s + T + 1], dtype=np.int32)[None]
@@ -124,10 +130,10 @@ def cmd_grad_norms(args):
         plots.pyplot()
     if len(set(args.checkpoint)) != len(args.checkpoint):
         raise UsageError(f"checkpoint: {args.checkpoint} names a checkpoint twice")
-    B = min(args.sequences, SMOKE_SEQUENCES) if smoke_test() else args.sequences
-    bar = progress_bar(args, B * len(args.checkpoint), 0, "windows", unit="window")
+    windows = [_windows(args, path) for path in args.checkpoint]
+    bar = progress_bar(args, sum(len(w[3]) for w in windows), 0, "windows", unit="window")
     try:
-        measured = [_measure(args, path, bar) for path in args.checkpoint]
+        measured = [_measure(args, path, w, bar) for path, w in zip(args.checkpoint, windows)]
     finally:
         if bar is not None:
             bar.close()

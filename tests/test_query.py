@@ -101,6 +101,21 @@ def test_batch_and_corpus_perplexity_as_the_model(tm_split, tmp_path):
     assert list(mem.score_batch(sents)) == list(scores)
 
 
+def test_batch_lanes_give_the_per_sentence_scores(models, tm_split):
+    # score_batch runs several sentences in lockstep: every sentence count (fewer than its lanes,
+    # none), empty sentences between others, and each bos/eos setting give score()'s numbers
+    k, qa, qb = models
+    sents = held_out(tm_split)
+    sents = sents[:5] + ["", ""] + sents[5:40] + [""] + sents[-6:]
+    for q in (qa, qb):
+        for bos, eos in ((True, True), (False, True), (True, False), (False, False)):
+            for part in (sents, sents[:1], sents[:3], [""], []):
+                got = q.score_batch(part, bos=bos, eos=eos)
+                assert got.shape == (len(part),)
+                assert list(got) == [q.score(s, bos=bos, eos=eos) for s in part]
+        assert q.score_batch(sents) == pytest.approx([k.score(s) for s in sents], abs=1e-4)
+
+
 def test_kenlm_code_runs_unchanged(tmp_path, tm_split):
     # the usual decoder idiom, with `import fastseq.ngram.query as kenlm`
     LaplaceLM(3).fit(tm_split[0]).to_arpa(tmp_path / "m.arpa")

@@ -160,3 +160,18 @@ def test_suffix_closure_is_found_and_a_pruned_file_keeps_the_full_search(tmp_pat
     assert not _arpa.suffix_closed(b.starts, b.lasts)
     for q in (Model(p), Model(tmp_path / "pruned.bin")):
         assert q.score("a a", eos=False) == pytest.approx(-0.2 - 0.05, abs=1e-12)
+
+
+def test_probing_tables_refuse_bad_input():
+    # private entry points never read out of bounds: starts that run past lasts, decrease, or are empty
+    import numpy as np
+    from fastseq.ngram import _arpa
+    lasts = np.array([1, 2, 0], np.int32)
+    for bad in ([0, 5], [0, 2, 1, 3], [], [1, 3]):
+        with pytest.raises(ValueError, match="starts"):
+            _arpa.probe_table(np.array(bad, np.int64), lasts)
+    t = _arpa.probe_table(np.array([0, 2, 3], np.int64), lasts)
+    assert _arpa.check_probe(t, 3) is not None
+    for bad in (t[:-3], t[:-1], np.where(np.arange(len(t)) % 3 == 2, 7, t).astype(np.uint32)):
+        with pytest.raises(ValueError, match="probing table"):
+            _arpa.check_probe(bad, 3)

@@ -891,6 +891,11 @@ def probe_table(starts, lasts):
     cdef const int32_t[::1] la = lasts
     cdef int64_t K = la.shape[0], P = st.shape[0] - 1, c, r
     cdef uint64_t S = <uint64_t> (K + K // 4 + 1), i
+    if P < 0 or P >= 0x7FFFFFFF or K >= 0x7FFFFFFF or st[0] != 0 or st[P] != K:
+        raise ValueError(f"starts: expected 1 to 2^31 - 1 entries from 0 to {K}")
+    for c in range(P):                                   # before any read of lasts
+        if st[c + 1] < st[c]:
+            raise ValueError(f"starts: decreases at {c + 1}")
     out = np.full(3 * S, _NO_ROW, np.uint32)
     cdef uint32_t[::1] t = out
     with nogil:

@@ -1,6 +1,7 @@
 """The ARPA and binary readers under damage: truncations, bit flips, header lies, spliced bytes.
 Only ArpaError (or a model that loads and scores) may come out; never another exception."""
 import json
+import re
 import struct
 
 import numpy as np
@@ -75,6 +76,18 @@ def test_arpa_truncated_or_flipped(files, tmp_path, data):
     p = _fresh(tmp_path, ".arpa")
     p.write_bytes(bad)
     _all(p)
+
+
+def test_arpa_header_count_near_2_63_is_refused(files, tmp_path):
+    """Found by the fuzz below: counts whose sum wrapped around in int64 passed the header check
+    and sized the arrays (a ValueError from NumPy, not an ArpaError); a count past int64 too."""
+    text = files[0].decode()
+    for count in (2**63 - 24, 2**63 - 1, 10**30):
+        p = _fresh(tmp_path, ".arpa")
+        p.write_text(re.sub(r"ngram 3=\d+", f"ngram 3={count}", text, count=1), encoding="utf-8")
+        for loader in (load_arpa, Model):
+            with pytest.raises(ArpaError, match="announces"):
+                loader(p)
 
 
 @SETTINGS

@@ -423,16 +423,18 @@ def parse(const unsigned char[::1] buf, int max_order, double missing_unk):
         k, c = k.strip(), c.strip()
         if not (k.isascii() and k.isdigit() and c.isascii() and c.isdigit()):
             raise ParseError(cur.line, f"expected 'ngram <order>=<count>', got {_text(b, e)!r}")
-        k, cnt = int(k), int(c)
+        k, c = int(k), int(c)
         if k != len(sizes) + 1:
             raise ParseError(cur.line, f"expected 'ngram {len(sizes) + 1}=<count>', got {_text(b, e)!r}")
         if k > max_order:
             raise ParseError(cur.line, f"order {k} is above the highest supported, {max_order}")
         # each n-gram takes a line: a larger count is a broken header (and would size the arrays)
+        # (compared as Python ints: announced + a count near 2^63 wrapped around in int64 and passed)
         lines_after = total_lines - cur.line
-        if announced + cnt > lines_after:
-            raise ParseError(cur.line, f"the header announces {cnt} {k}-grams, but only "
+        if c > lines_after - announced:
+            raise ParseError(cur.line, f"the header announces {c} {k}-grams, but only "
                                        f"{lines_after} lines follow")
+        cnt = c
         announced += cnt
         sizes.append(cnt)
     if not sizes:

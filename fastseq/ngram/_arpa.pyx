@@ -661,9 +661,9 @@ def format_arpa(bytes header, const unsigned char[::1] blob, const int64_t[::1] 
     cdef bint has_b
     for k in range(1, N + 1):
         rows = rows_list[k - 1]
-        lp = np.ascontiguousarray(logp_list[k - 1], dtype=np.float64)
+        lp = np.require(logp_list[k - 1], dtype=np.float64, requirements="CA")
         has_b = logb_list[k - 1] is not None
-        lb = np.ascontiguousarray(logb_list[k - 1] if has_b else np.zeros(1), dtype=np.float64)
+        lb = np.require(logb_list[k - 1] if has_b else np.zeros(1), dtype=np.float64, requirements="CA")
         K = rows.shape[0]
         sec = f"\n\\{k}-grams:\n".encode()
         out.append(<const char*> sec, len(sec))
@@ -766,7 +766,7 @@ def check_tables(int order, blob, offsets, list starts, list lasts, list logp, l
         raise ValueError(f"order: expected 1..{MAXCTX + 1}, got {order}")
     if len(starts) != order or len(lasts) != order or len(logp) != order or len(logb) != order:
         raise ValueError("tables: one of each kind per order")
-    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    off = np.require(offsets, dtype=np.int64, requirements="CA")
     bl = np.frombuffer(blob, dtype=np.uint8)
     cdef int64_t V = off.shape[0] - 1
     if V < 3 or off[0] != 0 or off[V] > bl.shape[0] or np.any(np.diff(off) < 0):
@@ -777,15 +777,15 @@ def check_tables(int order, blob, offsets, list starts, list lasts, list logp, l
     cdef int k
     cdef int64_t prevK = V, K, c, i, bad
     for k in range(order):
-        lpk = np.ascontiguousarray(logp[k], dtype=np.float64)
-        lbk = np.ascontiguousarray(logb[k], dtype=np.float64)
+        lpk = np.require(logp[k], dtype=np.float64, requirements="CA")
+        lbk = np.require(logb[k], dtype=np.float64, requirements="CA")
         if k == 0:
             K = V
             stk = np.zeros(1, np.int64)
             lak = np.arange(V, dtype=np.int32)
         else:
-            stk = np.ascontiguousarray(starts[k], dtype=np.int64)
-            lak = np.ascontiguousarray(lasts[k], dtype=np.int32)
+            stk = np.require(starts[k], dtype=np.int64, requirements="CA")
+            lak = np.require(lasts[k], dtype=np.int32, requirements="CA")
             K = lak.shape[0]
             if K >= 0x7FFFFFFF:                          # a State holds rows as int32
                 raise ValueError(f"order {k + 1}: {K} n-grams; at most {0x7FFFFFFF - 1} are supported")
@@ -917,7 +917,7 @@ def probe_table(starts, lasts):
 def check_probe(table, int64_t K):
     """A probing table of an order with K n-grams, checked for what the query loop relies on (an
     empty slot, rows in range; a wrong entry only gives a wrong score): ValueError, else the array."""
-    t_a = np.ascontiguousarray(table, dtype=np.uint32)
+    t_a = np.require(table, dtype=np.uint32, requirements="CA")
     cdef const uint32_t[::1] t = t_a
     cdef int64_t n = t.shape[0] // 3, i, full = 0, bad = -1
     if t.shape[0] % 3 or n < K + 1:

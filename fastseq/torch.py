@@ -30,7 +30,6 @@ import inspect
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 import fastseq
 from . import _core
@@ -62,7 +61,7 @@ class _ReferenceShim:
             if cell == "gru":
                 b_hh[2 * G_H // 3:] = params[f"b_hn{s}"]
             layers.append({"weight_ih": params[f"W_xh{s}"].T, "weight_hh": params[f"W_hh{s}"].T,
-                           "bias_ih": params[f"b_h{s}"] - b_hh if cell == "gru" else params[f"b_h{s}"],
+                           "bias_ih": params[f"b_h{s}"],
                            "bias_hh": b_hh})
             l += 1
         return layers
@@ -130,8 +129,8 @@ class _Spec:
     """What the autograd Function needs besides tensors: the cell, ops, masks, the parameters in the
     contract's layout, and how to give their gradients back in torch's."""
 
-    def __init__(self, cell, ops, params, masks, bias, L, H):
-        self.cell, self.ops, self.params, self.masks = cell, ops, params, masks
+    def __init__(self, cls, cell, ops, params, masks, bias, L, H):
+        self.cls, self.cell, self.ops, self.params, self.masks = cls, cell, ops, params, masks
         self.bias, self.L, self.H = bias, L, H
 
     def weight_grads(self, grads):
@@ -168,10 +167,12 @@ class _Layer(torch.autograd.Function):
         return torch.from_numpy(np.array(Y)), torch.from_numpy(np.array(state_T))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY, dstate_T):
         ctx.saved_tensors                    # raises if a weight changed in place since the forward
         spec = ctx.spec
+        if torch.is_grad_enabled():          # create_graph=True: the gradient would have to be differentiable
+            raise _unsupported("create_graph", "double backward (create_graph=True through the layer)",
+                               spec.cls)
         y_shape, _, dtype = ctx.shapes
         dY = np.zeros(y_shape, dtype) if dY is None else _np(dY)
         dstate_T = None if dstate_T is None else _np(dstate_T)
@@ -322,7 +323,7 @@ class _FastseqRNNBase:
             keep = 1 - self.dropout
             m = torch.empty((L - 1, T, B, H), dtype=X.dtype).bernoulli_(keep)
             masks = (None, (m.div_(keep) if keep > 0 else m).numpy(), None)
-        spec = _Spec(self._cell, _layer_ops(self._fastseq_backend), self._params(), masks, self.bias, L, H)
+        spec = _Spec(type(self).__name__, self._cell, _layer_ops(self._fastseq_backend), self._params(), masks, self.bias, L, H)
         Y, state_T = _Layer.apply(spec, X, state0, *self._flat_weights)
         state_T = state_T.reshape(P, L, B, H)
         if batched:

@@ -156,6 +156,13 @@ class _Layer(torch.autograd.Function):
     """
 
     @staticmethod
+    def run(spec, X, state0):
+        """The forward alone (nothing to differentiate): no autograd node, no copies of the outputs."""
+        _sync_threads()
+        Y, state_T, _ = spec.ops.rnn_forward(spec.cell, _np(X), _np(state0), spec.params, spec.masks)
+        return torch.from_numpy(Y), torch.from_numpy(state_T)
+
+    @staticmethod
     def forward(ctx, spec, X, state0, *weights):
         _sync_threads()
         Y, state_T, cache = spec.ops.rnn_forward(spec.cell, _np(X), _np(state0), spec.params, spec.masks)
@@ -324,7 +331,12 @@ class _FastseqRNNBase:
             m = torch.empty((L - 1, T, B, H), dtype=X.dtype).bernoulli_(keep)
             masks = (None, (m.div_(keep) if keep > 0 else m).numpy(), None)
         spec = _Spec(type(self).__name__, self._cell, _layer_ops(self._fastseq_backend), self._params(), masks, self.bias, L, H)
-        Y, state_T = _Layer.apply(spec, X, state0, *self._flat_weights)
+        weights = self._flat_weights
+        if torch.is_grad_enabled() and (X.requires_grad or state0.requires_grad
+                                        or any(w.requires_grad for w in weights)):
+            Y, state_T = _Layer.apply(spec, X, state0, *weights)
+        else:
+            Y, state_T = _Layer.run(spec, X, state0)
         state_T = state_T.reshape(P, L, B, H)
         if batched:
             out = Y.transpose(0, 1) if self.batch_first else Y

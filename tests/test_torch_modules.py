@@ -94,6 +94,22 @@ def test_unbatched_input(cell, with_hx):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
+def test_step_by_step_decoding_under_no_grad_equals_torch(cell):
+    """B=1, one call per step with the state fed back, as a decoder calls it (no autograd node)."""
+    ref, ours = make_pair(cell, 4, 6, 2)
+    xs = torch.randn(30, 1, 1, 4, dtype=torch.float64)
+    with torch.no_grad():
+        hr = ho = None
+        for x in xs:
+            yr, hr = ref(x, hr)
+            yo, ho = ours(x, ho)
+            assert yo.grad_fn is None
+            assert_rel(yo, yr, 1e-10, "output")
+    for a, b in zip(ho if cell == "lstm" else (ho,), hr if cell == "lstm" else (hr,)):
+        assert_rel(a, b, 1e-10, "state after 30 steps")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_without_bias(cell):
     cls, extra = CELLS[cell]
     torch.manual_seed(3)

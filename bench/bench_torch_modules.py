@@ -154,17 +154,10 @@ def table(rounds=3):
 @pytest.mark.parametrize("H", HS)
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("impl", ["torch", "fastseq"])
-def test_train_step(benchmark, impl, cell, H):
-    cls = getattr(torch.nn if impl == "torch" else ft, cell)
-    benchmark(train_step_fn(cls, H))
-
-
-@pytest.mark.parametrize("H", HS)
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("impl", ["torch", "fastseq"])
-def test_decode_50_tokens(benchmark, impl, cell, H):
-    cls = getattr(torch.nn if impl == "torch" else ft, cell)
-    benchmark(infer_fn(cls, H))
+@pytest.mark.parametrize("make", [train_step_fn, module_step_fn, infer_fn, module_decode_fn],
+                         ids=["train_step", "module_step", "decode_50", "module_decode_50"])
+def test_bench(benchmark, make, impl, cell, H):
+    benchmark(make(getattr(torch.nn if impl == "torch" else ft, cell), H))
 
 
 if __name__ == "__main__":

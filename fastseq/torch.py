@@ -273,8 +273,6 @@ class _FastseqRNNBase:
             raise _unsupported("input", "a PackedSequence", cls)
         if not isinstance(input, torch.Tensor):
             raise ArgumentError(f"input: expected a tensor, got {type(input).__name__}")
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            raise _unsupported("input", "tracing or ONNX export", cls)
         dtype = self._flat_weights[0].dtype
         if input.device.type != "cpu":
             raise _unsupported("input", f"device {input.device}", cls)
@@ -310,6 +308,13 @@ class _FastseqRNNBase:
         return hx
 
     def forward(self, input, hx=None):
+        if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            raise _unsupported("input", "torch.export, tracing or ONNX export", type(self).__name__)
+        return self._fastseq_forward(input, hx)
+
+    @torch.compiler.disable
+    def _fastseq_forward(self, input, hx):
+        """The layer as one opaque call: torch.compile runs it eagerly (a graph break) around its graph."""
         self._update_flat_weights()
         hx = self._check_input(input, hx)
         batched = input.dim() == 3

@@ -325,8 +325,21 @@ def test_scripting_and_tracing_are_refused_clearly():
     m = ft.GRU(3, 4)
     with pytest.raises(FastseqError, match="^torch.jit.script: .*torch.nn.GRU"):
         torch.jit.script(m)
-    with pytest.raises(FastseqError, match="tracing or ONNX export.*torch.nn.GRU"):
+    with pytest.raises(FastseqError, match="^input: torch.export, tracing or ONNX export.*torch.nn.GRU"):
         torch.jit.trace(m, (torch.randn(2, 1, 3),))
+    with pytest.raises(FastseqError, match="^input: torch.export, tracing or ONNX export.*torch.nn.GRU"):
+        torch.export.export(m, (torch.randn(2, 1, 3),))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")   # torch's own internals
+def test_torch_compile_runs_the_layer_eagerly_with_the_same_numbers():
+    _, m = make_pair("lstm", 3, 4, 2)
+    X = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    want, _ = m(X)
+    (g_want,) = torch.autograd.grad(want.sum(), X)
+    got, _ = torch.compile(m)(X)
+    (g_got,) = torch.autograd.grad(got.sum(), X)
+    assert torch.equal(got, want) and torch.equal(g_got, g_want)
 
 
 # ---------------------------------------------------------------------------- saving

@@ -125,6 +125,11 @@ def _np(t):
     return t.detach().contiguous().numpy()
 
 
+def _t(a):
+    """An ops result as a tensor sharing its memory (copied only if the ops handed out a read-only view)."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 class _Spec:
     """What the autograd Function needs besides tensors: the cell, ops, masks, the parameters in the
     contract's layout, and how to give their gradients back in torch's."""
@@ -138,13 +143,13 @@ class _Spec:
         out, H = [], self.H
         for l in range(self.L):
             s = _suffix(l)
-            out += [torch.from_numpy(grads[f"W_xh{s}"].T), torch.from_numpy(grads[f"W_hh{s}"].T)]
+            out += [_t(grads[f"W_xh{s}"].T), _t(grads[f"W_hh{s}"].T)]     # the weights' own layout
             if self.bias:
                 g = grads[f"b_h{s}"]
                 # b_h = bias_ih + bias_hh (GRU: except the n block of bias_hh, which is b_hn): the
                 # same gradient for both, in two arrays because autograd may accumulate into them
                 g_hh = np.concatenate([g[:2 * H], grads[f"b_hn{s}"]]) if self.cell == "gru" else g.copy()
-                out += [torch.from_numpy(g), torch.from_numpy(g_hh)]
+                out += [_t(g), _t(g_hh)]
         return out
 
 
@@ -160,14 +165,14 @@ class _Layer(torch.autograd.Function):
         """The forward alone (nothing to differentiate): no autograd node, no copies of the outputs."""
         _sync_threads()
         Y, state_T, _ = spec.ops.rnn_forward(spec.cell, _np(X), _np(state0), spec.params, spec.masks)
-        return torch.from_numpy(Y), torch.from_numpy(state_T)
+        return _t(Y), _t(state_T)
 
     @staticmethod
     def forward(ctx, spec, X, state0, *weights):
         _sync_threads()
         Y, state_T, cache = spec.ops.rnn_forward(spec.cell, _np(X), _np(state0), spec.params, spec.masks)
         ctx.spec, ctx.cache = spec, cache
-        ctx.shapes = (Y.shape, state_T.shape, Y.dtype)
+        ctx.y_like = (Y.shape, Y.dtype)
         ctx.save_for_backward(*weights)      # an in-place change of a weight before backward is an error
         ctx.set_materialize_grads(False)
         # copies: the caller may change its outputs in place (torch allows it), the cache must not see that
@@ -180,12 +185,11 @@ class _Layer(torch.autograd.Function):
         if torch.is_grad_enabled():          # create_graph=True: the gradient would have to be differentiable
             raise _unsupported("create_graph", "double backward (create_graph=True through the layer)",
                                spec.cls)
-        y_shape, _, dtype = ctx.shapes
-        dY = np.zeros(y_shape, dtype) if dY is None else _np(dY)
+        dY = np.zeros(*ctx.y_like) if dY is None else _np(dY)
         dstate_T = None if dstate_T is None else _np(dstate_T)
         _sync_threads()
         dX, dstate0, grads = spec.ops.rnn_backward(spec.cell, dY, dstate_T, ctx.cache, spec.params, _FULL_BPTT)
-        return (None, torch.from_numpy(dX), torch.from_numpy(np.asarray(dstate0)), *spec.weight_grads(grads))
+        return (None, _t(dX), _t(np.asarray(dstate0)), *spec.weight_grads(grads))
 
 
 # ---------------------------------------------------------------------------- the modules

@@ -187,6 +187,20 @@ def test_an_output_changed_in_place_does_not_change_the_gradients():
         assert_rel(a, b, 1e-10, "grad")
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gradients_through_the_final_state_only(cell):
+    """The output unused (its gradient None, as in a sequence classifier reading h_n)."""
+    ref, ours = make_pair(cell, 3, 4, 2)
+    X = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for m in (ref, ours):
+        _, hn = m(X)
+        h = hn[0] if cell == "lstm" else hn
+        grads.append(torch.autograd.grad((h[-1] ** 2).sum(), [X] + list(m.parameters())))
+    for a, b in zip(*grads):
+        assert_rel(b, a, 1e-10, "grad")
+
+
 def test_parameters_for_functional_call():
     ref, ours = make_pair("rnn_tanh", 3, 4, 2)
     new = {n: torch.randn_like(p) for n, p in ref.named_parameters()}

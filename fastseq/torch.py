@@ -97,13 +97,15 @@ class _ReferenceShim:
         return dX, dstate0[0] if len(dstate0) == 1 else dstate0, grads
 
 
-def _has_contract(ops):
-    return "cell" in inspect.signature(ops.rnn_forward).parameters
+_OPS = {}
 
 
 def _layer_ops(backend):
+    """The ops of ``backend`` if they speak the contract (decided once per backend: inspect is slow)."""
     ops = get_ops(backend)
-    return ops if _has_contract(ops) else _ReferenceShim()
+    if ops not in _OPS:
+        _OPS[ops] = ops if "cell" in inspect.signature(ops.rnn_forward).parameters else _ReferenceShim()
+    return _OPS[ops]
 
 
 def _suffix(l):

@@ -125,7 +125,7 @@ def best_time(fns, rounds, reps):
     return best
 
 
-def table(rounds=3):
+def table(rounds=3, threads_list=(1, 2)):
     from conftest import machine_line
 
     isa = os.environ.get("FASTSEQ_ISA", "native")
@@ -136,7 +136,7 @@ def table(rounds=3):
                  ("  module alone: forward+backward", module_step_fn, 1, 3, None),
                  ("decode B=1, per token (whole model)", infer_fn, 50, 1, TARGET_INFER),
                  ("  module alone, per step", module_decode_fn, 50, 1, None)]
-    for threads in (1, 2):
+    for threads in threads_list:
         torch.set_num_threads(threads)
         for cell in CELLS:
             for H in HS:

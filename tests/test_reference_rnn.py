@@ -147,7 +147,7 @@ def test_row_gather_equals_one_hot_product():
     for k in layer.params:
         layer.params[k][...] = m.params[k]
     h0 = rng.normal(size=(3, 4))
-    Hs, _ = layer.forward(np.ascontiguousarray(onehot.transpose(1, 0, 2)), h0)
+    Hs, cache = layer.forward(np.ascontiguousarray(onehot.transpose(1, 0, 2)), h0)
     logits, state = m(X, h0)
     assert_close(logits, (Hs @ m.params["W_hq"] + m.params["b_q"]).transpose(1, 0, 2), rtol=1e-12, atol=1e-13)
     assert_close(state, Hs[-1], rtol=1e-12, atol=1e-13)
@@ -157,7 +157,7 @@ def test_row_gather_equals_one_hot_product():
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     dO = (np.exp(logp) - np.eye(7)[Y]) / 15                   # (B, T, V)
     dHs = np.ascontiguousarray((dO @ m.params["W_hq"].T).transpose(1, 0, 2))
-    _, _, gl = layer.backward(dHs, (np.ascontiguousarray(onehot.transpose(1, 0, 2)), h0, Hs))
+    _, _, gl = layer.backward(dHs, cache)
     for k in ("W_xh", "W_hh", "b_h"):
         assert_close(g[k], gl[k], rtol=1e-10, atol=1e-14)
 
@@ -190,7 +190,8 @@ def test_initialisation_is_documented_and_seeded():
     rng = np.random.default_rng(1)
     np.testing.assert_array_equal(layer.params["W_xh"], rng.normal(0, 0.01, (4, 3)))
     np.testing.assert_array_equal(layer.params["W_hh"], rng.normal(0, 0.01, (3, 3)))
-    assert m.config == dict(vocab_size=5, num_hiddens=3, nonlinearity="tanh", dtype="float32")
+    assert m.config == dict(vocab_size=5, num_hiddens=3, cell="rnn_tanh", num_layers=1, dropout=0.0,
+                            dtype="float32")
     m2 = RNNLM(**{**m.config, "dtype": np.dtype(m.config["dtype"])}, seed=42)
     for k in m.params:
         np.testing.assert_array_equal(m2.params[k], m.params[k])
@@ -353,8 +354,10 @@ def test_layer_bad_inputs():
         layer.backward(Hs[:4], cache)
     with pytest.raises(ValueError, match="dH_T.*shape"):
         layer.backward(Hs, cache, dH_T=np.zeros((2, 5), dtype=np.float32))
-    with pytest.raises(ValueError, match="cache"):
-        layer.backward(Hs, cache[:2])
+    with pytest.raises(ValueError, match="^cache: expected the cache returned by this model's forward"):
+        layer.backward(Hs, (X, None, Hs))
+    with pytest.raises(ValueError, match="^cache: from the forward of another model"):
+        RNN(3, 4).backward(Hs, cache)
     with pytest.raises(ValueError, match="input_size"):
         RNN(0, 4)
 
@@ -365,10 +368,10 @@ def test_layer_and_lm_share_method_signatures_of_the_contract():
            for name in ("__call__", "loss_and_grad", "generate", "state_grads", "begin_state", "state_dict",
                         "load_state_dict", "from_config")}
     assert sig["__call__"] == "(self, X, state)"
-    assert sig["loss_and_grad"] == "(self, X, Y, state, bptt=None)"
+    assert sig["loss_and_grad"] == "(self, X, Y, state, bptt=None, rng=None)"
     assert sig["generate"] == "(self, prefix_ids, num_preds, temperature=0.0, top_k=0, uniforms=None, logit_bias=None)"
     assert sig["state_grads"] == "(self, X, Y, state=None, bptt=None, term=None)"
     assert sig["from_config"] == "(config, backend=None)"
-    assert str(inspect.signature(layer.forward)) == "(self, X, h0=None)"
+    assert str(inspect.signature(layer.forward)) == "(self, X, h0=None, rng=None)"
     assert str(inspect.signature(layer.backward)) == "(self, dHs, cache, dH_T=None, bptt=None)"
     assert str(inspect.signature(layer.from_config)) == "(config, backend=None)"

@@ -377,8 +377,8 @@ def _edit(path, fn, sign=False):
     _write_meta(path, meta, sign=sign)
 
 
-def _set_nonlinearity(meta):
-    meta["model"]["config"]["nonlinearity"] = "relu"
+def _set_cell(meta):
+    meta["model"]["config"]["cell"] = "rnn_relu"
 
 
 def _set_batch(v):
@@ -392,7 +392,7 @@ def _drop_moments(meta):
 
 
 @pytest.mark.parametrize("fn, field", [
-    (_set_nonlinearity, "'model.config.nonlinearity' is 'relu', not what was saved"),
+    (_set_cell, "'model.config.cell' is 'rnn_relu', not what was saved"),
     (_set_batch(-5), "'resume.state.batch' is -5, not what was saved"),
     (_set_batch(10 ** 6), "'resume.state.batch' is 1000000, not what was saved"),
     (_drop_moments, "'resume.state.optimizer.m' was removed"),
@@ -403,7 +403,7 @@ def _drop_moments(meta):
     (lambda meta: meta["vocab"]["idx_to_token"].reverse(), "'vocab.idx_to_token' is a list, not what was saved"),
 ])
 def test_edited_manifest_refused_naming_the_field(tmp_path, fn, field):
-    # fastseq.json was trusted: an edited nonlinearity loaded and shifted the logits; "batch": -5 or
+    # fastseq.json was trusted: an edited nonlinearity (now cell) loaded and shifted the logits; "batch": -5 or
     # missing optimizer moments broke the bit-for-bit resume without a word (item 4).
     m, vocab = _model()
     state = {"batch": 3, "optimizer": {"t": 2, "m": {"W_hh": np.ones((8, 8))}}}
@@ -438,7 +438,12 @@ def test_stripped_vocabulary_hash_and_permuted_vocabulary_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("nonlinearity", 5, "'model.config.nonlinearity' is 5, expected a string"),
+    ("cell", 5, "'model.config.cell' is 5, expected a string"),
+    ("cell", "rnn", "'model.config.cell' is 'rnn', expected one of 'rnn_tanh', 'rnn_relu', 'gru', 'lstm'"),
+    ("num_layers", 0, "'model.config.num_layers' is 0, expected an integer >= 1"),
+    ("num_layers", 10 ** 9, "'model.config.num_layers' is 1000000000, expected an integer in [1, 5]"),
+    ("dropout", 1.0, "'model.config.dropout' is 1.0, expected a number in [0, 1)"),
+    ("dropout", True, "'model.config.dropout' is True, expected a number in [0, 1)"),
     ("dtype", "int8", "'model.config.dtype' is 'int8', expected 'float32' or 'float64'"),
     ("num_hiddens", -3, "'model.config.num_hiddens' is -3, expected an integer >= 1"),
     ("vocab_size", [1], "'model.config.vocab_size' is a list"),
@@ -568,12 +573,18 @@ def test_integrity_record_is_the_sha256_of_canonical_json():
                    "hparams": {"sha256": sha(meta["hparams"]), "fields": {"lr": sha(0.5), "bptt": sha("full")}}}
 
 
-@pytest.mark.parametrize("config", [dict(vocab_size=1, num_hiddens=1, nonlinearity="tanh", dtype="float32"),
-                                    dict(vocab_size=7, num_hiddens=3, nonlinearity="relu", dtype="float64")])
+@pytest.mark.parametrize("config", [
+    dict(vocab_size=1, num_hiddens=1, cell="rnn_tanh", num_layers=1, dropout=0.0, dtype="float32"),
+    dict(vocab_size=7, num_hiddens=3, cell="rnn_relu", num_layers=2, dropout=0.0, dtype="float64"),
+    dict(vocab_size=7, num_hiddens=3, cell="gru", num_layers=3, dropout=0.5, dtype="float64"),
+    dict(vocab_size=5, num_hiddens=4, cell="lstm", num_layers=2, dropout=0.1, dtype="float32")])
 def test_shapes_checked_before_building_are_the_models(config):
     from fastseq.rnn import RNNLM as FastRNNLM
     model = FastRNNLM.from_config(config, "numpy")
     assert checkpoint._param_shapes(config) == {k: v.shape for k, v in model.params.items()}
+    old = dict(vocab_size=7, num_hiddens=3, nonlinearity="relu", dtype="float64")    # format 2's config
+    model = FastRNNLM.from_config(old, "numpy")
+    assert checkpoint._param_shapes(old, 2) == {k: v.shape for k, v in model.params.items()}
 
 
 def test_unknown_backend_is_a_checkpoint_error(tmp_path):

@@ -66,6 +66,73 @@ def test_round_trip_weights_vocab_hparams(tmp_path, dtype):
     np.testing.assert_array_equal(t["W_hh"], m.params["W_hh"])
 
 
+@pytest.mark.parametrize("kw", [dict(cell="lstm", num_layers=2, dropout=0.3), dict(cell="gru", num_layers=3),
+                                dict(nonlinearity="relu", num_layers=2, dropout=0.5)],
+                         ids=["lstm2-dropout", "gru3", "relu2-dropout"])
+def test_round_trip_of_every_cell_depth_and_dropout(tmp_path, kw):
+    vocab = Vocab("hello world, hello fastseq")
+    m = RNNLM(len(vocab), 6, dtype=np.float32, **kw)
+    rng = np.random.default_rng(1)
+    for p in m.params.values():
+        p[...] = rng.normal(0, 0.5, p.shape)
+    checkpoint.save(tmp_path, m, vocab, {})
+    meta = _meta(tmp_path)
+    assert meta["format_version"] == checkpoint.FORMAT_VERSION == 3
+    assert meta["model"]["config"] == m.config
+    ck = checkpoint.load(tmp_path, backend="numpy")
+    assert ck.model.config == m.config and list(ck.model.params) == list(m.params)
+    for k, p in m.params.items():
+        np.testing.assert_array_equal(ck.model.params[k], p)
+
+
+def test_training_resumed_from_a_checkpoint_is_bit_identical_lstm2_dropout(tmp_path):
+    """A 2-layer LSTM with dropout, its (h, c) state carried, stopped after a step and saved; loaded from
+    the checkpoint into fresh objects and continued: the weights end bit for bit as an uninterrupted run."""
+    from fastseq import optim
+    from fastseq.data import SeqDataLoader
+    from fastseq.training import Trainer
+
+    vocab = Vocab("hello world, hello fastseq " * 8)
+    ids = np.asarray(vocab[list("hello world, hello fastseq " * 8)])
+
+    def make(callbacks=()):
+        m = RNNLM(len(vocab), 6, dtype=np.float64, seed=2, cell="lstm", num_layers=2, dropout=0.3)
+        loader = SeqDataLoader(ids, 2, 5, sampling="sequential", seed=3)
+        return Trainer(m, loader, optim.Adam(0.01), clip=1.0, rng=4, callbacks=callbacks)
+
+    ref = make()
+    ref.fit(2)
+    a = make(callbacks=[lambda info: info["step"] < 7])
+    a.fit(2)
+    assert a.step == 7 and a.hidden.shape == (4, 2, 6)
+    checkpoint.save(tmp_path, a.model, vocab, {}, step=a.step, resume=a.state_dict())
+    b = make()
+    ck = checkpoint.load(tmp_path, backend="numpy", resume=True, check_resume=b.load_state_dict)
+    assert ck.model.config == a.model.config
+    b.fit(2)
+    assert b.step == ref.step
+    for k, p in ref.model.params.items():
+        np.testing.assert_array_equal(b.model.params[k], p, err_msg=k)
+
+
+def test_a_format_2_checkpoint_still_loads(tmp_path):
+    """Format 2 (before the cells): a one-layer plain RNN whose config has a nonlinearity and no cell."""
+    from checkpoint_v1 import config_v1
+    m, vocab = _model()
+    m64 = RNNLM(len(vocab), 8, "relu", dtype=np.float64)
+    m64.load_state_dict(m.state_dict())
+    checkpoint.save(tmp_path, m64, vocab, {"lr": 1.0}, step=4)
+    meta = _meta(tmp_path)
+    meta["format_version"] = 2
+    meta["model"]["config"] = config_v1(m64)
+    assert set(meta["model"]["config"]) == {"vocab_size", "num_hiddens", "nonlinearity", "dtype"}
+    _write_meta(tmp_path, meta)                                  # re-signed: as format 2 wrote it
+    ck = checkpoint.load(tmp_path, backend="numpy")
+    assert ck.model.config == m64.config and ck.model.cell == "rnn_relu" and ck.step == 4
+    for k, p in m64.params.items():
+        np.testing.assert_array_equal(ck.model.params[k], p)
+
+
 def test_resume_state_round_trip_nested_arrays_and_rng(tmp_path):
     m, vocab = _model()
     rng = np.random.default_rng(123)

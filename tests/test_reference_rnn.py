@@ -105,6 +105,59 @@ def test_lm_full_gradients_match_finite_differences(nl):
         np.testing.assert_array_equal(g2[k], grads[k])
 
 
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_lm_of_every_cell_gradients_match_finite_differences_with_dropout(cell, L):
+    """Every parameter and the entering state (h, and c for the LSTM, every layer), the dropout masks on
+    (input, between layers, output): the same Generator state draws the same masks in every call."""
+    m = RNNLM(5, 3, cell=cell, num_layers=L, dropout=0.3, dtype=np.float64)
+    randomize(m, 0.7, 20 + L)
+    if cell == "rnn_relu":                      # keep pre-activations away from the kink
+        for k in m.params:
+            if k.startswith("b_h"):
+                m.params[k] += 1.0
+    rng = np.random.default_rng(5)
+    B, T = 2, 4
+    X, Y = rng.integers(0, 5, (B, T)), rng.integers(0, 5, (B, T))
+    state0 = rng.normal(size=m.state_shape(B)) * 0.5
+
+    def loss():
+        return m.loss_and_grad(X, Y, state0, rng=np.random.default_rng(9))[0]
+
+    l0, grads, _ = m.loss_and_grad(X, Y, state0, rng=np.random.default_rng(9))
+    assert l0 != m.loss_and_grad(X, Y, state0)[0]          # the masks act
+    num = fd_grad(loss, {**m.params, "state0": state0})
+    assert list(grads) == list(m.params)
+    for k in m.params:
+        assert grads[k].shape == m.params[k].shape and grads[k].dtype == np.float64
+        assert_close(grads[k], num[k])
+    # dL/dstate0 is not returned by loss_and_grad: through the layer, whose backward returns it
+    assert np.abs(num["state0"]).max() > 1e-6
+
+
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_layer_of_every_cell_gradients_match_finite_differences_with_dropout(cell, L):
+    T, B, D, H = 4, 2, 3, 3
+    layer = RNN(D, H, cell=cell, num_layers=L, dropout=0.4, dtype=np.float64)
+    randomize(layer, 0.7, 30 + L)
+    rng = np.random.default_rng(6)
+    X, state0 = rng.normal(size=(T, B, D)), rng.normal(size=layer.state_shape(B))
+    G, g_T = rng.normal(size=(T, B, H)), rng.normal(size=layer.state_shape(B))
+
+    def loss():
+        Y, cache = layer.forward(X, state0, rng=np.random.default_rng(3))
+        return float(np.sum(G * Y) + np.sum(g_T * cache.state))
+
+    _, cache = layer.forward(X, state0, rng=np.random.default_rng(3))
+    dX, dstate0, grads = layer.backward(G, cache, dH_T=g_T)
+    num = fd_grad(loss, {**layer.params, "X": X, "state0": state0})
+    for k in layer.params:
+        assert_close(grads[k], num[k])
+    assert_close(dX, num["X"])
+    assert_close(dstate0, num["state0"])
+
+
 def test_float32_agrees_with_float64():
     m64 = lm64(V=8, H=16, seed=5, scale=0.3)
     m32 = RNNLM(8, 16, dtype=np.float32)

@@ -53,15 +53,17 @@ def _memory_bytes():
         return None
 
 
-def _check_fits(sizes, shapes, dtype):
+def _check_fits(sizes, shapes, dtype, repeat=None):
     """Refuse, before allocating, parameters that cannot fit in this machine's memory.
 
     sizes: {argument name: value}; the largest is named as the one to reduce.
-    Initialisation draws each matrix in float64 before the cast, so the peak is
-    every parameter in dtype plus the largest matrix in float64.
+    repeat: {index in shapes: how many such arrays} (a stack's layers above the first, counted
+    without listing them). Initialisation draws each matrix in float64 before the cast, so the
+    peak is every parameter in dtype plus the largest matrix in float64.
     """
     counts = [math.prod(s) for s in shapes]
-    need = sum(counts) * dtype.itemsize + max(counts) * 8
+    total = sum(c * (repeat or {}).get(i, 1) for i, c in enumerate(counts))
+    need = total * dtype.itemsize + max(counts) * 8
     have = _memory_bytes()
     if have is not None and need > have:
         name = max(sizes, key=sizes.get)
@@ -211,8 +213,10 @@ class _Model:
         drops = self.dropout > 0 and (vocab_size is not None or L > 1)
         self.ops = _model_ops(backend, self.cell, L, drops)
         H = self.hidden_size
+        two = list(param_shapes(self.cell, input_size, H, min(L, 2), vocab_size).items())
+        above = {i: L - 1 for i, (k, _) in enumerate(two) if k.endswith("_l1")}   # layers 1..L-1 alike
+        _check_fits(dict(sizes, num_layers=L), [s for _, s in two], self.dtype, above)
         shapes = param_shapes(self.cell, input_size, H, L, vocab_size)
-        _check_fits(dict(sizes, num_layers=L), shapes.values(), self.dtype)
         rng = np.random.default_rng(seed)
         if self.nonlinearity is not None:       # the book's: matrices N(0, 0.01^2), biases zero
             draw = lambda s: rng.normal(0, 0.01, s) if len(s) == 2 else np.zeros(s)   # noqa: E731

@@ -202,20 +202,27 @@ def _torch_loss(tm, X, Y, state0):
     return logits_t.detach().numpy(), state_T, loss_t.item(), {n: p.grad.numpy() for n, p in tm.named_parameters()}
 
 
-@pytest.mark.parametrize("L", [1, 2, 3])
-@pytest.mark.parametrize("cell", CELLS)
-def test_exported_model_of_every_cell_and_depth_same_logits_state_and_gradients(cell, L):
-    m = _model(cell=cell, num_layers=L, seed=L)
-    X, Y, _ = _data(L)
-    state0 = np.random.default_rng(7).normal(0, 0.5, m.state_shape(B))
-    tm = interop.torch_module(m)
-    assert type(tm.rnn) is TORCH[cell][0] and tm.rnn.num_layers == L
-    logits_t, state_T, loss_t, g = _torch_loss(tm, X, Y, interop.to_torch_state(state0, cell, L))
+def _same_function(m, tm, seed):
+    """m and the torch module tm: the same logits, final state and loss from a random state; returns
+    (m's grads, torch's grads by parameter name)."""
+    X, Y, _ = _data(seed)
+    state0 = np.random.default_rng(seed + 7).normal(0, 0.5, m.state_shape(B))
+    logits_t, state_T, loss_t, g = _torch_loss(tm, X, Y, interop.to_torch_state(state0, m.cell, m.num_layers))
     logits, s_T = m(X, state0)
     _grads_close(logits, logits_t, "logits")
     _grads_close(s_T, interop.from_torch_state(state_T), "state_T")
     loss, grads, _ = m.loss_and_grad(X, Y, state0)
     assert loss == pytest.approx(loss_t, rel=1e-12)
+    return grads, g
+
+
+@pytest.mark.parametrize("L", [1, 2, 3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_exported_model_of_every_cell_and_depth_same_logits_state_and_gradients(cell, L):
+    m = _model(cell=cell, num_layers=L, seed=L)
+    tm = interop.torch_module(m)
+    assert type(tm.rnn) is TORCH[cell][0] and tm.rnn.num_layers == L
+    grads, g = _same_function(m, tm, L)
     for l in range(L):
         s = "" if l == 0 else f"_l{l}"
         _grads_close(grads["W_xh" + s], g[f"rnn.weight_ih_l{l}"].T, f"W_xh{s}")   # identity embedding
@@ -244,14 +251,7 @@ def test_imported_module_of_every_cell_and_depth_same_logits_and_gradients(cell,
             getattr(tm.rnn, f"bias_ih_l{l}").normal_()
     m = interop.from_torch_state_dict(tm, backend="numpy")
     assert (m.cell, m.num_layers, m.dropout) == (cell, L, 0.0)
-    X, Y, _ = _data(L + 10)
-    state0 = np.random.default_rng(8).normal(0, 0.5, m.state_shape(B))
-    logits_t, state_T, loss_t, g = _torch_loss(tm, X, Y, interop.to_torch_state(state0, cell, L))
-    logits, s_T = m(X, state0)
-    _grads_close(logits, logits_t, "logits")
-    _grads_close(s_T, interop.from_torch_state(state_T), "state_T")
-    loss, grads, _ = m.loss_and_grad(X, Y, state0)
-    assert loss == pytest.approx(loss_t, rel=1e-12)
+    grads, g = _same_function(m, tm, L + 10)
     emb, w_ih = tm.embedding.weight.detach().numpy(), tm.rnn.weight_ih_l0.detach().numpy()
     _grads_close(grads["W_xh"] @ w_ih, g["embedding.weight"], "embedding.weight")
     _grads_close((emb.T @ grads["W_xh"]).T, g["rnn.weight_ih_l0"], "rnn.weight_ih_l0")

@@ -738,6 +738,8 @@ def _memory():
     (lambda H, b: fastseq.RNNLM(28, H, backend=b), "num_hiddens"),
     (lambda H, b: fastseq.RNNLM(H * H, 2, backend=b), "vocab_size"),
     (lambda H, b: reference.RNNLM(30, H), "num_hiddens"),
+    (lambda H, b: fastseq.RNNLM(30, 64, num_layers=H * H // 4096, backend="numpy"), "num_layers"),
+    (lambda H, b: fastseq.RNN(3, 300, cell="lstm", num_layers=H * H // 300000, backend="numpy"), "num_layers"),
 ])
 def test_sizes_beyond_the_machines_memory_are_refused_before_allocating(backend, make, name):
     """Issue 12 item 13: RNN(3, 50000) allocated 28 GB in NumPy before the C++ side refused it."""

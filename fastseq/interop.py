@@ -183,7 +183,8 @@ def from_torch_state_dict(state_dict, nonlinearity=None, dtype=None, prefix="", 
             raise ArgumentError(f"nonlinearity: {nonlinearity!r} given, but the state dict holds an "
                                 f"nn.{_TORCH_CLASS[cell]} ({G} gate blocks)")
     elif _gates(cell) != G:
-        raise ArgumentError(f"state_dict['{prefix}rnn.weight_hh_l0']: shape {w_hh.shape} is not an nn.{_TORCH_CLASS[cell]}'s")
+        raise ArgumentError(f"state_dict['{prefix}rnn.weight_hh_l0']: shape {w_hh.shape} is not "
+                            f"an nn.{_TORCH_CLASS[cell]}'s")
     want = {"linear.weight": (V, H), "linear.bias": (V,)}
     for l in range(L):
         want.update({f"rnn.weight_ih_l{l}": (G * H, E if l == 0 else H), f"rnn.weight_hh_l{l}": (G * H, H),

@@ -197,7 +197,8 @@ def _grads_close(mine, theirs, what):
 
 def _torch_loss(tm, X, Y, state0):
     logits_t, state_T = tm(torch.from_numpy(X.astype(np.int64)), state0)
-    loss_t = torch.nn.functional.cross_entropy(logits_t.reshape(-1, V), torch.from_numpy(Y.astype(np.int64)).reshape(-1))
+    loss_t = torch.nn.functional.cross_entropy(logits_t.reshape(-1, V),
+                                               torch.from_numpy(Y.astype(np.int64)).reshape(-1))
     loss_t.backward()
     return logits_t.detach().numpy(), state_T, loss_t.item(), {n: p.grad.numpy() for n, p in tm.named_parameters()}
 

@@ -115,6 +115,20 @@ def test_dropout_draws_from_the_trainers_generator_only():
     assert a.hidden is None and a.model.begin_state(3).shape == (4, 3, 8)
 
 
+def test_carried_state_of_a_stacked_lstm_is_checked_on_load():
+    cfg = CONFIGS["lstm2+dropout+sequential+sliding+adam"]
+    a = make(cfg, callbacks=[stop_at(5)])
+    a.fit(1)
+    state = copy.deepcopy(a.state_dict())
+    assert state["hidden"].shape == (4, 3, 8)
+    for bad in (np.zeros((3, 8)), np.zeros((2, 3, 8)), np.zeros((4, 3, 9))):
+        with pytest.raises(ArgumentError, match=r"state\['hidden'\]: expected finite floats of shape \(4, B, 8\)"):
+            make(cfg).load_state_dict(dict(state, hidden=bad))
+    b = make(cfg)
+    b.load_state_dict(dict(state, hidden=np.zeros((4, 5, 8))))       # another batch size is a state too
+    assert b.hidden.shape == (4, 5, 8)
+
+
 def test_a_state_without_rng_of_before_dropout_still_loads():
     cfg = CONFIGS["sequential+block+sgd+plateau"]
     ref = make(cfg)

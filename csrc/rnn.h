@@ -203,7 +203,7 @@ void loop_backward(const Cell& c, int Tn, int R, const Views<T>& v, Seq<const T>
     T* next = cur + idx(P) * tau * n;
     T* dzk = next + idx(P) * tau * n;
     T* dghk = Cell::kSepGh ? dzk + tau * RGH : dzk;
-    T* trash = dghk + (Cell::kSepGh ? tau * RGH : 0);
+    T* trash = dzk + tau * RGH * (Cell::kSepGh ? 2 : 1);
     auto age = [&](T* base, int p, int k) { return base + (idx(p) * tau + k) * n; };
     int live = 0;  // terms carried in from step s+1 (ages 1..live in cur)
     for (int s = Tn - 1; s >= 0; --s) {

@@ -289,3 +289,47 @@ def test_every_reference_cell_is_registered_in_cpp():
         assert Y.shape == (2, 1, 3)
     with pytest.raises(ArgumentError, match="cell: expected one of 'rnn_tanh', 'rnn_relu', 'gru', 'lstm'"):
         _core.cell_forward("elman", np.ones((2, 1, 2)), np.zeros((1, 3)), params)
+
+
+# ----------------------------------------------------------------------------- CppOps, the contract's calls
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("L", [1, 2])
+def test_cpp_ops_calls_are_the_kernels(cell, L):
+    """CppOps maps the contract's calls (masks tuple, plan, flat params) onto one kernel call each."""
+    from fastseq.ops import CppOps
+    ops = CppOps()
+    rng = np.random.default_rng(1)
+    T, B, D, H, V = 5, 3, 4, 6, 7
+    G = get_cell(cell).gates
+    params = make_params(cell, D, H, L, np.float64, rng)
+    X = rng.normal(size=(T, B, D))
+    s0 = rng.normal(size=state_shape(cell, L, B, H))
+    masks = (None, layer_masks(rng, L, T, B, H, np.float64), None)
+    plan = Truncated(2, mode="block").plan(T, B)
+    Y, sT, cache = ops.rnn_forward(cell, X, s0, params, masks)
+    dY = rng.normal(size=Y.shape)
+    dX, ds0, grads = ops.rnn_backward(cell, dY, None, cache, params, plan)
+    ref_p = to_torch_layout(cell, params, L)
+    Yr, sTr, cr = stack_forward(cell, ref_p, X, split_state(cell, s0, L), masks[1])
+    dXr, ds0r, gr = stack_backward(cell, ref_p, dY, cr, None, plan)
+    assert_close(Y, Yr, np.float64, "Y")
+    assert_close(sT, join_state(cell, sTr, L), np.float64, "state_T")
+    assert_close(dX, dXr, np.float64, "dX")
+    assert_close(ds0, join_state(cell, ds0r, L), np.float64, "dstate0")
+    for k, v in grads_from_torch_layout(cell, gr, L).items():
+        assert_close(grads[k], v, np.float64, k)
+
+    lm = make_params(cell, V, H, L, np.float64, rng, V=V)
+    ids, tgt = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    lm_masks = ((rng.random((T, B, G * H)) > 0.3) / 0.7, masks[1], (rng.random((T, B, H)) > 0.3) / 0.7)
+    loss, g, sT = ops.lm_loss_and_grad(cell, ids, tgt, s0, lm, plan, lm_masks)
+    lr, gr, sTr, _ = reference_lm(cell, lm, ids, tgt, s0, plan, lm_masks, L)
+    assert abs(loss - lr) <= 1e-10 * lr
+    for k in gr:
+        assert_close(g[k], gr[k], np.float64, k)
+    logits, sT = ops.lm_forward(cell, ids, s0, lm)
+    _, _, sTr, logits_r = reference_lm(cell, lm, ids, tgt, s0, (None, 0), None, L)
+    assert_close(logits, logits_r, np.float64, "logits")
+    u = rng.random(6)
+    out = ops.lm_generate(cell, ids[0, :3], 6, lm, 1.0, 100, u)
+    np.testing.assert_array_equal(out, reference_generate(cell, lm, L, ids[0, :3], 6, 1.0, V, u))

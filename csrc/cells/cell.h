@@ -38,6 +38,28 @@ template <typename T>
 FASTSEQ_INLINE T sigmoid1(T a) {
     return T(0.5) * (T(1) + tanh1(T(0.5) * a));
 }
+// Plain passes over n entries, one per array operation: GCC vectorises these
+// (a fused loop over several gate blocks of one buffer it does not).
+template <typename T>
+FASTSEQ_INLINE void sigmoid_row(T* x, idx n) {
+    for (idx i = 0; i < n; ++i) x[i] = sigmoid1(x[i]);
+}
+template <typename T>
+FASTSEQ_INLINE void tanh_row(const T* x, T* y, idx n) {
+    for (idx i = 0; i < n; ++i) y[i] = tanh1(x[i]);
+}
+template <typename T>
+FASTSEQ_INLINE void add_row(const T* a, T* y, idx n) {  // y += a
+    for (idx i = 0; i < n; ++i) y[i] += a[i];
+}
+template <typename T>
+FASTSEQ_INLINE void mul_row(const T* a, const T* b, T* y, idx n) {  // y = a * b
+    for (idx i = 0; i < n; ++i) y[i] = a[i] * b[i];
+}
+template <typename T>
+FASTSEQ_INLINE void fma_row(const T* a, const T* b, const T* c, const T* d, T* y, idx n) {  // y = a * b + c * d
+    for (idx i = 0; i < n; ++i) y[i] = a[i] * b[i] + c[i] * d[i];
+}
 }  // namespace cellk
 
 // W_hh (H x G*H) packed both ways, once per call, for every cell.

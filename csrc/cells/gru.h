@@ -5,48 +5,53 @@
 //   5. h' = (1 - z) * n + z * h
 // gi = x W_xh + b_h (b_h holds PyTorch's b_ir + b_hr, b_iz + b_hz, b_in).
 #pragma once
+#include <cstring>
+
 #include "cell.h"
 
 namespace fastseq {
 namespace rnn {
 
 namespace cellk {
+// One row at a time, in plain passes over H entries (see cell.h).
+template <typename T>
+FASTSEQ_INLINE void gru_fwd_row(int H, const T* hp, T* zr, T* zz, T* zn, const T* gn, const T* b_hn, T* e, T* out) {
+    for (int j = 0; j < H; ++j) e[j] = gn[j] + b_hn[j];                                 // gh_n
+    for (int j = 0; j < H; ++j) zn[j] += zr[j] * e[j];
+    tanh_row(zn, zn, H);                                                                 // 4. n
+    for (int j = 0; j < H; ++j) out[j] = (T(1) - zz[j]) * zn[j] + zz[j] * hp[j];      // 5.
+}
 template <typename T>
 FASTSEQ_INLINE void gru_fwd(int R, int H, const T* hp, T* z, const T* gh, const T* b_hn, T* ghn_out, T* h) {
-    const idx G3 = 3 * idx(H);
     for (int r = 0; r < R; ++r) {
-        T* zr = z + r * G3;
-        const T* g = gh + r * G3;
-        const T* hr = hp + idx(r) * H;
-        T* e = ghn_out + idx(r) * H;
-        T* o = h + idx(r) * H;
-        for (int j = 0; j < H; ++j) {
-            const T rg = sigmoid1(zr[j] + g[j]);                 // 2.
-            const T ug = sigmoid1(zr[H + j] + g[H + j]);         // 3.
-            const T ghn = g[2 * H + j] + b_hn[j];
-            const T n = tanh1(zr[2 * H + j] + rg * ghn);         // 4.
-            o[j] = (T(1) - ug) * n + ug * hr[j];                 // 5.
-            zr[j] = rg, zr[H + j] = ug, zr[2 * H + j] = n, e[j] = ghn;
-        }
+        T* a = z + idx(r) * 3 * H;
+        const T* g = gh + idx(r) * 3 * H;
+        const idx k = idx(r) * H;
+        add_row(g, a, 2 * idx(H));     // gi_r + gh_r, gi_z + gh_z
+        sigmoid_row(a, 2 * idx(H));    // 2., 3. r, z
+        gru_fwd_row(H, hp + k, a, a + H, a + 2 * H, g + 2 * H, b_hn, ghn_out + k, h + k);
     }
 }
 template <typename T>
+FASTSEQ_INLINE void gru_bwd_row(int H, const T* dh, const T* hp, const T* rg, const T* ug, const T* n, const T* e,
+                                T* ar, T* az, T* an, T* br, T* bz, T* bn, T* dp) {
+    for (int j = 0; j < H; ++j) an[j] = dh[j] * (T(1) - ug[j]) * (T(1) - n[j] * n[j]);   // 5'., 4'.
+    for (int j = 0; j < H; ++j) ar[j] = an[j] * e[j] * rg[j] * (T(1) - rg[j]);           // 4'., 2'.
+    for (int j = 0; j < H; ++j) az[j] = dh[j] * (hp[j] - n[j]) * ug[j] * (T(1) - ug[j]); // 5'., 3'.
+    for (int j = 0; j < H; ++j) bn[j] = an[j] * rg[j];
+    for (int j = 0; j < H; ++j) dp[j] = dh[j] * ug[j];                                   // 5'. through z * h
+    std::memcpy(br, ar, sizeof(T) * H);
+    std::memcpy(bz, az, sizeof(T) * H);
+}
+template <typename T>
 FASTSEQ_INLINE void gru_bwd(int R, int H, const T* dh, const T* hp, const T* z, const T* ghn, T* dz, T* dgh, T* dprev) {
-    const idx G3 = 3 * idx(H);
     for (int r = 0; r < R; ++r) {
-        const T* zr = z + r * G3;
-        T* a = dz + r * G3;
-        T* b = dgh + r * G3;
-        const idx o = idx(r) * H;
-        for (int j = 0; j < H; ++j) {
-            const T rg = zr[j], ug = zr[H + j], n = zr[2 * H + j], d = dh[o + j];
-            const T dan = d * (T(1) - ug) * (T(1) - n * n);              // 5'., 4'.
-            const T dar = dan * ghn[o + j] * rg * (T(1) - rg);            // 4'., 2'.
-            const T daz = d * (hp[o + j] - n) * ug * (T(1) - ug);         // 5'., 3'.
-            a[j] = dar, a[H + j] = daz, a[2 * H + j] = dan;
-            b[j] = dar, b[H + j] = daz, b[2 * H + j] = dan * rg;
-            dprev[o + j] = d * ug;                                        // 5'. through z * h
-        }
+        const T* a = z + idx(r) * 3 * H;
+        T* d = dz + idx(r) * 3 * H;
+        T* b = dgh + idx(r) * 3 * H;
+        const idx k = idx(r) * H;
+        gru_bwd_row(H, dh + k, hp + k, a, a + H, a + 2 * H, ghn + k, d, d + H, d + 2 * H, b, b + H, b + 2 * H,
+                    dprev + k);
     }
 }
 FASTSEQ_CLONES static void gru_fwd_f(int R, int H, const float* hp, float* z, const float* gh, const float* b_hn,

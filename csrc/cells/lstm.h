@@ -8,42 +8,42 @@ namespace fastseq {
 namespace rnn {
 
 namespace cellk {
+// One row at a time, in plain passes over H entries (see cell.h).
 template <typename T>
 FASTSEQ_INLINE void lstm_fwd(int R, int H, const T* cp, T* z, T* c, T* tc, T* h) {
-    const idx G4 = 4 * idx(H);
     for (int r = 0; r < R; ++r) {
-        T* a = z + r * G4;
-        const idx o = idx(r) * H;
-        for (int j = 0; j < H; ++j) {
-            const T i = sigmoid1(a[j]), f = sigmoid1(a[H + j]);   // 2.
-            const T g = tanh1(a[2 * H + j]);                       // 3.
-            const T og = sigmoid1(a[3 * H + j]);
-            const T cn = f * cp[o + j] + i * g;                    // 4.
-            const T t = tanh1(cn);
-            h[o + j] = og * t;                                     // 5.
-            c[o + j] = cn, tc[o + j] = t;
-            a[j] = i, a[H + j] = f, a[2 * H + j] = g, a[3 * H + j] = og;
-        }
+        T* i = z + idx(r) * 4 * H;
+        T* f = i + H;
+        T* g = f + H;
+        T* o = g + H;
+        const idx k = idx(r) * H;
+        sigmoid_row(i, 2 * idx(H));            // 2. i, f
+        tanh_row(g, g, H);                     // 3.
+        sigmoid_row(o, H);                     // 2. o
+        fma_row(f, cp + k, i, g, c + k, H);    // 4. c' = f * c + i * g
+        tanh_row(c + k, tc + k, H);
+        mul_row(o, tc + k, h + k, H);          // 5. h' = o * tanh(c')
     }
+}
+template <typename T>
+FASTSEQ_INLINE void lstm_bwd_row(int H, const T* dh, const T* dc_in, const T* cp, const T* i, const T* f, const T* g,
+                                 const T* o, const T* tc, T* di, T* df, T* dg, T* dO, T* dcp) {
+    for (int j = 0; j < H; ++j) dcp[j] = dc_in[j] + dh[j] * o[j] * (T(1) - tc[j] * tc[j]);   // 5'. dc'
+    for (int j = 0; j < H; ++j) di[j] = dcp[j] * g[j] * i[j] * (T(1) - i[j]);               // 4'., 2'.
+    for (int j = 0; j < H; ++j) df[j] = dcp[j] * cp[j] * f[j] * (T(1) - f[j]);
+    for (int j = 0; j < H; ++j) dg[j] = dcp[j] * i[j] * (T(1) - g[j] * g[j]);               // 3'.
+    for (int j = 0; j < H; ++j) dO[j] = dh[j] * tc[j] * o[j] * (T(1) - o[j]);               // 5'.
+    for (int j = 0; j < H; ++j) dcp[j] *= f[j];                                             // 4'. path to c
 }
 template <typename T>
 FASTSEQ_INLINE void lstm_bwd(int R, int H, const T* dh, const T* dc_in, const T* cp, const T* z, const T* tc, T* dz,
                              T* dcp) {
-    const idx G4 = 4 * idx(H);
     for (int r = 0; r < R; ++r) {
-        const T* a = z + r * G4;
-        T* d = dz + r * G4;
-        const idx o = idx(r) * H;
-        for (int j = 0; j < H; ++j) {
-            const T i = a[j], f = a[H + j], g = a[2 * H + j], og = a[3 * H + j];
-            const T t = tc[o + j], dhj = dh[o + j];
-            const T dc = dc_in[o + j] + dhj * og * (T(1) - t * t);   // 5'. both paths into c'
-            d[j] = dc * g * i * (T(1) - i);                          // 4'., 2'.
-            d[H + j] = dc * cp[o + j] * f * (T(1) - f);
-            d[2 * H + j] = dc * i * (T(1) - g * g);                  // 3'.
-            d[3 * H + j] = dhj * t * og * (T(1) - og);               // 5'.
-            dcp[o + j] = dc * f;                                     // 4'. path to c
-        }
+        const T* a = z + idx(r) * 4 * H;
+        T* d = dz + idx(r) * 4 * H;
+        const idx k = idx(r) * H;
+        lstm_bwd_row(H, dh + k, dc_in + k, cp + k, a, a + H, a + 2 * H, a + 3 * H, tc + k, d, d + H, d + 2 * H,
+                     d + 3 * H, dcp + k);
     }
 }
 FASTSEQ_CLONES static void lstm_fwd_f(int R, int H, const float* cp, float* z, float* c, float* tc, float* h) {

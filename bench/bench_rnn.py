@@ -17,11 +17,13 @@ thread count (1 or 2), against the C++ step at its faster thread count.
 This process unsets OPENBLAS_CORETYPE (set on this machine, it pins OpenBLAS
 to its Haswell kernels) before any BLAS is loaded, so OpenBLAS picks its
 kernels for the actual CPU; the table records the core OpenBLAS reports.
+With FASTSEQ_ISA=avx2 (the AVX2 path forced) OPENBLAS_CORETYPE is left as set.
 """
 import os
 import sys
 
-if "numpy" not in sys.modules and "fastseq" not in sys.modules:
+if "numpy" not in sys.modules and "fastseq" not in sys.modules and os.environ.get("FASTSEQ_ISA") != "avx2":
+    # (with FASTSEQ_ISA=avx2 the AVX2 path is measured as asked: OPENBLAS_CORETYPE=Haswell is kept)
     CORETYPE_UNSET = os.environ.pop("OPENBLAS_CORETYPE", None)
 else:  # pragma: no cover - a BLAS is already loaded; record what it uses
     CORETYPE_UNSET = None

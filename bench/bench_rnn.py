@@ -116,25 +116,7 @@ def fastseq_generate(H, n):
 
 def torch_generate(H, n):
     """Greedy generation, B=1, the way a PyTorch user loops over nn.RNN."""
-    torch.manual_seed(0)
-    rnn, lin = torch.nn.RNN(V, H), torch.nn.Linear(H, V)
-    eye = torch.eye(V)
-    prefix = [3, 1, 4]
-
-    def run():
-        with torch.no_grad():
-            h = torch.zeros(1, 1, H)
-            for tok in prefix:
-                out, h = rnn(eye[tok].view(1, 1, V), h)
-            toks = []
-            for i in range(n):
-                tok = int(lin(out[0, 0]).argmax())
-                toks.append(tok)
-                if i + 1 < n:
-                    out, h = rnn(eye[tok].view(1, 1, V), h)
-            return toks
-
-    return run
+    return torch_cell_generate("rnn_tanh", H, n, V)
 
 
 def _openblas():
@@ -401,6 +383,9 @@ CV, CB, CT = 65, 32, 64
 CELL_HS = [128, 512]
 CELL_TARGETS = {128: 2.5, 512: 1.7}
 TORCH_CELL = {"gru": "GRU", "lstm": "LSTM"}
+# PyTorch's thread counts tried (FASTSEQ_BENCH_TORCH_THREADS="1"): on a loaded 2-core machine
+# its 2-thread runs spin for seconds per step, which only makes the table slow to produce.
+TORCH_THREADS = tuple(int(n) for n in os.environ.get("FASTSEQ_BENCH_TORCH_THREADS", "1,2").split(","))
 
 
 def cell_params(cell, H, L, rng):
@@ -479,24 +464,24 @@ def fastseq_cell_generate(cell, H, n):
     return lambda: ops.lm_generate(cell, prefix, n, params, 0.0, 0, None)
 
 
-def torch_cell_generate(cell, H, n):
+def torch_cell_generate(cell, H, n, Vn=CV):
     """Greedy generation, B=1, the way a PyTorch user loops over nn.RNN/nn.GRU/nn.LSTM."""
     torch.manual_seed(0)
     mod = {"rnn_tanh": "RNN", **TORCH_CELL}[cell]
-    rnn, lin = getattr(torch.nn, mod)(CV, H), torch.nn.Linear(H, CV)
-    eye = torch.eye(CV)
+    rnn, lin = getattr(torch.nn, mod)(Vn, H), torch.nn.Linear(H, Vn)
+    eye = torch.eye(Vn)
 
     def run():
         with torch.no_grad():
             state = None
             for tok in (3, 1, 4):
-                out, state = rnn(eye[tok].view(1, 1, CV), state)
+                out, state = rnn(eye[tok].view(1, 1, Vn), state)
             toks = []
             for i in range(n):
                 tok = int(lin(out[0, 0]).argmax())
                 toks.append(tok)
                 if i + 1 < n:
-                    out, state = rnn(eye[tok].view(1, 1, CV), state)
+                    out, state = rnn(eye[tok].view(1, 1, Vn), state)
             return toks
 
     return run
@@ -529,7 +514,8 @@ def cells_report(path=None):
     say("## Gated cells (issue 11): measured ratios (bench/bench_rnn.py --cells)")
     say("")
     say(f"Machine: {machine_line()}; FASTSEQ_ISA={os.environ.get('FASTSEQ_ISA', 'unset')}.")
-    say("Timings of one table row are taken in the same run, interleaved, best of 5 rounds.")
+    say(f"Timings of one table row are taken in the same run, interleaved, best of 3 rounds; PyTorch threads "
+        f"tried: {', '.join(map(str, TORCH_THREADS))}.")
     say("")
     say(f"### Training step, V={CV}, B={CB}, T={CT}, float32 (Embedding/one-hot + cell + Linear + cross-entropy "
         "+ clip + SGD)")
@@ -541,8 +527,8 @@ def cells_report(path=None):
             for H in CELL_HS:
                 cases = {("cpp", n): (n, fastseq_cell_step(cell, H, L)) for n in (1, 2)}
                 cases.update({("torch", inp, n): (n, torch_cell_step(cell, H, L, inp))
-                              for inp in ("onehot", "embedding") for n in (1, 2)})
-                t = best_times(cases)
+                              for inp in ("onehot", "embedding") for n in TORCH_THREADS})
+                t = best_times(cases, rounds=3, min_round=0.1)
                 cpp = min((v, k) for k, v in t.items() if k[0] == "cpp")
                 tb = min((v, k) for k, v in t.items() if k[0] == "torch")
                 r = tb[0] / cpp[0]
@@ -557,8 +543,8 @@ def cells_report(path=None):
     say("|---|---|---|---|---|")
     for cell in ("rnn_tanh", "gru", "lstm"):
         cases = {("cpp", n): (n, fastseq_cell_generate(cell, GEN_H, GEN_N)) for n in (1, 2)}
-        cases.update({("torch", n): (n, torch_cell_generate(cell, GEN_H, GEN_N)) for n in (1, 2)})
-        t = best_times(cases, rounds=5, min_round=0.2)
+        cases.update({("torch", n): (n, torch_cell_generate(cell, GEN_H, GEN_N)) for n in TORCH_THREADS})
+        t = best_times(cases, rounds=3, min_round=0.2)
         c = min((v, k) for k, v in t.items() if k[0] == "cpp")
         tt = min((v, k) for k, v in t.items() if k[0] == "torch")
         r = tt[0] / c[0]

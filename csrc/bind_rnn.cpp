@@ -317,9 +317,6 @@ py::tuple cell_backward_t(const CellInfo& ci, const py::handle& dYo, const py::o
     py::array_t<T> dsT, scale;
     if (!dsTo.is_none()) dsT = checked<T>(dsTo, nm.dsT, sshape);
     if (!scaleo.is_none()) scale = checked<T>(scaleo, "scale", {Tn, B});
-    if (L > 1 && window > 0 && window < Tn)
-        throw fastseq::ArgumentError("window: sliding truncation of a stack (num_layers > 1) is not implemented "
-                                     "by the C++ kernels; use block or randomized truncation, or backend='numpy'");
     check_size(Tn * B, std::max({D, H, GH}), "X");
     py::array_t<T> dX({Tn, B, D}), ds0(sshape);
     std::vector<LayerG<T>> g;
@@ -403,9 +400,6 @@ py::tuple lm_loss_and_grad_t(const CellInfo& ci, const py::handle& Xo, const py:
     auto s0 = checked<T>(so, "state", sshape);
     py::array_t<T> scale;
     if (!scaleo.is_none()) scale = checked<T>(scaleo, "scale", {Tn, B});
-    if (L > 1 && window > 0 && window < Tn)
-        throw fastseq::ArgumentError("window: sliding truncation of a stack (num_layers > 1) is not implemented "
-                                     "by the C++ kernels; use block or randomized truncation, or backend='numpy'");
     auto mi = optional_mask<T>(mio, "masks (m_in)", {Tn, B, GH});
     auto ml = optional_mask<T>(mlo, "masks (m_layers)", {L - 1, Tn, B, H});
     auto mo = optional_mask<T>(moo, "masks (m_out)", {Tn, B, H});

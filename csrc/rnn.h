@@ -145,9 +145,20 @@ std::size_t backward_scratch(int H, int R, int Tn, int window) {
 //   scale:  nullptr (ones) or scale[t*sts + r]: multiplies the whole message to step t-1.
 //   window: 0, or tau (sliding truncation) with 0 < tau < T.
 //   ds0:    receives dL/d(state0) parts (R x H each).
+//   ages:   sliding truncation in a stack: the direct gradients of the terms of ages
+//           1..tau-1 at step s (from the layer above: in at(s) + k*as), and where the
+//           per-age dL/dgi goes (out, ages 0..tau-1), so the layer below sees each term
+//           at its own age. Unused (null) for one layer.
+template <typename T>
+struct AgeIO {
+    const T* in = nullptr;
+    T* out = nullptr;
+    idx in_ts = 0, in_as = 0, out_ts = 0, out_as = 0;
+};
 template <typename T, class Cell>
 void loop_backward(const Cell& c, int Tn, int R, const Views<T>& v, Seq<const T> direct, Seq<T> dZ, Seq<T> dGH,
-                   const T* const* dsT, const T* scale, idx sts, int window, T* const* ds0, T* scratch) {
+                   const T* const* dsT, const T* scale, idx sts, int window, T* const* ds0, T* scratch,
+                   const AgeIO<T>& ages = AgeIO<T>()) {
     constexpr int P = Cell::P;
     const int H = c.H;
     const idx n = idx(R) * H, RGH = idx(R) * Cell::G * H;
@@ -215,6 +226,12 @@ void loop_backward(const Cell& c, int Tn, int R, const Views<T>& v, Seq<const T>
                     for (idx i = 0; i < n; ++i) age(cur, p, 0)[i] += dsT[p][i];
         const int nk = std::min(live + 1, tau);
         const int cont = s ? std::min(nk, tau - 1) : 0;  // terms that go on to step s-1
+        if (ages.in)  // the live terms' direct gradients from the layer above (the same terms live there)
+            for (int k = 1; k < nk; ++k) {
+                const T* a = ages.in + s * ages.in_ts + k * ages.in_as;
+                T* m = age(cur, 0, k);
+                for (idx i = 0; i < n; ++i) m[i] += a[i];
+            }
         if (s == 0)
             for (int p = 0; p < P; ++p) std::fill(ds0[p], ds0[p] + n, T(0));
         step_ptrs<Cell>(v, s, prev, ext);
@@ -222,10 +239,16 @@ void loop_backward(const Cell& c, int Tn, int R, const Views<T>& v, Seq<const T>
             const T* dnext[2] = {age(cur, 0, k), P > 1 ? age(cur, 1, k) : nullptr};
             T* dprev[2] = {k < cont ? age(next, 0, k + 1) : trash, k < cont && P > 1 ? age(next, 1, k + 1) : trash + n};
             c.backward_step(R, dnext, prev, v.Z.at(s), ext, v.Hs.at(s), dzk + k * RGH, dghk + k * RGH, dprev);
+            if (ages.out) std::memcpy(ages.out + s * ages.out_ts + k * ages.out_as, dzk + k * RGH, sizeof(T) * RGH);
             if (s == 0)
                 for (int p = Cell::kDirectH ? 0 : 1; p < P; ++p)
                     for (idx i = 0; i < n; ++i) ds0[p][i] += dprev[p][i];
         }
+        if (ages.out)
+            for (int k = nk; k < tau; ++k) {
+                T* o = ages.out + s * ages.out_ts + k * ages.out_as;
+                std::fill(o, o + RGH, T(0));
+            }
         T* dz = dZ.at(s);
         std::memcpy(dz, dzk, sizeof(T) * RGH);
         for (int k = 1; k < nk; ++k)
@@ -392,7 +415,7 @@ void bias_grads(idx M, int H, const T* dZ, const T* dGH, T* db_h, T* db_hn) {
 // Backward of the stack, layer by layer from the top (each layer's whole time
 // loop, then its products over all steps). dY (T, B, H): dL/dY of the top
 // layer; dstateT (P*L, B, H) or nullptr. Outputs dX (T, B, D), dstate0 (P*L, B, H), g.
-// Sliding truncation needs one message per age to cross layers: L == 1 only (the binding checks).
+// Sliding truncation in a stack: each loss term goes down the layers at its own age (AgeIO).
 template <typename T, class Cell>
 void stack_backward(const std::vector<LayerW<T>>& Ls, int H, int variant, int Tn, int B, const T* X,
                     const T* state0, const T* m_layers, const StackBufs<T>& S, const T* dY, const T* dstateT,
@@ -402,12 +425,18 @@ void stack_backward(const std::vector<LayerW<T>>& Ls, int H, int variant, int Tn
     const int GH = Cell::G * H;
     CellStack<T, Cell> cs(Ls, H, variant);
     Buffer<T> dZbuf(TB * GH), dGHbuf(Cell::kSepGh ? TB * GH : 0), dir(L > 1 ? TBH : 0);
+    // sliding truncation of a stack: each term crosses the layers at its own age
+    const int tau = L > 1 && window > 0 && window < Tn ? window : 0;
+    Buffer<T> dZK(tau ? TB * tau * GH : 0), dirK(tau ? TBH * tau : 0);  // (T, tau, B, width)
     T* dZ = dZbuf.get();
     T* dGH = Cell::kSepGh ? dGHbuf.get() : dZ;
     const int np = auto_parts(B, Tn, GH, Ls[0].D, parts);
     const std::size_t per = backward_scratch<Cell>(H, (B + np - 1) / np, Tn, window);
     Buffer<T> scratch(per * np);
     for (int l = L - 1; l >= 0; --l) {
+        if (tau && l < L - 1)  // age 0 of the terms from above: this layer's direct gradients
+            for (int t = 0; t < Tn; ++t)
+                std::memcpy(dir.get() + idx(t) * B * H, dirK.get() + idx(t) * tau * B * H, sizeof(T) * B * H);
         const T* direct = l == L - 1 ? dY : dir.get();
         if (Cell::kAliasZH) {  // dZ is computed in place of the direct gradients
             std::memcpy(dZ, direct, sizeof(T) * TBH);
@@ -421,16 +450,31 @@ void stack_backward(const std::vector<LayerW<T>>& Ls, int H, int variant, int Tn
                 if (dstateT) dsT[q] = dstateT + (idx(q) * L + l) * B * H + off;
                 ds0[q] = dstate0 + (idx(q) * L + l) * B * H + off;
             }
+            AgeIO<T> ages;
+            if (tau) {
+                if (l < L - 1) ages.in = dirK.get() + off, ages.in_ts = idx(tau) * B * H, ages.in_as = idx(B) * H;
+                if (l > 0) ages.out = dZK.get() + goff, ages.out_ts = idx(tau) * B * GH, ages.out_as = idx(B) * GH;
+            }
             loop_backward<T>(cs.cells[l], Tn, R, layer_views<T, Cell>(S, l, L, Tn, B, H, b0, state0),
                              Seq<const T>{direct + off, idx(B) * H}, Seq<T>{dZ + goff, idx(B) * GH},
                              Seq<T>{dGH + goff, idx(B) * GH}, dsT, scale ? scale + b0 : nullptr, B, window, ds0,
-                             scratch.get() + per * p);
+                             scratch.get() + per * p, ages);
         });
         const T* in = layer_input(S, l, Tn, B, H, X);
         const int D = Ls[l].D;
         recurrent_grad(Tn, B, H, GH, state0 + idx(l) * B * H, S.Hs + l * TBH, dGH, g[l].W_hh);
         blas::gemm(true, false, D, GH, int(TB), T(1), in, D, dZ, GH, T(0), g[l].W_xh, GH);
         bias_grads<T, Cell>(TB, H, dZ, dGH, g[l].b_h, g[l].b_hn);
+        if (tau && l >= 1) {  // every age's dX_l = dgi W_xh^T: layer l-1's direct gradient, per age
+            blas::gemm(false, true, int(TB) * tau, D, GH, T(1), dZK.get(), GH, Ls[l].W_xh, GH, T(0), dirK.get(), D);
+            if (m_layers)
+                for (int t = 0; t < Tn; ++t)
+                    for (int k = 0; k < tau; ++k) {
+                        T* o = dirK.get() + (idx(t) * tau + k) * B * H;
+                        mul_rows(idx(B) * H, o, m_layers + (l - 1) * TBH + idx(t) * B * H, o);
+                    }
+            continue;
+        }
         T* out = l == 0 ? dX : dir.get();  // dX_l = dgi W_xh^T: layer l-1's direct gradient
         blas::gemm(false, true, int(TB), D, GH, T(1), dZ, GH, Ls[l].W_xh, GH, T(0), out, D);
         if (l >= 1 && m_layers) mul_rows(TBH, out, m_layers + (l - 1) * TBH, out);
@@ -579,6 +623,7 @@ template <typename T, class Cell>
 struct LMSlice {
     std::vector<T*> Hb, Z, E, Xin;  // per layer: (T+1, R, H) with h0 first; gates; extras; masked input
     T *Hout, *O, *dZ, *dGH, *dir, *ds0, *pk, *step, *loop;
+    T *dZK = nullptr, *dirK = nullptr;  // sliding truncation of a stack: per age (T, tau, R, width)
     std::size_t size = 0;
     LMSlice(const LMParams<T>& P, const LMMasks<T>& mk, int Tn, int R, int window, bool train, T* base) {
         const int L = int(P.layers.size()), H = P.H, V = P.V, GH = Cell::G * H;
@@ -607,6 +652,10 @@ struct LMSlice {
                             kern::packed_size<T>(int(M), GH)}));
         step = take(Cell::step_scratch(R, H));
         loop = take(backward_scratch<Cell>(H, R, Tn, window));
+        if (L > 1 && window > 0 && window < Tn) {
+            dZK = take(M * window * GH);
+            dirK = take(M * window * H);
+        }
     }
     Views<T> views(int l, int Tn, int R, int H, const T* c0) const {
         const idx RH = idx(R) * H;
@@ -713,18 +762,34 @@ double lm_step_slice(const LMParams<T>& P, const CellStack<T, Cell>& cs, const O
     op.back(P, int(M), O, direct);
     if (mk.out) mask_slice(Tn, R, B, H, direct, mk.out + idx(b0) * H, direct);
     const idx RH = idx(R) * H;
+    const int tau = w.dZK ? window : 0;
     for (int l = L - 1; l >= 0; --l) {
         const T* c0 = Cell::P > 1 ? state0 + (idx(L + l) * B + b0) * H : nullptr;
         T* ds0[2] = {w.ds0, w.ds0 + RH};  // the LM's state is detached: dstate0 is dropped
+        AgeIO<T> ages;
+        if (w.dZK) {
+            if (l < L - 1) ages.in = w.dirK, ages.in_ts = tau * RH, ages.in_as = RH;
+            if (l > 0) ages.out = w.dZK, ages.out_ts = tau * RH * Cell::G, ages.out_as = RH * Cell::G;
+        }
         loop_backward<T>(cs.cells[l], Tn, R, w.views(l, Tn, R, H, c0), Seq<const T>{direct, RH},
                          Seq<T>{dZ, RH * Cell::G}, Seq<T>{dGH, RH * Cell::G}, nullptr, scale ? scale + b0 : nullptr,
-                         B, window, ds0, w.loop);
+                         B, window, ds0, w.loop, ages);
         const LayerG<T>& gl = g.layers[l];
         op.tn(int(M), H, GH, w.Hb[l], dGH, gl.W_hh, w.pk);  // [h0; H_0..H_{T-2}]^T dGH in one product
         bias_grads<T, Cell>(M, H, dZ, dGH, gl.b_h, gl.b_hn);
         if (l >= 1) {
             const T* in = mk.layers ? w.Xin[l] : w.Hb[l - 1] + RH;
             op.tn(int(M), H, GH, in, dZ, gl.W_xh, w.pk);
+            if (w.dZK) {  // sliding truncation: every age's dX, age 0 the direct gradient below
+                blas::gemm(false, true, int(M) * tau, H, GH, T(1), w.dZK, GH, P.layers[l].W_xh, GH, T(0), w.dirK, H);
+                for (int t = 0; t < Tn; ++t)
+                    for (int k = 0; k < tau; ++k) {
+                        T* o = w.dirK + (idx(t) * tau + k) * RH;
+                        if (mk.layers) mul_rows(RH, o, mk.layers + (l - 1) * TBH + (idx(t) * B + b0) * H, o);
+                        if (k == 0) std::memcpy(direct + idx(t) * RH, o, sizeof(T) * RH);
+                    }
+                continue;
+            }
             blas::gemm(false, true, int(M), H, GH, T(1), dZ, GH, P.layers[l].W_xh, GH, T(0), w.dir, H);
             if (mk.layers) mask_slice(Tn, R, B, H, w.dir, mk.layers + (l - 1) * TBH + idx(b0) * H, w.dir);
             if (Cell::kAliasZH) std::memcpy(dZ, w.dir, sizeof(T) * M * H);

@@ -83,8 +83,7 @@ class CppOps(NumpyOps):
     The calls are the cells contract's (docs/CELLS.md): ``cell`` names a registered cell
     ('rnn_tanh', 'rnn_relu', 'gru', 'lstm'), ``params`` is the model's flat dict, ``masks`` None or
     (m_in, m_layers, m_out). Each call is one kernel call. The cache of ``rnn_forward`` is opaque
-    (the kernels' own arrays) and checked again by ``rnn_backward``. Sliding truncation of a stack
-    (num_layers > 1) is refused with an ArgumentError (block and randomized truncation run).
+    (the kernels' own arrays) and checked again by ``rnn_backward``.
     """
 
     name = "cpp"

@@ -130,8 +130,6 @@ sizes = st.tuples(st.integers(1, 7), st.integers(1, 5), st.integers(1, 6), st.in
        tau=st.integers(1, 8), dropout=st.booleans(), with_dsT=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_layer_matches_reference(cell, kind, dtype, threads, size, L, tau, dropout, with_dsT, seed):
     T, B, D, H = size
-    if kind == "sliding" and tau < T:
-        L = 1                                   # a stack under sliding truncation is refused (test below)
     rng = np.random.default_rng(seed)
     params = make_params(cell, D, H, L, dtype, rng)
     X = rng.normal(size=(T, B, D)).astype(dtype)
@@ -156,22 +154,6 @@ def test_layer_matches_reference(cell, kind, dtype, threads, size, L, tau, dropo
     for k in gr:
         assert grads[k].dtype == dtype
         assert_close(grads[k], gr[k], dtype, k)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_sliding_truncation_of_a_stack_is_refused(cell):
-    rng = np.random.default_rng(0)
-    T, B, D, H, L = 6, 2, 3, 4, 2
-    params = make_params(cell, D, H, L, np.float64, rng)
-    X = rng.normal(size=(T, B, D))
-    s0 = np.zeros(state_shape(cell, L, B, H))
-    Y, _, cache = _core.cell_forward(cell, X, s0, params)
-    with pytest.raises(ArgumentError, match="window: sliding truncation of a stack"):
-        _core.cell_backward(cell, np.ones_like(Y), None, cache, params, None, 3)
-    ids = rng.integers(0, 5, (B, T))
-    lm = make_params(cell, 5, H, L, np.float64, rng, V=5)
-    with pytest.raises(ArgumentError, match="window: sliding truncation of a stack"):
-        _core.cell_lm_loss_and_grad(cell, ids, ids, s0, lm, None, 3)
 
 
 # ----------------------------------------------------------------------------- the language model
@@ -213,8 +195,6 @@ def reference_lm(cell, params, ids, Yt, s0, plan, masks, L):
        seed=st.integers(0, 2**31 - 1))
 def test_lm_step_matches_reference(cell, kind, dtype, threads, size, L, tau, dropout, seed):
     T, B, V, H = size
-    if kind == "sliding" and tau < T:
-        L = 1
     rng = np.random.default_rng(seed)
     G = get_cell(cell).gates
     params = make_params(cell, V, H, L, dtype, rng, V=V)
@@ -333,3 +313,16 @@ def test_cpp_ops_calls_are_the_kernels(cell, L):
     u = rng.random(6)
     out = ops.lm_generate(cell, ids[0, :3], 6, lm, 1.0, 100, u)
     np.testing.assert_array_equal(out, reference_generate(cell, lm, L, ids[0, :3], 6, 1.0, V, u))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sliding_truncation_of_stacks(cell, dtype):
+    """Sliding truncation with 2 and 3 layers and dropout: each term goes down the layers at its own age."""
+    for L, threads in ((2, 1), (3, 2)):
+        test_layer_matches_reference.hypothesis.inner_test(
+            cell=cell, kind="sliding", dtype=dtype, threads=threads, size=(7, 4, 3, 5), L=L, tau=3, dropout=True,
+            with_dsT=True, seed=L)
+        test_lm_step_matches_reference.hypothesis.inner_test(
+            cell=cell, kind="sliding", dtype=dtype, threads=threads, size=(7, 4, 6, 5), L=L, tau=3, dropout="all",
+            seed=L)

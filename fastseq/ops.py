@@ -18,8 +18,6 @@ are independent through the recurrence); generation at H >= 256 splits W_hh's
 columns. The kernels release the GIL, so models can also run in several
 Python threads. Results agree to rounding whatever the thread count.
 """
-import functools
-
 import numpy as np
 
 from . import _core
@@ -40,43 +38,6 @@ def _plan(plan):
     return _c(scale), int(window)
 
 
-def _before_the_contract(call_before):
-    """Until fastseq/rnn.py speaks the cells contract, a call whose first argument is not a cell name
-    is the one-layer Elman call of before it, run by ``call_before``. The signature stays the
-    contract's (functools.wraps). Transitional: goes once the models call the contract."""
-    def wrap(f):
-        @functools.wraps(f)
-        def call(self, *args, **kwargs):
-            if args and not isinstance(args[0], str):
-                return call_before(*args, **kwargs)
-            return f(self, *args, **kwargs)
-        return call
-    return wrap
-
-
-def _forward_before(X, h0, params, nonlinearity):
-    return _core.rnn_forward(_c(X), _c(h0), params, nonlinearity)
-
-
-def _backward_before(dHs, X, h0, Hs, params, nonlinearity, dH_T, plan):
-    scale, window = _plan(plan)
-    return _core.rnn_backward(_c(dHs), _c(X), _c(h0), _c(Hs), params, nonlinearity, _c(dH_T), scale, window)
-
-
-def _lm_forward_before(ids, h0, params, nonlinearity):
-    return _core.lm_forward(_ids(ids), _c(h0), params, nonlinearity)
-
-
-def _lm_loss_and_grad_before(ids, Y, h0, params, nonlinearity, plan):
-    scale, window = _plan(plan)
-    return _core.lm_loss_and_grad(_ids(ids), _ids(Y), _c(h0), params, nonlinearity, scale, window)
-
-
-def _lm_generate_before(prefix, num_preds, params, nonlinearity, temperature, top_k, uniforms):
-    top_k = min(top_k, params["b_q"].shape[0])
-    return _core.lm_generate(_ids(prefix), num_preds, params, nonlinearity, float(temperature), top_k, _c(uniforms))
-
-
 class CppOps(NumpyOps):
     """The C++ ops: the hot calls run by compiled kernels (GIL released), any cell and depth.
 
@@ -88,26 +49,21 @@ class CppOps(NumpyOps):
 
     name = "cpp"
 
-    @_before_the_contract(_forward_before)
     def rnn_forward(self, cell, X, state0, params, masks):
         return _core.cell_forward(cell, _c(X), _c(state0), params, _masks(masks))
 
-    @_before_the_contract(_backward_before)
     def rnn_backward(self, cell, dY, dstate_T, cache, params, plan):
         scale, window = _plan(plan)
         return _core.cell_backward(cell, _c(dY), _c(dstate_T), cache, params, scale, window)
 
-    @_before_the_contract(_lm_forward_before)
     def lm_forward(self, cell, ids, state0, params):
         return _core.cell_lm_forward(cell, _ids(ids), _c(state0), params)
 
-    @_before_the_contract(_lm_loss_and_grad_before)
     def lm_loss_and_grad(self, cell, ids, Y, state0, params, plan, masks):
         scale, window = _plan(plan)
         return _core.cell_lm_loss_and_grad(cell, _ids(ids), _ids(Y), _c(state0), params, scale, window,
                                            _masks(masks))
 
-    @_before_the_contract(_lm_generate_before)
     def lm_generate(self, cell, prefix, num_preds, params, temperature, top_k, uniforms):
         top_k = min(top_k, params["b_q"].shape[0])     # top_k >= V keeps all, as the reference does
         return _core.cell_lm_generate(cell, _ids(prefix), num_preds, params, float(temperature), top_k,

@@ -15,7 +15,6 @@ up to rounding. ``fastseq.reference.RNN`` / ``RNNLM`` are these classes with
 the NumPy ops as their default. docs/CELLS.md has the parameters, the state
 layout and the dropout masks.
 """
-import inspect
 import math
 import os
 
@@ -132,55 +131,6 @@ def param_shapes(cell, input_size, hidden_size, num_layers=1, vocab_size=None):
     return shapes
 
 
-# ----------------------------------------------------------------------------- the ops of a model
-class _ElmanCpp:
-    """Today's C++ ops (one-layer Elman, the calls before issue 11) behind the contract's calls.
-
-    The one place that knows the C++ kernels do not yet run every cell: when fastseq.ops.CppOps speaks
-    the contract (its rnn_forward takes a cell), ``_model_ops`` returns it as is and this class is dead.
-    """
-
-    name = "cpp"
-
-    def __init__(self, ops):
-        self.ops = ops
-
-    def __repr__(self):
-        return repr(self.ops)
-
-    def rnn_forward(self, cell, X, state0, params, masks):
-        Hs = self.ops.rnn_forward(X, state0, params, cell[4:])
-        return Hs, Hs[-1].copy(), (X, state0, Hs)
-
-    def rnn_backward(self, cell, dY, dstate_T, cache, params, plan):
-        X, h0, Hs = cache
-        return self.ops.rnn_backward(dY, X, h0, Hs, params, cell[4:], dstate_T, plan)
-
-    def lm_forward(self, cell, ids, state0, params):
-        return self.ops.lm_forward(ids, state0, params, cell[4:])
-
-    def lm_loss_and_grad(self, cell, ids, Y, state0, params, plan, masks):
-        return self.ops.lm_loss_and_grad(ids, Y, state0, params, cell[4:], plan)
-
-    def lm_generate(self, cell, prefix, num_preds, params, temperature, top_k, uniforms):
-        return self.ops.lm_generate(prefix, num_preds, params, cell[4:], temperature, top_k, uniforms)
-
-    def clip_grad_norm(self, grads, theta):
-        return self.ops.clip_grad_norm(grads, theta)
-
-
-def _model_ops(backend, cell, num_layers, drops):
-    """The ops object of a model; drops: whether its dropout would draw any mask."""
-    ops = get_ops(backend)
-    if "cell" in inspect.signature(ops.rnn_forward).parameters:
-        return ops
-    if not cell.startswith("rnn_") or num_layers > 1 or drops:
-        raise ArgumentError(f"cell: backend {ops.name!r} runs only the one-layer plain RNN (rnn_tanh, rnn_relu) "
-                            f"without dropout until its gated cells and stacks land; got cell={cell!r}, "
-                            f"num_layers={num_layers}, dropout on={drops}: use backend='numpy'")
-    return _ElmanCpp(ops)
-
-
 def bptt_plan(bptt, T, B, dtype):
     """The BPTT strategy's plan (scale (T, B) or None, window) for T steps of B sequences, checked once
     for both ops: a plan has a scale or a sliding window, not both."""
@@ -210,8 +160,7 @@ class _Model:
         L = self.num_layers = check_int("num_layers", num_layers, 1)
         self.dropout = check_real("dropout", dropout, lo=0, hi=1, hi_open=True)
         self.dtype = _check_dtype(dtype)
-        drops = self.dropout > 0 and (vocab_size is not None or L > 1)
-        self.ops = _model_ops(backend, self.cell, L, drops)
+        self.ops = get_ops(backend)
         H = self.hidden_size
         two = list(param_shapes(self.cell, input_size, H, min(L, 2), vocab_size).items())
         above = {i: L - 1 for i, (k, _) in enumerate(two) if k.endswith("_l1")}   # layers 1..L-1 alike

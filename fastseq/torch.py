@@ -26,7 +26,6 @@ called. Importing this module registers the three classes with
 ``torch.serialization.add_safe_globals``, so a model saved whole with ``torch.save`` loads under
 ``torch.load(weights_only=True)`` once the user's own classes are listed too.
 """
-import inspect
 
 import numpy as np
 import torch
@@ -35,81 +34,12 @@ import fastseq
 from . import _core
 from .errors import ArgumentError
 from .ops import get_ops
-from .reference import cells as _cells
+from .reference.ops import layer_suffix
 
 __all__ = ["RNN", "GRU", "LSTM"]
 
 _DTYPES = (torch.float32, torch.float64)
 _FULL_BPTT = (None, 0)       # the plan of PyTorch's backward: no scale, no window
-
-
-# ---------------------------------------------------------------------------- the ops
-class _ReferenceShim:
-    """The contract's layer calls on ``fastseq.reference.cells`` while the ops on main lack them
-    (tracked in the report of this branch; removed once main's NumpyOps/CppOps have them)."""
-
-    name = "reference-shim"
-
-    @staticmethod
-    def _stack(cell, params):
-        """The contract's flat dict (x @ W layout, one folded bias) -> the reference's per-layer dicts."""
-        layers, l = [], 0
-        while f"W_xh{_suffix(l)}" in params:
-            s = _suffix(l)
-            G_H = params[f"W_hh{s}"].shape[1]
-            b_hh = np.zeros(G_H, params[f"W_hh{s}"].dtype)
-            if cell == "gru":
-                b_hh[2 * G_H // 3:] = params[f"b_hn{s}"]
-            layers.append({"weight_ih": params[f"W_xh{s}"].T, "weight_hh": params[f"W_hh{s}"].T,
-                           "bias_ih": params[f"b_h{s}"],
-                           "bias_hh": b_hh})
-            l += 1
-        return layers
-
-    @staticmethod
-    def _split(cell, state, L):
-        if state is None:
-            return None
-        P = len(_cells.get_cell(cell).state_parts)
-        s = state.reshape(P, L, *state.shape[-2:])
-        return tuple(np.ascontiguousarray(s[k]) for k in range(P))
-
-    def rnn_forward(self, cell, X, state0, params, masks):
-        stack = self._stack(cell, params)
-        m_layers = None if masks is None else masks[1]
-        Y, state_T, cache = _cells.stack_forward(cell, stack, X, self._split(cell, state0, len(stack)), m_layers)
-        return Y, np.concatenate(state_T).reshape(state0.shape), (cache, stack)
-
-    def rnn_backward(self, cell, dY, dstate_T, cache, params, plan):
-        cache, stack = cache
-        L = len(stack)
-        dX, dstate0, g = _cells.stack_backward(cell, stack, dY, cache, self._split(cell, dstate_T, L), plan)
-        H = dY.shape[-1]
-        grads = {}
-        for l, gl in enumerate(g):
-            s = _suffix(l)
-            grads[f"W_xh{s}"], grads[f"W_hh{s}"] = gl["weight_ih"].T, gl["weight_hh"].T
-            # b_h is the sum of both biases except GRU's n block (which is b_hn): its gradient is bias_ih's
-            grads[f"b_h{s}"] = gl["bias_ih"]
-            if cell == "gru":
-                grads[f"b_hn{s}"] = gl["bias_hh"][2 * H:]
-        dstate0 = np.concatenate(dstate0)
-        return dX, dstate0[0] if len(dstate0) == 1 else dstate0, grads
-
-
-_OPS = {}
-
-
-def _layer_ops(backend):
-    """The ops of ``backend`` if they speak the contract (decided once per backend: inspect is slow)."""
-    ops = get_ops(backend)
-    if ops not in _OPS:
-        _OPS[ops] = ops if "cell" in inspect.signature(ops.rnn_forward).parameters else _ReferenceShim()
-    return _OPS[ops]
-
-
-def _suffix(l):
-    return "" if l == 0 else f"_l{l}"
 
 
 # ---------------------------------------------------------------------------- threads
@@ -144,7 +74,7 @@ class _Spec:
         """The contract's gradients -> one tensor per torch weight, in torch's order (its layout)."""
         out, H = [], self.H
         for l in range(self.L):
-            s = _suffix(l)
+            s = layer_suffix(l)
             out += [_t(grads[f"W_xh{s}"].T), _t(grads[f"W_hh{s}"].T)]     # the weights' own layout
             if self.bias:
                 g = grads[f"b_h{s}"]
@@ -219,7 +149,7 @@ class _FastseqRNNBase:
             if w.dtype not in _DTYPES:
                 raise _unsupported("dtype", f"dtype {w.dtype} (float32 and float64 are)", cls)
         self._fastseq_backend = backend
-        _layer_ops(backend)                  # an unknown backend is named now, not at the first forward
+        get_ops(backend)                     # an unknown backend is named now, not at the first forward
         with torch.no_grad():
             for name in self._flat_weights_names:
                 w = getattr(self, name)
@@ -256,7 +186,7 @@ class _FastseqRNNBase:
         per = 4 if self.bias else 2
         params = {}
         for l in range(L):
-            s, w = _suffix(l), weights[per * l: per * (l + 1)]
+            s, w = layer_suffix(l), weights[per * l: per * (l + 1)]
             params[f"W_xh{s}"] = np.ascontiguousarray(w[0].detach().numpy().T)
             params[f"W_hh{s}"] = np.ascontiguousarray(w[1].detach().numpy().T)
             dtype = params[f"W_hh{s}"].dtype
@@ -341,7 +271,7 @@ class _FastseqRNNBase:
             keep = 1 - self.dropout
             m = torch.empty((L - 1, T, B, H), dtype=X.dtype).bernoulli_(keep)
             masks = (None, (m.div_(keep) if keep > 0 else m).numpy(), None)
-        spec = _Spec(type(self).__name__, self._cell, _layer_ops(self._fastseq_backend), self._params(), masks, self.bias, L, H)
+        spec = _Spec(type(self).__name__, self._cell, get_ops(self._fastseq_backend), self._params(), masks, self.bias, L, H)
         weights = self._flat_weights
         if torch.is_grad_enabled() and (X.requires_grad or state0.requires_grad
                                         or any(w.requires_grad for w in weights)):

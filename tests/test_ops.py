@@ -9,11 +9,6 @@ drawn here by the documented rule (skipped without torch; the direct
 C++-against-NumPy comparisons below run always). Tolerance: relative to the
 largest entry, 1e-10 in float64 and 1e-4 in float32.
 
-Until fastseq.ops.CppOps speaks the contract (kern's C++ cells), a gated cell,
-a stack or dropout on backend 'cpp' is refused with an ArgumentError: those
-cases are marked xfail(strict) here, so they turn into failures (to unmark)
-the day the C++ cells land.
-
 Legend: B batch, T steps, D input size, H hidden size, V vocabulary size, L layers, G gate blocks.
 """
 import inspect
@@ -36,15 +31,6 @@ DTYPES = [np.float64, np.float32]
 STRATEGIES = ["full", "block", "sliding", "randomized"]
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
-CPP_CELLS = "cell" in inspect.signature(CppOps.rnn_forward).parameters   # the C++ cells have landed
-
-
-def runs_on(backend, cell, L, dropout):
-    """pytest marks of a case: xfail(strict, ArgumentError) where today's C++ ops refuse it."""
-    if backend == "cpp" and not CPP_CELLS and (not cell.startswith("rnn_") or L > 1 or dropout):
-        return [pytest.mark.xfail(raises=ArgumentError, strict=True,
-                                  reason="backend 'cpp' runs the one-layer plain RNN until the C++ cells land")]
-    return []
 
 
 def lm_dropout(cell, L):
@@ -53,7 +39,7 @@ def lm_dropout(cell, L):
     return 0.3 if L > 1 or not cell.startswith("rnn_") else 0.0
 
 
-GRAD_CASES = [pytest.param(backend, dtype, cell, L, kind, marks=runs_on(backend, cell, L, lm_dropout(cell, L)),
+GRAD_CASES = [pytest.param(backend, dtype, cell, L, kind,
                            id=f"{backend}-{np.dtype(dtype).name}-{cell}-L{L}-{kind}")
               for backend, dtype, cell, L, kind in itertools.product(OPS_NAMES, DTYPES, CELLS, [1, 2], STRATEGIES)]
 
@@ -206,7 +192,6 @@ def public_calls(cls):
     return {n: getattr(cls, n) for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
 
 
-@pytest.mark.xfail(not CPP_CELLS, strict=True, reason="today's CppOps has the calls before the cells contract")
 def test_both_ops_expose_the_same_calls_with_the_same_signatures():
     ref, fast = public_calls(NumpyOps), public_calls(CppOps)
     assert set(ref) == set(fast)
@@ -246,8 +231,7 @@ def test_one_class_per_model_holding_its_ops(cls, sizes):
     for backend in OPS_NAMES:
         m = cls(*sizes, backend=backend)
         assert type(m) is cls and m.backend == backend
-        if CPP_CELLS or backend == "numpy":
-            assert m.ops is get_ops(backend)
+        assert m.ops is get_ops(backend)
     assert cls(*sizes).backend == "cpp"
     ref = getattr(reference, cls.__name__)(*sizes)
     assert isinstance(ref, cls) and ref.backend == "numpy"
@@ -306,14 +290,6 @@ def test_cell_and_nonlinearity_resolve_to_one_cell():
         for cls in (fastseq.RNN, fastseq.RNNLM):
             with pytest.raises(ArgumentError, match=match):
                 cls(4, 3, backend="numpy", **kw)
-
-
-@pytest.mark.skipif(CPP_CELLS, reason="the C++ cells have landed: nothing is refused")
-@pytest.mark.parametrize("kw", [dict(cell="gru"), dict(cell="lstm"), dict(num_layers=2), dict(dropout=0.5)])
-def test_today_cpp_ops_refuse_what_they_cannot_run(kw):
-    with pytest.raises(ArgumentError, match="^cell: backend 'cpp' runs only the one-layer plain RNN"):
-        fastseq.RNNLM(5, 3, backend="cpp", **kw)
-    fastseq.RNN(5, 3, backend="cpp", dropout=0.5)     # one layer: its dropout draws nothing
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -449,7 +425,7 @@ def test_lm_loss_grads_and_state_match_the_oracle(backend, dtype, cell, L, kind)
         assert_close(grads[k], q[k].grad.numpy(), dtype, f"grads[{k}]")
 
 
-@pytest.mark.parametrize("backend", [pytest.param(b, marks=runs_on(b, "lstm", 2, 0.5)) for b in OPS_NAMES])
+@pytest.mark.parametrize("backend", OPS_NAMES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_evaluation_never_drops(backend, cell):
     """Only loss_and_grad given an rng drops: without one it equals a dropout-free model, and __call__,
@@ -551,7 +527,7 @@ def test_generation_matches_the_oracle(backend, temperature, top_k):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("backend, cell, L", [pytest.param(b, c, L, marks=runs_on(b, c, L, 0))
+@pytest.mark.parametrize("backend, cell, L", [(b, c, L)
                                               for b in OPS_NAMES for c in CELLS for L in (1, 2)])
 @pytest.mark.parametrize("temperature, top_k", [(0.0, 0), (0.8, 3)])
 def test_generation_of_every_cell_and_depth_matches_the_oracle(backend, cell, L, temperature, top_k):
@@ -758,7 +734,7 @@ def test_sizes_beyond_the_machines_memory_are_refused_before_allocating(backend,
     assert fastseq.RNN(3, 64, backend=backend).params["W_hh"].shape == (64, 64)
 
 
-@pytest.mark.parametrize("backend, cell, L", [pytest.param(b, c, L, marks=runs_on(b, c, L, lm_dropout(c, L)))
+@pytest.mark.parametrize("backend, cell, L", [(b, c, L)
                                               for b in OPS_NAMES for c in CELLS for L in (1, 2)])
 @pytest.mark.parametrize("term", [None, 0, 3, -1])
 def test_state_grads_are_dL_dH_by_autograd(backend, cell, L, term):

@@ -130,7 +130,7 @@ def test_kway_merge_in_small_blocks_sums_the_runs(tmp_path_factory, runs, block)
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
 def test_merge_reads_runs_without_mapping_them(tmp_path, monkeypatch):
     # Found today: runs merged through memory maps kept every page the merge had read resident,
-    # so the 14M-token order-5 fit peaked 4% over its 512M budget in the merge (bench/results/ngram.md).
+    # so the 14M-token order-5 fit peaked 4% over its 512M budget in the merge (bench/RESULTS.md).
     mapped = []
     real = outofcore._merge_order
 

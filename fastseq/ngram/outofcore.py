@@ -33,7 +33,7 @@ __all__ = ["count_files", "parse_memory"]
 # Peak bytes per token of one chunk: the tokens as Python strings (split, ~60 B), their model ids
 # and the counting kernel's position tables (~100 B at order 5, issue 13), with room for the
 # interpreter and the merge. A budget of M bytes counts chunks of M / BYTES_PER_TOKEN tokens; in
-# bench/results/ngram.md a 512M budget peaks at 408 MB (14M tokens, order 5), the in-memory fit at 1,346 MB.
+# bench/RESULTS.md a 512M budget peaks at 408 MB (14M tokens, order 5), the in-memory fit at 1,346 MB.
 BYTES_PER_TOKEN = 400
 # Runs merged at once: few enough that each run's block is large, many enough for few passes.
 FAN_IN = 16

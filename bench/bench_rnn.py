@@ -5,6 +5,7 @@ book's character model, V=28, B=32, T=35, float32.
 
     python -m pytest bench/bench_rnn.py --benchmark-only     # pytest-benchmark timings
     python bench/bench_rnn.py [OUT.md]                       # ratio table (the C++ section of RESULTS.md)
+    python bench/bench_rnn.py --cells [OUT.md]               # the gated cells' table (GRU, LSTM, stacks)
 
 The training step measured on every backend is what a user writes: forward,
 mean cross-entropy, backward, global-norm clipping (theta=1), SGD (lr=1), the
@@ -16,11 +17,13 @@ thread count (1 or 2), against the C++ step at its faster thread count.
 This process unsets OPENBLAS_CORETYPE (set on this machine, it pins OpenBLAS
 to its Haswell kernels) before any BLAS is loaded, so OpenBLAS picks its
 kernels for the actual CPU; the table records the core OpenBLAS reports.
+With FASTSEQ_ISA=avx2 (the AVX2 path forced) OPENBLAS_CORETYPE is left as set.
 """
 import os
 import sys
 
-if "numpy" not in sys.modules and "fastseq" not in sys.modules:
+if "numpy" not in sys.modules and "fastseq" not in sys.modules and os.environ.get("FASTSEQ_ISA") != "avx2":
+    # (with FASTSEQ_ISA=avx2 the AVX2 path is measured as asked: OPENBLAS_CORETYPE=Haswell is kept)
     CORETYPE_UNSET = os.environ.pop("OPENBLAS_CORETYPE", None)
 else:  # pragma: no cover - a BLAS is already loaded; record what it uses
     CORETYPE_UNSET = None
@@ -113,25 +116,7 @@ def fastseq_generate(H, n):
 
 def torch_generate(H, n):
     """Greedy generation, B=1, the way a PyTorch user loops over nn.RNN."""
-    torch.manual_seed(0)
-    rnn, lin = torch.nn.RNN(V, H), torch.nn.Linear(H, V)
-    eye = torch.eye(V)
-    prefix = [3, 1, 4]
-
-    def run():
-        with torch.no_grad():
-            h = torch.zeros(1, 1, H)
-            for tok in prefix:
-                out, h = rnn(eye[tok].view(1, 1, V), h)
-            toks = []
-            for i in range(n):
-                tok = int(lin(out[0, 0]).argmax())
-                toks.append(tok)
-                if i + 1 < n:
-                    out, h = rnn(eye[tok].view(1, 1, V), h)
-            return toks
-
-    return run
+    return torch_cell_generate("rnn_tanh", H, n, V)
 
 
 def _openblas():
@@ -391,10 +376,199 @@ def report(path=None):
     return text
 
 
+# ----------------------------------------------------------------------------- gated cells (issue 11)
+# The gated cells' workload: V=65 (tinyshakespeare's characters), B=32, T=64, float32; the
+# kernels are called through CppOps with the contract's flat parameters.
+CV, CB, CT = 65, 32, 64
+CELL_HS = [128, 512]
+CELL_TARGETS = {128: 2.5, 512: 1.7}
+TORCH_CELL = {"gru": "GRU", "lstm": "LSTM"}
+# PyTorch's thread counts tried (FASTSEQ_BENCH_TORCH_THREADS="1"): on a loaded 2-core machine
+# its 2-thread runs spin for seconds per step, which only makes the table slow to produce.
+TORCH_THREADS = tuple(int(n) for n in os.environ.get("FASTSEQ_BENCH_TORCH_THREADS", "1,2").split(","))
+
+
+def cell_params(cell, H, L, rng):
+    from fastseq.reference.cells import get_cell
+    G = get_cell(cell).gates
+    k = 1 / np.sqrt(H)
+    p = {}
+    for l in range(L):
+        s = "" if l == 0 else f"_l{l}"
+        p["W_xh" + s] = rng.uniform(-k, k, (CV if l == 0 else H, G * H))
+        p["W_hh" + s] = rng.uniform(-k, k, (H, G * H))
+        p["b_h" + s] = rng.uniform(-k, k, G * H)
+        if cell == "gru":
+            p["b_hn" + s] = rng.uniform(-k, k, H)
+    p["W_hq"], p["b_q"] = rng.uniform(-k, k, (H, CV)), np.zeros(CV)
+    return {n: a.astype(np.float32) for n, a in p.items()}
+
+
+def cell_state(cell, H, L, Bn):
+    P = 2 if cell == "lstm" else 1
+    return np.zeros((Bn, H) if P * L == 1 else (P * L, Bn, H), np.float32)
+
+
+def fastseq_cell_step(cell, H, L):
+    """One training step through CppOps: loss_and_grad (Full BPTT over the window), clip, SGD; state carried."""
+    from fastseq.ops import CppOps
+    ops = CppOps()
+    rng = np.random.default_rng(0)
+    params = cell_params(cell, H, L, rng)
+    X, Y = rng.integers(0, CV, (CB, CT)), rng.integers(0, CV, (CB, CT))
+    box = [cell_state(cell, H, L, CB)]
+    plan = (None, 0)
+
+    def step():
+        loss, grads, box[0] = ops.lm_loss_and_grad(cell, X, Y, box[0], params, plan, None)
+        fastseq.clip_grad_norm(grads, 1.0)
+        for k, a in params.items():
+            a -= 1.0 * grads[k]
+        return loss
+
+    return step
+
+
+def torch_cell_step(cell, H, L, inp):
+    """nn.Embedding(V, V) or one-hot + nn.GRU/nn.LSTM(num_layers=L) + nn.Linear + cross_entropy + clip + SGD."""
+    torch.manual_seed(0)
+    nn, F = torch.nn, torch.nn.functional
+    emb = nn.Embedding(CV, CV) if inp == "embedding" else None
+    rnn, lin = getattr(nn, TORCH_CELL[cell])(CV, H, num_layers=L), nn.Linear(H, CV)
+    params = list(rnn.parameters()) + list(lin.parameters()) + (list(emb.parameters()) if emb else [])
+    opt = torch.optim.SGD(params, lr=1.0)
+    rng = np.random.default_rng(0)
+    X, Y = torch.from_numpy(rng.integers(0, CV, (CB, CT))), torch.from_numpy(rng.integers(0, CV, (CB, CT)))
+    zero = torch.zeros(L, CB, H)
+    box = [(zero, zero.clone()) if cell == "lstm" else zero]
+
+    def step():
+        x = emb(X.T) if emb is not None else F.one_hot(X.T, CV).float()
+        out, state = rnn(x, box[0])
+        loss = F.cross_entropy(lin(out.reshape(-1, H)), Y.T.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        box[0] = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
+        return loss.item()
+
+    return step
+
+
+def fastseq_cell_generate(cell, H, n):
+    from fastseq.ops import CppOps
+    ops = CppOps()
+    params = cell_params(cell, H, 1, np.random.default_rng(1))
+    prefix = np.array([3, 1, 4])
+    return lambda: ops.lm_generate(cell, prefix, n, params, 0.0, 0, None)
+
+
+def torch_cell_generate(cell, H, n, Vn=CV):
+    """Greedy generation, B=1, the way a PyTorch user loops over nn.RNN/nn.GRU/nn.LSTM."""
+    torch.manual_seed(0)
+    mod = {"rnn_tanh": "RNN", **TORCH_CELL}[cell]
+    rnn, lin = getattr(torch.nn, mod)(Vn, H), torch.nn.Linear(H, Vn)
+    eye = torch.eye(Vn)
+
+    def run():
+        with torch.no_grad():
+            state = None
+            for tok in (3, 1, 4):
+                out, state = rnn(eye[tok].view(1, 1, Vn), state)
+            toks = []
+            for i in range(n):
+                tok = int(lin(out[0, 0]).argmax())
+                toks.append(tok)
+                if i + 1 < n:
+                    out, state = rnn(eye[tok].view(1, 1, Vn), state)
+            return toks
+
+    return run
+
+
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("H", CELL_HS)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cell_step_cpp(benchmark, cell, H, L, threads):
+    with Threads(threads):
+        benchmark(fastseq_cell_step(cell, H, L))
+
+
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("H", CELL_HS)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cell_step_torch(benchmark, cell, H, L, threads):
+    if torch is None:
+        pytest.skip("torch is not installed (pip install fastseq[bench])")
+    with Threads(threads):
+        benchmark(torch_cell_step(cell, H, L, "embedding"))
+
+
+def cells_report(path=None):
+    lines = []
+    say = lines.append
+    load0 = os.getloadavg()
+    say("## Gated cells (issue 11): measured ratios (bench/bench_rnn.py --cells)")
+    say("")
+    say(f"Machine: {machine_line()}; FASTSEQ_ISA={os.environ.get('FASTSEQ_ISA', 'unset')}.")
+    say(f"Timings of one table row are taken in the same run, interleaved, best of 3 rounds; PyTorch threads "
+        f"tried: {', '.join(map(str, TORCH_THREADS))}.")
+    say("")
+    say(f"### Training step, V={CV}, B={CB}, T={CT}, float32 (Embedding/one-hot + cell + Linear + cross-entropy "
+        "+ clip + SGD)")
+    say("")
+    say("| cell | layers | H | C++ ms (threads) | PyTorch best ms (input, threads) | C++ / PyTorch | target | met |")
+    say("|---|---|---|---|---|---|---|---|")
+    for cell in ("gru", "lstm"):
+        for L in (1, 2):
+            for H in CELL_HS:
+                cases = {("cpp", n): (n, fastseq_cell_step(cell, H, L)) for n in (1, 2)}
+                cases.update({("torch", inp, n): (n, torch_cell_step(cell, H, L, inp))
+                              for inp in ("onehot", "embedding") for n in TORCH_THREADS})
+                t = best_times(cases, rounds=3, min_round=0.1)
+                cpp = min((v, k) for k, v in t.items() if k[0] == "cpp")
+                tb = min((v, k) for k, v in t.items() if k[0] == "torch")
+                r = tb[0] / cpp[0]
+                row = (f"| {cell} | {L} | {H} | {cpp[0] * 1e3:.1f} ({cpp[1][1]}) | {tb[0] * 1e3:.1f} ({tb[1][1]}, "
+                       f"{tb[1][2]}) | {r:.2f}x | {CELL_TARGETS[H]}x | {'yes' if r >= CELL_TARGETS[H] else 'NO'} |")
+                say(row)
+                print(row, flush=True)
+    say("")
+    say(f"### Generation, B=1, H={GEN_H}, greedy, {GEN_N} characters after a 3-character prefix, V={CV}")
+    say("")
+    say("| cell | C++ us/char (threads) | PyTorch loop us/char (threads) | ratio | target 5x |")
+    say("|---|---|---|---|---|")
+    for cell in ("rnn_tanh", "gru", "lstm"):
+        cases = {("cpp", n): (n, fastseq_cell_generate(cell, GEN_H, GEN_N)) for n in (1, 2)}
+        cases.update({("torch", n): (n, torch_cell_generate(cell, GEN_H, GEN_N)) for n in TORCH_THREADS})
+        t = best_times(cases, rounds=3, min_round=0.2)
+        c = min((v, k) for k, v in t.items() if k[0] == "cpp")
+        tt = min((v, k) for k, v in t.items() if k[0] == "torch")
+        r = tt[0] / c[0]
+        row = (f"| {cell} | {c[0] / GEN_N * 1e6:.1f} ({c[1][1]}) | {tt[0] / GEN_N * 1e6:.1f} ({tt[1][1]}) | "
+               f"{r:.1f}x | {'yes' if r >= 5 else 'NO'} |")
+        say(row)
+        print(row, flush=True)
+    say("")
+    say(f"Load average (1, 5, 15 min) at start {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, "
+        f"at end {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores).")
+    text = "\n".join(lines) + "\n"
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+    return text
+
+
 if __name__ == "__main__":
     import sys
 
-    out = sys.argv[1] if len(sys.argv) > 1 else None
-    print(report(out))
+    args = sys.argv[1:]
+    cells = "--cells" in args
+    args = [a for a in args if a != "--cells"]
+    out = args[0] if args else None
+    print(cells_report(out) if cells else report(out))
     if out:
         print(f"written to {out}")

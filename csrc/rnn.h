@@ -1,10 +1,11 @@
-// RNN kernels: a generic time loop (forward, and backward under every BPTT plan)
-// over a pluggable cell, the dense layer, the fused language-model training
-// step and generation. Free of pybind11: callers pass checked, contiguous data.
+// RNN kernels: generic time loops (forward, and backward under every BPTT plan)
+// over a cell (csrc/cells/: one header per cell, one registry line), the stacked
+// layer, the fused language-model training step and generation. Free of
+// pybind11: callers pass checked, contiguous data.
 //
 // Legend: B batch, T steps, D input size, H hidden size, V vocabulary size,
-// G gate blocks of a cell (its pre-activation is G*H wide; 1 for the plain RNN),
-// R rows of the batch slice one worker owns.
+// G gate blocks of a cell (its pre-activation is G*H wide), P state parts,
+// L layers, R rows of the batch slice one worker owns.
 // Layouts: every sequence buffer is time-major, (T, B, width) with rows of a
 // time step contiguous, so a batch slice [b0, b0+R) of step t is one R x width
 // block at offset (t*B + b0)*width and the loop can run on slices in place
@@ -13,15 +14,17 @@
 // Threads: the batch rows are independent through the recurrence, so each
 // thread runs the whole time loop on its own slice; nothing is shared but the
 // read-only (packed) weights.
+// Parameters are the contract's (docs/CELLS.md, /work/briefs/cells-contract.md):
+// per layer W_xh (D, G*H), W_hh (H, G*H), b_h (G*H,), b_hn (H,) for the GRU;
+// the state is (P*L, B, H), rows [h_0 .. h_{L-1}, c_0 .. c_{L-1}].
 //
-// Maths, numbered as in the contract (fastseq/reference/rnn.py uses the same):
-//   1. A_t = X_t W_xh + b_h     2. Z_t = A_t + H_{t-1} W_hh     3. H_t = phi(Z_t)
-//   4. O_t = H_t W_hq + b_q     5. loss = mean -log softmax(O_t)[Y_t]
-//   5'. dO_t = (softmax(O_t) - onehot(Y_t)) / (B*T)
-//   4'. dW_hq = sum H_t^T dO_t, db_q = sum dO_t, dH_t(direct) = dO_t W_hq^T
-//   3'. dZ_t = (direct_t + carry_t) * phi'(H_t)
-//   2'. carry_{t-1} = scale_t * (dZ_t W_hh^T), dh0 = carry_{-1}, dW_hh = sum H_{t-1}^T dZ_t
-//   1'. dW_xh = sum X_t^T dZ_t (LM: scatter-add), db_h = sum dZ_t, dX_t = dZ_t W_xh^T
+// Maths of one layer (the cell's own steps are in its header):
+//   1. gi_t = X_t W_xh + b_h (all steps in one product)   2.-5. the cell's step
+//   O_t = H_t W_hq + b_q ; loss = mean -log softmax(O_t)[Y_t]
+//   dO_t = (softmax(O_t) - onehot(Y_t)) / (B*T) ; dW_hq = sum H_t^T dO_t ; dH_t(direct) = dO_t W_hq^T
+//   backward: the cell's step gives dgi_t, dgh_t and its direct paths to the previous
+//   state; message to h_{t-1} += dgh_t W_hh^T; dW_hh = sum H_{t-1}^T dgh_t;
+//   dW_xh = sum X_t^T dgi_t (LM: scatter-add); db_h = sum dgi_t; dX_t = dgi_t W_xh^T
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -33,19 +36,17 @@
 #include <future>
 #include <memory>
 #include <numeric>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "blas.h"
+#include "cells/registry.h"
 #include "kernels.h"
 #include "pool.h"
 
 namespace fastseq {
 namespace rnn {
-
-using idx = std::ptrdiff_t;
-
-enum class Act { Tanh, Relu };
 
 // Uninitialised scratch memory, sized once per call (never inside a time loop).
 template <typename T>
@@ -63,67 +64,41 @@ struct Seq {
     T* at(idx t) const { return p + t * ts; }
 };
 
-// ---------------------------------------------------------------------------
-// The cell: everything specific to one recurrence lives here, so GRU or LSTM is
-// a new cell type with the same members, not a copy of the time loop. (An LSTM
-// also carries its cell state c_t backwards: the message from step t to t-1
-// then holds dH and dc, so the loops would take its width from the cell instead
-// of assuming H; the loops already treat messages as opaque R-row blocks.)
-//   G                       gate blocks of the pre-activation (width G*H)
-//   forward_step            Z_t (in: A_t, the input part with bias) -> H_t
-//   backward_step           dH_t (total) -> dZ_t (linear in dH_t, which sliding
-//                           truncation relies on to run terms side by side)
-//   message                 out = dZ W_hh^T (+ beta out): the backward message to H_{t-1}
-//   recurrent_grad          dW_hh (+)= Hprev^T dZ over many rows at once
-// ---------------------------------------------------------------------------
+// One layer's sequences seen from a slice: Z (gates, G*H wide), Hs (h_t), E
+// (the cell's extras, H wide each; E[0] is the LSTM's c_t), s0 its initial
+// state parts (R x H each).
 template <typename T>
-struct ElmanCell {
-    static constexpr int G = 1;
-    const T* W_hh;  // (H, H)
-    int H;
-    Act act;
-    const T* Wf = nullptr;  // W_hh packed as the right operand of H_{t-1} W_hh
-    const T* Wb = nullptr;  // W_hh^T packed as the right operand of dZ W_hh^T
+struct Views {
+    Seq<T> Z, Hs, E[2];
+    const T* s0[2];
+};
 
-    // Scratch for prepare(): the packed copies of W_hh, shared by all slices.
-    static std::size_t workspace(int H) { return 2 * kern::packed_size<T>(H, H); }
-    // Packs W_hh once per call, so no step repacks it.
-    void prepare(T* ws) {
-        T* f = ws;
-        T* b = ws + kern::packed_size<T>(H, H);
-        kern::pack_b(H, H, W_hh, H, false, f);
-        kern::pack_b(H, H, W_hh, H, true, b);
-        Wf = f;
-        Wb = b;
-    }
-    // 2. Z_t += H_{t-1} W_hh ; 3. H_t = phi(Z_t). Z and H may alias (the plain
-    // RNN keeps no pre-activation: phi' is computed from H).
-    void forward_step(int R, const T* hprev, T* z, T* h) const {
-        kern::gemm_pb(R, H, H, hprev, H, false, Wf, z, H, true);
-        const idx n = idx(R) * H;
-        if (act == Act::Tanh) {
-            kern::tanh_n(z, h, n);
-        } else {
-            kern::relu_n(z, h, n);
+// One layer's parameters (the contract's layout) and gradients.
+template <typename T>
+struct LayerW {
+    const T* W_xh;  // (D, G*H)
+    const T* W_hh;  // (H, G*H)
+    const T* b_h;   // (G*H,)
+    const T* b_hn;  // (H,) the GRU's, else nullptr
+    int D;
+};
+template <typename T>
+struct LayerG {
+    T *W_xh, *W_hh, *b_h, *b_hn;
+};
+
+// The cells of a stack, each with its W_hh packed once per call.
+template <typename T, class Cell>
+struct CellStack {
+    std::vector<Cell> cells;
+    Buffer<T> packed;
+    CellStack(const std::vector<LayerW<T>>& Ls, int H, int variant)
+        : packed(Ls.size() * Cell::workspace(H)) {
+        cells.reserve(Ls.size());
+        for (std::size_t l = 0; l < Ls.size(); ++l) {
+            cells.emplace_back(Ls[l].W_hh, Ls[l].b_hn, H, variant);
+            cells.back().prepare(packed.get() + l * Cell::workspace(H));
         }
-    }
-    // 3'. dZ_t = dH_t * phi'(H_t); z unused (phi' from H alone).
-    void backward_step(int R, const T* dh, const T* h, const T* /*z*/, T* dz) const {
-        const idx n = idx(R) * H;
-        if (act == Act::Tanh) {
-            kern::dtanh_n(dh, h, dz, n);
-        } else {
-            // dh * (h > 0), a product as in the reference: a NaN in dh stays NaN
-            for (idx i = 0; i < n; ++i) dz[i] = dh[i] * T(h[i] > T(0));
-        }
-    }
-    // 2'. out = dZ W_hh^T (+ out when acc), for M rows (one step, or several stacked terms).
-    void message(int M, const T* dz, T* out, bool acc) const {
-        kern::gemm_pb(M, H, H, dz, H, false, Wb, out, H, acc);
-    }
-    // 2'. dW_hh = beta dW_hh + Hprev^T dZ over M rows: one large product, BLAS.
-    void recurrent_grad(int M, const T* hprev, const T* dz, T* dW_hh, T beta) const {
-        blas::gemm(true, false, H, H, M, T(1), hprev, H, dz, H, beta, dW_hh, H);
     }
 };
 
@@ -131,45 +106,80 @@ struct ElmanCell {
 // The generic time loop.
 // ---------------------------------------------------------------------------
 
-// Forward over T steps for R rows: Z holds A_t on entry; H receives H_t.
+template <class Cell, typename T>
+FASTSEQ_INLINE void step_ptrs(const Views<T>& v, int t, const T** prev, T** ext) {
+    prev[0] = t ? v.Hs.at(t - 1) : v.s0[0];
+    prev[1] = Cell::P > 1 ? (t ? v.E[0].at(t - 1) : v.s0[1]) : nullptr;
+    ext[0] = Cell::X > 0 ? v.E[0].at(t) : nullptr;
+    ext[1] = Cell::X > 1 ? v.E[1].at(t) : nullptr;
+}
+
+// Forward over T steps for R rows: Z holds gi_t on entry.
 template <typename T, class Cell>
-void loop_forward(const Cell& c, int Tn, int R, const T* h0, Seq<T> Z, Seq<T> Hs) {
-    for (int t = 0; t < Tn; ++t) c.forward_step(R, t ? Hs.at(t - 1) : h0, Z.at(t), Hs.at(t));
+void loop_forward(const Cell& c, int Tn, int R, const Views<T>& v, T* scratch) {
+    const T* prev[2];
+    T* ext[2];
+    for (int t = 0; t < Tn; ++t) {
+        step_ptrs<Cell>(v, t, prev, ext);
+        c.forward_step(R, prev, v.Z.at(t), ext, v.Hs.at(t), scratch);
+    }
 }
 
 // Scratch the backward loop needs for R rows (elements of T).
-inline std::size_t backward_scratch(int H, int G, int R, int Tn, int window) {
-    std::size_t n = 2 * std::size_t(R) * H;  // dh, carry
+template <class Cell>
+std::size_t backward_scratch(int H, int R, int Tn, int window) {
+    const std::size_t n = std::size_t(R) * H, P = Cell::P, GH = std::size_t(Cell::G) * H;
+    std::size_t s = 3 * P * n;
     if (window > 0 && window < Tn) {
         const std::size_t w = std::size_t(window);
-        n += 2 * w * R * H + w * R * H * G;  // messages (cur, next), per-term dZ
+        s += 2 * P * w * n + w * R * GH * (Cell::kSepGh ? 2 : 1) + P * n;
     }
-    return n;
+    return s;
 }
 
 // Backward over T steps for R rows under the plan (scale, window).
-//   direct: dH_t(direct) per step (width H); may alias dZ (read before written).
-//   dZ:     receives dZ_t (width G*H), the sum over all loss terms.
-//   scale:  nullptr (ones) or scale[t*sts + r] for step t, row r of this slice.
+//   direct: dL/dh_t from outside the recurrence (width H); may alias dZ (G == 1).
+//   dZ, dGH: receive dL/dgi_t and dL/d(h W_hh)_t (width G*H; the same buffer
+//            unless Cell::kSepGh), summed over all loss terms.
+//   dsT:    the message to the final state's parts (R x H each) or nullptr.
+//   scale:  nullptr (ones) or scale[t*sts + r]: multiplies the whole message to step t-1.
 //   window: 0, or tau (sliding truncation) with 0 < tau < T.
-//   dh0:    R x H, receives dL/dh0.
+//   ds0:    receives dL/d(state0) parts (R x H each).
+//   ages:   sliding truncation in a stack: the direct gradients of the terms of ages
+//           1..tau-1 at step s (from the layer above: in at(s) + k*as), and where the
+//           per-age dL/dgi goes (out, ages 0..tau-1), so the layer below sees each term
+//           at its own age. Unused (null) for one layer.
+template <typename T>
+struct AgeIO {
+    const T* in = nullptr;
+    T* out = nullptr;
+    idx in_ts = 0, in_as = 0, out_ts = 0, out_as = 0;
+};
 template <typename T, class Cell>
-void loop_backward(const Cell& c, int Tn, int R, Seq<const T> Hs, Seq<const T> Z, Seq<const T> direct,
-                   Seq<T> dZ, const T* scale, idx sts, int window, T* dh0, T* scratch) {
+void loop_backward(const Cell& c, int Tn, int R, const Views<T>& v, Seq<const T> direct, Seq<T> dZ, Seq<T> dGH,
+                   const T* const* dsT, const T* scale, idx sts, int window, T* const* ds0, T* scratch,
+                   const AgeIO<T>& ages = AgeIO<T>()) {
+    constexpr int P = Cell::P;
     const int H = c.H;
-    const idx n = idx(R) * H;
-    T* dh = scratch;
-    T* carry = scratch + n;
+    const idx n = idx(R) * H, RGH = idx(R) * Cell::G * H;
+    const T* prev[2];
+    T* ext[2];
     if (window <= 0 || window >= Tn) {
         // Full, block truncation, randomized: one message per step.
+        T* m = scratch;       // message into step t from t+1, P parts
+        T* nm = m + P * n;    // message out of step t
+        T* dh = nm + P * n;
+        for (int p = 0; p < P; ++p) {
+            if (dsT && dsT[p]) std::memcpy(m + p * n, dsT[p], sizeof(T) * n);
+            else std::fill(m + p * n, m + (p + 1) * n, T(0));
+        }
         for (int t = Tn - 1; t >= 0; --t) {
             const T* d = direct.at(t);
-            if (t == Tn - 1) std::memcpy(dh, d, sizeof(T) * n);
-            else
-                for (idx i = 0; i < n; ++i) dh[i] = d[i] + carry[i];
-            T* dz = dZ.at(t);
-            c.backward_step(R, dh, Hs.at(t), Z.at(t), dz);
-            T* out = t ? carry : dh0;
+            for (idx i = 0; i < n; ++i) dh[i] = d[i] + m[i];
+            const T* dnext[2] = {dh, P > 1 ? m + n : nullptr};
+            T* dprev[2] = {nm, P > 1 ? nm + n : nullptr};
+            step_ptrs<Cell>(v, t, prev, ext);
+            c.backward_step(R, dnext, prev, v.Z.at(t), ext, v.Hs.at(t), dZ.at(t), dGH.at(t), dprev);
             const T* s = scale ? scale + t * sts : nullptr;
             bool any = true;
             if (s) {
@@ -177,47 +187,83 @@ void loop_backward(const Cell& c, int Tn, int R, Seq<const T> Hs, Seq<const T> Z
                 for (int r = 0; r < R; ++r) any |= (s[r] != T(0));
             }
             if (!any) {  // block boundary: the state is detached, nothing flows back
-                std::fill(out, out + n, T(0));
-                continue;
+                std::fill(nm, nm + P * n, T(0));
+            } else {
+                c.message(R, dGH.at(t), nm, Cell::kDirectH);
+                if (s)
+                    for (int p = 0; p < P; ++p)
+                        for (int r = 0; r < R; ++r) {
+                            const T f = s[r];
+                            T* row = nm + p * n + idx(r) * H;
+                            for (int j = 0; j < H; ++j) row[j] *= f;
+                        }
             }
-            c.message(R, dz, out, false);
-            if (s)
-                for (int r = 0; r < R; ++r) {
-                    const T f = s[r];
-                    T* row = out + idx(r) * H;
-                    for (int j = 0; j < H; ++j) row[j] *= f;
-                }
+            if (t) std::swap(m, nm);
+            else
+                for (int p = 0; p < P; ++p) std::memcpy(ds0[p], nm + p * n, sizeof(T) * n);
         }
         return;
     }
     // Sliding truncation: loss term t back-propagates through steps t..t-tau+1.
     // The terms alive at step s are t = s..s+tau-1; term k = t - s keeps its own
-    // message (rows k*R..k*R+R-1 of cur), so all of them cross one step with one
+    // message (age k of each part), so all of them cross one step with one
     // stacked product. The term with k = tau-1 ends at s and is dropped, except
-    // at s = 0 where every live term reaches h0.
+    // at s = 0 where every live term reaches the initial state.
     const int tau = window;
-    const idx GH = idx(c.G) * H;
-    T* cur = carry + n;
-    T* next = cur + idx(tau) * n;
-    T* dzk = next + idx(tau) * n;
-    int live = 0;  // terms carried in from step s+1 (k = 1..live in cur)
+    T* cur = scratch;
+    T* next = cur + idx(P) * tau * n;
+    T* dzk = next + idx(P) * tau * n;
+    T* dghk = Cell::kSepGh ? dzk + tau * RGH : dzk;
+    T* trash = dzk + tau * RGH * (Cell::kSepGh ? 2 : 1);
+    auto age = [&](T* base, int p, int k) { return base + (idx(p) * tau + k) * n; };
+    int live = 0;  // terms carried in from step s+1 (ages 1..live in cur)
     for (int s = Tn - 1; s >= 0; --s) {
-        std::memcpy(cur, direct.at(s), sizeof(T) * n);  // term t = s enters, k = 0
+        std::memcpy(age(cur, 0, 0), direct.at(s), sizeof(T) * n);  // term t = s enters at age 0
+        for (int p = 1; p < P; ++p) std::fill(age(cur, p, 0), age(cur, p, 0) + n, T(0));
+        if (s == Tn - 1 && dsT)  // the final state's gradient is part of term T-1
+            for (int p = 0; p < P; ++p)
+                if (dsT[p])
+                    for (idx i = 0; i < n; ++i) age(cur, p, 0)[i] += dsT[p][i];
         const int nk = std::min(live + 1, tau);
-        for (int k = 0; k < nk; ++k)
-            c.backward_step(R, cur + k * n, Hs.at(s), Z.at(s), dzk + k * R * GH);
+        const int cont = s ? std::min(nk, tau - 1) : 0;  // terms that go on to step s-1
+        if (ages.in)  // the live terms' direct gradients from the layer above (the same terms live there)
+            for (int k = 1; k < nk; ++k) {
+                const T* a = ages.in + s * ages.in_ts + k * ages.in_as;
+                T* m = age(cur, 0, k);
+                for (idx i = 0; i < n; ++i) m[i] += a[i];
+            }
+        if (s == 0)
+            for (int p = 0; p < P; ++p) std::fill(ds0[p], ds0[p] + n, T(0));
+        step_ptrs<Cell>(v, s, prev, ext);
+        for (int k = 0; k < nk; ++k) {
+            const T* dnext[2] = {age(cur, 0, k), P > 1 ? age(cur, 1, k) : nullptr};
+            T* dprev[2] = {k < cont ? age(next, 0, k + 1) : trash, k < cont && P > 1 ? age(next, 1, k + 1) : trash + n};
+            c.backward_step(R, dnext, prev, v.Z.at(s), ext, v.Hs.at(s), dzk + k * RGH, dghk + k * RGH, dprev);
+            if (ages.out) std::memcpy(ages.out + s * ages.out_ts + k * ages.out_as, dzk + k * RGH, sizeof(T) * RGH);
+            if (s == 0)
+                for (int p = Cell::kDirectH ? 0 : 1; p < P; ++p)
+                    for (idx i = 0; i < n; ++i) ds0[p][i] += dprev[p][i];
+        }
+        if (ages.out)
+            for (int k = nk; k < tau; ++k) {
+                T* o = ages.out + s * ages.out_ts + k * ages.out_as;
+                std::fill(o, o + RGH, T(0));
+            }
         T* dz = dZ.at(s);
-        std::memcpy(dz, dzk, sizeof(T) * R * GH);
-        for (int k = 1; k < nk; ++k) {
-            const T* src = dzk + k * R * GH;
-            for (idx i = 0; i < R * GH; ++i) dz[i] += src[i];
+        std::memcpy(dz, dzk, sizeof(T) * RGH);
+        for (int k = 1; k < nk; ++k)
+            for (idx i = 0; i < RGH; ++i) dz[i] += dzk[k * RGH + i];
+        if (Cell::kSepGh) {
+            T* dg = dGH.at(s);
+            std::memcpy(dg, dghk, sizeof(T) * RGH);
+            for (int k = 1; k < nk; ++k)
+                for (idx i = 0; i < RGH; ++i) dg[i] += dghk[k * RGH + i];
         }
         if (s == 0) {
-            c.message(R, dz, dh0, false);  // linear: the sum of every live term's message
+            c.message(R, dGH.at(0), ds0[0], true);  // linear: the sum of every live term's message
             break;
         }
-        const int cont = std::min(nk, tau - 1);  // terms that go on to step s-1
-        if (cont > 0) c.message(cont * R, dzk, next + n, false);
+        if (cont > 0) c.message(cont * R, dghk, age(next, 0, 1), Cell::kDirectH);
         std::swap(cur, next);
         live = cont;
     }
@@ -271,69 +317,168 @@ void colsum_add(int M, int N, const T* A, T* out) {  // out[j] += sum_i A[i, j]
 }
 
 // ---------------------------------------------------------------------------
-// The layer on dense inputs.
+// The stacked layer on dense inputs (whole batch; sequences are user arrays).
 // ---------------------------------------------------------------------------
+
+// Where the forward pass keeps what backward needs (the cache): per layer l,
+// Hs (T, B, H), Z (T, B, G*H) unless the cell keeps it in Hs, E (X, T, B, H),
+// and for l >= 1 with dropout the masked input Xin (T, B, H).
 template <typename T>
-struct LayerParams {
-    const T* W_xh;  // (D, H)
-    const T* W_hh;  // (H, H)
-    const T* b_h;   // (H,)
-    int D, H;
-    Act act;
+struct StackBufs {
+    T* Hs;    // (L, T, B, H)
+    T* Z;     // (L, T, B, G*H) or nullptr (Cell::kAliasZH)
+    T* E;     // (L, X, T, B, H) or nullptr (X == 0)
+    T* Xin;   // (L-1, T, B, H) or nullptr (no dropout between layers)
 };
 
-// Hs (T, B, H) = the hidden states for X (T, B, D) from h0 (B, H).
-template <typename T>
-void layer_forward(const LayerParams<T>& P, int Tn, int B, const T* X, const T* h0, T* Hs, int parts) {
-    const int H = P.H;
-    // 1. A_t = X_t W_xh + b_h for all steps at once, written where H_t will be.
-    for (idx r = 0; r < idx(Tn) * B; ++r) std::memcpy(Hs + r * H, P.b_h, sizeof(T) * H);
-    blas::gemm(false, false, Tn * B, H, P.D, T(1), X, P.D, P.W_xh, H, T(1), Hs, H);
-    ElmanCell<T> cell{P.W_hh, H, P.act};
-    Buffer<T> packed(ElmanCell<T>::workspace(H));
-    cell.prepare(packed.get());
-    parallel_slices(B, auto_parts(B, Tn, H, P.D, parts), [&](int, int b0, int R) {
-        Seq<T> s{Hs + idx(b0) * H, idx(B) * H};
-        loop_forward<T>(cell, Tn, R, h0 + idx(b0) * H, s, s);
-    });
+template <typename T, class Cell>
+Views<T> layer_views(const StackBufs<T>& S, int l, int L, int Tn, int B, int H, int b0, const T* state0) {
+    const idx TBH = idx(Tn) * B * H, GH = idx(Cell::G) * H;
+    Views<T> v;
+    T* hs = S.Hs + l * TBH;
+    v.Hs = Seq<T>{hs + idx(b0) * H, idx(B) * H};
+    v.Z = Cell::kAliasZH ? v.Hs : Seq<T>{S.Z + l * TBH * Cell::G + b0 * GH, B * GH};
+    for (int x = 0; x < 2; ++x)
+        v.E[x] = x < Cell::X ? Seq<T>{S.E + (idx(l) * Cell::X + x) * TBH + idx(b0) * H, idx(B) * H} : Seq<T>{nullptr, 0};
+    for (int p = 0; p < 2; ++p)
+        v.s0[p] = p < Cell::P ? state0 + (idx(p) * L + l) * B * H + idx(b0) * H : nullptr;
+    return v;
 }
 
-// The layer's backward. dHs (T, B, H) direct gradients; dH_T (B, H) or nullptr;
-// scale (T, B) or nullptr; window 0 or tau. Outputs dX (T, B, D), dh0 (B, H), grads.
+// The input of layer l (T*B rows): X, or layer l-1's Hs (masked: Xin).
 template <typename T>
-void layer_backward(const LayerParams<T>& P, int Tn, int B, const T* X, const T* h0, const T* Hs,
-                    const T* dHs, const T* dH_T, const T* scale, int window, T* dX, T* dh0,
-                    T* dW_xh, T* dW_hh, T* db_h, int parts) {
-    const int H = P.H, D = P.D;
-    const idx n = idx(Tn) * B * H;
-    Buffer<T> dZbuf(n);
-    T* dZ = dZbuf.get();
-    std::memcpy(dZ, dHs, sizeof(T) * n);  // direct gradients, turned into dZ in place
-    if (dH_T) {
-        T* last = dZ + idx(Tn - 1) * B * H;
-        for (idx i = 0; i < idx(B) * H; ++i) last[i] += dH_T[i];
-    }
-    ElmanCell<T> cell{P.W_hh, H, P.act};
-    Buffer<T> packed(ElmanCell<T>::workspace(H));
-    cell.prepare(packed.get());
-    const int np = auto_parts(B, Tn, H, P.D, parts);
-    const std::size_t per = backward_scratch(H, 1, (B + np - 1) / np, Tn, window);
+const T* layer_input(const StackBufs<T>& S, int l, int Tn, int B, int H, const T* X) {
+    if (l == 0) return X;
+    const idx TBH = idx(Tn) * B * H;
+    return S.Xin ? S.Xin + (l - 1) * TBH : S.Hs + (l - 1) * TBH;
+}
+
+// rows of out (M x N) = b (N,) broadcast, then out += A (M x K) W (K x N)
+template <typename T>
+void affine(idx M, int N, int K, const T* A, const T* W, const T* b, T* out) {
+    for (idx r = 0; r < M; ++r) std::memcpy(out + r * N, b, sizeof(T) * N);
+    blas::gemm(false, false, int(M), N, K, T(1), A, K, W, N, T(1), out, N);
+}
+
+template <typename T>
+void mul_rows(idx n, const T* a, const T* m, T* out) {  // out = a * m elementwise
+    for (idx i = 0; i < n; ++i) out[i] = a[i] * m[i];
+}
+
+// Forward of L stacked layers on X (T, B, D) from state0 (P*L, B, H); m_layers
+// (L-1, T, B, H) or nullptr. Fills S and stateT (P*L, B, H).
+template <typename T, class Cell>
+void stack_forward(const std::vector<LayerW<T>>& Ls, int H, int variant, int Tn, int B, const T* X,
+                   const T* state0, const T* m_layers, const StackBufs<T>& S, T* stateT, int parts) {
+    const int L = int(Ls.size());
+    const idx TB = idx(Tn) * B, TBH = TB * H, GH = idx(Cell::G) * H;
+    CellStack<T, Cell> cs(Ls, H, variant);
+    const int np = auto_parts(B, Tn, int(GH), Ls[0].D, parts);
+    const std::size_t per = Cell::step_scratch((B + np - 1) / np, H);
     Buffer<T> scratch(per * np);
-    parallel_slices(B, np, [&](int p, int b0, int R) {
-        const idx off = idx(b0) * H;
-        Seq<const T> hs{Hs + off, idx(B) * H};
-        Seq<T> dz{dZ + off, idx(B) * H};
-        loop_backward<T>(cell, Tn, R, hs, hs, Seq<const T>{dz.p, dz.ts}, dz, scale ? scale + b0 : nullptr,
-                         B, window, dh0 + off, scratch.get() + per * p);
-    });
-    // 2'. dW_hh = h0^T dZ_0 + sum_{t>=1} H_{t-1}^T dZ_t
-    cell.recurrent_grad(B, h0, dZ, dW_hh, T(0));
-    if (Tn > 1) cell.recurrent_grad((Tn - 1) * B, Hs, dZ + idx(B) * H, dW_hh, T(1));
-    // 1'. dW_xh = X^T dZ ; db_h = sum dZ ; dX = dZ W_xh^T
-    blas::gemm(true, false, D, H, Tn * B, T(1), X, D, dZ, H, T(0), dW_xh, H);
-    std::fill(db_h, db_h + H, T(0));
-    colsum_add(Tn * B, H, dZ, db_h);
-    blas::gemm(false, true, Tn * B, D, H, T(1), dZ, H, P.W_xh, H, T(0), dX, D);
+    for (int l = 0; l < L; ++l) {
+        if (l >= 1 && S.Xin) mul_rows(TBH, S.Hs + (l - 1) * TBH, m_layers + (l - 1) * TBH, S.Xin + (l - 1) * TBH);
+        T* Z = Cell::kAliasZH ? S.Hs + l * TBH : S.Z + l * TBH * Cell::G;
+        affine(TB, int(GH), Ls[l].D, layer_input(S, l, Tn, B, H, X), Ls[l].W_xh, Ls[l].b_h, Z);  // 1.
+        parallel_slices(B, np, [&](int p, int b0, int R) {
+            loop_forward<T>(cs.cells[l], Tn, R, layer_views<T, Cell>(S, l, L, Tn, B, H, b0, state0),
+                            scratch.get() + per * p);
+        });
+        const idx last = idx(Tn - 1) * B * H;
+        std::memcpy(stateT + idx(l) * B * H, S.Hs + l * TBH + last, sizeof(T) * B * H);
+        if (Cell::P > 1) std::memcpy(stateT + idx(L + l) * B * H, S.E + l * Cell::X * TBH + last, sizeof(T) * B * H);
+    }
+}
+
+// dW_hh (H x G*H) = h0^T dGH_0 + sum_{t>=1} H_{t-1}^T dGH_t, one product over the steps
+template <typename T>
+void recurrent_grad(int Tn, int B, int H, int GH, const T* h0, const T* Hs, const T* dGH, T* dW_hh) {
+    blas::gemm(true, false, H, GH, B, T(1), h0, H, dGH, GH, T(0), dW_hh, GH);
+    if (Tn > 1) blas::gemm(true, false, H, GH, (Tn - 1) * B, T(1), Hs, H, dGH + idx(B) * GH, GH, T(1), dW_hh, GH);
+}
+
+// db_h = sum of dgi rows; the GRU's db_hn = sum of the n block of dgh rows.
+template <typename T, class Cell>
+void bias_grads(idx M, int H, const T* dZ, const T* dGH, T* db_h, T* db_hn) {
+    const int GH = Cell::G * H;
+    std::fill(db_h, db_h + GH, T(0));
+    colsum_add(int(M), GH, dZ, db_h);
+    if (db_hn) {
+        std::fill(db_hn, db_hn + H, T(0));
+        for (idx r = 0; r < M; ++r) {
+            const T* row = dGH + r * GH + 2 * H;
+            for (int j = 0; j < H; ++j) db_hn[j] += row[j];
+        }
+    }
+}
+
+// Backward of the stack, layer by layer from the top (each layer's whole time
+// loop, then its products over all steps). dY (T, B, H): dL/dY of the top
+// layer; dstateT (P*L, B, H) or nullptr. Outputs dX (T, B, D), dstate0 (P*L, B, H), g.
+// Sliding truncation in a stack: each loss term goes down the layers at its own age (AgeIO).
+template <typename T, class Cell>
+void stack_backward(const std::vector<LayerW<T>>& Ls, int H, int variant, int Tn, int B, const T* X,
+                    const T* state0, const T* m_layers, const StackBufs<T>& S, const T* dY, const T* dstateT,
+                    const T* scale, int window, T* dX, T* dstate0, const std::vector<LayerG<T>>& g, int parts) {
+    const int L = int(Ls.size());
+    const idx TB = idx(Tn) * B, TBH = TB * H;
+    const int GH = Cell::G * H;
+    CellStack<T, Cell> cs(Ls, H, variant);
+    Buffer<T> dZbuf(TB * GH), dGHbuf(Cell::kSepGh ? TB * GH : 0), dir(L > 1 ? TBH : 0);
+    // sliding truncation of a stack: each term crosses the layers at its own age
+    const int tau = L > 1 && window > 0 && window < Tn ? window : 0;
+    Buffer<T> dZK(tau ? TB * tau * GH : 0), dirK(tau ? TBH * tau : 0);  // (T, tau, B, width)
+    T* dZ = dZbuf.get();
+    T* dGH = Cell::kSepGh ? dGHbuf.get() : dZ;
+    const int np = auto_parts(B, Tn, GH, Ls[0].D, parts);
+    const std::size_t per = backward_scratch<Cell>(H, (B + np - 1) / np, Tn, window);
+    Buffer<T> scratch(per * np);
+    for (int l = L - 1; l >= 0; --l) {
+        if (tau && l < L - 1)  // age 0 of the terms from above: this layer's direct gradients
+            for (int t = 0; t < Tn; ++t)
+                std::memcpy(dir.get() + idx(t) * B * H, dirK.get() + idx(t) * tau * B * H, sizeof(T) * B * H);
+        const T* direct = l == L - 1 ? dY : dir.get();
+        if (Cell::kAliasZH) {  // dZ is computed in place of the direct gradients
+            std::memcpy(dZ, direct, sizeof(T) * TBH);
+            direct = dZ;
+        }
+        parallel_slices(B, np, [&](int p, int b0, int R) {
+            const idx off = idx(b0) * H, goff = idx(b0) * GH;
+            const T* dsT[2] = {nullptr, nullptr};
+            T* ds0[2] = {nullptr, nullptr};
+            for (int q = 0; q < Cell::P; ++q) {
+                if (dstateT) dsT[q] = dstateT + (idx(q) * L + l) * B * H + off;
+                ds0[q] = dstate0 + (idx(q) * L + l) * B * H + off;
+            }
+            AgeIO<T> ages;
+            if (tau) {
+                if (l < L - 1) ages.in = dirK.get() + off, ages.in_ts = idx(tau) * B * H, ages.in_as = idx(B) * H;
+                if (l > 0) ages.out = dZK.get() + goff, ages.out_ts = idx(tau) * B * GH, ages.out_as = idx(B) * GH;
+            }
+            loop_backward<T>(cs.cells[l], Tn, R, layer_views<T, Cell>(S, l, L, Tn, B, H, b0, state0),
+                             Seq<const T>{direct + off, idx(B) * H}, Seq<T>{dZ + goff, idx(B) * GH},
+                             Seq<T>{dGH + goff, idx(B) * GH}, dsT, scale ? scale + b0 : nullptr, B, window, ds0,
+                             scratch.get() + per * p, ages);
+        });
+        const T* in = layer_input(S, l, Tn, B, H, X);
+        const int D = Ls[l].D;
+        recurrent_grad(Tn, B, H, GH, state0 + idx(l) * B * H, S.Hs + l * TBH, dGH, g[l].W_hh);
+        blas::gemm(true, false, D, GH, int(TB), T(1), in, D, dZ, GH, T(0), g[l].W_xh, GH);
+        bias_grads<T, Cell>(TB, H, dZ, dGH, g[l].b_h, g[l].b_hn);
+        if (tau && l >= 1) {  // every age's dX_l = dgi W_xh^T: layer l-1's direct gradient, per age
+            blas::gemm(false, true, int(TB) * tau, D, GH, T(1), dZK.get(), GH, Ls[l].W_xh, GH, T(0), dirK.get(), D);
+            if (m_layers)
+                for (int t = 0; t < Tn; ++t)
+                    for (int k = 0; k < tau; ++k) {
+                        T* o = dirK.get() + (idx(t) * tau + k) * B * H;
+                        mul_rows(idx(B) * H, o, m_layers + (l - 1) * TBH + idx(t) * B * H, o);
+                    }
+            continue;
+        }
+        T* out = l == 0 ? dX : dir.get();  // dX_l = dgi W_xh^T: layer l-1's direct gradient
+        blas::gemm(false, true, int(TB), D, GH, T(1), dZ, GH, Ls[l].W_xh, GH, T(0), out, D);
+        if (l >= 1 && m_layers) mul_rows(TBH, out, m_layers + (l - 1) * TBH, out);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -341,30 +486,92 @@ void layer_backward(const LayerParams<T>& P, int Tn, int B, const T* X, const T*
 // ---------------------------------------------------------------------------
 template <typename T>
 struct LMParams {
-    const T* W_xh;  // (V, H)
-    const T* W_hh;  // (H, H)
-    const T* b_h;   // (H,)
+    std::vector<LayerW<T>> layers;  // layer 0's W_xh is (V, G*H): the one-hot input as a row gather
     const T* W_hq;  // (H, V)
     const T* b_q;   // (V,)
-    int V, H;
-    Act act;
+    int V, H, variant;
 };
 
 template <typename T>
 struct LMGrads {
-    T *W_xh, *W_hh, *b_h, *W_hq, *b_q;
+    std::vector<LayerG<T>> layers;
+    T *W_hq, *b_q;
 };
 
-// 1. the row gather A_t = W_xh[ids[:, t]] + b_h for R rows of ids (stride Tn).
+// Dropout masks of the LM (time-major, or nullptr): m_in (T, B, G*H) on the
+// gathered rows of W_xh, m_layers (L-1, T, B, H), m_out (T, B, H).
 template <typename T>
-void gather_inputs(const LMParams<T>& P, int Tn, int R, const std::int64_t* ids, T* A) {
-    const int H = P.H;
+struct LMMasks {
+    const T *in = nullptr, *layers = nullptr, *out = nullptr;
+};
+
+// Sizes of every gradient array, in the order LMGrads lists them.
+template <typename T>
+std::vector<std::size_t> lm_grad_sizes(const LMParams<T>& P, int G) {
+    std::vector<std::size_t> s;
+    const std::size_t H = P.H, GH = std::size_t(G) * P.H;
+    for (const auto& l : P.layers) {
+        s.push_back(std::size_t(l.D) * GH);
+        s.push_back(H * GH);
+        s.push_back(GH);
+        s.push_back(l.b_hn ? H : 0);
+    }
+    s.push_back(H * P.V);
+    s.push_back(P.V);
+    return s;
+}
+template <typename T>
+std::vector<T*> lm_grad_ptrs(const LMGrads<T>& g) {
+    std::vector<T*> v;
+    for (const auto& l : g.layers) {
+        v.push_back(l.W_xh);
+        v.push_back(l.W_hh);
+        v.push_back(l.b_h);
+        v.push_back(l.b_hn);
+    }
+    v.push_back(g.W_hq);
+    v.push_back(g.b_q);
+    return v;
+}
+template <typename T>
+LMGrads<T> lm_grads_in(const LMParams<T>& P, int G, T* flat) {
+    const auto s = lm_grad_sizes(P, G);
+    LMGrads<T> g;
+    std::size_t k = 0;
+    for (std::size_t l = 0; l < P.layers.size(); ++l, k += 4) {
+        LayerG<T> x;
+        x.W_xh = flat, flat += s[k];
+        x.W_hh = flat, flat += s[k + 1];
+        x.b_h = flat, flat += s[k + 2];
+        x.b_hn = s[k + 3] ? flat : nullptr, flat += s[k + 3];
+        g.layers.push_back(x);
+    }
+    g.W_hq = flat, flat += s[k];
+    g.b_q = flat;
+    return g;
+}
+
+// 1. the row gather gi_t = W_xh[ids[:, t]] (* m_in) + b_h for R rows of ids (stride Tn).
+template <typename T>
+void gather_inputs(const LayerW<T>& P, int GH, int Tn, int R, int B, const std::int64_t* ids, const T* m_in, T* A) {
     for (int t = 0; t < Tn; ++t)
         for (int r = 0; r < R; ++r) {
-            const T* w = P.W_xh + idx(ids[idx(r) * Tn + t]) * H;
-            T* a = A + (idx(t) * R + r) * H;
-            for (int j = 0; j < H; ++j) a[j] = w[j] + P.b_h[j];
+            const T* w = P.W_xh + idx(ids[idx(r) * Tn + t]) * GH;
+            T* a = A + (idx(t) * R + r) * GH;
+            if (m_in) {
+                const T* m = m_in + (idx(t) * B + r) * GH;
+                for (int j = 0; j < GH; ++j) a[j] = w[j] * m[j] + P.b_h[j];
+            } else {
+                for (int j = 0; j < GH; ++j) a[j] = w[j] + P.b_h[j];
+            }
         }
+}
+
+// rows of a slice's (T, R, H) buffer times the mask's rows (T, B, H) of that slice
+template <typename T>
+void mask_slice(int Tn, int R, int B, int H, const T* a, const T* m, T* out) {
+    for (int t = 0; t < Tn; ++t)
+        mul_rows(idx(R) * H, a + idx(t) * R * H, m + idx(t) * B * H, out + idx(t) * R * H);
 }
 
 // The output projection's weights packed once per call for the register-tiled
@@ -409,45 +616,117 @@ struct OutProj {
     }
 };
 
-// Work one slice of R rows needs for the training step (elements of T).
-template <typename T>
-std::size_t lm_slice_scratch(int V, int H, int R, int Tn, int window, bool own_grads) {
-    std::size_t n = std::size_t(Tn + 1) * R * H   // h0, H_0..H_{T-1}
-                    + std::size_t(Tn) * R * V      // O, then dO
-                    + std::size_t(Tn) * R * H      // direct dH, then dZ
-                    + std::size_t(R) * H           // dh0 (unused: the LM's state is detached)
-                    + std::max(kern::packed_size<T>(Tn * R, V), kern::packed_size<T>(Tn * R, H))
-                    + backward_scratch(H, 1, R, Tn, window);
-    if (own_grads) n += std::size_t(V) * H * 2 + std::size_t(H) * H + H + V;
-    return n;
+
+// The working memory of one slice of R rows (elements of T), laid out by one
+// walk for both its size and its pointers.
+template <typename T, class Cell>
+struct LMSlice {
+    std::vector<T*> Hb, Z, E, Xin;  // per layer: (T+1, R, H) with h0 first; gates; extras; masked input
+    T *Hout, *O, *dZ, *dGH, *dir, *ds0, *pk, *step, *loop;
+    T *dZK = nullptr, *dirK = nullptr;  // sliding truncation of a stack: per age (T, tau, R, width)
+    std::size_t size = 0;
+    LMSlice(const LMParams<T>& P, const LMMasks<T>& mk, int Tn, int R, int window, bool train, T* base) {
+        const int L = int(P.layers.size()), H = P.H, V = P.V, GH = Cell::G * H;
+        const std::size_t M = std::size_t(Tn) * R;
+        T* p = base;
+        auto take = [&](std::size_t n) {
+            T* r = p;
+            size += n;
+            if (p) p += n;
+            return r;
+        };
+        for (int l = 0; l < L; ++l) {
+            Hb.push_back(take((M + R) * H));
+            Z.push_back(Cell::kAliasZH ? (Hb.back() ? Hb.back() + std::size_t(R) * H : nullptr) : take(M * GH));
+            E.push_back(take(M * H * Cell::X));
+            Xin.push_back(l >= 1 && mk.layers ? take(M * H) : nullptr);
+        }
+        Hout = mk.out ? take(M * H) : nullptr;
+        O = take(M * V);
+        if (!train) return;
+        dZ = take(M * GH);
+        dGH = Cell::kSepGh ? take(M * GH) : dZ;
+        dir = take(M * H);
+        ds0 = take(std::size_t(Cell::P) * R * H);
+        pk = take(std::max({kern::packed_size<T>(int(M), V), kern::packed_size<T>(int(M), H),
+                            kern::packed_size<T>(int(M), GH)}));
+        step = take(Cell::step_scratch(R, H));
+        loop = take(backward_scratch<Cell>(H, R, Tn, window));
+        if (L > 1 && window > 0 && window < Tn) {
+            dZK = take(M * window * GH);
+            dirK = take(M * window * H);
+        }
+    }
+    Views<T> views(int l, int Tn, int R, int H, const T* c0) const {
+        const idx RH = idx(R) * H;
+        Views<T> v;
+        v.Hs = Seq<T>{Hb[l] + RH, RH};
+        v.Z = Seq<T>{Z[l], RH * Cell::G};
+        for (int x = 0; x < 2; ++x) v.E[x] = Seq<T>{x < Cell::X ? E[l] + x * idx(Tn) * RH : nullptr, RH};
+        v.s0[0] = Hb[l];
+        v.s0[1] = c0;
+        return v;
+    }
+};
+
+// The forward pass of the LM on a slice: layers, then O = H W_hq + b_q (T, R, V).
+// Returns the top layer's (masked) output rows, the input of W_hq.
+template <typename T, class Cell>
+const T* lm_forward_slice(const LMParams<T>& P, const CellStack<T, Cell>& cs, const OutProj<T>& op,
+                          const LMMasks<T>& mk, int Tn, int R, int B, const std::int64_t* ids, const T* state0,
+                          int b0, const LMSlice<T, Cell>& w) {
+    const int L = int(P.layers.size()), H = P.H, V = P.V, GH = Cell::G * H;
+    const idx M = idx(Tn) * R, TBH = idx(Tn) * B * H;
+    for (int l = 0; l < L; ++l) {
+        std::memcpy(w.Hb[l], state0 + (idx(l) * B + b0) * H, sizeof(T) * R * H);
+        const T* c0 = Cell::P > 1 ? state0 + (idx(L + l) * B + b0) * H : nullptr;
+        if (l == 0) {
+            gather_inputs(P.layers[0], GH, Tn, R, B, ids, mk.in ? mk.in + idx(b0) * GH : nullptr, w.Z[0]);
+        } else {
+            const T* in = w.Hb[l - 1] + idx(R) * H;
+            if (mk.layers) {
+                mask_slice(Tn, R, B, H, in, mk.layers + (l - 1) * TBH + idx(b0) * H, w.Xin[l]);
+                in = w.Xin[l];
+            }
+            affine(M, GH, H, in, P.layers[l].W_xh, P.layers[l].b_h, w.Z[l]);
+        }
+        loop_forward<T>(cs.cells[l], Tn, R, w.views(l, Tn, R, H, c0), w.step);
+    }
+    const T* top = w.Hb[L - 1] + idx(R) * H;
+    if (mk.out) {
+        mask_slice(Tn, R, B, H, top, mk.out + idx(b0) * H, w.Hout);
+        top = w.Hout;
+    }
+    for (idx i = 0; i < M; ++i) std::memcpy(w.O + i * V, P.b_q, sizeof(T) * V);
+    op.project(P, int(M), top, w.O);
+    return top;
+}
+
+// The state after the slice's last step: h of every layer, then c (LSTM).
+template <typename T, class Cell>
+void slice_state(const LMSlice<T, Cell>& w, int L, int Tn, int R, int B, int H, int b0, T* state) {
+    for (int l = 0; l < L; ++l) {
+        std::memcpy(state + (idx(l) * B + b0) * H, w.Hb[l] + idx(Tn) * R * H, sizeof(T) * R * H);
+        if (Cell::P > 1)
+            std::memcpy(state + (idx(L + l) * B + b0) * H, w.E[l] + idx(Tn - 1) * R * H, sizeof(T) * R * H);
+    }
 }
 
 // The fused training step on a slice: forward, loss, and the whole backward.
 // Returns the slice's sum of -log p (the caller divides by B*T); gradients are
-// written (not accumulated) into g; new_state receives H_{T-1} (R x H).
-template <typename T>
-double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, const OutProj<T>& op, int Tn, int R, int Btot, const std::int64_t* ids,
-                     const std::int64_t* tgt, const T* h0, const T* scale, idx sts, int window,
-                     const LMGrads<T>& g, T* new_state, T* work) {
-    const int H = P.H, V = P.V;
-    const idx M = idx(Tn) * R;  // rows of this slice over all steps
-    T* Hb = work;                      // (T+1, R, H): Hb[0] = h0, Hb[t+1] = H_t
-    T* O = Hb + (M + R) * H;           // (T, R, V)
-    T* dZ = O + M * V;                 // (T, R, H)
-    T* dh0 = dZ + M * H;
-    T* pk = dh0 + idx(R) * H;  // packing scratch
-    T* scratch = pk + std::max(kern::packed_size<T>(int(M), V), kern::packed_size<T>(int(M), H));
-
-    std::memcpy(Hb, h0, sizeof(T) * R * H);
-    gather_inputs(P, Tn, R, ids, Hb + idx(R) * H);                           // 1.
-    loop_forward<T>(cell, Tn, R, Hb, Seq<T>{Hb + idx(R) * H, idx(R) * H},  // 2., 3.
-                    Seq<T>{Hb + idx(R) * H, idx(R) * H});
-    // 4. O = H W_hq + b_q over all T*R rows
-    for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
-    op.project(P, int(M), Hb + idx(R) * H, O);
-    // 5., 5'. loss and dO = (softmax - onehot) / (B*T), in place of O; the
-    // exponentials of all rows in one vectorised pass
-    const T inv = T(1) / T(double(Btot) * Tn);
+// written (not accumulated) into g.
+template <typename T, class Cell>
+double lm_step_slice(const LMParams<T>& P, const CellStack<T, Cell>& cs, const OutProj<T>& op, const LMMasks<T>& mk,
+                     int Tn, int R, int B, int b0, const std::int64_t* ids, const std::int64_t* tgt,
+                     const T* state0, const T* scale, int window, const LMGrads<T>& g, T* new_state,
+                     const LMSlice<T, Cell>& w) {
+    const int L = int(P.layers.size()), H = P.H, V = P.V, GH = Cell::G * H;
+    const idx M = idx(Tn) * R, TBH = idx(Tn) * B * H;
+    T* O = w.O;
+    const T* top = lm_forward_slice(P, cs, op, mk, Tn, R, B, ids, state0, b0, w);
+    // loss and dO = (softmax - onehot) / (B*T), in place of O; the exponentials
+    // of all rows in one vectorised pass
+    const T inv = T(1) / T(double(B) * Tn);
     double nll = 0;
     for (idx i = 0; i < M; ++i) {
         T* o = O + i * V;
@@ -473,100 +752,122 @@ double lm_step_slice(const LMParams<T>& P, const ElmanCell<T>& cell, const OutPr
         const int t = int(i / R), r = int(i % R);
         o[tgt[idx(r) * Tn + t]] -= inv;
     }
-    // 4'. dW_hq = H^T dO ; db_q = sum dO ; direct dH = dO W_hq^T
-    op.tn(int(M), H, V, Hb + idx(R) * H, O, g.W_hq, pk);
+    // dW_hq = H^T dO ; db_q = sum dO ; direct dH = dO W_hq^T (* m_out)
+    op.tn(int(M), H, V, top, O, g.W_hq, w.pk);
     std::fill(g.b_q, g.b_q + V, T(0));
     colsum_add(int(M), V, O, g.b_q);
-    op.back(P, int(M), O, dZ);
-    // 3'., 2'. the recurrence backward
-    const Seq<const T> hs{Hb + idx(R) * H, idx(R) * H};
-    loop_backward<T>(cell, Tn, R, hs, hs, Seq<const T>{dZ, idx(R) * H}, Seq<T>{dZ, idx(R) * H}, scale, sts,
-                     window, dh0, scratch);
-    // 2'. dW_hh = [h0; H_0..H_{T-2}]^T dZ as one product over all steps
-    op.tn(int(M), H, H, Hb, dZ, g.W_hh, pk);
-    // 1'. db_h = sum dZ ; dW_xh[ids] += dZ rows
-    std::fill(g.b_h, g.b_h + H, T(0));
-    colsum_add(int(M), H, dZ, g.b_h);
-    std::fill(g.W_xh, g.W_xh + idx(V) * H, T(0));
-    for (int t = 0; t < Tn; ++t)
-        for (int r = 0; r < R; ++r) {
-            T* w = g.W_xh + idx(ids[idx(r) * Tn + t]) * H;
-            const T* d = dZ + (idx(t) * R + r) * H;
-            for (int j = 0; j < H; ++j) w[j] += d[j];
+    T* dZ = w.dZ;
+    T* dGH = w.dGH;
+    T* direct = Cell::kAliasZH ? dZ : w.dir;  // the plain RNN turns dH into dZ in place
+    op.back(P, int(M), O, direct);
+    if (mk.out) mask_slice(Tn, R, B, H, direct, mk.out + idx(b0) * H, direct);
+    const idx RH = idx(R) * H;
+    const int tau = w.dZK ? window : 0;
+    for (int l = L - 1; l >= 0; --l) {
+        const T* c0 = Cell::P > 1 ? state0 + (idx(L + l) * B + b0) * H : nullptr;
+        T* ds0[2] = {w.ds0, w.ds0 + RH};  // the LM's state is detached: dstate0 is dropped
+        AgeIO<T> ages;
+        if (w.dZK) {
+            if (l < L - 1) ages.in = w.dirK, ages.in_ts = tau * RH, ages.in_as = RH;
+            if (l > 0) ages.out = w.dZK, ages.out_ts = tau * RH * Cell::G, ages.out_as = RH * Cell::G;
         }
-    std::memcpy(new_state, Hb + idx(Tn) * R * H, sizeof(T) * R * H);
+        loop_backward<T>(cs.cells[l], Tn, R, w.views(l, Tn, R, H, c0), Seq<const T>{direct, RH},
+                         Seq<T>{dZ, RH * Cell::G}, Seq<T>{dGH, RH * Cell::G}, nullptr, scale ? scale + b0 : nullptr,
+                         B, window, ds0, w.loop, ages);
+        const LayerG<T>& gl = g.layers[l];
+        op.tn(int(M), H, GH, w.Hb[l], dGH, gl.W_hh, w.pk);  // [h0; H_0..H_{T-2}]^T dGH in one product
+        bias_grads<T, Cell>(M, H, dZ, dGH, gl.b_h, gl.b_hn);
+        if (l >= 1) {
+            const T* in = mk.layers ? w.Xin[l] : w.Hb[l - 1] + RH;
+            op.tn(int(M), H, GH, in, dZ, gl.W_xh, w.pk);
+            if (w.dZK) {  // sliding truncation: every age's dX, age 0 the direct gradient below
+                blas::gemm(false, true, int(M) * tau, H, GH, T(1), w.dZK, GH, P.layers[l].W_xh, GH, T(0), w.dirK, H);
+                for (int t = 0; t < Tn; ++t)
+                    for (int k = 0; k < tau; ++k) {
+                        T* o = w.dirK + (idx(t) * tau + k) * RH;
+                        if (mk.layers) mul_rows(RH, o, mk.layers + (l - 1) * TBH + (idx(t) * B + b0) * H, o);
+                        if (k == 0) std::memcpy(direct + idx(t) * RH, o, sizeof(T) * RH);
+                    }
+                continue;
+            }
+            blas::gemm(false, true, int(M), H, GH, T(1), dZ, GH, P.layers[l].W_xh, GH, T(0), w.dir, H);
+            if (mk.layers) mask_slice(Tn, R, B, H, w.dir, mk.layers + (l - 1) * TBH + idx(b0) * H, w.dir);
+            if (Cell::kAliasZH) std::memcpy(dZ, w.dir, sizeof(T) * M * H);
+            continue;
+        }
+        // dW_xh[ids] += dgi rows (* m_in)
+        std::fill(gl.W_xh, gl.W_xh + idx(V) * GH, T(0));
+        for (int t = 0; t < Tn; ++t)
+            for (int r = 0; r < R; ++r) {
+                T* wr = gl.W_xh + idx(ids[idx(r) * Tn + t]) * GH;
+                const T* d = dZ + (idx(t) * R + r) * GH;
+                if (mk.in) {
+                    const T* m = mk.in + (idx(t) * B + b0 + r) * GH;
+                    for (int j = 0; j < GH; ++j) wr[j] += d[j] * m[j];
+                } else {
+                    for (int j = 0; j < GH; ++j) wr[j] += d[j];
+                }
+            }
+    }
+    slice_state(w, L, Tn, R, B, H, b0, new_state);
     return nll;
 }
 
 // The whole training step: slices of the batch side by side, then their
-// gradients summed. Returns the mean loss.
-template <typename T>
-double lm_loss_and_grad(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const std::int64_t* tgt,
-                        const T* h0, const T* scale, int window, const LMGrads<T>& g, T* new_state, int parts) {
-    const int H = P.H, V = P.V;
-    const int np = auto_parts(B, Tn, H, P.V, parts);
+// gradients summed. Returns the mean loss. state0, new_state (P*L, B, H).
+template <typename T, class Cell>
+double lm_loss_and_grad(const LMParams<T>& P, const LMMasks<T>& mk, int Tn, int B, const std::int64_t* ids,
+                        const std::int64_t* tgt, const T* state0, const T* scale, int window, const LMGrads<T>& g,
+                        T* new_state, int parts) {
+    const int H = P.H, GH = Cell::G * H;
+    const int np = auto_parts(B, Tn, GH, P.V, parts);
     const int Rmax = (B + np - 1) / np;
-    const std::size_t per0 = lm_slice_scratch<T>(V, H, Rmax, Tn, window, false);
-    const std::size_t per = lm_slice_scratch<T>(V, H, Rmax, Tn, window, true);
-    Buffer<T> work(per0 + per * (np - 1));
+    const std::size_t per = LMSlice<T, Cell>(P, mk, Tn, Rmax, window, true, nullptr).size;
+    const auto sizes = lm_grad_sizes(P, Cell::G);
+    const std::size_t gsz = std::accumulate(sizes.begin(), sizes.end(), std::size_t(0));
+    Buffer<T> work(per * np + gsz * (np - 1));
     std::vector<double> nll(np, 0.0);
     std::vector<LMGrads<T>> gs(np, g);
-    ElmanCell<T> cell{P.W_hh, H, P.act};
-    Buffer<T> packed(ElmanCell<T>::workspace(H));
-    cell.prepare(packed.get());
+    for (int p = 1; p < np; ++p) gs[p] = lm_grads_in(P, Cell::G, work.get() + per * np + gsz * (p - 1));
+    CellStack<T, Cell> cs(P.layers, H, P.variant);
     const OutProj<T> op(P);
-    for (int p = 1; p < np; ++p) {
-        // slices p >= 1 keep their own gradients after their working memory
-        T* own = work.get() + per0 + per * (p - 1) + per0;
-        gs[p] = LMGrads<T>{own, own + idx(V) * H, own + idx(V) * H + idx(H) * H,
-                           own + idx(V) * H + idx(H) * H + H, own + 2 * idx(V) * H + idx(H) * H + H};
-    }
     parallel_slices(B, np, [&](int p, int b0, int R) {
-        T* w = p == 0 ? work.get() : work.get() + per0 + per * (p - 1);
-        nll[p] = lm_step_slice(P, cell, op, Tn, R, B, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, h0 + idx(b0) * H,
-                               scale ? scale + b0 : nullptr, B, window, gs[p], new_state + idx(b0) * H, w);
+        LMSlice<T, Cell> w(P, mk, Tn, R, window, true, work.get() + per * p);
+        nll[p] = lm_step_slice(P, cs, op, mk, Tn, R, B, b0, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, state0,
+                               scale, window, gs[p], new_state, w);
     });
     double total = 0;
     for (int p = 0; p < np; ++p) total += nll[p];
+    const auto dst = lm_grad_ptrs(g);
     for (int p = 1; p < np; ++p) {
-        auto add = [](T* dst, const T* src, idx n) {
-            for (idx i = 0; i < n; ++i) dst[i] += src[i];
-        };
-        add(g.W_xh, gs[p].W_xh, idx(V) * H);
-        add(g.W_hh, gs[p].W_hh, idx(H) * H);
-        add(g.b_h, gs[p].b_h, H);
-        add(g.W_hq, gs[p].W_hq, idx(H) * V);
-        add(g.b_q, gs[p].b_q, V);
+        const auto src = lm_grad_ptrs(gs[p]);
+        for (std::size_t k = 0; k < dst.size(); ++k)
+            for (std::size_t i = 0; i < sizes[k]; ++i) dst[k][i] += src[k][i];
     }
     return total / (double(B) * Tn);
 }
 
-// Inference: logits (B, T, V) batch-major and the final state (B, H).
-template <typename T>
-void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const T* h0, T* logits,
+// Inference: logits (B, T, V) batch-major and the final state (P*L, B, H).
+template <typename T, class Cell>
+void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, const T* state0, T* logits,
                 T* new_state, int parts) {
-    const int H = P.H, V = P.V;
-    const int np = auto_parts(B, Tn, H, P.V, parts);
+    const int H = P.H, V = P.V, L = int(P.layers.size());
+    const int np = auto_parts(B, Tn, Cell::G * H, P.V, parts);
     const int Rmax = (B + np - 1) / np;
-    const std::size_t per = std::size_t(Tn + 1) * Rmax * H + std::size_t(Tn) * Rmax * V;
+    const LMMasks<T> mk;
+    const std::size_t per = LMSlice<T, Cell>(P, mk, Tn, Rmax, 0, false, nullptr).size +
+                            Cell::step_scratch(Rmax, H);
     Buffer<T> work(per * np);
-    ElmanCell<T> cell{P.W_hh, H, P.act};
-    Buffer<T> packed(ElmanCell<T>::workspace(H));
-    cell.prepare(packed.get());
+    CellStack<T, Cell> cs(P.layers, H, P.variant);
     const OutProj<T> op(P);
     parallel_slices(B, np, [&](int p, int b0, int R) {
-        T* Hb = work.get() + per * p;
-        T* O = Hb + idx(Tn + 1) * R * H;
-        const idx M = idx(Tn) * R;
-        std::memcpy(Hb, h0 + idx(b0) * H, sizeof(T) * R * H);
-        gather_inputs(P, Tn, R, ids + idx(b0) * Tn, Hb + idx(R) * H);
-        loop_forward<T>(cell, Tn, R, Hb, Seq<T>{Hb + idx(R) * H, idx(R) * H}, Seq<T>{Hb + idx(R) * H, idx(R) * H});
-        for (idx i = 0; i < M; ++i) std::memcpy(O + i * V, P.b_q, sizeof(T) * V);
-        op.project(P, int(M), Hb + idx(R) * H, O);
+        LMSlice<T, Cell> w(P, mk, Tn, R, 0, false, work.get() + per * p);
+        w.step = work.get() + per * p + w.size;
+        lm_forward_slice(P, cs, op, mk, Tn, R, B, ids + idx(b0) * Tn, state0, b0, w);
         for (int t = 0; t < Tn; ++t)
             for (int r = 0; r < R; ++r)
-                std::memcpy(logits + (idx(b0 + r) * Tn + t) * V, O + (idx(t) * R + r) * V, sizeof(T) * V);
-        std::memcpy(new_state + idx(b0) * H, Hb + idx(Tn) * R * H, sizeof(T) * R * H);
+                std::memcpy(logits + (idx(b0 + r) * Tn + t) * V, w.O + (idx(t) * R + r) * V, sizeof(T) * V);
+        slice_state(w, L, Tn, R, B, H, b0, new_state);
     });
 }
 
@@ -622,7 +923,7 @@ constexpr int kGenSplitH = 256;  // below this, a step is too short to share
 constexpr int kWindow = 32, kSoloAfter = 3;
 
 template <typename T>
-void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
+void lm_generate_elman(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
                  int top_k, const double* uniforms, std::int32_t* out, int parts) {
     const int H = P.H, V = P.V;
     constexpr int W = kern::NR<T>;
@@ -632,7 +933,7 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
     Buffer<T> packed(kern::packed_size<T>(H, H) + kern::packed_size<T>(H, V));
     T* Wf = packed.get();
     T* Wq = Wf + kern::packed_size<T>(H, H);
-    kern::pack_b(H, H, P.W_hh, H, false, Wf);
+    kern::pack_b(H, H, P.layers[0].W_hh, H, false, Wf);
     kern::pack_b(H, V, P.W_hq, V, false, Wq);
     Buffer<T> hbuf(std::size_t(2) * H);
     std::fill(hbuf.get(), hbuf.get() + 2 * H, T(0));
@@ -666,11 +967,11 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
         bool alone = n == 1;
         // 1.-3. for this thread's columns of H_t; false: this thread leaves (solo from now on)
         auto step = [&](std::int64_t tok) {
-            const T* w = P.W_xh + idx(tok) * H;
-            for (int j = c0; j < c1; ++j) next[j] = w[j] + P.b_h[j];
+            const T* w = P.layers[0].W_xh + idx(tok) * H;
+            for (int j = c0; j < c1; ++j) next[j] = w[j] + P.layers[0].b_h[j];
             kern::gemv_pb(H, cur, Wf, p0, p1, next, H, zig);
             zig = !zig;
-            if (P.act == Act::Tanh) kern::tanh_n(next + c0, next + c0, c1 - c0);
+            if (P.variant == 0) kern::tanh_n(next + c0, next + c0, c1 - c0);
             else kern::relu_n(next + c0, next + c0, c1 - c0);
             std::swap(cur, next);
             if (alone) return true;
@@ -701,6 +1002,90 @@ void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int n
     started.set_value(int(th.size()) + 1);
     worker(0);
     for (auto& x : th) x.join();
+}
+
+// Generation for any cell and depth, one thread: every weight is packed once
+// per call (W_hh by the cells, W_xh of layers >= 1 and W_hq here), and every
+// buffer is allocated before the first step.
+template <typename T, class Cell>
+void lm_generate_cells(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
+                       int top_k, const double* uniforms, std::int32_t* out) {
+    const int H = P.H, V = P.V, L = int(P.layers.size()), GH = Cell::G * H;
+    CellStack<T, Cell> cs(P.layers, H, P.variant);
+    const std::size_t pxh = kern::packed_size<T>(H, GH);
+    Buffer<T> packed(pxh * (L - 1) + kern::packed_size<T>(H, V));
+    for (int l = 1; l < L; ++l) kern::pack_b(H, GH, P.layers[l].W_xh, GH, false, packed.get() + pxh * (l - 1));
+    T* Wq = packed.get() + pxh * (L - 1);
+    kern::pack_b(H, V, P.W_hq, V, false, Wq);
+    // per layer: h (cur, next), c (cur, next), then z (G*H), two extras, step scratch
+    const std::size_t per = 4 * std::size_t(H) + GH + 2 * std::size_t(H) + Cell::step_scratch(1, H);
+    Buffer<T> buf(per * L);
+    std::fill(buf.get(), buf.get() + per * L, T(0));
+    std::vector<T*> h(L), hn(L), c(L), cn(L);
+    for (int l = 0; l < L; ++l) {
+        T* b = buf.get() + per * l;
+        h[l] = b, hn[l] = b + H, c[l] = b + 2 * H, cn[l] = b + 3 * H;
+    }
+    std::vector<T> o(V);
+    std::vector<double> e(V);
+    std::vector<int> order(V);
+    auto step = [&](std::int64_t tok) {
+        for (int l = 0; l < L; ++l) {
+            T* b = buf.get() + per * l;
+            T* z = b + 4 * H;
+            T* x0 = z + GH;
+            T* scr = x0 + 2 * H;
+            const LayerW<T>& W = P.layers[l];
+            if (l == 0) {
+                const T* w = W.W_xh + idx(tok) * GH;
+                for (int j = 0; j < GH; ++j) z[j] = w[j] + W.b_h[j];
+            } else {
+                std::memcpy(z, W.b_h, sizeof(T) * GH);
+                PackedRecurrent<T>::product(1, GH, H, h[l - 1], packed.get() + pxh * (l - 1), z, true);
+            }
+            const T* prev[2] = {h[l], c[l]};
+            T* ext[2] = {Cell::P > 1 ? cn[l] : x0, x0 + H};
+            cs.cells[l].forward_step(1, prev, z, ext, hn[l], scr);
+            std::swap(h[l], hn[l]);
+            std::swap(c[l], cn[l]);
+        }
+    };
+    for (int i = 0; i < np; ++i) step(prefix[i]);
+    for (int i = 0; i < num_preds; ++i) {
+        std::memcpy(o.data(), P.b_q, sizeof(T) * V);
+        PackedRecurrent<T>::product(1, V, H, h[L - 1], Wq, o.data(), true);
+        out[i] = sample_token(o.data(), V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(), order.data());
+        if (i + 1 < num_preds) step(out[i]);
+    }
+}
+
+// Generation: the plain RNN of one layer has its own column-split version
+// (lm_generate_elman, two threads at H >= 256); every other cell and depth the loop above.
+template <typename T, class Cell>
+void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
+                 int top_k, const double* uniforms, std::int32_t* out, int parts) {
+    if (Cell::kAliasZH && P.layers.size() == 1)
+        lm_generate_elman(P, prefix, np, num_preds, temperature, top_k, uniforms, out, parts);
+    else
+        lm_generate_cells<T, Cell>(P, prefix, np, num_preds, temperature, top_k, uniforms, out);
+}
+
+// Calls f(Tag<Cell>{}, variant) for the registered cell called name; false if none is.
+template <template <class> class C>
+struct CellTag {
+    template <typename T>
+    using type = C<T>;
+};
+template <class F>
+bool with_cell(const std::string& name, F&& f) {
+#define FASTSEQ_CELL_CASE(NAME, TMPL, VARIANT) \
+    if (name == NAME) {                        \
+        f(CellTag<TMPL>{}, VARIANT);           \
+        return true;                           \
+    }
+    FASTSEQ_CELLS(FASTSEQ_CELL_CASE)
+#undef FASTSEQ_CELL_CASE
+    return false;
 }
 
 }  // namespace rnn

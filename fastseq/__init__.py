@@ -54,9 +54,14 @@ def build_info():
     return info
 
 
+_user_set_threads = False     # fastseq.torch follows torch.get_num_threads() until this is set
+
+
 def set_num_threads(n):
     """Set the number of BLAS threads used by the C++ kernels."""
+    global _user_set_threads
     _core.set_num_threads(int(n))
+    _user_set_threads = True
 
 
 def get_num_threads():

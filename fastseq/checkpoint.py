@@ -1,6 +1,6 @@
 """Checkpoints: a directory with the weights in safetensors and a JSON manifest.
 
-Layout of a checkpoint directory (format 2)::
+Layout of a checkpoint directory (format 3)::
 
     fastseq.json                          the manifest: what the checkpoint is
     model-<step>-<tag>.safetensors        the model's parameters (names as in model.params)
@@ -35,8 +35,11 @@ state) go into the resume file: in the JSON each array is replaced by
 every parameter) is the training engine's to check: pass its validator as
 ``load(..., check_resume=...)`` and its refusals become ``CheckpointError``.
 
-Format 1 (fastseq 0.1.0: ``model-<step>.safetensors``, no integrity entry)
-is still read, with every check except the integrity hashes.
+Format 3 records the model's cell, num_layers and dropout in its config (the
+GRU, LSTM and stacks of docs/CELLS.md); format 2 (a ``nonlinearity``, one
+plain RNN layer) is still read, and so is format 1 (fastseq 0.1.0:
+``model-<step>.safetensors``, no integrity entry), with every check except the
+integrity hashes.
 """
 import hashlib
 import json
@@ -53,7 +56,7 @@ from .errors import ArgumentError, FastseqError
 __all__ = ["CheckpointError", "Checkpoint", "save", "load", "atomic_write", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "fastseq.checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 META_FILE = "fastseq.json"
 PENDING_FILE = ".fastseq-pending.json"
 # A manifest holds the vocabulary and the run's history: a few MB for the largest real ones.
@@ -420,7 +423,7 @@ class _Schema:
 
 
 def _check_manifest(meta, meta_path):
-    """Schema of the whole manifest (format 1 or 2); returns the format version."""
+    """Schema of the whole manifest (format 1, 2 or 3); returns the format version."""
     s = _Schema(meta_path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not a fastseq checkpoint (format is not {FORMAT!r})")
@@ -446,10 +449,22 @@ def _check_manifest(meta, meta_path):
     config = s.obj(s.get(model, "config", "model.config"), "model.config")
     s.int(s.get(config, "vocab_size", "model.config.vocab_size"), "model.config.vocab_size", 1)
     s.int(s.get(config, "num_hiddens", "model.config.num_hiddens"), "model.config.num_hiddens", 1)
-    for key in ("nonlinearity", "dtype"):
+    for key in ("nonlinearity", "dtype") if fv < 3 else ("cell", "dtype"):
         s.str(s.get(config, key, f"model.config.{key}"), f"model.config.{key}")
     if config["dtype"] not in ("float32", "float64"):
         s.fail("model.config.dtype", config["dtype"], "'float32' or 'float64'")
+    if fv >= 3:
+        from .reference.cells import CELLS
+        if config["cell"] not in CELLS:
+            s.fail("model.config.cell", config["cell"], "one of " + ", ".join(map(repr, CELLS)))
+        # every layer has 3 or 4 tensors: a bound on num_layers before param shapes are listed
+        most = len(s.obj(s.get(meta, "weights", "weights").get("tensors"), "weights.tensors"))
+        L = s.int(s.get(config, "num_layers", "model.config.num_layers"), "model.config.num_layers", 1)
+        if L > most:
+            s.fail("model.config.num_layers", L, f"an integer in [1, {most}] (the weights hold {most} tensors)")
+        p = s.get(config, "dropout", "model.config.dropout")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            s.fail("model.config.dropout", p, "a number in [0, 1)")
 
     vocab = s.obj(s.get(meta, "vocab", "vocab"), "vocab")
     itos = s.get(vocab, "idx_to_token", "vocab.idx_to_token")
@@ -485,11 +500,15 @@ def _check_manifest(meta, meta_path):
     return fv
 
 
-def _param_shapes(config):
-    """The shapes of RNNLM.from_config(config).params, known without allocating them
-    (tests/test_checkpoint.py holds them to the model's)."""
+def _param_shapes(config, fv=FORMAT_VERSION):
+    """The shapes of RNNLM.from_config(config).params, known without allocating them, from a config
+    _check_manifest passed (format < 3: the one-layer plain RNN, whose nonlinearity changes no shape;
+    tests/test_checkpoint.py holds them to the model's)."""
+    from .rnn import param_shapes
     V, H = config["vocab_size"], config["num_hiddens"]
-    return {"W_xh": (V, H), "W_hh": (H, H), "b_h": (H,), "W_hq": (H, V), "b_q": (V,)}
+    if fv < 3:
+        return param_shapes("rnn_tanh", V, H, 1, V)
+    return param_shapes(config["cell"], V, H, config["num_layers"], V)
 
 
 def _parse_header(data, fpath):
@@ -608,7 +627,7 @@ def load(path, backend=None, resume=False, check_resume=None):
         raise CheckpointError(f"{meta_path}: not a fastseq checkpoint (JSON nested too deep to read)") from None
     if _depth(meta) > MAX_DEPTH:
         raise CheckpointError(f"{meta_path}: not a fastseq checkpoint (JSON nested deeper than {MAX_DEPTH} levels)")
-    _check_manifest(meta, meta_path)
+    fv = _check_manifest(meta, meta_path)
     try:
         vocab = Vocab.from_dict(meta["vocab"])
     except ValueError as e:
@@ -619,7 +638,7 @@ def load(path, backend=None, resume=False, check_resume=None):
                               f"is {config['vocab_size']}")
     # Shapes come from the config and are checked against the file before a model is allocated:
     # a num_hiddens edited to 40000 would otherwise cost gigabytes before its refusal.
-    want = {k: (shape, config["dtype"]) for k, shape in _param_shapes(config).items()}
+    want = {k: (shape, config["dtype"]) for k, shape in _param_shapes(config, fv).items()}
     tensors, tmeta = _read_tensors(folder, meta["weights"], "weights", want)
     bound = tmeta.get("fastseq.vocab_sha256")
     weights_file = meta["weights"]["file"]

@@ -39,32 +39,43 @@ def _plan(plan):
 
 
 class CppOps(NumpyOps):
-    """The C++ ops: the hot calls run by compiled kernels (GIL released)."""
+    """The C++ ops: the hot calls run by compiled kernels (GIL released), any cell and depth.
+
+    The calls are the cells contract's (docs/CELLS.md): ``cell`` names a registered cell
+    ('rnn_tanh', 'rnn_relu', 'gru', 'lstm'), ``params`` is the model's flat dict, ``masks`` None or
+    (m_in, m_layers, m_out). Each call is one kernel call. The cache of ``rnn_forward`` is opaque
+    (the kernels' own arrays) and checked again by ``rnn_backward``.
+    """
 
     name = "cpp"
 
-    def rnn_forward(self, X, h0, params, nonlinearity):
-        return _core.rnn_forward(_c(X), _c(h0), params, nonlinearity)
+    def rnn_forward(self, cell, X, state0, params, masks):
+        return _core.cell_forward(cell, _c(X), _c(state0), params, _masks(masks))
 
-    def rnn_backward(self, dHs, X, h0, Hs, params, nonlinearity, dH_T, plan):
+    def rnn_backward(self, cell, dY, dstate_T, cache, params, plan):
         scale, window = _plan(plan)
-        return _core.rnn_backward(_c(dHs), _c(X), _c(h0), _c(Hs), params, nonlinearity, _c(dH_T), scale, window)
+        return _core.cell_backward(cell, _c(dY), _c(dstate_T), cache, params, scale, window)
 
-    def lm_forward(self, ids, h0, params, nonlinearity):
-        return _core.lm_forward(_ids(ids), _c(h0), params, nonlinearity)
+    def lm_forward(self, cell, ids, state0, params):
+        return _core.cell_lm_forward(cell, _ids(ids), _c(state0), params)
 
-    def lm_loss_and_grad(self, ids, Y, h0, params, nonlinearity, plan):
+    def lm_loss_and_grad(self, cell, ids, Y, state0, params, plan, masks):
         scale, window = _plan(plan)
-        return _core.lm_loss_and_grad(_ids(ids), _ids(Y), _c(h0), params, nonlinearity, scale, window)
+        return _core.cell_lm_loss_and_grad(cell, _ids(ids), _ids(Y), _c(state0), params, scale, window,
+                                           _masks(masks))
 
-    def lm_generate(self, prefix, num_preds, params, nonlinearity, temperature, top_k, uniforms):
+    def lm_generate(self, cell, prefix, num_preds, params, temperature, top_k, uniforms):
         top_k = min(top_k, params["b_q"].shape[0])     # top_k >= V keeps all, as the reference does
-        return _core.lm_generate(_ids(prefix), num_preds, params, nonlinearity, float(temperature), top_k,
-                                 _c(uniforms))
+        return _core.cell_lm_generate(cell, _ids(prefix), num_preds, params, float(temperature), top_k,
+                                      _c(uniforms))
 
     def clip_grad_norm(self, grads, theta):
         arrays, theta = check_clip_args(grads, theta)
         return _core.clip_grad_norm(arrays, theta)
+
+
+def _masks(masks):
+    return None if masks is None else tuple(_c(m) for m in masks)
 
 
 def _ids(ids):

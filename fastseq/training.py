@@ -78,8 +78,10 @@ def _check_clip(clip):
     return clip or None
 
 
-def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoch=1):
+def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoch=1, rng=None):
     """One optimisation step: loss_and_grad, global-norm clipping (None or 0: only the norm), update.
+
+    rng: None (no dropout) or the numpy Generator the model's dropout masks are drawn from.
 
     Returns (loss, gradient norm before clipping, new_state). Raises
     DivergenceError naming ``step`` and ``epoch`` when the loss is not finite or
@@ -88,12 +90,12 @@ def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoc
     after the (complete) update; overflow is reported this way, never as NumPy warnings.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _step(model, optimizer, X, Y, state, _check_clip(clip), bptt, step, epoch)
+        return _step(model, optimizer, X, Y, state, _check_clip(clip), bptt, step, epoch, rng)
 
 
-def _step(model, optimizer, X, Y, state, clip, bptt, step, epoch):
+def _step(model, optimizer, X, Y, state, clip, bptt, step, epoch, rng):
     # train_step without its errstate, which the engine enters once per epoch instead of per step.
-    loss, grads, new_state = model.loss_and_grad(X, Y, state, bptt=bptt)
+    loss, grads, new_state = model.loss_and_grad(X, Y, state, bptt=bptt, rng=rng)
     if not loss <= MAX_LOSS:
         raise DivergenceError(step, epoch, "the loss", loss if not math.isfinite(loss) else
                               f"{loss:.6g} nats per token (its perplexity overflows)")
@@ -189,6 +191,9 @@ class Trainer:
     on_step). val_ids: held-out ids, evaluated by ``evaluate`` at each epoch end.
     log_every: steps per record of ``log`` (default: about 20 per epoch).
     progress: a tqdm bar per epoch when tqdm is installed (quiet otherwise).
+    rng: the source of the model's dropout masks, the trainer's own numpy Generator (an integer or
+    None seeds a new one, None as 0; a Generator is used as is): every training step passes it to
+    ``model.loss_and_grad``; evaluation never drops. Its state is part of ``state_dict()``.
 
     ``fit(epochs, minutes)`` trains until ``epochs`` epochs are complete or the
     wall-clock budget is spent, and can be called again to continue.
@@ -199,7 +204,7 @@ class Trainer:
 
     def __init__(self, model, loader, optimizer=None, *, lr=None, bptt=None, clip=1.0, schedule=None,
                  callbacks=(), val_ids=None, eval_batch_size=32, eval_steps=35, log_every=None,
-                 progress=False):
+                 progress=False, rng=None):
         if optimizer is None:
             if lr is None:
                 raise ArgumentError("lr: expected a learning rate (or pass optimizer=)")
@@ -231,13 +236,14 @@ class Trainer:
             log_every = max(1, n // 20)
         self.log_every = check_int("log_every", log_every, lo=1)
         self.progress = bool(progress)
+        self.rng = _rng(0 if rng is None else rng)
         self.carries_state = getattr(loader, "carries_state", True) is not False
         self._resumable_loader = callable(getattr(loader, "state_dict", None))
         # The position: everything besides the components' own state that decides what comes next.
         self.epoch = 0            # epochs completed
         self.step = 0             # optimizer steps completed
         self.batch = 0            # batches of the running epoch completed
-        self.hidden = None        # the state carried into the next batch (B, H), or None
+        self.hidden = None        # the state carried into the next batch (model.state_shape(B)), or None
         self._acc, self._interval = _zero_acc(), _zero_acc()
         self.history, self.log = [], []
         self.stop_reason = None   # why the last fit() returned: 'epochs', 'time budget', 'callback'
@@ -316,11 +322,11 @@ class Trainer:
                 t0 = time.perf_counter()
                 B = len(X)
                 state = self.hidden
-                if state is None or not self.carries_state or state.shape[0] != B:
+                if state is None or not self.carries_state or state.shape[-2] != B:   # (..., B, H)
                     state = model.begin_state(B)
                 step = self.step + 1
                 loss, norm, state = _step(model, self.optimizer, X, Y, state, self.clip, self.bptt,
-                                          step, self.epoch + 1)
+                                          step, self.epoch + 1, self.rng)
                 dt = time.perf_counter() - t0
                 n = Y.size if isinstance(Y, np.ndarray) else int(np.size(Y))
                 self.step, self.batch, self.hidden = step, self.batch + 1, state
@@ -387,7 +393,7 @@ class Trainer:
     def state_dict(self):
         """The components' own state_dicts and the position; arrays are copies."""
         return {
-            "format": "fastseq.Trainer", "version": 1,
+            "format": "fastseq.Trainer", "version": 2,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict() if self._resumable_loader else None,
@@ -397,29 +403,42 @@ class Trainer:
             "hidden": None if self.hidden is None else np.array(self.hidden),
             "accumulators": dict(self._acc), "interval": dict(self._interval),
             "history": copy.deepcopy(self.history), "log": copy.deepcopy(self.log),
+            "rng": copy.deepcopy(self.rng.bit_generator.state),
         }
 
     def load_state_dict(self, state):
         """Continue from ``state``; every key is checked (ArgumentError naming it) before anything changes
-        except the components, which check their own state (errors prefixed with their key)."""
+        except the components, which check their own state (errors prefixed with their key).
+
+        Version 1 (before dropout) has no "rng": the trainer's generator is left as it is."""
         if not isinstance(state, dict) or state.get("format") != "fastseq.Trainer":
             raise ArgumentError("state: not a fastseq.Trainer state (missing format='fastseq.Trainer')")
-        if state.get("version") != 1:
-            raise ArgumentError(f"state['version']: expected 1, got {state.get('version')!r}")
+        version = state.get("version")
+        if version not in (1, 2):
+            raise ArgumentError(f"state['version']: expected 1 or 2, got {version!r}")
         for k in ("model", "optimizer", "loader", "bptt", "schedule", "epoch", "step", "batch", "hidden",
-                  "accumulators", "interval", "history", "log"):
+                  "accumulators", "interval", "history", "log") + (("rng",) if version == 2 else ()):
             if k not in state:
                 raise ArgumentError(f"state[{k!r}]: missing")
+        rng = None
+        if version == 2:
+            rng = np.random.Generator(type(self.rng.bit_generator)())
+            try:
+                rng.bit_generator.state = state["rng"]
+            except (ValueError, TypeError, KeyError) as e:
+                raise ArgumentError(f"state['rng']: not a {type(self.rng.bit_generator).__name__} state ({e})") \
+                    from None
         epoch = check_int("state['epoch']", state["epoch"], lo=0)
         step = check_int("state['step']", state["step"], lo=0)
         batch = check_int("state['batch']", state["batch"], lo=0, hi=step)
         hidden = state["hidden"]
         if hidden is not None:
             hidden = np.asarray(hidden)
-            H = self.model.begin_state(1).shape[1]
-            if hidden.ndim != 2 or hidden.shape[1] != H or not np.issubdtype(hidden.dtype, np.floating) \
-                    or not np.all(np.isfinite(hidden)):
-                raise ArgumentError(f"state['hidden']: expected finite floats of shape (B, {H}), "
+            one = self.model.begin_state(1).shape                # the state's shape with B = 1
+            if hidden.ndim != len(one) or hidden.shape[:-2] + hidden.shape[-1:] != one[:-2] + one[-1:] \
+                    or not np.issubdtype(hidden.dtype, np.floating) or not np.all(np.isfinite(hidden)):
+                want = "(" + ", ".join("B" if i == len(one) - 2 else str(d) for i, d in enumerate(one)) + ")"
+                raise ArgumentError(f"state['hidden']: expected finite floats of shape {want}, "
                                     f"got {hidden.dtype} {hidden.shape}")
             if batch == 0:
                 raise ArgumentError("state['hidden']: a carried state at the start of an epoch")
@@ -458,11 +477,13 @@ class Trainer:
         self.epoch, self.step, self.batch, self.hidden = epoch, step, batch, hidden
         self._acc, self._interval = accs["accumulators"], accs["interval"]
         self.history, self.log = copy.deepcopy(state["history"]), copy.deepcopy(state["log"])
+        if rng is not None:
+            self.rng = rng
         self._live = None
 
 
 def train(model, data_iter, num_epochs=None, lr=None, clip=1.0, bptt=None, optimizer=None, callback=None, *,
-          minutes=None, val_ids=None, schedule=None, progress=False):
+          minutes=None, val_ids=None, schedule=None, progress=False, rng=None):
     """Train ``model`` in place with a Trainer; return its history (one record per epoch, EPOCH_KEYS).
 
     data_iter: a SeqDataLoader or any re-iterable of (X, Y) (see Trainer).
@@ -470,12 +491,14 @@ def train(model, data_iter, num_epochs=None, lr=None, clip=1.0, bptt=None, optim
     ``optimizer`` is given). clip: theta of global-norm clipping, None or 0 for
     none. callback(info) after every step; returning False stops (the partial
     epoch is recorded with partial=True). minutes: a wall-clock budget besides
-    num_epochs. Raises DivergenceError (a FloatingPointError) naming the step.
+    num_epochs. rng: the dropout masks' Generator (see Trainer). Raises DivergenceError (a
+    FloatingPointError) naming the step.
     """
     if callback is not None and not callable(callback):
         raise ArgumentError(f"callback: expected a callable or None, got {callback!r}")
     trainer = Trainer(model, data_iter, optimizer, lr=lr, bptt=bptt, clip=clip, schedule=schedule,
-                      callbacks=() if callback is None else (callback,), val_ids=val_ids, progress=progress)
+                      callbacks=() if callback is None else (callback,), val_ids=val_ids, progress=progress,
+                      rng=rng)
     return trainer.fit(num_epochs, minutes)
 
 
@@ -524,7 +547,7 @@ def evaluate_nll(model, ids, batch_size=32, num_steps=35):
             total += v
         rest = n - B * L
         if rest:                               # the tail continues stream B-1 (which ends at B*L)
-            state = state[B - 1:B].copy()
+            state = state[..., B - 1:B, :].copy()         # the state's batch axis is -2
             tx, ty = ids[B * L:n][None], ids[B * L + 1:n + 1][None]
             for s in range(0, rest, T):
                 v, state = _nll(model, tx[:, s:s + T], ty[:, s:s + T], state)
@@ -594,8 +617,13 @@ def state_grad_norms(model, X, Y, state=None, bptt=None, term=None):
 
 
 def spectral_radius(model):
-    """max |eigenvalue| of W_hh (float64): > 1 lets gradients explode, < 1 vanish (for small states)."""
-    return float(np.max(np.abs(np.linalg.eigvals(model.params["W_hh"].astype(np.float64)))))
+    """max |eigenvalue| of the plain RNN's W_hh (float64; the largest over a stack's layers): > 1 lets
+    gradients explode, < 1 vanish (for small states). None for a gated cell: its W_hh is (H, G*H), the
+    gates' blocks, and its Jacobian is set by the gates, not by one square matrix."""
+    if getattr(model, "nonlinearity", "tanh") is None:
+        return None
+    return max(float(np.max(np.abs(np.linalg.eigvals(w.astype(np.float64)))))
+               for k, w in model.params.items() if k.startswith("W_hh"))
 
 
 def gradient_diagnostics(model, X, Y, state=None, bptt=None):

@@ -7,6 +7,12 @@ import numpy as np
 from safetensors.numpy import save as st_save
 
 
+def config_v1(model):
+    """The model config of formats 1 and 2 (a one-layer plain RNN: its nonlinearity, no cell)."""
+    return {"vocab_size": model.vocab_size, "num_hiddens": model.num_hiddens, "nonlinearity": model.nonlinearity,
+            "dtype": model.dtype.name}
+
+
 def save_v1(path, model, vocab, hparams, step=0, resume=None, history=None, extra=None, version="0.1.0"):
     os.makedirs(path, exist_ok=True)
     sha = lambda b: hashlib.sha256(b).hexdigest()
@@ -32,7 +38,7 @@ def save_v1(path, model, vocab, hparams, step=0, resume=None, history=None, extr
 
     vocab_sha = sha(json.dumps(list(vocab.idx_to_token), ensure_ascii=False).encode("utf-8"))
     meta = {"format": "fastseq.checkpoint", "format_version": 1, "fastseq_version": version,
-            "model": {"class": "RNNLM", "config": dict(model.config)}, "vocab": vocab.to_dict(),
+            "model": {"class": "RNNLM", "config": config_v1(model)}, "vocab": vocab.to_dict(),
             "hparams": hparams, "step": step, "history": history, "extra": extra,
             "weights": tensor_file("model", {k: np.asarray(v) for k, v in model.params.items()},
                                    {"fastseq.vocab_sha256": vocab_sha}),

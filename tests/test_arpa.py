@@ -272,6 +272,41 @@ def test_binary_model_of_an_escaped_char_model(tmp_path):
     assert q.score(q.to_sentence(list("to be"))) == pytest.approx(m.score(list("to be")), abs=1e-12)
 
 
+def _with_version(blob, version, drop_probes=False):
+    """The binary file blob under another format version (and without its probing tables)."""
+    import json
+    from fastseq.ngram import _arpa
+    from fastseq.ngram.binary import _ALIGN, _FIXED
+    magic, _, hlen, _ = _FIXED.unpack_from(blob, 0)
+    h = json.loads(blob[_FIXED.size:_FIXED.size + hlen])
+    body = blob[-(-(_FIXED.size + hlen) // _ALIGN) * _ALIGN:]
+    if drop_probes:
+        h["tables"] = [t for t in h["tables"] if not t[0].startswith("probe")]
+    hb = json.dumps(h).encode()
+    head = _FIXED.pack(magic, version, len(hb), _arpa.checksum(np.frombuffer(hb, np.uint8))) + hb
+    return head + b"\x00" * (-(-len(head) // _ALIGN) * _ALIGN - len(head)) + body
+
+
+def test_binary_version_1_is_read_and_a_newer_one_refused(kn5, tm_split, tmp_path):
+    # version 2 added the probing tables; a version-1 file (without them) still loads, its tables
+    # built at load, and scores as the version-2 file; a version this fastseq does not know is refused
+    b2, b1, b3 = tmp_path / "m2.bin", tmp_path / "m1.bin", tmp_path / "m3.bin"
+    write_binary(kn5, b2)
+    assert load_binary(b2).version == 2 and all(p is not None for p in load_binary(b2).probes[1:])
+    b1.write_bytes(_with_version(b2.read_bytes(), 1, drop_probes=True))
+    assert load_binary(b1).version == 1 and load_binary(b1).probes == [None] * 5
+    q1, q2 = Model(b1), Model(b2)
+    sents = [" ".join(s) for s in tm_split[1]]
+    assert list(q1.score_batch(sents)) == list(q2.score_batch(sents))
+    b3.write_bytes(_with_version(b2.read_bytes(), 3))
+    with pytest.raises(ArpaError, match="version 3; this fastseq reads versions 1, 2"):
+        Model(b3)
+    # a version-2 file must have its probing tables
+    (tmp_path / "m4.bin").write_bytes(_with_version(b2.read_bytes(), 2, drop_probes=True))
+    with pytest.raises(ArpaError, match="probe2"):
+        load_binary(tmp_path / "m4.bin")
+
+
 def test_binary_model_damage_is_an_arpa_error(kn5, tmp_path):
     b = tmp_path / "m.bin"
     write_binary(kn5, b)

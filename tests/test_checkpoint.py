@@ -66,6 +66,73 @@ def test_round_trip_weights_vocab_hparams(tmp_path, dtype):
     np.testing.assert_array_equal(t["W_hh"], m.params["W_hh"])
 
 
+@pytest.mark.parametrize("kw", [dict(cell="lstm", num_layers=2, dropout=0.3), dict(cell="gru", num_layers=3),
+                                dict(nonlinearity="relu", num_layers=2, dropout=0.5)],
+                         ids=["lstm2-dropout", "gru3", "relu2-dropout"])
+def test_round_trip_of_every_cell_depth_and_dropout(tmp_path, kw):
+    vocab = Vocab("hello world, hello fastseq")
+    m = RNNLM(len(vocab), 6, dtype=np.float32, **kw)
+    rng = np.random.default_rng(1)
+    for p in m.params.values():
+        p[...] = rng.normal(0, 0.5, p.shape)
+    checkpoint.save(tmp_path, m, vocab, {})
+    meta = _meta(tmp_path)
+    assert meta["format_version"] == checkpoint.FORMAT_VERSION == 3
+    assert meta["model"]["config"] == m.config
+    ck = checkpoint.load(tmp_path, backend="numpy")
+    assert ck.model.config == m.config and list(ck.model.params) == list(m.params)
+    for k, p in m.params.items():
+        np.testing.assert_array_equal(ck.model.params[k], p)
+
+
+def test_training_resumed_from_a_checkpoint_is_bit_identical_lstm2_dropout(tmp_path):
+    """A 2-layer LSTM with dropout, its (h, c) state carried, stopped after a step and saved; loaded from
+    the checkpoint into fresh objects and continued: the weights end bit for bit as an uninterrupted run."""
+    from fastseq import optim
+    from fastseq.data import SeqDataLoader
+    from fastseq.training import Trainer
+
+    vocab = Vocab("hello world, hello fastseq " * 8)
+    ids = np.asarray(vocab[list("hello world, hello fastseq " * 8)])
+
+    def make(callbacks=()):
+        m = RNNLM(len(vocab), 6, dtype=np.float64, seed=2, cell="lstm", num_layers=2, dropout=0.3)
+        loader = SeqDataLoader(ids, 2, 5, sampling="sequential", seed=3)
+        return Trainer(m, loader, optim.Adam(0.01), clip=1.0, rng=4, callbacks=callbacks)
+
+    ref = make()
+    ref.fit(2)
+    a = make(callbacks=[lambda info: info["step"] < 7])
+    a.fit(2)
+    assert a.step == 7 and a.hidden.shape == (4, 2, 6)
+    checkpoint.save(tmp_path, a.model, vocab, {}, step=a.step, resume=a.state_dict())
+    b = make()
+    ck = checkpoint.load(tmp_path, backend="numpy", resume=True, check_resume=b.load_state_dict)
+    assert ck.model.config == a.model.config
+    b.fit(2)
+    assert b.step == ref.step
+    for k, p in ref.model.params.items():
+        np.testing.assert_array_equal(b.model.params[k], p, err_msg=k)
+
+
+def test_a_format_2_checkpoint_still_loads(tmp_path):
+    """Format 2 (before the cells): a one-layer plain RNN whose config has a nonlinearity and no cell."""
+    from checkpoint_v1 import config_v1
+    m, vocab = _model()
+    m64 = RNNLM(len(vocab), 8, "relu", dtype=np.float64)
+    m64.load_state_dict(m.state_dict())
+    checkpoint.save(tmp_path, m64, vocab, {"lr": 1.0}, step=4)
+    meta = _meta(tmp_path)
+    meta["format_version"] = 2
+    meta["model"]["config"] = config_v1(m64)
+    assert set(meta["model"]["config"]) == {"vocab_size", "num_hiddens", "nonlinearity", "dtype"}
+    _write_meta(tmp_path, meta)                                  # re-signed: as format 2 wrote it
+    ck = checkpoint.load(tmp_path, backend="numpy")
+    assert ck.model.config == m64.config and ck.model.cell == "rnn_relu" and ck.step == 4
+    for k, p in m64.params.items():
+        np.testing.assert_array_equal(ck.model.params[k], p)
+
+
 def test_resume_state_round_trip_nested_arrays_and_rng(tmp_path):
     m, vocab = _model()
     rng = np.random.default_rng(123)
@@ -377,8 +444,8 @@ def _edit(path, fn, sign=False):
     _write_meta(path, meta, sign=sign)
 
 
-def _set_nonlinearity(meta):
-    meta["model"]["config"]["nonlinearity"] = "relu"
+def _set_cell(meta):
+    meta["model"]["config"]["cell"] = "rnn_relu"
 
 
 def _set_batch(v):
@@ -392,7 +459,7 @@ def _drop_moments(meta):
 
 
 @pytest.mark.parametrize("fn, field", [
-    (_set_nonlinearity, "'model.config.nonlinearity' is 'relu', not what was saved"),
+    (_set_cell, "'model.config.cell' is 'rnn_relu', not what was saved"),
     (_set_batch(-5), "'resume.state.batch' is -5, not what was saved"),
     (_set_batch(10 ** 6), "'resume.state.batch' is 1000000, not what was saved"),
     (_drop_moments, "'resume.state.optimizer.m' was removed"),
@@ -403,7 +470,7 @@ def _drop_moments(meta):
     (lambda meta: meta["vocab"]["idx_to_token"].reverse(), "'vocab.idx_to_token' is a list, not what was saved"),
 ])
 def test_edited_manifest_refused_naming_the_field(tmp_path, fn, field):
-    # fastseq.json was trusted: an edited nonlinearity loaded and shifted the logits; "batch": -5 or
+    # fastseq.json was trusted: an edited nonlinearity (now cell) loaded and shifted the logits; "batch": -5 or
     # missing optimizer moments broke the bit-for-bit resume without a word (item 4).
     m, vocab = _model()
     state = {"batch": 3, "optimizer": {"t": 2, "m": {"W_hh": np.ones((8, 8))}}}
@@ -438,7 +505,12 @@ def test_stripped_vocabulary_hash_and_permuted_vocabulary_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("nonlinearity", 5, "'model.config.nonlinearity' is 5, expected a string"),
+    ("cell", 5, "'model.config.cell' is 5, expected a string"),
+    ("cell", "rnn", "'model.config.cell' is 'rnn', expected one of 'rnn_tanh', 'rnn_relu', 'gru', 'lstm'"),
+    ("num_layers", 0, "'model.config.num_layers' is 0, expected an integer >= 1"),
+    ("num_layers", 10 ** 9, "'model.config.num_layers' is 1000000000, expected an integer in [1, 5]"),
+    ("dropout", 1.0, "'model.config.dropout' is 1.0, expected a number in [0, 1)"),
+    ("dropout", True, "'model.config.dropout' is True, expected a number in [0, 1)"),
     ("dtype", "int8", "'model.config.dtype' is 'int8', expected 'float32' or 'float64'"),
     ("num_hiddens", -3, "'model.config.num_hiddens' is -3, expected an integer >= 1"),
     ("vocab_size", [1], "'model.config.vocab_size' is a list"),
@@ -568,12 +640,18 @@ def test_integrity_record_is_the_sha256_of_canonical_json():
                    "hparams": {"sha256": sha(meta["hparams"]), "fields": {"lr": sha(0.5), "bptt": sha("full")}}}
 
 
-@pytest.mark.parametrize("config", [dict(vocab_size=1, num_hiddens=1, nonlinearity="tanh", dtype="float32"),
-                                    dict(vocab_size=7, num_hiddens=3, nonlinearity="relu", dtype="float64")])
+@pytest.mark.parametrize("config", [
+    dict(vocab_size=1, num_hiddens=1, cell="rnn_tanh", num_layers=1, dropout=0.0, dtype="float32"),
+    dict(vocab_size=7, num_hiddens=3, cell="rnn_relu", num_layers=2, dropout=0.0, dtype="float64"),
+    dict(vocab_size=7, num_hiddens=3, cell="gru", num_layers=3, dropout=0.5, dtype="float64"),
+    dict(vocab_size=5, num_hiddens=4, cell="lstm", num_layers=2, dropout=0.1, dtype="float32")])
 def test_shapes_checked_before_building_are_the_models(config):
     from fastseq.rnn import RNNLM as FastRNNLM
     model = FastRNNLM.from_config(config, "numpy")
     assert checkpoint._param_shapes(config) == {k: v.shape for k, v in model.params.items()}
+    old = dict(vocab_size=7, num_hiddens=3, nonlinearity="relu", dtype="float64")    # format 2's config
+    model = FastRNNLM.from_config(old, "numpy")
+    assert checkpoint._param_shapes(old, 2) == {k: v.shape for k, v in model.params.items()}
 
 
 def test_unknown_backend_is_a_checkpoint_error(tmp_path):

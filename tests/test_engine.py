@@ -39,19 +39,26 @@ CONFIGS = {
                                          opt=lambda: optim.SGD(1.0),
                                          schedule=lambda: optim.ReduceLROnPlateau(factor=2, patience=0,
                                                                                   threshold=0.2)),
+    # a 2-layer LSTM with dropout (the trainer's Generator) carrying its (h, c) state, sliding truncation
+    "lstm2+dropout+sequential+sliding+adam": dict(sampling="sequential", bptt=lambda: Truncated(3, "sliding"),
+                                                  opt=lambda: optim.Adam(0.01), schedule=None,
+                                                  model=dict(cell="lstm", num_layers=2, dropout=0.3)),
+    # a GRU with dropout, random sampling (its state re-initialised every batch)
+    "gru+dropout+random+block+sgd": dict(sampling="random", bptt=lambda: Truncated(2), opt=lambda: optim.SGD(0.5),
+                                         schedule=None, model=dict(cell="gru", dropout=0.2)),
 }
 
 
-def make(cfg, backend="numpy", callbacks=(), dtype=np.float64):
+def make(cfg, backend="numpy", callbacks=(), dtype=np.float64, rng=None):
     corpus = toy_corpus()
     if backend == "numpy":
-        model = RNNLM(V, 8, dtype=dtype, seed=1)
+        model = RNNLM(V, 8, dtype=dtype, seed=1, **cfg.get("model", {}))
     else:
-        model = fastseq.RNNLM(V, 8, dtype=dtype, seed=1, backend=backend)
+        model = fastseq.RNNLM(V, 8, dtype=dtype, seed=1, backend=backend, **cfg.get("model", {}))
     loader = SeqDataLoader(corpus[:240], 3, 5, sampling=cfg["sampling"], seed=2)
     return Trainer(model, loader, cfg["opt"](), bptt=cfg["bptt"](), clip=0.5,
                    schedule=cfg["schedule"]() if cfg["schedule"] else None, callbacks=callbacks,
-                   val_ids=corpus[240:], log_every=4)
+                   val_ids=corpus[240:], log_every=4, rng=rng)
 
 
 def stop_at(k):
@@ -90,6 +97,52 @@ def test_resume_after_any_step_is_bit_identical(name):
         assert b.optimizer.state_dict()["lr"] == ref.optimizer.state_dict()["lr"]
         assert comparable(b.history) == comparable(ref.history), f"resumed after step {k}"
         assert comparable(b.log) == comparable(ref.log)
+
+
+def test_dropout_draws_from_the_trainers_generator_only():
+    """The masks come from the trainer's rng: another rng trains other weights, the same rng the same;
+    the model's other Generators (loader, Randomized) are untouched by it."""
+    cfg = CONFIGS["lstm2+dropout+sequential+sliding+adam"]
+    a, b, c = make(cfg, rng=5), make(cfg, rng=5), make(cfg, rng=6)
+    for t in (a, b, c):
+        t.fit(1)
+    np.testing.assert_array_equal(a.model.params["W_hh_l1"], b.model.params["W_hh_l1"])
+    assert not np.array_equal(a.model.params["W_hh_l1"], c.model.params["W_hh_l1"])
+    assert a.state_dict()["loader"] == c.state_dict()["loader"]
+    plain = make(dict(cfg, model=dict(cfg["model"], dropout=0.0)), rng=5)
+    plain.fit(1)
+    assert plain.rng.bit_generator.state == np.random.default_rng(5).bit_generator.state   # nothing drawn
+    assert a.hidden is None and a.model.begin_state(3).shape == (4, 3, 8)
+
+
+def test_carried_state_of_a_stacked_lstm_is_checked_on_load():
+    cfg = CONFIGS["lstm2+dropout+sequential+sliding+adam"]
+    a = make(cfg, callbacks=[stop_at(5)])
+    a.fit(1)
+    state = copy.deepcopy(a.state_dict())
+    assert state["hidden"].shape == (4, 3, 8)
+    for bad in (np.zeros((3, 8)), np.zeros((2, 3, 8)), np.zeros((4, 3, 9))):
+        with pytest.raises(ArgumentError, match=r"state\['hidden'\]: expected finite floats of shape \(4, B, 8\)"):
+            make(cfg).load_state_dict(dict(state, hidden=bad))
+    b = make(cfg)
+    b.load_state_dict(dict(state, hidden=np.zeros((4, 5, 8))))       # another batch size is a state too
+    assert b.hidden.shape == (4, 5, 8)
+
+
+def test_a_state_without_rng_of_before_dropout_still_loads():
+    cfg = CONFIGS["sequential+block+sgd+plateau"]
+    ref = make(cfg)
+    ref.fit(2)
+    a = make(cfg, callbacks=[stop_at(9)])
+    a.fit(2)
+    old = copy.deepcopy(a.state_dict())
+    old["version"] = 1
+    del old["rng"]
+    b = make(cfg)
+    b.load_state_dict(old)
+    b.fit(2)
+    for key, p in ref.model.params.items():
+        np.testing.assert_array_equal(b.model.params[key], p)
 
 
 def test_resume_on_the_cpp_backend_float32_is_bit_identical():
@@ -133,7 +186,7 @@ def test_ctrl_c_is_deferred_to_the_step_boundary_and_resumes_bit_identically():
         """SIGINT arrives in the middle of step 5's gradient computation."""
         calls = 0
 
-        def loss_and_grad(self, X, Y, state, bptt=None):
+        def loss_and_grad(self, X, Y, state, bptt=None, rng=None):
             KillInStep.calls += 1
             out = super().loss_and_grad(X, Y, state, bptt)
             if KillInStep.calls == 5:
@@ -315,7 +368,9 @@ def test_clip_zero_means_no_clipping_as_the_command():
     (lambda s: s["optimizer"]["v"].update(W_hh=-np.ones((8, 8))), "optimizer"),
     (lambda s: s["model"].pop("W_hh"), "model"),
     (lambda s: s.pop("step"), "step"),
-    (lambda s: s.update(version=2), "version"),
+    (lambda s: s.update(version=3), "version"),
+    (lambda s: s.pop("rng"), "rng"),
+    (lambda s: s.update(rng={"bit_generator": "PCG64", "state": 5}), "rng"),
 ])
 def test_load_state_dict_refuses_damage_naming_the_key(edit, key):
     cfg = CONFIGS["random+Randomized+adam"]

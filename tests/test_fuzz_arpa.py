@@ -1,6 +1,7 @@
 """The ARPA and binary readers under damage: truncations, bit flips, header lies, spliced bytes.
 Only ArpaError (or a model that loads and scores) may come out; never another exception."""
 import json
+import re
 import struct
 
 import numpy as np
@@ -77,6 +78,18 @@ def test_arpa_truncated_or_flipped(files, tmp_path, data):
     _all(p)
 
 
+def test_arpa_header_count_near_2_63_is_refused(files, tmp_path):
+    """Found by the fuzz below: counts whose sum wrapped around in int64 passed the header check
+    and sized the arrays (a ValueError from NumPy, not an ArpaError); a count past int64 too."""
+    text = files[0].decode()
+    for count in (2**63 - 24, 2**63 - 1, 10**30):
+        p = _fresh(tmp_path, ".arpa")
+        p.write_text(re.sub(r"ngram 3=\d+", f"ngram 3={count}", text, count=1), encoding="utf-8")
+        for loader in (load_arpa, Model):
+            with pytest.raises(ArpaError, match="announces"):
+                loader(p)
+
+
 @SETTINGS
 @given(order=st.integers(-3, 70), count=st.integers(-5, 2**63 - 1), which=st.integers(1, 3),
        junk=st.sampled_from(["", "x", "=", "1=", " ", "\u0661", "1_0", "0x10", "+3"]))
@@ -137,7 +150,7 @@ def _resign(blob, mutate_header=None, mutate_body=None):
 def test_binary_header_and_table_lies_with_valid_checksums(files, tmp_path, data):
     blob = files[1]
     kind = data.draw(st.sampled_from(["counts", "order", "vocab", "place", "dtype", "starts", "lasts", "offsets",
-                                      "meta", "drop"]))
+                                      "probe", "meta", "drop"]))
     value = data.draw(st.integers(-2**40, 2**40))
 
     def header(h):
@@ -158,7 +171,7 @@ def test_binary_header_and_table_lies_with_valid_checksums(files, tmp_path, data
             del h["tables"][data.draw(st.integers(0, len(h["tables"]) - 1))]
 
     def body(h, b):
-        name = {"starts": "starts3", "lasts": "lasts2", "offsets": "offsets"}.get(kind)
+        name = {"starts": "starts3", "lasts": "lasts2", "offsets": "offsets", "probe": "probe3"}.get(kind)
         if name is None:
             return
         _, dt, off, cnt = next(t for t in h["tables"] if t[0] == name)

@@ -356,3 +356,86 @@ def test_fuzz_core_layer_and_clip(data):
         expect_argument_error(lambda: _core.set_num_threads(draw(st.one_of(st.integers(1, 4), int_scalar()))))
     finally:
         _core.set_num_threads(old)
+
+
+def _cell_params(draw, cell, D, H, L, dtype, rng, V=None):
+    G = {"gru": 3, "lstm": 4}.get(cell, 1)
+    p = {}
+    for l in range(L):
+        s = "" if l == 0 else f"_l{l}"
+        p["W_xh" + s] = rng.normal(size=(D if l == 0 else H, G * H))
+        p["W_hh" + s] = rng.normal(size=(H, G * H)) * 0.5
+        p["b_h" + s] = rng.normal(size=G * H)
+        p["b_hn" + s] = rng.normal(size=H)
+    if V is not None:
+        p["W_hq"], p["b_q"] = rng.normal(size=(H, V)), rng.normal(size=V)
+    p = {k: v.astype(dtype) for k, v in p.items()}
+    if draw(st.booleans()):
+        k = draw(st.sampled_from(sorted(p)))
+        p[k] = mutate(draw, p[k])
+    if draw(st.integers(0, 9)) == 0:
+        p.pop(draw(st.sampled_from(sorted(p))))
+    return p
+
+
+CELL_NAMES = ["rnn_tanh", "rnn_relu", "gru", "lstm", "elman", None, b"gru", 3]
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_core_cells(data):
+    """The contract's bindings (cell_*): any cell name, depth, state, masks and cache, broken one way or another."""
+    draw = data.draw
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    cell = draw(st.sampled_from(CELL_NAMES))
+    name = cell if cell in ("rnn_tanh", "rnn_relu", "gru", "lstm") else "lstm"
+    P = 2 if name == "lstm" else 1
+    G = {"gru": 3, "lstm": 4}.get(name, 1)
+    D, H, B, T = (draw(st.integers(1, 5)) for _ in range(4))
+    L = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    p = _cell_params(draw, name, D, H, L, dtype, rng)
+    X = mutate(draw, rng.normal(size=(T, B, D)).astype(dtype))
+    sshape = (B, H) if P * L == 1 else (P * L, B, H)
+    s0 = mutate(draw, np.zeros(sshape, dtype))
+    ml = None if draw(st.booleans()) else mutate(draw, np.ones((L - 1, T, B, H), dtype))
+    masks = draw(st.sampled_from(["ok", "ok", "none", "short", "lm"]))
+    masks = {"ok": (None, ml, None), "none": None, "short": (ml,), "lm": (ml, ml, ml)}[masks]
+    threads = draw(st.one_of(st.integers(0, 5), int_scalar()))
+    out = None
+    try:
+        out = _core.cell_forward(cell, X, s0, p, masks, threads)
+    except ArgumentError as e:
+        assert ":" in str(e), str(e)
+    dY = mutate(draw, np.ones((T, B, H), dtype))
+    dsT = None if draw(st.booleans()) else mutate(draw, np.ones(sshape, dtype))
+    scale = None if draw(st.booleans()) else mutate(draw, np.ones((T, B), dtype))
+    window = draw(int_scalar())
+    cache = out[2] if out is not None else (np.zeros((L, T, B, H), dtype),) * 7
+    how = draw(st.sampled_from(["same", "same", "short", "mutate", "other_cell", "not_tuple"]))
+    if how == "short":
+        cache = cache[:5]
+    elif how == "mutate":
+        k = draw(st.integers(0, 6))
+        cache = cache[:k] + (mutate(draw, cache[k]) if isinstance(cache[k], np.ndarray) else None,) + cache[k + 1:]
+    elif how == "other_cell":
+        cell = draw(st.sampled_from(CELL_NAMES[:4]))
+    elif how == "not_tuple":
+        cache = list(cache)
+    expect_argument_error(lambda: _core.cell_backward(cell, dY, dsT, cache, p, scale, window, threads))
+
+    V = draw(st.integers(1, 5))
+    lm = _cell_params(draw, name, V, H, L, dtype, rng, V=V)
+    ids = mutate(draw, draw(hnp.arrays(np.int64, (B, T), elements=st.one_of(st.integers(0, V - 1),
+                                                                           st.sampled_from(INT_EDGES)))))
+    Y = ids if draw(st.booleans()) else mutate(draw, rng.integers(0, V, (B, T)))
+    lm_masks = None if draw(st.booleans()) else (
+        mutate(draw, np.ones((T, B, G * H), dtype)), ml, mutate(draw, np.ones((T, B, H), dtype)))
+    expect_argument_error(lambda: _core.cell_lm_forward(cell, ids, s0, lm, threads))
+    expect_argument_error(lambda: _core.cell_lm_loss_and_grad(cell, ids, Y, s0, lm, scale, window, lm_masks, threads))
+    prefix = mutate(draw, draw(hnp.arrays(np.int64, st.integers(0, 4), elements=st.one_of(
+        st.integers(0, V - 1), st.sampled_from(INT_EDGES)))))
+    n = draw(st.one_of(st.integers(0, 6), int_scalar(big_ok=False)))
+    temperature = draw(st.sampled_from([0.0, 1.0, -1.0, float("nan"), "1"]))
+    u = mutate(draw, draw(hnp.arrays(np.float64, draw(st.integers(0, 6)), elements=st.floats(0, 0.999))))
+    expect_argument_error(lambda: _core.cell_lm_generate(cell, prefix, n, lm, temperature, 3, u, threads))

@@ -1,15 +1,19 @@
-"""Parity over the ops: every model call gives the same results on the C++ and the NumPy ops.
+"""Parity over the ops: every model call gives the same results on the C++ and the NumPy ops, for every
+cell (rnn_tanh, rnn_relu, gru, lstm), depth and BPTT strategy.
 
 Each ops is held against an oracle written here, not against itself: naive
-loops for the forward passes, generation and clipping, and PyTorch's autograd
-(float64) for every gradient under every BPTT plan (skipped without torch; the
-direct C++-against-NumPy comparisons below run always). Tolerance: relative to
-the largest entry, 1e-10 in float64 and 1e-4 in float32.
+loops for the plain RNN's forward pass, generation and clipping, and PyTorch's
+autograd (float64) on the cells' equations written out below (the contract's
+layout, x @ W) for every gradient under every BPTT plan, with the dropout masks
+drawn here by the documented rule (skipped without torch; the direct
+C++-against-NumPy comparisons below run always). Tolerance: relative to the
+largest entry, 1e-10 in float64 and 1e-4 in float32.
 
-Legend: B batch, T steps, D input size, H hidden size, V vocabulary size.
+Legend: B batch, T steps, D input size, H hidden size, V vocabulary size, L layers, G gate blocks.
 """
 import inspect
 import itertools
+import types
 import zlib
 
 import numpy as np
@@ -25,8 +29,19 @@ from fastseq.rnn import bptt_plan
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 DTYPES = [np.float64, np.float32]
 STRATEGIES = ["full", "block", "sliding", "randomized"]
-GRAD_CASES = pytest.mark.parametrize("backend, dtype, nl, kind",
-                                     list(itertools.product(OPS_NAMES, DTYPES, ["tanh", "relu"], STRATEGIES)))
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}
+
+
+def lm_dropout(cell, L):
+    """The LM cases' dropout: on for every stack and for the gated cells (m_in, m_out at L = 1); off for the
+    one-layer plain RNN, whose numbers are today's."""
+    return 0.3 if L > 1 or not cell.startswith("rnn_") else 0.0
+
+
+GRAD_CASES = [pytest.param(backend, dtype, cell, L, kind,
+                           id=f"{backend}-{np.dtype(dtype).name}-{cell}-L{L}-{kind}")
+              for backend, dtype, cell, L, kind in itertools.product(OPS_NAMES, DTYPES, CELLS, [1, 2], STRATEGIES)]
 
 
 def seed_of(*case):
@@ -61,6 +76,15 @@ def phi(z, nl):
     return np.tanh(z) if nl == "tanh" else np.maximum(z, 0.0)
 
 
+def sfx(l):
+    return "" if l == 0 else f"_l{l}"
+
+
+def masks_of(rng, p, shape, dtype):
+    """The documented draw: rng.random(shape) >= p, kept entries 1/(1-p)."""
+    return ((rng.random(shape) >= p) / (1 - p)).astype(dtype)
+
+
 # ----------------------------------------------------------------------------- oracles
 def naive_states(A, h0, W_hh, nl):
     """H_t = phi(A_t + H_{t-1} W_hh), one sequence and one step at a time, float64."""
@@ -78,43 +102,89 @@ def f64(params):
     return {k: v.astype(np.float64) for k, v in params.items()}
 
 
-def torch_grads(params, nl, plan, inputs, terms):
-    """Gradients by PyTorch autograd in float64 under a BPTT plan.
+NP = types.SimpleNamespace(tanh=np.tanh, relu=lambda a: np.maximum(a, 0), sigmoid=lambda a: 1 / (1 + np.exp(-a)))
 
-    inputs(p) -> (A (T, B, H) tensor, h0 tensor); terms(t, H_t, p) -> the scalar
-    loss term of step t. scale: each step's message to H_{t-1} is multiplied by
-    scale[t] (value unchanged, gradient scaled); window tau: loss term t sees
-    only steps t-tau+1..t (H_{t-tau} detached; h0 kept when the window reaches it).
-    """
-    torch = pytest.importorskip("torch")
+
+def torch_fns(torch):
+    return types.SimpleNamespace(tanh=torch.tanh, relu=torch.relu, sigmoid=torch.sigmoid)
+
+
+def cell_step(F, cell, q, s, gi, state):
+    """One step of layer s's cell in the contract's layout from gi = x W_xh + b_h (PyTorch's equations);
+    state: (h,) or (h, c). F: the elementwise functions (NumPy's or torch's)."""
+    h, H = state[0], state[0].shape[-1]
+    if cell.startswith("rnn_"):
+        return (getattr(F, cell[4:])(gi + h @ q["W_hh" + s]),)
+    gh = h @ q["W_hh" + s]
+    if cell == "gru":
+        r = F.sigmoid(gi[:, :H] + gh[:, :H])
+        z = F.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+        n = F.tanh(gi[:, 2 * H:] + r * (gh[:, 2 * H:] + q["b_hn" + s]))
+        return ((1 - z) * n + z * h,)
+    a = gi + gh
+    i, f, o = F.sigmoid(a[:, :H]), F.sigmoid(a[:, H:2 * H]), F.sigmoid(a[:, 3 * H:])
+    c = f * state[1] + i * F.tanh(a[:, 2 * H:3 * H])
+    return (o * F.tanh(c), c)
+
+
+def split_state(state, P, L):
+    """The contract's state ((B, H) or (P*L, B, H)) -> per layer a tuple of P (B, H) parts."""
+    if P * L == 1:
+        return [(state,)]
+    return [tuple(state[k * L + l] for k in range(P)) for l in range(L)]
+
+
+def stack_run(F, cell, q, L, proj0, m_layers, state, t0, t1, scale=None):
+    """Steps t0..t1-1 of the stack; proj0[t]: layer 0's input projection before b_h. -> (outputs, state)."""
+    state, outs = list(state), []
+    for t in range(t0, t1):
+        if scale is not None:                 # the message from step t to the state entering it, scaled
+            w = scale[t][:, None]
+            state = [tuple(p.detach() + w * (p - p.detach()) for p in ls) for ls in state]
+        x = None
+        for l in range(L):
+            s = sfx(l)
+            gi = (proj0[t] if l == 0 else x @ q["W_xh" + s]) + q["b_h" + s]
+            state[l] = cell_step(F, cell, q, s, gi, state[l])
+            x = state[l][0] if m_layers is None or l == L - 1 else state[l][0] * m_layers[l, t]
+        outs.append(x)
+    return outs, state
+
+
+def torch_grads(torch, cell, q, L, plan, proj0, state0, m_layers, terms, final):
+    """Backward by PyTorch autograd in float64 under a BPTT plan (q: leaf tensors; proj0, state0 built
+    from leaves by the caller). terms(t, Y_t) -> loss term t; final(state_T) joins term T-1.
+    scale: the message from step t to the stacked state entering it is multiplied by scale[t] (value
+    kept); window tau: loss term t sees only steps t-tau+1..t of the whole stack (the state entering
+    them detached, the entering state0 kept when the window reaches it)."""
     scale, window = plan
-    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
-    act = torch.tanh if nl == "tanh" else torch.relu
-    A, h0 = inputs(p)
-    T = A.shape[0]
-
-    def run(h, t0, t1, sc):
-        out = []
-        for t in range(t0, t1):
-            if sc is not None:
-                s = torch.tensor(sc[t], dtype=torch.float64)[:, None]
-                h = h.detach() + s * (h - h.detach())
-            h = act(A[t] + h @ p["W_hh"])
-            out.append(h)
-        return out
-
+    T = proj0.shape[0]
+    F = torch_fns(torch)
+    sc = None if scale is None else torch.tensor(scale, dtype=torch.float64)
     if window == 0:
-        Hs = run(h0, 0, T, scale)
-        loss = sum(terms(t, Hs[t], p) for t in range(T))
+        outs, st = stack_run(F, cell, q, L, proj0, m_layers, state0, 0, T, sc)
+        loss = sum(terms(t, outs[t]) for t in range(T)) + final(st)
     else:
-        loss = 0
-        Hfull = run(h0, 0, T, None)
+        entering, st = [], state0
         for t in range(T):
-            s = t - window + 1
-            start = h0 if s <= 0 else Hfull[s - 1].detach()
-            loss = loss + terms(t, run(start, max(s, 0), t + 1, None)[-1], p)
+            entering.append([tuple(p.detach() for p in ls) for ls in st])
+            _, st = stack_run(F, cell, q, L, proj0, m_layers, st, t, t + 1)
+        loss = 0
+        for t in range(T):
+            s0 = max(0, t - window + 1)
+            outs, st = stack_run(F, cell, q, L, proj0, m_layers, state0 if s0 == 0 else entering[s0], s0, t + 1)
+            loss = loss + terms(t, outs[-1]) + (final(st) if t == T - 1 else 0)
     loss.backward()
-    return {k: v.grad.numpy() for k, v in p.items()}
+
+
+def leaves(torch, params):
+    return {k: torch.tensor(v.astype(np.float64), requires_grad=True) for k, v in params.items()}
+
+
+def torch_state(torch, state, P, L):
+    """A leaf tensor of the contract's state and its per-layer view."""
+    t = torch.tensor(state.astype(np.float64), requires_grad=True)
+    return t, split_state(t, P, L)
 
 
 # ----------------------------------------------------------------------------- the same calls
@@ -133,6 +203,19 @@ def test_both_ops_expose_the_same_calls_with_the_same_signatures():
                    "clip_grad_norm"}
 
 
+def test_numpy_ops_calls_are_the_contracts():
+    sig = {n: str(inspect.signature(f)) for n, f in public_calls(NumpyOps).items()}
+    assert sig == {
+        "rnn_forward": "(self, cell, X, state0, params, masks)",
+        "rnn_backward": "(self, cell, dY, dstate_T, cache, params, plan)",
+        "lm_forward": "(self, cell, ids, state0, params)",
+        "lm_loss_and_grad": "(self, cell, ids, Y, state0, params, plan, masks)",
+        "lm_backprop": "(self, cell, ids, Y, state0, params, plan, masks, term=None)",
+        "lm_generate": "(self, cell, prefix, num_preds, params, temperature, top_k, uniforms)",
+        "clip_grad_norm": "(self, grads, theta)",
+    }
+
+
 def test_get_ops_names_and_default():
     assert OPS_NAMES == ("cpp", "numpy")
     assert get_ops().name == "cpp" and get_ops(None) is get_ops("cpp")
@@ -147,7 +230,8 @@ def test_get_ops_names_and_default():
 def test_one_class_per_model_holding_its_ops(cls, sizes):
     for backend in OPS_NAMES:
         m = cls(*sizes, backend=backend)
-        assert type(m) is cls and m.backend == backend and m.ops is get_ops(backend)
+        assert type(m) is cls and m.backend == backend
+        assert m.ops is get_ops(backend)
     assert cls(*sizes).backend == "cpp"
     ref = getattr(reference, cls.__name__)(*sizes)
     assert isinstance(ref, cls) and ref.backend == "numpy"
@@ -163,44 +247,100 @@ def test_one_class_per_model_holding_its_ops(cls, sizes):
             assert not a.params[k].any()
 
 
+@pytest.mark.parametrize("cls, D", [(fastseq.RNN, 4), (fastseq.RNNLM, 6)], ids=["RNN", "RNNLM"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_parameters_names_shapes_and_init(cls, D, cell):
+    """The contract's names and shapes for 3 layers; the plain RNN keeps the book's N(0, 0.01^2) and zero
+    biases, the gated cells draw PyTorch's U(-1/sqrt(H), 1/sqrt(H)) for everything, in the listed order."""
+    H, L, G = 5, 3, GATES[cell]
+    m = cls(D, H, cell=cell, num_layers=L, seed=7, dtype=np.float64, backend="numpy")
+    want = {}
+    for l in range(L):
+        want.update({"W_xh" + sfx(l): (D if l == 0 else H, G * H), "W_hh" + sfx(l): (H, G * H),
+                     "b_h" + sfx(l): (G * H,)})
+        if cell == "gru":
+            want["b_hn" + sfx(l)] = (H,)
+    if cls is fastseq.RNNLM:
+        want.update(W_hq=(H, D), b_q=(D,))
+    assert [(k, v.shape) for k, v in m.params.items()] == list(want.items())
+    rng = np.random.default_rng(7)
+    for k, shape in want.items():
+        if cell.startswith("rnn_"):
+            expect = rng.normal(0, 0.01, shape) if len(shape) == 2 else np.zeros(shape)
+        else:
+            expect = rng.uniform(-1 / np.sqrt(H), 1 / np.sqrt(H), shape)
+        np.testing.assert_array_equal(m.params[k], expect, err_msg=k)
+    P = 2 if cell == "lstm" else 1
+    assert m.begin_state(2).shape == (P * L, 2, H) and not m.begin_state(2).any()
+    one = cls(D, H, cell=cell, backend="numpy")
+    assert one.begin_state(3).shape == ((2, 3, H) if cell == "lstm" else (3, H))
+
+
+def test_cell_and_nonlinearity_resolve_to_one_cell():
+    assert fastseq.RNNLM(4, 3, backend="numpy").cell == "rnn_tanh"
+    assert fastseq.RNNLM(4, 3, "relu", backend="numpy").cell == "rnn_relu"
+    assert fastseq.RNNLM(4, 3, "relu", cell="rnn_relu", backend="numpy").nonlinearity == "relu"
+    assert fastseq.RNN(4, 3, cell="lstm", backend="numpy").nonlinearity is None
+    for kw, match in [(dict(nonlinearity="relu", cell="rnn_tanh"), "^nonlinearity: 'relu' conflicts with cell"),
+                      (dict(nonlinearity="tanh", cell="gru"), "^nonlinearity: 'tanh' conflicts with cell 'gru'"),
+                      (dict(cell="rnn"), "^cell: expected one of"),
+                      (dict(nonlinearity="sigmoid"), "^nonlinearity: expected one of"),
+                      (dict(num_layers=0), "^num_layers: expected an integer >= 1"),
+                      (dict(dropout=1.0), "^dropout:"), (dict(dropout=-0.1), "^dropout:")]:
+        for cls in (fastseq.RNN, fastseq.RNNLM):
+            with pytest.raises(ArgumentError, match=match):
+                cls(4, 3, backend="numpy", **kw)
+
+
 # ----------------------------------------------------------------------------- the layer
-@GRAD_CASES
-def test_layer_forward_and_backward_match_the_oracle(backend, dtype, nl, kind):
+@pytest.mark.parametrize("backend, dtype, cell, L, kind", GRAD_CASES)
+def test_layer_forward_and_backward_match_the_oracle(backend, dtype, cell, L, kind):
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(seed_of(backend, kind, nl))
+    rng = np.random.default_rng(seed_of(backend, kind, cell, L))
     T, B, D, H = 7, 3, 4, 5
-    m = randomized(fastseq.RNN(D, H, nonlinearity=nl, dtype=dtype, backend=backend), rng)
+    p_drop = 0.5 if L > 1 else 0.0
+    m = randomized(fastseq.RNN(D, H, dtype=dtype, backend=backend, cell=cell, num_layers=L, dropout=p_drop), rng)
+    P = 2 if cell == "lstm" else 1
     X = rng.normal(size=(T, B, D)).astype(dtype)
-    h0 = rng.normal(size=(B, H)).astype(dtype)
+    h0 = rng.normal(size=m.state_shape(B)).astype(dtype)
     dHs = rng.normal(size=(T, B, H)).astype(dtype)
-    dH_T = rng.normal(size=(B, H)).astype(dtype)
+    dH_T = rng.normal(size=m.state_shape(B)).astype(dtype)
     bptt = strategy(kind, T, B, rng)
-    Hs, cache = m.forward(X, h0)
-    p = f64(m.params)
-    assert_close(Hs, naive_states(X.astype(np.float64) @ p["W_xh"] + p["b_h"], h0, p["W_hh"], nl), dtype, "Hs")
+    Y, cache = m.forward(X, h0, rng=np.random.default_rng(99))
+    m_layers = masks_of(np.random.default_rng(99), p_drop, (L - 1, T, B, H), dtype) if L > 1 else None
     dX, dh0, grads = m.backward(dHs, cache, dH_T=dH_T, bptt=bptt)
 
-    tX = torch.tensor(X, dtype=torch.float64, requires_grad=True)
-    th0 = torch.tensor(h0, dtype=torch.float64, requires_grad=True)
-    g = {"dHs": torch.tensor(dHs, dtype=torch.float64), "dH_T": torch.tensor(dH_T, dtype=torch.float64)}
+    q = leaves(torch, m.params)
+    tX = torch.tensor(X.astype(np.float64), requires_grad=True)
+    th0, state0 = torch_state(torch, h0, P, L)
+    tm = None if m_layers is None else torch.tensor(m_layers.astype(np.float64))
+    with torch.no_grad():
+        outs, st = stack_run(torch_fns(torch), cell, q, L, tX @ q["W_xh"], tm, state0, 0, T)
+    assert_close(Y, torch.stack(outs).numpy(), dtype, "Y")
+    want_T = st[0][0] if P * L == 1 else torch.stack([ls[k] for k in range(P) for ls in st])
+    assert_close(cache.state, want_T.numpy(), dtype, "state_T")
+    g, gT = torch.tensor(dHs.astype(np.float64)), split_state(torch.tensor(dH_T.astype(np.float64)), P, L)
 
-    def terms(t, H_t, q):
-        return (H_t * g["dHs"][t]).sum() + ((H_t * g["dH_T"]).sum() if t == T - 1 else 0)
+    def final(st):
+        return sum((a * b).sum() for ls, gs in zip(st, gT) for a, b in zip(ls, gs))
 
-    want = torch_grads(p, nl, bptt_plan(bptt, T, B, np.float64),
-                          lambda q: (tX @ q["W_xh"] + q["b_h"], th0), terms)
+    torch_grads(torch, cell, q, L, bptt_plan(bptt, T, B, np.float64), tX @ q["W_xh"], state0, tm,
+                lambda t, y: (y * g[t]).sum(), final)
+    assert list(grads) == list(m.params)
     for k in grads:
-        assert_close(grads[k], want[k], dtype, f"grads[{k}]")
+        assert grads[k].dtype == dtype
+        assert_close(grads[k], q[k].grad.numpy(), dtype, f"grads[{k}]")
     assert_close(dX, tX.grad.numpy(), dtype, "dX")
     assert_close(dh0, th0.grad.numpy(), dtype, "dh0")
 
 
 # ----------------------------------------------------------------------------- the language model
-def lm_case(backend, dtype, nl, seed, V=7, H=5, B=3, T=6):
+def lm_case(backend, dtype, cell, seed, L=1, dropout=0.0, V=7, H=5, B=3, T=6):
     rng = np.random.default_rng(seed)
-    m = randomized(fastseq.RNNLM(V, H, nonlinearity=nl, dtype=dtype, backend=backend), rng)
+    m = randomized(fastseq.RNNLM(V, H, dtype=dtype, backend=backend, cell=cell, num_layers=L, dropout=dropout),
+                   rng)
     X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
-    state = rng.normal(0, 0.5, (B, H)).astype(dtype)
+    state = rng.normal(0, 0.5, m.state_shape(B)).astype(dtype)
     return m, X, Y, state, rng
 
 
@@ -224,7 +364,8 @@ def naive_loss(logits, Y):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nl", ["tanh", "relu"])
 def test_lm_logits_and_loss_match_the_oracle(backend, dtype, nl):
-    m, X, Y, state, _ = lm_case(backend, dtype, nl, seed=11)
+    """Today's numbers of the plain RNN, by a per-sequence loop (no torch)."""
+    m, X, Y, state, _ = lm_case(backend, dtype, "rnn_" + nl, seed=11)
     logits, new_state = m(X, state)
     want_logits, want_state = naive_logits(f64(m.params), X, state, nl)
     assert logits.dtype == dtype and new_state.dtype == dtype
@@ -236,32 +377,82 @@ def test_lm_logits_and_loss_match_the_oracle(backend, dtype, nl):
     assert_close(s2, want_state, dtype, "loss_and_grad state")
 
 
-@GRAD_CASES
-def test_lm_grads_match_the_oracle(backend, dtype, nl, kind):
+def lm_masks(seed, p, L, T, B, GH, H, dtype):
+    """The model's documented draw from Generator(seed): m_in, m_layers, m_out in that order."""
+    if p == 0:
+        return None, None, None
+    rng = np.random.default_rng(seed)
+    m_in = masks_of(rng, p, (T, B, GH), dtype)
+    m_layers = masks_of(rng, p, (L - 1, T, B, H), dtype) if L > 1 else None
+    return m_in, m_layers, masks_of(rng, p, (T, B, H), dtype)
+
+
+@pytest.mark.parametrize("backend, dtype, cell, L, kind", GRAD_CASES)
+def test_lm_loss_grads_and_state_match_the_oracle(backend, dtype, cell, L, kind):
     torch = pytest.importorskip("torch")
-    m, X, Y, state, rng = lm_case(backend, dtype, nl, seed=seed_of(backend, nl, kind))
+    p_drop = lm_dropout(cell, L)
+    m, X, Y, state, rng = lm_case(backend, dtype, cell, seed_of(backend, cell, L, kind), L=L, dropout=p_drop)
     B, T = X.shape
+    H, P, GH = m.num_hiddens, (2 if cell == "lstm" else 1), GATES[cell] * m.num_hiddens
     bptt = strategy(kind, T, B, rng)
-    _, grads, _ = m.loss_and_grad(X, Y, state, bptt=bptt)
-    tY = torch.tensor(Y)
+    loss, grads, new_state = m.loss_and_grad(X, Y, state, bptt=bptt, rng=np.random.default_rng(5))
+    m_in, m_layers, m_out = (None if a is None else torch.tensor(a.astype(np.float64))
+                             for a in lm_masks(5, p_drop, L, T, B, GH, H, dtype))
+    q = leaves(torch, m.params)
+    _, state0 = torch_state(torch, state, P, L)
+    rows = q["W_xh"][torch.tensor(X.T)]
+    proj0 = rows if m_in is None else rows * m_in
+    tY, total = torch.tensor(Y), [0.0]
 
-    def terms(t, H_t, q):
-        O = H_t @ q["W_hq"] + q["b_q"]
-        return torch.nn.functional.cross_entropy(O, tY[:, t], reduction="sum") / (B * T)
+    def term(t, y):
+        y = y if m_out is None else y * m_out[t]
+        O = y @ q["W_hq"] + q["b_q"]
+        ce = torch.nn.functional.cross_entropy(O, tY[:, t], reduction="sum") / (B * T)
+        total[0] += float(ce.detach())
+        return ce
 
-    th0 = torch.tensor(state, dtype=torch.float64)
-    want = torch_grads(f64(m.params), nl, bptt_plan(bptt, T, B, np.float64),
-                          lambda q: (q["W_xh"][torch.tensor(X.T)] + q["b_h"], th0), terms)
+    torch_grads(torch, cell, q, L, bptt_plan(bptt, T, B, np.float64), proj0, state0, m_layers, term,
+                lambda st: 0)
+    if kind in ("full", "block", "randomized"):       # one pass over the steps: its terms are the loss
+        assert_close(loss, total[0], dtype, "loss")
+    with torch.no_grad():
+        _, st = stack_run(torch_fns(torch), cell, q, L, proj0, m_layers, state0, 0, T)
+    want_T = st[0][0] if P * L == 1 else torch.stack([ls[k] for k in range(P) for ls in st])
+    assert_close(new_state, want_T.numpy(), dtype, "new_state")
+    assert list(grads) == list(m.params)
     for k in grads:
         assert grads[k].dtype == dtype
-        assert_close(grads[k], want[k], dtype, f"grads[{k}]")
+        assert_close(grads[k], q[k].grad.numpy(), dtype, f"grads[{k}]")
+
+
+@pytest.mark.parametrize("backend", OPS_NAMES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_evaluation_never_drops(backend, cell):
+    """Only loss_and_grad given an rng drops: without one it equals a dropout-free model, and __call__,
+    generate and state_grads are the dropout-free model's."""
+    m, X, Y, state, _ = lm_case(backend, np.float64, cell, seed=3, L=2, dropout=0.5)
+    plain = fastseq.RNNLM(7, 5, dtype=np.float64, backend="numpy", cell=cell, num_layers=2)
+    plain.load_state_dict(m.state_dict())
+    for a, b in zip(m(X, state), plain(X, state)):
+        assert_close(a, b, np.float64, "call")
+    la, ga, _ = m.loss_and_grad(X, Y, state)
+    lb, gb, _ = plain.loss_and_grad(X, Y, state)
+    assert_close(la, lb, np.float64, "loss")
+    for k in ga:
+        assert_close(ga[k], gb[k], np.float64, k)
+    np.testing.assert_array_equal(m.generate([1, 2], 8), plain.generate([1, 2], 8))
+    assert_close(m.state_grads(X, Y, state), plain.state_grads(X, Y, state), np.float64, "state_grads")
+    ld, _, _ = m.loss_and_grad(X, Y, state, rng=np.random.default_rng(0))
+    assert ld != la                                   # and training does drop
+    with pytest.raises(ArgumentError, match="^rng: expected None or a numpy.random.Generator, got int"):
+        m.loss_and_grad(X, Y, state, rng=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", STRATEGIES)
 def test_cpp_and_numpy_ops_agree_on_every_call(dtype, kind):
     """Without an oracle: the two ops on the same model and inputs, every call."""
-    m, X, Y, state, rng = lm_case("cpp", dtype, "tanh", seed=5, V=11, H=9, B=4, T=8)
+    m, X, Y, state, rng = lm_case("cpp", dtype, "rnn_tanh", seed=5, V=11, H=9, B=4, T=8)
     slow = fastseq.RNNLM(11, 9, dtype=dtype, backend="numpy")
     slow.load_state_dict(m.state_dict())
     bptt = strategy(kind, 8, 4, rng)
@@ -290,18 +481,30 @@ def test_cpp_and_numpy_ops_agree_on_every_call(dtype, kind):
 
 
 # ----------------------------------------------------------------------------- generation
-def naive_generate(p, prefix, n, nl, temperature, top_k, uniforms, bias=None):
-    """The sampling rule written out: softmax with temperature over the top_k, inverse CDF at u."""
+def naive_generate(p, prefix, n, nl, temperature, top_k, uniforms, bias=None, cell=None, L=1):
+    """The sampling rule written out: softmax with temperature over the top_k, inverse CDF at u; the
+    plain RNN's step by default, any cell's (cell_step, L layers) when cell is given."""
     b_q = p["b_q"] + (0 if bias is None else bias)
-    h = np.zeros(p["W_hh"].shape[0])
+    H = p["W_hh"].shape[0]
+    P = 2 if cell == "lstm" else 1
+    state = [tuple(np.zeros((1, H)) for _ in range(P)) for _ in range(L)]
     out = []
     tok = None
     for i in range(len(prefix) + n - 1):
         tok = prefix[i] if i < len(prefix) else out[-1]
-        h = phi(p["W_xh"][tok] + p["b_h"] + h @ p["W_hh"], nl)
+        if cell is None:
+            h = phi(p["W_xh"][tok] + p["b_h"] + state[0][0][0] @ p["W_hh"], nl)
+            state[0] = (h[None],)
+        else:
+            x = None
+            for l in range(L):
+                s = sfx(l)
+                gi = (p["W_xh"][tok][None] if l == 0 else x @ p["W_xh" + s]) + p["b_h" + s]
+                state[l] = cell_step(NP, cell, p, s, gi, state[l])
+                x = state[l][0]
         if i < len(prefix) - 1:
             continue
-        logits = h @ p["W_hq"] + b_q
+        logits = state[-1][0][0] @ p["W_hq"] + b_q
         if temperature == 0:
             out.append(int(np.argmax(logits)))
             continue
@@ -322,6 +525,18 @@ def test_generation_matches_the_oracle(backend, temperature, top_k):
     got = m.generate([1, 4, 2], 25, temperature=temperature, top_k=top_k, uniforms=u)
     want = naive_generate(m.params, [1, 4, 2], 25, "tanh", temperature, top_k, u)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend, cell, L", [(b, c, L)
+                                              for b in OPS_NAMES for c in CELLS for L in (1, 2)])
+@pytest.mark.parametrize("temperature, top_k", [(0.0, 0), (0.8, 3)])
+def test_generation_of_every_cell_and_depth_matches_the_oracle(backend, cell, L, temperature, top_k):
+    rng = np.random.default_rng(seed_of(cell, L))
+    m = randomized(fastseq.RNNLM(9, 6, dtype=np.float64, backend=backend, cell=cell, num_layers=L), rng, 0.8)
+    u = rng.random(30)
+    got = m.generate([1, 4, 2], 30, temperature=temperature, top_k=top_k, uniforms=u)
+    np.testing.assert_array_equal(got, naive_generate(m.params, [1, 4, 2], 30, None, temperature, top_k, u,
+                                                      cell=cell, L=L))
 
 
 @pytest.mark.parametrize("backend", OPS_NAMES)
@@ -429,14 +644,23 @@ def test_scale_and_window_together_are_refused_once_for_every_call(backend):
 @pytest.mark.parametrize("cls, sizes", [(fastseq.RNN, (3, 4)), (fastseq.RNNLM, (5, 4))], ids=["RNN", "RNNLM"])
 def test_from_config_rebuilds_the_model(backend, cls, sizes):
     m = cls(*sizes, nonlinearity="relu", dtype=np.float64)
+    assert list(m.config) == list(cls._CONFIG_KEYS) and m.config["cell"] == "rnn_relu"
     again = cls.from_config(m.config, backend=backend)
     assert type(again) is cls and again.config == m.config and again.backend == backend
     assert cls.from_config(m.config).backend == "cpp"
     assert getattr(reference, cls.__name__).from_config(m.config).backend == "numpy"
+    # a config of before the cells (a nonlinearity, no cell, layers or dropout) still loads
+    old = {k: v for k, v in m.config.items() if k not in ("cell", "num_layers", "dropout")}
+    assert cls.from_config(dict(old, nonlinearity="relu"), backend=backend).config == m.config
+    stack = cls(*sizes, cell="lstm", num_layers=3, dropout=0.25, backend="numpy")
+    assert cls.from_config(stack.config, backend="numpy").config == stack.config
+    assert stack.config["cell"] == "lstm" and stack.config["num_layers"] == 3 and stack.config["dropout"] == 0.25
     with pytest.raises(ArgumentError, match="config: expected a dict, got list"):
         cls.from_config([1, 2])
-    with pytest.raises(ArgumentError, match="config: unexpected key 'cell'"):
-        cls.from_config(dict(m.config, cell="gru"))
+    with pytest.raises(ArgumentError, match="config: unexpected key 'cells'"):
+        cls.from_config(dict(m.config, cells="gru"))
+    with pytest.raises(ArgumentError, match="nonlinearity: 'tanh' conflicts with cell 'rnn_relu'"):
+        cls.from_config(dict(m.config, nonlinearity="tanh"))
     first = next(iter(m.config))
     with pytest.raises(ArgumentError, match=f"config: '{first}' is missing"):
         cls.from_config({k: v for k, v in m.config.items() if k != first})
@@ -490,6 +714,8 @@ def _memory():
     (lambda H, b: fastseq.RNNLM(28, H, backend=b), "num_hiddens"),
     (lambda H, b: fastseq.RNNLM(H * H, 2, backend=b), "vocab_size"),
     (lambda H, b: reference.RNNLM(30, H), "num_hiddens"),
+    (lambda H, b: fastseq.RNNLM(30, 64, num_layers=H * H // 4096, backend="numpy"), "num_layers"),
+    (lambda H, b: fastseq.RNN(3, 300, cell="lstm", num_layers=H * H // 300000, backend="numpy"), "num_layers"),
 ])
 def test_sizes_beyond_the_machines_memory_are_refused_before_allocating(backend, make, name):
     """Issue 12 item 13: RNN(3, 50000) allocated 28 GB in NumPy before the C++ side refused it."""
@@ -508,24 +734,28 @@ def test_sizes_beyond_the_machines_memory_are_refused_before_allocating(backend,
     assert fastseq.RNN(3, 64, backend=backend).params["W_hh"].shape == (64, 64)
 
 
-@pytest.mark.parametrize("backend", OPS_NAMES)
+@pytest.mark.parametrize("backend, cell, L", [(b, c, L)
+                                              for b in OPS_NAMES for c in CELLS for L in (1, 2)])
 @pytest.mark.parametrize("term", [None, 0, 3, -1])
-def test_state_grads_are_dL_dH_by_autograd(backend, term):
-    """state_grads: dL/dH_t of the step's loss (or of one loss term), the same on either ops."""
+def test_state_grads_are_dL_dH_by_autograd(backend, cell, L, term):
+    """state_grads: dL/dH_t of the top layer for the step's loss (or one loss term), on either ops."""
     torch = pytest.importorskip("torch")
-    m, X, Y, state, _ = lm_case(backend, np.float64, "tanh", seed=21)
+    m, X, Y, state, _ = lm_case(backend, np.float64, cell, seed=21, L=L, dropout=lm_dropout(cell, L))  # never drops
     B, T = X.shape
+    P = 2 if cell == "lstm" else 1
     dH = m.state_grads(X, Y, state, term=term)
     assert dH.shape == (T, B, m.num_hiddens) and dH.dtype == np.float64
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in m.params.items()}
-    h = torch.tensor(state)
+    q = leaves(torch, m.params)
+    _, st = torch_state(torch, state, P, L)
+    proj0 = q["W_xh"][torch.tensor(X.T)]
     Hs, loss = [], 0
     for t in range(T):
-        h = torch.tanh(p["W_xh"][torch.tensor(X[:, t])] + p["b_h"] + h @ p["W_hh"])
+        outs, st = stack_run(torch_fns(torch), cell, q, L, proj0, None, st, t, t + 1)
+        h = outs[0]
         h.retain_grad()
         Hs.append(h)
         if term is None or t == term % T:
-            O = h @ p["W_hq"] + p["b_q"]
+            O = h @ q["W_hq"] + q["b_q"]
             loss = loss + torch.nn.functional.cross_entropy(O, torch.tensor(Y[:, t]), reduction="sum") / (B * T)
     loss.backward()
     want = np.stack([H_t.grad.numpy() if H_t.grad is not None else np.zeros((B, m.num_hiddens)) for H_t in Hs])

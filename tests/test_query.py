@@ -101,6 +101,21 @@ def test_batch_and_corpus_perplexity_as_the_model(tm_split, tmp_path):
     assert list(mem.score_batch(sents)) == list(scores)
 
 
+def test_batch_lanes_give_the_per_sentence_scores(models, tm_split):
+    # score_batch runs several sentences in lockstep: every sentence count (fewer than its lanes,
+    # none), empty sentences between others, and each bos/eos setting give score()'s numbers
+    k, qa, qb = models
+    sents = held_out(tm_split)
+    sents = sents[:5] + ["", ""] + sents[5:40] + [""] + sents[-6:]
+    for q in (qa, qb):
+        for bos, eos in ((True, True), (False, True), (True, False), (False, False)):
+            for part in (sents, sents[:1], sents[:3], [""], []):
+                got = q.score_batch(part, bos=bos, eos=eos)
+                assert got.shape == (len(part),)
+                assert list(got) == [q.score(s, bos=bos, eos=eos) for s in part]
+        assert q.score_batch(sents) == pytest.approx([k.score(s) for s in sents], abs=1e-4)
+
+
 def test_kenlm_code_runs_unchanged(tmp_path, tm_split):
     # the usual decoder idiom, with `import fastseq.ngram.query as kenlm`
     LaplaceLM(3).fit(tm_split[0]).to_arpa(tmp_path / "m.arpa")
@@ -145,3 +160,18 @@ def test_suffix_closure_is_found_and_a_pruned_file_keeps_the_full_search(tmp_pat
     assert not _arpa.suffix_closed(b.starts, b.lasts)
     for q in (Model(p), Model(tmp_path / "pruned.bin")):
         assert q.score("a a", eos=False) == pytest.approx(-0.2 - 0.05, abs=1e-12)
+
+
+def test_probing_tables_refuse_bad_input():
+    # private entry points never read out of bounds: starts that run past lasts, decrease, or are empty
+    import numpy as np
+    from fastseq.ngram import _arpa
+    lasts = np.array([1, 2, 0], np.int32)
+    for bad in ([0, 5], [0, 2, 1, 3], [], [1, 3]):
+        with pytest.raises(ValueError, match="starts"):
+            _arpa.probe_table(np.array(bad, np.int64), lasts)
+    t = _arpa.probe_table(np.array([0, 2, 3], np.int64), lasts)
+    assert _arpa.check_probe(t, 3) is not None
+    for bad in (t[:-3], t[:-1], np.where(np.arange(len(t)) % 3 == 2, 7, t).astype(np.uint32)):
+        with pytest.raises(ValueError, match="probing table"):
+            _arpa.check_probe(bad, 3)

@@ -1,6 +1,6 @@
 """The reference cells (fastseq.reference.cells): finite differences for every cell, parameter, input
 and state under every BPTT strategy and depth; equality with PyTorch's nn.RNN / nn.GRU / nn.LSTM; the
-rnn_tanh / rnn_relu cells equal to today's NumpyOps layer; the strategies' identities.
+layer 0 fed its input projection (the language model's row gather); the strategies' identities.
 
 Legend: T steps, B batch, D input, H hidden, L layers.
 """
@@ -11,7 +11,6 @@ from fastseq.bptt import Full, Randomized, Truncated
 from fastseq.errors import ArgumentError
 from fastseq.reference.cells import (CELLS, dropout_masks, get_cell, init_stack, stack_backward,
                                      stack_forward)
-from fastseq.reference.ops import NumpyOps
 from gradcheck import fd_grad
 
 T, B, D, H = 5, 2, 3, 3
@@ -173,30 +172,54 @@ def test_truncation_cuts_the_whole_state(name):
         assert np.all(a == 0)                           # no path left to the entering state, c included
 
 
-# ------------------------------------------------------------------ the Elman cell equals today's NumpyOps
-@pytest.mark.parametrize("strategy", list(STRATEGIES) + ["sliding3"])
-@pytest.mark.parametrize("name", ["rnn_tanh", "rnn_relu"])
-def test_elman_cell_equals_numpy_ops(name, strategy):
-    cell, params, X, state0, G, g_T, _ = problem(name, 1)
-    p = params[0]
-    ops_params = {"W_xh": p["weight_ih"].T.copy(), "W_hh": p["weight_hh"].T.copy(),
-                  "b_h": p["bias_ih"] + p["bias_hh"]}
-    nl = name[4:]
-    strat = Truncated(3, mode="sliding") if strategy == "sliding3" else STRATEGIES[strategy]
-    plan = strat.plan(T, B)
-    ops = NumpyOps()
-    Hs = ops.rnn_forward(X, state0[0][0], ops_params, nl)
-    Y, (h_T,), cache = stack_forward(cell, params, X, state0)
-    assert_rel(Y, Hs, 1e-14)
-    assert_rel(h_T[0], Hs[-1], 1e-14)
-    dX, dh0, g = ops.rnn_backward(G, X, state0[0][0], Hs, ops_params, nl, g_T[0][0], plan)
-    cX, (ch0,), (cg,) = stack_backward(cell, params, G, cache, g_T, plan)
-    assert_rel(cX, dX, 1e-13)
-    assert_rel(ch0[0], dh0, 1e-13)
-    assert_rel(cg["weight_ih"].T, g["W_xh"], 1e-13)
-    assert_rel(cg["weight_hh"].T, g["W_hh"], 1e-13)
-    assert_rel(cg["bias_ih"], g["b_h"], 1e-13)
-    assert_rel(cg["bias_hh"], g["b_h"], 1e-13)
+# ------------------------------------------------------------------ a layer 0 fed its input projection
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_without_weight_ih_reads_its_input_projection(name, strategy):
+    """The LM's path (gathered rows of W_xh): X W_ih^T given as the input equals weight_ih given, for
+    the outputs, the states and every gradient (dX maps back through weight_ih)."""
+    cell, params, X, state0, G, g_T, masks = problem(name, 2, dropout=0.4)
+    plan = STRATEGIES[strategy].plan(T, B)
+    W = params[0]["weight_ih"]
+    proj = [{k: v for k, v in params[0].items() if k != "weight_ih"}] + params[1:]
+    Y, state_T, cache = stack_forward(cell, params, X, state0, masks)
+    Yp, state_Tp, cache_p = stack_forward(cell, proj, X @ W.T, state0, masks)
+    assert_rel(Yp, Y, 1e-14)
+    for a, b in zip(state_Tp, state_T):
+        assert_rel(a, b, 1e-14)
+    dX, dstate0, grads = stack_backward(cell, params, G, cache, g_T, plan)
+    dP, dstate0_p, grads_p = stack_backward(cell, proj, G, cache_p, g_T, plan)
+    assert dP.shape == (T, B, cell.gates * H) and "weight_ih" not in grads_p[0]
+    assert_rel(dP @ W, dX, 1e-13)
+    assert_rel(np.einsum("tbg,tbd->gd", dP, X), grads[0]["weight_ih"], 1e-13)
+    for a, b in zip(dstate0_p, dstate0):
+        assert_rel(a, b, 1e-13)
+    for gp, g in zip(grads_p, grads):
+        for k in gp:
+            assert_rel(gp[k], g[k], 1e-13)
+
+
+def test_dH_out_is_the_top_layers_total_gradient():
+    """dH_out[t] = dL/dH_t of the top layer: by finite differences on a surrogate that adds a
+    perturbation e_t to the top layer's H_t (Full plan, so the derivative in e_t is the whole one)."""
+    cell, params, X, state0, G, g_T, masks = problem("lstm", 2, dropout=0.4)
+    Y, _, cache = stack_forward(cell, params, X, state0, masks)
+    dH = np.empty_like(Y)
+    stack_backward(cell, params, G, cache, g_T, (None, 0), dH_out=dH)
+    E = np.zeros_like(Y)
+
+    def L():
+        state, total = layers(state0), 0.0
+        for t in range(T):
+            x = X[t]
+            for l, p in enumerate(params):
+                state[l], _ = cell.forward(p, x, state[l])
+                if l == len(params) - 1:
+                    state[l] = (state[l][0] + E[t],) + state[l][1:]
+                x = state[l][0] if l == len(params) - 1 else state[l][0] * masks[l, t]
+            total += float(np.sum(G[t] * x))
+        return total + sum(float(np.sum(g_T[k][l] * state[l][k])) for l in range(len(params)) for k in range(2))
+    np.testing.assert_allclose(dH, fd_grad(L, {"E": E})["E"], rtol=1e-6, atol=1e-8)
 
 
 # ------------------------------------------------------------------ PyTorch

@@ -105,6 +105,59 @@ def test_lm_full_gradients_match_finite_differences(nl):
         np.testing.assert_array_equal(g2[k], grads[k])
 
 
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_lm_of_every_cell_gradients_match_finite_differences_with_dropout(cell, L):
+    """Every parameter and the entering state (h, and c for the LSTM, every layer), the dropout masks on
+    (input, between layers, output): the same Generator state draws the same masks in every call."""
+    m = RNNLM(5, 3, cell=cell, num_layers=L, dropout=0.3, dtype=np.float64)
+    randomize(m, 0.7, 20 + L)
+    if cell == "rnn_relu":                      # keep pre-activations away from the kink
+        for k in m.params:
+            if k.startswith("b_h"):
+                m.params[k] += 1.0
+    rng = np.random.default_rng(5)
+    B, T = 2, 4
+    X, Y = rng.integers(0, 5, (B, T)), rng.integers(0, 5, (B, T))
+    state0 = rng.normal(size=m.state_shape(B)) * 0.5
+
+    def loss():
+        return m.loss_and_grad(X, Y, state0, rng=np.random.default_rng(9))[0]
+
+    l0, grads, _ = m.loss_and_grad(X, Y, state0, rng=np.random.default_rng(9))
+    assert l0 != m.loss_and_grad(X, Y, state0)[0]          # the masks act
+    num = fd_grad(loss, {**m.params, "state0": state0})
+    assert list(grads) == list(m.params)
+    for k in m.params:
+        assert grads[k].shape == m.params[k].shape and grads[k].dtype == np.float64
+        assert_close(grads[k], num[k])
+    # dL/dstate0 is not returned by loss_and_grad: through the layer, whose backward returns it
+    assert np.abs(num["state0"]).max() > 1e-6
+
+
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_layer_of_every_cell_gradients_match_finite_differences_with_dropout(cell, L):
+    T, B, D, H = 4, 2, 3, 3
+    layer = RNN(D, H, cell=cell, num_layers=L, dropout=0.4, dtype=np.float64)
+    randomize(layer, 0.7, 30 + L)
+    rng = np.random.default_rng(6)
+    X, state0 = rng.normal(size=(T, B, D)), rng.normal(size=layer.state_shape(B))
+    G, g_T = rng.normal(size=(T, B, H)), rng.normal(size=layer.state_shape(B))
+
+    def loss():
+        Y, cache = layer.forward(X, state0, rng=np.random.default_rng(3))
+        return float(np.sum(G * Y) + np.sum(g_T * cache.state))
+
+    _, cache = layer.forward(X, state0, rng=np.random.default_rng(3))
+    dX, dstate0, grads = layer.backward(G, cache, dH_T=g_T)
+    num = fd_grad(loss, {**layer.params, "X": X, "state0": state0})
+    for k in layer.params:
+        assert_close(grads[k], num[k])
+    assert_close(dX, num["X"])
+    assert_close(dstate0, num["state0"])
+
+
 def test_float32_agrees_with_float64():
     m64 = lm64(V=8, H=16, seed=5, scale=0.3)
     m32 = RNNLM(8, 16, dtype=np.float32)
@@ -147,7 +200,7 @@ def test_row_gather_equals_one_hot_product():
     for k in layer.params:
         layer.params[k][...] = m.params[k]
     h0 = rng.normal(size=(3, 4))
-    Hs, _ = layer.forward(np.ascontiguousarray(onehot.transpose(1, 0, 2)), h0)
+    Hs, cache = layer.forward(np.ascontiguousarray(onehot.transpose(1, 0, 2)), h0)
     logits, state = m(X, h0)
     assert_close(logits, (Hs @ m.params["W_hq"] + m.params["b_q"]).transpose(1, 0, 2), rtol=1e-12, atol=1e-13)
     assert_close(state, Hs[-1], rtol=1e-12, atol=1e-13)
@@ -157,7 +210,7 @@ def test_row_gather_equals_one_hot_product():
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     dO = (np.exp(logp) - np.eye(7)[Y]) / 15                   # (B, T, V)
     dHs = np.ascontiguousarray((dO @ m.params["W_hq"].T).transpose(1, 0, 2))
-    _, _, gl = layer.backward(dHs, (np.ascontiguousarray(onehot.transpose(1, 0, 2)), h0, Hs))
+    _, _, gl = layer.backward(dHs, cache)
     for k in ("W_xh", "W_hh", "b_h"):
         assert_close(g[k], gl[k], rtol=1e-10, atol=1e-14)
 
@@ -190,7 +243,8 @@ def test_initialisation_is_documented_and_seeded():
     rng = np.random.default_rng(1)
     np.testing.assert_array_equal(layer.params["W_xh"], rng.normal(0, 0.01, (4, 3)))
     np.testing.assert_array_equal(layer.params["W_hh"], rng.normal(0, 0.01, (3, 3)))
-    assert m.config == dict(vocab_size=5, num_hiddens=3, nonlinearity="tanh", dtype="float32")
+    assert m.config == dict(vocab_size=5, num_hiddens=3, cell="rnn_tanh", num_layers=1, dropout=0.0,
+                            dtype="float32")
     m2 = RNNLM(**{**m.config, "dtype": np.dtype(m.config["dtype"])}, seed=42)
     for k in m.params:
         np.testing.assert_array_equal(m2.params[k], m.params[k])
@@ -353,8 +407,10 @@ def test_layer_bad_inputs():
         layer.backward(Hs[:4], cache)
     with pytest.raises(ValueError, match="dH_T.*shape"):
         layer.backward(Hs, cache, dH_T=np.zeros((2, 5), dtype=np.float32))
-    with pytest.raises(ValueError, match="cache"):
-        layer.backward(Hs, cache[:2])
+    with pytest.raises(ValueError, match="^cache: expected the cache returned by this model's forward"):
+        layer.backward(Hs, (X, None, Hs))
+    with pytest.raises(ValueError, match="^cache: from the forward of another model"):
+        RNN(3, 4).backward(Hs, cache)
     with pytest.raises(ValueError, match="input_size"):
         RNN(0, 4)
 
@@ -365,10 +421,10 @@ def test_layer_and_lm_share_method_signatures_of_the_contract():
            for name in ("__call__", "loss_and_grad", "generate", "state_grads", "begin_state", "state_dict",
                         "load_state_dict", "from_config")}
     assert sig["__call__"] == "(self, X, state)"
-    assert sig["loss_and_grad"] == "(self, X, Y, state, bptt=None)"
+    assert sig["loss_and_grad"] == "(self, X, Y, state, bptt=None, rng=None)"
     assert sig["generate"] == "(self, prefix_ids, num_preds, temperature=0.0, top_k=0, uniforms=None, logit_bias=None)"
     assert sig["state_grads"] == "(self, X, Y, state=None, bptt=None, term=None)"
     assert sig["from_config"] == "(config, backend=None)"
-    assert str(inspect.signature(layer.forward)) == "(self, X, h0=None)"
+    assert str(inspect.signature(layer.forward)) == "(self, X, h0=None, rng=None)"
     assert str(inspect.signature(layer.backward)) == "(self, dHs, cache, dH_T=None, bptt=None)"
     assert str(inspect.signature(layer.from_config)) == "(config, backend=None)"

@@ -43,9 +43,9 @@ class Recorder(RNNLM):
         super().__init__(*a, **k)
         self.seen = []
 
-    def loss_and_grad(self, X, Y, state, bptt=None):
+    def loss_and_grad(self, X, Y, state, bptt=None, rng=None):
         self.seen.append(None if state is None else state.copy())
-        loss, grads, new = super().loss_and_grad(X, Y, state, bptt)
+        loss, grads, new = super().loss_and_grad(X, Y, state, bptt, rng)
         self.seen[-1] = (self.seen[-1], new.copy())
         return loss, grads, new
 
@@ -123,6 +123,15 @@ def test_state_carried_detached_when_sequential_and_reset_when_random():
     m = Recorder(V, 8, seed=4)
     train(m, Shuffled(batches), 1, lr=0.5)
     assert all(not entered.any() for entered, _ in m.seen)
+    # a stacked LSTM's whole state (P*L, B, H) is carried, and reset by random sampling
+    m = Recorder(V, 8, seed=4, cell="lstm", num_layers=2, dropout=0.2)
+    train(m, SeqDataLoader(corpus, 4, 5, sampling="sequential", seed=0), 1, lr=0.5)
+    assert m.seen[0][0].shape == (4, 4, 8) and not m.seen[0][0].any()
+    for i in range(1, len(m.seen)):
+        np.testing.assert_array_equal(m.seen[i][0], m.seen[i - 1][1])
+    m = Recorder(V, 8, seed=4, cell="lstm", num_layers=2)
+    train(m, SeqDataLoader(corpus, 4, 5, sampling="random", seed=0), 1, lr=0.5)
+    assert all(not entered.any() and entered.shape == (4, 4, 8) for entered, _ in m.seen)
 
 
 def test_training_with_truncated_bptt_and_adam():
@@ -190,9 +199,13 @@ def test_train_bad_arguments():
 
 
 # ------------------------------------------------------------------ evaluate
+@pytest.mark.parametrize("model", [{}, dict(cell="lstm", num_layers=2, dropout=0.5), dict(cell="gru")],
+                         ids=["rnn", "lstm2", "gru"])
 @pytest.mark.parametrize("n, B", [(101, 4), (100, 4), (37, 5), (9, 32)])
-def test_evaluate_equals_streams_run_in_one_piece(n, B):
-    m = RNNLM(V, 8, dtype=np.float64, seed=8)
+def test_evaluate_equals_streams_run_in_one_piece(n, B, model):
+    """Every cell's state (the LSTM's (h, c) of every layer) is carried across chunks and into the tail;
+    evaluation never drops."""
+    m = RNNLM(V, 8, dtype=np.float64, seed=8, **model)
     rng = np.random.default_rng(9)
     for p in m.params.values():
         p[...] = rng.normal(0, 0.5, p.shape)
@@ -322,6 +335,11 @@ def test_spectral_radius_and_vanishing_vs_exploding():
         last = state_grad_norms(m, X, Y, term=-1)
         np.testing.assert_allclose(last / last[-1], r ** np.arange(11, -1, -1.0), rtol=1e-6)
     assert ratios[0.5] < 3 and ratios[1.3] > 10 * ratios[0.5]
+    # a stack: the largest over its layers; a gated cell has no single square W_hh
+    m2 = RNNLM(V, 4, dtype=np.float64, num_layers=2)
+    m2.params["W_hh"][...], m2.params["W_hh_l1"][...] = 0.5 * Q, 0.9 * Q
+    assert spectral_radius(m2) == pytest.approx(0.9, rel=1e-12)
+    assert spectral_radius(RNNLM(V, 4, cell="lstm")) is None
 
 
 # ------------------------------------------------------------------ optimisers

@@ -91,9 +91,18 @@ cdef extern from *:
         return -1;
     }
 
+    /* A word's hash (in-process only: never stored): 8 bytes a step, a multiply-xorshift each. */
     static inline uint64_t fs_hash_bytes(const char* p, int64_t n) {
-        uint64_t h = 1469598103934665603ULL;                 /* FNV-1a */
-        for (int64_t i = 0; i < n; ++i) { h ^= (unsigned char)p[i]; h *= 1099511628211ULL; }
+        uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, w;
+        for (; n >= 8; p += 8, n -= 8) {
+            std::memcpy(&w, p, 8);
+            h = (h ^ w) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
+        }
+        if (n) {
+            w = 0; std::memcpy(&w, p, (size_t)n);
+            h = (h ^ w) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
+        }
+        h *= 0xC4CEB9FE1A85EC53ULL;
         return h ^ (h >> 29);
     }
 
@@ -101,6 +110,14 @@ cdef extern from *:
         k *= 0x9E3779B97F4A7C15ULL;
         return k ^ (k >> 31);
     }
+
+    /* The home slot of a probing key among n slots: a full 64-bit mix, then the high word of
+       mix * n (no power-of-two size, so a table is 4/3 of its n-grams, not up to 8/3). */
+    static inline uint64_t fs_probe_slot(uint64_t k, uint64_t n) {
+        k ^= k >> 33; k *= 0xFF51AFD7ED558CCDULL; k ^= k >> 33; k *= 0xC4CEB9FE1A85EC53ULL; k ^= k >> 33;
+        return (uint64_t)(((unsigned __int128)k * n) >> 64);
+    }
+    static inline void fs_prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
 
     /* A checksum of a byte range: four multiply-rotate lanes over 8-byte words, then the tail. */
     static uint64_t fs_checksum(const unsigned char* p, int64_t n, uint64_t h) {
@@ -126,6 +143,8 @@ cdef extern from *:
     int64_t fs_utf8_invalid(const unsigned char* s, int64_t n) nogil
     uint64_t fs_hash_bytes(const char* p, int64_t n) nogil
     uint64_t fs_hash_key(uint64_t k) nogil
+    uint64_t fs_probe_slot(uint64_t k, uint64_t n) nogil
+    void fs_prefetch(const void* p) nogil
     uint64_t fs_checksum(const unsigned char* p, int64_t n, uint64_t h) nogil
 
 
@@ -404,16 +423,18 @@ def parse(const unsigned char[::1] buf, int max_order, double missing_unk):
         k, c = k.strip(), c.strip()
         if not (k.isascii() and k.isdigit() and c.isascii() and c.isdigit()):
             raise ParseError(cur.line, f"expected 'ngram <order>=<count>', got {_text(b, e)!r}")
-        k, cnt = int(k), int(c)
+        k, c = int(k), int(c)
         if k != len(sizes) + 1:
             raise ParseError(cur.line, f"expected 'ngram {len(sizes) + 1}=<count>', got {_text(b, e)!r}")
         if k > max_order:
             raise ParseError(cur.line, f"order {k} is above the highest supported, {max_order}")
         # each n-gram takes a line: a larger count is a broken header (and would size the arrays)
+        # (compared as Python ints: announced + a count near 2^63 wrapped around in int64 and passed)
         lines_after = total_lines - cur.line
-        if announced + cnt > lines_after:
-            raise ParseError(cur.line, f"the header announces {cnt} {k}-grams, but only "
+        if c > lines_after - announced:
+            raise ParseError(cur.line, f"the header announces {c} {k}-grams, but only "
                                        f"{lines_after} lines follow")
+        cnt = c
         announced += cnt
         sizes.append(cnt)
     if not sizes:
@@ -640,9 +661,9 @@ def format_arpa(bytes header, const unsigned char[::1] blob, const int64_t[::1] 
     cdef bint has_b
     for k in range(1, N + 1):
         rows = rows_list[k - 1]
-        lp = np.ascontiguousarray(logp_list[k - 1], dtype=np.float64)
+        lp = np.require(logp_list[k - 1], dtype=np.float64, requirements="CA")
         has_b = logb_list[k - 1] is not None
-        lb = np.ascontiguousarray(logb_list[k - 1] if has_b else np.zeros(1), dtype=np.float64)
+        lb = np.require(logb_list[k - 1] if has_b else np.zeros(1), dtype=np.float64, requirements="CA")
         K = rows.shape[0]
         sec = f"\n\\{k}-grams:\n".encode()
         out.append(<const char*> sec, len(sec))
@@ -745,7 +766,7 @@ def check_tables(int order, blob, offsets, list starts, list lasts, list logp, l
         raise ValueError(f"order: expected 1..{MAXCTX + 1}, got {order}")
     if len(starts) != order or len(lasts) != order or len(logp) != order or len(logb) != order:
         raise ValueError("tables: one of each kind per order")
-    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    off = np.require(offsets, dtype=np.int64, requirements="CA")
     bl = np.frombuffer(blob, dtype=np.uint8)
     cdef int64_t V = off.shape[0] - 1
     if V < 3 or off[0] != 0 or off[V] > bl.shape[0] or np.any(np.diff(off) < 0):
@@ -756,16 +777,18 @@ def check_tables(int order, blob, offsets, list starts, list lasts, list logp, l
     cdef int k
     cdef int64_t prevK = V, K, c, i, bad
     for k in range(order):
-        lpk = np.ascontiguousarray(logp[k], dtype=np.float64)
-        lbk = np.ascontiguousarray(logb[k], dtype=np.float64)
+        lpk = np.require(logp[k], dtype=np.float64, requirements="CA")
+        lbk = np.require(logb[k], dtype=np.float64, requirements="CA")
         if k == 0:
             K = V
             stk = np.zeros(1, np.int64)
             lak = np.arange(V, dtype=np.int32)
         else:
-            stk = np.ascontiguousarray(starts[k], dtype=np.int64)
-            lak = np.ascontiguousarray(lasts[k], dtype=np.int32)
+            stk = np.require(starts[k], dtype=np.int64, requirements="CA")
+            lak = np.require(lasts[k], dtype=np.int32, requirements="CA")
             K = lak.shape[0]
+            if K >= 0x7FFFFFFF:                          # a State holds rows as int32
+                raise ValueError(f"order {k + 1}: {K} n-grams; at most {0x7FFFFFFF - 1} are supported")
             if stk.shape[0] != prevK + 1 or stk[0] != 0 or stk[prevK] != K:
                 raise ValueError(f"order {k + 1}: starts must have {prevK + 1} entries from 0 to {K}")
             s64, l32 = stk, lak
@@ -852,6 +875,90 @@ def suffix_closed(list starts, list lasts):
     return True
 
 
+# ----- probing tables (KenLM's layout): (context row, word) -> row ---------------------------------
+cdef uint32_t _NO_ROW = 0xFFFFFFFFU      # the context of an empty slot (rows are below 2^31 - 1)
+
+
+cdef inline uint64_t _probe_key(uint32_t c, uint32_t w) noexcept nogil:
+    return (<uint64_t> c << 32) | w
+
+
+def probe_table(starts, lasts):
+    """The probing table of one order k >= 2 (starts and lasts as check_tables returns them):
+    3 * S uint32, slot i holding (c, w, row) for the k-gram whose context is row c of order k-1
+    and whose last word is w; S = K + K/4 + 1, so an empty slot (c = 2^32 - 1) ends every search.
+    A query finds each order's n-gram in one probe whose place is known before any lookup (all
+    orders of a word are prefetched together), not by a binary search among the children."""
+    cdef const int64_t[::1] st = starts
+    cdef const int32_t[::1] la = lasts
+    cdef int64_t K = la.shape[0], P = st.shape[0] - 1, c, r
+    cdef uint64_t S = <uint64_t> (K + K // 4 + 1), i
+    if P < 0 or P >= 0x7FFFFFFF or K >= 0x7FFFFFFF or st[0] != 0 or st[P] != K:
+        raise ValueError(f"starts: expected 1 to 2^31 - 1 entries from 0 to {K}")
+    for c in range(P):                                   # before any read of lasts
+        if st[c + 1] < st[c]:
+            raise ValueError(f"starts: decreases at {c + 1}")
+    out = np.full(3 * S, _NO_ROW, np.uint32)
+    cdef uint32_t[::1] t = out
+    with nogil:
+        for c in range(P):
+            for r in range(st[c], st[c + 1]):
+                i = fs_probe_slot(_probe_key(<uint32_t> c, <uint32_t> la[r]), S)
+                while t[3 * i] != _NO_ROW:
+                    i += 1
+                    if i == S:
+                        i = 0
+                t[3 * i] = <uint32_t> c
+                t[3 * i + 1] = <uint32_t> la[r]
+                t[3 * i + 2] = <uint32_t> r
+    return out
+
+
+def check_probe(table, int64_t K):
+    """A probing table of an order with K n-grams, checked for what the query loop relies on (an
+    empty slot, rows in range; a wrong entry only gives a wrong score): ValueError, else the array."""
+    t_a = np.require(table, dtype=np.uint32, requirements="CA")
+    cdef const uint32_t[::1] t = t_a
+    cdef int64_t n = t.shape[0] // 3, i, full = 0, bad = -1
+    if t.shape[0] % 3 or n < K + 1:
+        raise ValueError(f"probing table of {t.shape[0]} numbers: expected triples, more slots than its {K} n-grams")
+    with nogil:
+        for i in range(n):
+            if t[3 * i] != _NO_ROW:
+                full += 1
+                if t[3 * i + 2] >= <uint64_t> K:
+                    bad = i
+                    break
+    if bad >= 0 or full != K:
+        raise ValueError(f"probing table: {full} filled slots for {K} n-grams, or a row out of range")
+    return t_a
+
+
+cdef enum:
+    LANES = 16        # sentences score_batch runs in lockstep
+
+
+cdef struct _Lane:
+    const char* p
+    const char* e
+    Py_ssize_t sent           # index of its sentence, -1: idle
+    double total
+    bint eos_done
+    int32_t w
+    int32_t ctx[MAXCTX]
+    int32_t nxt[MAXCTX]
+    uint64_t key[MAXCTX]
+    uint64_t slot[MAXCTX]
+
+
+cdef struct _Batch:
+    const char** ptr
+    const int64_t* len
+    double* out
+    Py_ssize_t m, next
+    bint bos, eos
+
+
 cdef class QueryCore:
     """The back-off tables of a model and the query loops (kenlm's Model without the loading).
 
@@ -867,14 +974,18 @@ cdef class QueryCore:
     cdef const int32_t* la[64]
     cdef const double* lp[64]
     cdef const double* lb[64]
+    cdef const uint32_t* pr[64]       # order k >= 2: probing table (probe_table) of ps[k-1] slots
+    cdef uint64_t ps[64]
     cdef object _keep
     cdef int32_t bos, eos
     cdef bint closed
 
-    def _set_tables(self, int order, blob, offsets, list starts, list lasts, list logp, list logb, closed=None):
+    def _set_tables(self, int order, blob, offsets, list starts, list lasts, list logp, list logb, closed=None,
+                    probes=None):
         """Check the tables (check_tables: the unchecked loops stay in bounds) and keep them.
         closed: whether the model is suffix-closed (None: find out; a wrong True gives wrong
-        scores, never a read out of bounds)."""
+        scores, never a read out of bounds). probes: each order's probing table (index k - 1;
+        None or a missing one is built here)."""
         keep = check_tables(order, blob, offsets, starts, lasts, logp, logb)
         if closed is None:
             closed = suffix_closed(keep[2::4], keep[3::4])
@@ -884,8 +995,19 @@ cdef class QueryCore:
         cdef const int64_t[::1] s64
         cdef const int32_t[::1] l32
         cdef const double[::1] dv
+        cdef const uint32_t[::1] p32
         cdef int k
         cdef int64_t V = o64.shape[0] - 1, i
+        probes = list(probes) if probes is not None else []
+        probes += [None] * (order - len(probes))
+        for k in range(1, order):
+            K = keep[3 + 4 * k].shape[0]
+            p = probes[k]
+            probes[k] = probe_table(keep[2 + 4 * k], keep[3 + 4 * k]) if p is None else check_probe(p, K)
+            p32 = probes[k]
+            self.pr[k] = &p32[0]
+            self.ps[k] = p32.shape[0] // 3
+        keep.append(probes)
         for k in range(order):
             s64, l32 = keep[2 + 4 * k], keep[3 + 4 * k]
             self.st[k] = &s64[0]
@@ -920,45 +1042,73 @@ cdef class QueryCore:
             raise TypeError(f"word: expected a str, got {type(word).__name__}")
         return self._index(p, n)
 
-    cdef double _step(self, const int32_t* ctx, int32_t w, int32_t* out, int* length) noexcept nogil:
-        """log10 P(w | ctx) by back-off; out: the state after w (may alias ctx: read before written)."""
-        cdef double r = self.lp[0][w]
-        cdef int k, found = 1
-        cdef bint missed = False
-        cdef int64_t c, lo, hi, mid, end
-        cdef int32_t nxt[MAXCTX]
-        cdef const int32_t* la
+    # A word's lookup in three stages, so that score_batch can run several sentences in lockstep and
+    # overlap their cache misses: _prepare computes every order's probe slot (the context rows are
+    # known) and prefetches it; _resolve probes and prefetches the probabilities found; _finish sums.
+    cdef inline void _prepare(self, const int32_t* ctx, int32_t w, uint64_t* key, uint64_t* slot) noexcept nogil:
+        cdef int k
+        cdef int64_t c
+        fs_prefetch(self.lp[0] + w)
         for k in range(2, self.order + 1):
             c = ctx[k - 2]
+            if c >= 0:
+                key[k - 2] = _probe_key(<uint32_t> c, <uint32_t> w)
+                slot[k - 2] = fs_probe_slot(key[k - 2], self.ps[k - 1])
+                fs_prefetch(self.pr[k - 1] + 3 * slot[k - 2])
+                fs_prefetch(self.lb[k - 2] + c)
+
+    cdef inline void _resolve(self, const int32_t* ctx, const uint64_t* key, const uint64_t* slot,
+                              int32_t* nxt) noexcept nogil:
+        """nxt[k - 1]: the row of the k-gram ending at the word (-1: not stored or not searched)."""
+        cdef int k
+        cdef uint64_t i, S
+        cdef uint32_t c, w
+        cdef const uint32_t* t
+        cdef bint missed = False
+        for k in range(2, self.order + 1):
             nxt[k - 1] = -1
-            if c < 0:
+            if ctx[k - 2] < 0 or missed:                 # suffix-closed: after a miss no longer n-gram is stored
                 continue
-            if missed:                                   # suffix-closed: no longer n-gram is stored
-                r += self.lb[k - 2][c]
-                continue
-            lo = self.st[k - 1][c]
-            end = self.st[k - 1][c + 1]
-            hi = end
-            la = self.la[k - 1]
-            while lo < hi:                               # w among the children of c
-                mid = (lo + hi) >> 1
-                if la[mid] < w:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo < end and la[lo] == w:
-                r = self.lp[k - 1][lo]                   # the n-gram is stored
+            t, S, i = self.pr[k - 1], self.ps[k - 1], slot[k - 2]
+            c, w = <uint32_t> (key[k - 2] >> 32), <uint32_t> key[k - 2]
+            while True:
+                if t[3 * i] == c and t[3 * i + 1] == w:
+                    nxt[k - 1] = <int32_t> t[3 * i + 2]
+                    fs_prefetch(self.lp[k - 1] + nxt[k - 1])
+                    break
+                if t[3 * i] == _NO_ROW:
+                    missed = self.closed
+                    break
+                i += 1
+                if i == S:
+                    i = 0
+
+    cdef inline double _finish(self, const int32_t* ctx, int32_t w, const int32_t* nxt, int32_t* out,
+                               int* length) noexcept nogil:
+        """log10 P(w | ctx) by back-off from the rows found; out: the state after w (may alias ctx)."""
+        cdef double r = self.lp[0][w]
+        cdef int k, found = 1
+        for k in range(2, self.order + 1):
+            if nxt[k - 1] >= 0:
+                r = self.lp[k - 1][nxt[k - 1]]           # the n-gram is stored
                 found = k
-                nxt[k - 1] = <int32_t> lo
-            else:
-                r += self.lb[k - 2][c]                   # b(c) P(w | shorter context)
-                missed = self.closed
+            elif ctx[k - 2] >= 0:
+                r += self.lb[k - 2][ctx[k - 2]]          # b(c) P(w | shorter context)
         if self.order > 1:
             out[0] = w
             for k in range(1, self.order - 1):
                 out[k] = nxt[k]
         length[0] = found
         return r
+
+    cdef double _step(self, const int32_t* ctx, int32_t w, int32_t* out, int* length) noexcept nogil:
+        """log10 P(w | ctx) by back-off; out: the state after w (may alias ctx: read before written)."""
+        cdef uint64_t key[MAXCTX]
+        cdef uint64_t slot[MAXCTX]
+        cdef int32_t nxt[MAXCTX]
+        self._prepare(ctx, w, key, slot)
+        self._resolve(ctx, key, slot, nxt)
+        return self._finish(ctx, w, nxt, out, length)
 
     cdef void _start(self, int32_t* ctx, bint bos) noexcept nogil:
         """The context at a sentence start ('<s>') or the empty context."""
@@ -1016,18 +1166,64 @@ cdef class QueryCore:
         cdef double s = self._sentence(p, n, True, True, &t, &o, &os)
         return 10.0 ** (-s / t)
 
+    cdef bint _lane_next(self, _Lane* L, _Batch* B) noexcept nogil:
+        """Set L.w to the lane's next token, moving on to the next sentence of the batch when its
+        own is done (its total written); False when the batch has no sentence left for the lane."""
+        cdef const char* b
+        while True:
+            if L.sent >= 0:
+                if _next_word(&L.p, L.e, &b):
+                    L.w = self._index(b, L.p - b)
+                    return True
+                if B.eos and not L.eos_done:
+                    L.eos_done = True
+                    L.w = self.eos
+                    return True
+                B.out[L.sent] = L.total
+            if B.next >= B.m:
+                L.sent = -1
+                return False
+            L.sent = B.next
+            B.next += 1
+            L.p, L.e = B.ptr[L.sent], B.ptr[L.sent] + B.len[L.sent]
+            L.total, L.eos_done = 0, False
+            self._start(L.ctx, B.bos)
+
     def score_batch(self, sentences, bos=True, eos=True):
-        """log10 P of each sentence (a float64 array): score() over a list in one call."""
+        """log10 P of each sentence (a float64 array): score() over a list in one call, several
+        sentences scored in lockstep so that their lookups' cache misses overlap."""
         sentences = list(sentences)
         cdef Py_ssize_t m = len(sentences), i, n
         out_a = np.empty(m)
         cdef double[::1] out = out_a
-        cdef const char* p
-        cdef int64_t t = 0, o = 0
-        cdef double os = 0
+        cdef vector[const char*] ptr
+        cdef vector[int64_t] lens
+        ptr.resize(m)
+        lens.resize(m)
         for i in range(m):
-            p = self._utf8(sentences[i], &n)
-            out[i] = self._sentence(p, n, bos, eos, &t, &o, &os)
+            ptr[i] = self._utf8(sentences[i], &n)     # the strings stay alive in sentences
+            lens[i] = n
+        cdef _Batch B
+        B.ptr, B.len, B.out, B.m, B.next, B.bos, B.eos = ptr.data(), lens.data(), &out[0] if m else NULL, m, 0, bos, eos
+        cdef _Lane lanes[LANES]
+        cdef int g, active = 0, length
+        with nogil:
+            for g in range(LANES):
+                lanes[g].sent = -1
+                if self._lane_next(&lanes[g], &B):
+                    active += 1
+            while active:
+                for g in range(LANES):
+                    if lanes[g].sent >= 0:
+                        self._prepare(lanes[g].ctx, lanes[g].w, lanes[g].key, lanes[g].slot)
+                for g in range(LANES):
+                    if lanes[g].sent >= 0:
+                        self._resolve(lanes[g].ctx, lanes[g].key, lanes[g].slot, lanes[g].nxt)
+                for g in range(LANES):
+                    if lanes[g].sent >= 0:
+                        lanes[g].total += self._finish(lanes[g].ctx, lanes[g].w, lanes[g].nxt, lanes[g].ctx, &length)
+                        if not self._lane_next(&lanes[g], &B):
+                            active -= 1
         return out_a
 
     def corpus_perplexity(self, sentences):

@@ -240,7 +240,7 @@ def _table(name, k, a, dtype):
         arr = np.asarray(a)
         if arr.dtype.kind not in "biuf" or (np.dtype(dtype).kind in "iu" and arr.dtype.kind == "f"):
             raise TypeError(arr.dtype)
-        out = np.ascontiguousarray(arr, dtype=dtype)
+        out = np.require(arr, dtype=dtype, requirements="CA")   # aligned too: read through typed pointers
         if arr.dtype.kind in "iu" and arr.size and np.dtype(dtype).kind in "iu" \
                 and (arr.min() < np.iinfo(dtype).min or arr.max() > np.iinfo(dtype).max):
             raise OverflowError

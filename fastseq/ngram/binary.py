@@ -4,7 +4,10 @@ memory-mapping, with no parse. The layout is in docs/NGRAM-FILES.md:
     magic (24 bytes) | version u32 | header length u32 | header checksum u64 | header (JSON)
     then the tables, each at a 64-byte boundary, little-endian: the vocabulary (UTF-8 blob and
     int64 offsets), and per order k: logp float64, logb float64, and for k >= 2 the k-grams
-    grouped by context: starts int64 (K_{k-1} + 1) and lasts int32 (K_k).
+    grouped by context: starts int64 (K_{k-1} + 1) and lasts int32 (K_k), and (version 2) the
+    probing table probe{k} uint32 (3 per slot: context row, word, row; _arpa.probe_table) that the
+    queries search, so that loading stays a map. A version-1 file (no probing tables) is still
+    read: its tables are built in memory at each load (rewrite it with write_binary to map them).
 
 The header holds the order, the counts, the meta dict, each table's place and a checksum of
 all the tables; a truncated, foreign or altered file is an ArpaError, never a crash: after
@@ -25,11 +28,12 @@ from .arpa import (ArpaError, ArpaLM, _check_meta, arpa_words, check_regular_fil
 __all__ = ["BinaryModel", "is_binary", "load_binary", "write_binary"]
 
 MAGIC = b"fastseq n-gram model\x00\x00\x00\x00"
-VERSION = 1
+VERSION = 2
+_READS = (1, 2)                                    # version 1: no probing tables (built at load)
 _FIXED = struct.Struct("<24sIIQ")                  # magic, version, header length, header checksum
 _ALIGN = 64
 _MAX_HEADER = 1 << 24
-_DTYPES = {"uint8": np.uint8, "int32": np.int32, "int64": np.int64, "float64": np.float64}
+_DTYPES = {"uint8": np.uint8, "int32": np.int32, "uint32": np.uint32, "int64": np.int64, "float64": np.float64}
 
 
 def is_binary(path):
@@ -45,7 +49,8 @@ class BinaryModel:
     """The tables of a binary model file (memory-mapped, read-only).
 
     order, vocab_size, meta, escaped; words (bytes blob) and offsets; per order k (lists
-    indexed k - 1): starts, lasts, logp, logb, as fastseq.ngram.query.Model uses them.
+    indexed k - 1): starts, lasts, logp, logb, probes (None for order 1 and in a version-1
+    file), as fastseq.ngram.query.Model uses them.
     """
 
     def to_ngram_lm(self):
@@ -113,7 +118,8 @@ def write_binary(source, path, meta=None):
         tables += [(f"logp{k}", np.ascontiguousarray(logp[k - 1], np.float64)),
                    (f"logb{k}", np.ascontiguousarray(logb[k - 1], np.float64))]
         if k > 1:
-            tables += [(f"starts{k}", starts[k - 1]), (f"lasts{k}", lasts[k - 1])]
+            tables += [(f"starts{k}", starts[k - 1]), (f"lasts{k}", lasts[k - 1]),
+                       (f"probe{k}", _arpa.probe_table(starts[k - 1], lasts[k - 1]))]
     # places relative to the end of the header, which depends on its own length: two passes
     place, pos = [], 0
     for name, a in tables:
@@ -152,8 +158,9 @@ def load_binary(path, verify=True):
     if magic != MAGIC:
         what = " (a KenLM binary model: load it with kenlm)" if bytes(mm[:8]) == b"mmap lm " else ""
         raise ArpaError(f"{name}: not a fastseq binary model{what}")
-    if version != VERSION:
-        raise ArpaError(f"{name}: binary model version {version}; this fastseq reads version {VERSION}")
+    if version not in _READS:
+        raise ArpaError(f"{name}: binary model version {version}; this fastseq reads versions "
+                        f"{', '.join(map(str, _READS))}")
     if hlen > min(_MAX_HEADER, size - _FIXED.size):
         raise ArpaError(f"{name}: the header length {hlen} runs past the end of the file (truncated?)")
     hb = mm[_FIXED.size:_FIXED.size + hlen]
@@ -195,14 +202,20 @@ def load_binary(path, verify=True):
     m.offsets = table("offsets", np.int64, V + 1)
     m.words = table("words", np.uint8, place.get("words", ("", 0, 0))[2])
     m.starts, m.lasts, m.logp, m.logb = [np.zeros(1, np.int64)], [np.arange(V, dtype=np.int32)], [], []
+    m.version, m.probes = version, [None] * N
     for k in range(1, N + 1):
         m.logp.append(table(f"logp{k}", np.float64, counts[k - 1]))
         m.logb.append(table(f"logb{k}", np.float64, counts[k - 1] if k < N else 0))
         if k > 1:
             m.starts.append(table(f"starts{k}", np.int64, counts[k - 2] + 1))
             m.lasts.append(table(f"lasts{k}", np.int32, counts[k - 1]))
+            if version >= 2:
+                m.probes[k - 1] = table(f"probe{k}", np.uint32, place.get(f"probe{k}", ("", 0, -1))[2])
     try:                                         # what the query loops rely on, even in a file re-signed by hand
         _arpa.check_tables(N, m.words, m.offsets, m.starts, m.lasts, m.logp, m.logb)
+        for k in range(1, N):
+            if m.probes[k] is not None:
+                _arpa.check_probe(m.probes[k], counts[k])
     except ValueError as e:
         raise ArpaError(f"{name}: {e}") from None
     m._mmap = mm

@@ -33,7 +33,7 @@ __all__ = ["count_files", "parse_memory"]
 # Peak bytes per token of one chunk: the tokens as Python strings (split, ~60 B), their model ids
 # and the counting kernel's position tables (~100 B at order 5, issue 13), with room for the
 # interpreter and the merge. A budget of M bytes counts chunks of M / BYTES_PER_TOKEN tokens; in
-# bench/RESULTS.md a 512M budget peaked at 534 MB (order 5), the in-memory fit at 1,346 MB.
+# bench/RESULTS.md a 512M budget peaks at 408 MB (14M tokens, order 5), the in-memory fit at 1,346 MB.
 BYTES_PER_TOKEN = 400
 # Runs merged at once: few enough that each run's block is large, many enough for few passes.
 FAN_IN = 16
@@ -128,6 +128,39 @@ def count_chunk(encoder, flat, lengths, order):
                         vocab_size=len(encoder.tokens))
 
 
+class _FileRows:
+    """The rows of a table in a file, read on demand (len, an int index, a slice of rows).
+
+    Not a memory map: the pages of a mapped file that a merge has read stay in the process's
+    resident set until unmapped, so merging runs by mapping them held every run it had read
+    (the 14M-token order-5 fit peaked at 535 MB in its merge against a 512M budget, 405 MB in
+    its estimate). Read into ordinary arrays, a merge holds its blocks only."""
+
+    def __init__(self, path, dtype, rows, width=None):
+        self.path, self.dtype, self.rows, self.width = path, np.dtype(dtype), rows, width
+        self.row_bytes = self.dtype.itemsize * (width or 1)
+
+    def __len__(self):
+        return self.rows
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            a, b, step = key.indices(self.rows)
+            if step != 1:
+                raise ValueError("rows: only contiguous slices")
+        else:
+            a = key + self.rows if key < 0 else key
+            if not 0 <= a < self.rows:
+                raise IndexError(key)
+            return self[a:a + 1][0]
+        n = max(b - a, 0)
+        if n == 0:
+            out = np.zeros(0 if self.width is None else (0, self.width), self.dtype)
+        else:
+            out = np.fromfile(self.path, self.dtype, n * (self.width or 1), offset=a * self.row_bytes)
+        return out if self.width is None else out.reshape(n, self.width)
+
+
 class _Run:
     """Sorted tables of every order in a folder: g{k}.bin (K, k) int32 rows, c{k}.bin int64 counts."""
 
@@ -145,14 +178,14 @@ class _Run:
     def table(self, k):
         if self.sizes[k] == 0:
             return np.zeros((0, k), np.int32), np.zeros(0, np.int64)
-        return (np.memmap(os.path.join(self.folder, f"g{k}.bin"), np.int32, "r", shape=(self.sizes[k], k)),
-                np.memmap(os.path.join(self.folder, f"c{k}.bin"), np.int64, "r", shape=(self.sizes[k],)))
+        return (_FileRows(os.path.join(self.folder, f"g{k}.bin"), np.int32, self.sizes[k], k),
+                _FileRows(os.path.join(self.folder, f"c{k}.bin"), np.int64, self.sizes[k]))
 
     def load(self, vocab_size):
         grams, counts = {}, {}
         for k in self.sizes:
             g, c = self.table(k)
-            grams[k], counts[k] = np.array(g), np.array(c)      # in memory: the temporary folder goes
+            grams[k], counts[k] = g[:], c[:]                     # in memory: the temporary folder goes
         return NGramCounts(grams, counts, vocab_size)
 
 

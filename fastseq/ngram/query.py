@@ -48,7 +48,8 @@ class Model(_arpa.QueryCore):
         if is_binary(name):
             b = load_binary(name)
             self.meta, self.escaped = b.meta, b.escaped
-            self._load(b.order, b.words, b.offsets, b.starts, b.lasts, b.logp, b.logb, name, b.suffix_closed)
+            self._load(b.order, b.words, b.offsets, b.starts, b.lasts, b.logp, b.logb, name, b.suffix_closed,
+                       b.probes)
             self._binary = b
             return
         meta, escaped, words, rows, parent, logp, logb = parse_arpa(read_regular_file(name, "ARPA file"), name)
@@ -76,9 +77,9 @@ class Model(_arpa.QueryCore):
         self._load(lm.order, blob, offsets, starts, lasts, logp, logb, "model")
         return self
 
-    def _load(self, order, blob, offsets, starts, lasts, logp, logb, name, closed=None):
+    def _load(self, order, blob, offsets, starts, lasts, logp, logb, name, closed=None, probes=None):
         try:
-            self._set_tables(order, blob, offsets, list(starts), list(lasts), list(logp), list(logb), closed)
+            self._set_tables(order, blob, offsets, list(starts), list(lasts), list(logp), list(logb), closed, probes)
         except ValueError as e:
             raise ArpaError(f"{name}: {e}") from None
 

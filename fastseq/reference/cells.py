@@ -26,7 +26,8 @@ import numpy as np
 from .._checks import check_choice, check_int, check_real
 from ..errors import ArgumentError
 
-__all__ = ["Cell", "CELLS", "get_cell", "init_stack", "dropout_masks", "stack_forward", "stack_backward"]
+__all__ = ["Cell", "CELLS", "get_cell", "init_stack", "dropout_mask", "dropout_masks", "stack_forward",
+           "stack_backward"]
 
 
 def _sigmoid(a):
@@ -56,13 +57,19 @@ class Cell:
 
     @staticmethod
     def _projections(p, x, h):
-        return x @ p["weight_ih"].T + p["bias_ih"], h @ p["weight_hh"].T + p["bias_hh"]
+        """A layer without weight_ih reads its input projection x W_ih^T directly (G*H wide): the language
+        model's row gather W_xh[ids], so that its dropout can multiply the rows before the bias."""
+        xw = x @ p["weight_ih"].T if "weight_ih" in p else x
+        return xw + p["bias_ih"], h @ p["weight_hh"].T + p["bias_hh"]
 
     @staticmethod
     def _projections_backward(p, x, h, dgi, dgh):
         """From dL/dgi, dL/dgh -> (dx, the path to h through W_hh, grads)."""
         gi, gh = _lead_sum(dgi), _lead_sum(dgh)
-        grads = {"weight_ih": gi.T @ x, "weight_hh": gh.T @ h, "bias_ih": gi.sum(0), "bias_hh": gh.sum(0)}
+        grads = {"weight_hh": gh.T @ h, "bias_ih": gi.sum(0), "bias_hh": gh.sum(0)}
+        if "weight_ih" not in p:
+            return dgi, dgh @ p["weight_hh"], grads
+        grads["weight_ih"] = gi.T @ x
         return dgi @ p["weight_ih"], dgh @ p["weight_hh"], grads
 
 
@@ -187,21 +194,27 @@ def init_stack(cell, input_size, hidden_size, num_layers=1, rng=None, dtype=np.f
     return [cell.init(D if l == 0 else H, H, rng, dtype) for l in range(L)]
 
 
-def dropout_masks(rng, dropout, num_layers, T, B, H, dtype=np.float64):
-    """nn.LSTM(dropout=)'s masks: (L-1, T, B, H), entry 0 w.p. dropout else 1/(1 - dropout),
-    applied to the outputs of every layer but the last; None when dropout == 0 or L == 1.
+def dropout_mask(rng, dropout, shape, dtype=np.float64):
+    """One dropout mask of ``shape``: entry 0 w.p. dropout else 1/(1 - dropout); None when dropout == 0.
 
-    Drawn as ``rng.random((L-1, T, B, H)) >= dropout`` so another backend given the same
-    Generator state sees the same mask.
+    Drawn as ``rng.random(shape) >= dropout`` so another backend given the same Generator state
+    sees the same mask.
     """
     p = check_real("dropout", dropout, lo=0, hi=1, hi_open=True)
-    L = check_int("num_layers", num_layers, lo=1)
-    if p == 0 or L == 1:
+    if p == 0:
         return None
     if not isinstance(rng, np.random.Generator):
         raise ArgumentError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
-    keep = rng.random((L - 1, T, B, H)) >= p
+    keep = rng.random(shape) >= p
     return (keep / (1 - p)).astype(dtype)
+
+
+def dropout_masks(rng, dropout, num_layers, T, B, H, dtype=np.float64):
+    """nn.LSTM(dropout=)'s masks: (L-1, T, B, H) by ``dropout_mask``, applied to the outputs of every
+    layer but the last; None when dropout == 0 or L == 1."""
+    check_real("dropout", dropout, lo=0, hi=1, hi_open=True)
+    L = check_int("num_layers", num_layers, lo=1)
+    return None if L == 1 else dropout_mask(rng, dropout, (L - 1, T, B, H), dtype)
 
 
 def _check_array(name, a, shape, dtype):
@@ -224,6 +237,8 @@ def _check_stack(cell, params, X, state0, masks):
     L, H = len(params), w.shape[1]
     for l, p in enumerate(params):
         shapes = cell.param_shapes(D if l == 0 else H, H)
+        if l == 0 and "weight_ih" not in p and D == cell.gates * H:
+            del shapes["weight_ih"]                              # X is layer 0's input projection
         if set(p) != set(shapes):
             raise ArgumentError(f"params[{l}]: expected the keys {sorted(shapes)}, got {sorted(p)}")
         for n, s in shapes.items():
@@ -257,8 +272,11 @@ def stack_forward(cell, params, X, state0, masks=None):
     return Y, state_T, (caches, masks)
 
 
-def stack_backward(cell, params, dY, cache, dstate_T=None, plan=(None, 0)):
+def stack_backward(cell, params, dY, cache, dstate_T=None, plan=(None, 0), dH_out=None):
     """dY (T, B, H) on the top layer's outputs, dstate_T (like state0) or None -> (dX, dstate0, grads).
+
+    dH_out: None, or a (T, B, H) array filled with the top layer's total dL/dH_t (its own loss term
+    plus every live message from later steps), for the diagnostics.
 
     plan = (scale, window) of fastseq.bptt, the same meaning for every cell and depth: the state is
     the whole stacked state (every layer's h, and c for the LSTM). scale (T, B) multiplies the whole
@@ -298,6 +316,8 @@ def stack_backward(cell, params, dY, cache, dstate_T=None, plan=(None, 0)):
         dup[0] = dY[t]                                           # term t enters at its own step
         for l in range(L - 1, -1, -1):
             dnew = (M[l][0] + dup,) + tuple(M[l][1:])            # h_t: from above and from step t+1
+            if dH_out is not None and l == L - 1:
+                dH_out[t] = dnew[0].sum(axis=0)
             dx, dprev, g = cell.backward(params[l], caches[t][l], dnew)
             for n in g:
                 grads[l][n] += g[n]

@@ -1,4 +1,4 @@
-"""The NumPy ops: the reference maths of the RNN layer and language model.
+"""The NumPy ops: the reference maths of the RNN layer and language model, for every cell and depth.
 
 Every model in fastseq holds an ops object (``model.ops``, chosen by name with
 ``fastseq.ops.get_ops``). These are the reference ops; the C++ ops
@@ -7,84 +7,100 @@ so both expose the same calls and a parity test runs over both.
 
 The ops compute; they do not check. The model (fastseq.rnn) checks every
 argument first and hands over arrays of the params' dtype and the right shapes,
-ids as integer arrays in [0, V), and the BPTT plan (scale, window) of
-fastseq.bptt with at most one of the two set.
+ids as integer arrays in [0, V), the BPTT plan (scale, window) of fastseq.bptt
+with at most one of the two set, and dropout masks (or None).
 
-Legend: B batch, T steps, D input size, H hidden size, V vocabulary size.
-The layer is time-major, X (T, B, D); the LM takes batch-major ids (B, T).
-The maths is *Dive into Deep Learning* (Zhang, Lipton, Li, Smola), chapter 8,
-"Recurrent Neural Networks" and "Backpropagation Through Time":
+The calls, their parameters (a flat dict in the book's layout, x @ W), the state
+layout and the masks are the contract of docs/CELLS.md. The recurrence itself is
+``fastseq.reference.cells`` (one class per cell, one time loop for every cell,
+depth and BPTT strategy); this module only adapts the flat parameters to the
+cells' (PyTorch's) layout and adds what the language model puts around the stack.
 
-Forward, t = 0..T-1, H_{-1} = h0 (the entering state):
-  1. A_t = X_t W_xh + b_h            (LM: X_t W_xh is the row gather W_xh[ids[:, t]])
-  2. Z_t = A_t + H_{t-1} W_hh
-  3. H_t = phi(Z_t)                  phi' from H alone: tanh' = 1 - H^2, relu' = (H > 0)
-  4. O_t = H_t W_hq + b_q            (LM only)
-  5. loss = mean over the B*T tokens of -log softmax(O_t)[Y_t]
-Backward, the same numbers primed; the plan (scale, window) decides how the
-message dL/dH_{t-1} = dZ_t W_hh^T is treated (step 2').
+Legend: B batch, T steps, D input size, H hidden size, V vocabulary size,
+L layers, G gate blocks, P state parts. The layer is time-major, X (T, B, D); the
+LM takes batch-major ids (B, T). The maths is *Dive into Deep Learning* (Zhang,
+Lipton, Li, Smola), chapter 8, "Recurrent Neural Networks" and
+"Backpropagation Through Time"; the LM, per step t:
+  1. A_t = W_xh[ids_t] * m_in_t       the input rows (one-hot X_t W_xh), input dropout
+  2. H_t = the stack's top layer after A_t + b_h and its previous state
+  3. O_t = (H_t * m_out_t) W_hq + b_q  output dropout
+  4. loss = mean over the B*T tokens of -log softmax(O_t)[Y_t]
+Backward, the same numbers primed, the stack's under the plan.
 """
 import numpy as np
 
+from .cells import get_cell, stack_backward, stack_forward
 from .clip import clip_grad_norm
 
-__all__ = ["NumpyOps", "sample_token"]
+__all__ = ["NumpyOps", "sample_token", "layer_suffix", "num_layers"]
 
 
-def _phi(Z, nonlinearity):
-    return np.tanh(Z) if nonlinearity == "tanh" else np.maximum(Z, 0)
+def layer_suffix(l):
+    """The contract's suffix of layer l's parameter names: "" for layer 0, "_l{l}" above."""
+    return "" if l == 0 else f"_l{l}"
 
 
-def _dphi(H, nonlinearity):
-    return 1 - H * H if nonlinearity == "tanh" else (H > 0).astype(H.dtype)
+def num_layers(params):
+    """L of a flat parameter dict: the number of W_hh{s}."""
+    L = 0
+    while "W_hh" + layer_suffix(L) in params:
+        L += 1
+    return L
 
 
-def _recur(A, h0, W_hh, nonlinearity):
-    """Steps 2-3 for all t: A (T, B, H), h0 (B, H) -> Hs (T, B, H)."""
-    Hs = np.empty_like(A)
-    h = h0
-    for t in range(A.shape[0]):
-        h = _phi(A[t] + h @ W_hh, nonlinearity)     # 2-3. H_t = phi(A_t + H_{t-1} W_hh)
-        Hs[t] = h
-    return Hs
+# ----------------------------------------------------------------------------- the one adapter
+def _layers(cell, params, gather=False):
+    """The flat dict -> the cells' per-layer dicts (PyTorch's layout): weight_ih = W_xh^T,
+    weight_hh = W_hh^T, bias_ih = b_h, bias_hh = 0 but the GRU's n block = b_hn.
+
+    gather: layer 0 has no weight_ih (the LM feeds it the gathered rows W_xh[ids])."""
+    layers = []
+    for l in range(num_layers(params)):
+        s = layer_suffix(l)
+        W_hh = params["W_hh" + s]
+        bias_hh = np.zeros(W_hh.shape[1], dtype=W_hh.dtype)
+        if cell.name == "gru":
+            H = W_hh.shape[0]
+            bias_hh[2 * H:] = params["b_hn" + s]
+        p = {"weight_hh": W_hh.T, "bias_ih": params["b_h" + s], "bias_hh": bias_hh}
+        if not (gather and l == 0):
+            p["weight_ih"] = params["W_xh" + s].T
+        layers.append(p)
+    return layers
 
 
-def _bptt(dH_direct, Hs, W_hh, nonlinearity, plan):
-    """Steps 3'-2' for all t -> (dZ (T, B, H), dh0 (B, H), dH (T, B, H) total dL/dH_t).
+def _flat_grads(cell, layer_grads):
+    """The cells' per-layer gradients -> the flat dict's. b_h enters once, as bias_ih (the cells' bias_hh
+    is a constant zero here, but the GRU's n block, which is b_hn)."""
+    grads = {}
+    for l, g in enumerate(layer_grads):
+        s = layer_suffix(l)
+        if "weight_ih" in g:
+            grads["W_xh" + s] = np.ascontiguousarray(g["weight_ih"].T)
+        grads["W_hh" + s] = np.ascontiguousarray(g["weight_hh"].T)
+        grads["b_h" + s] = g["bias_ih"]
+        if cell.name == "gru":
+            H = g["weight_hh"].shape[1]
+            grads["b_hn" + s] = g["bias_hh"][2 * H:].copy()
+    return grads
 
-    dH_direct (T, B, H): the gradient each step's own loss term puts on H_t.
-    plan = (scale, window): scale (T, B) multiplies the message from step t to
-    H_{t-1}; window = tau > 0 is sliding truncation.
-    """
-    scale, window = plan
-    T, B, H = Hs.shape
-    dZ = np.empty_like(Hs)
-    dH = np.empty_like(Hs)
-    dphi = _dphi(Hs, nonlinearity)
-    if window == 0:
-        carry = np.zeros((B, H), dtype=Hs.dtype)          # carry_{T-1} = 0
-        for t in range(T - 1, -1, -1):
-            dH[t] = dH_direct[t] + carry                  # 3'. dH_t = direct_t + carry_t
-            dZ[t] = dH[t] * dphi[t]                       # 3'. dZ_t = dH_t * phi'(H_t)
-            carry = dZ[t] @ W_hh.T                        # 2'. message to H_{t-1} ...
-            if scale is not None:
-                carry *= scale[t][:, None]                # 2'. ... times scale[t] (0 cuts it)
-        return dZ, carry, dH                              # dh0 = carry_{-1}
-    # Sliding: M[a] is the message at H_t from loss term t + a (its age a < tau);
-    # a term stops after its tau-th step, except that reaching h0 is kept.
-    tau = window
-    M = np.zeros((tau, B, H), dtype=Hs.dtype)
-    for t in range(T - 1, -1, -1):
-        M[0] = dH_direct[t]                               # term t enters at its own step
-        dH[t] = M.sum(axis=0)                             # 3'. total over the live terms
-        dZa = M * dphi[t]                                 # 3'. per term: dZ_t^(a)
-        dZ[t] = dZa.sum(axis=0)
-        msg = dZa @ W_hh.T                                # 2'. per term: message to H_{t-1}
-        if t == 0:
-            return dZ, msg.sum(axis=0), dH                # every live term reaches h0 in time
-        M[1:] = msg[:-1]                                  # age +1; the oldest (a = tau-1) stops
-        M[0] = 0
-    raise AssertionError("unreachable")  # pragma: no cover  (T >= 1)
+
+def _parts(cell, state, L):
+    """The contract's state ((B, H), or (P*L, B, H) rows h_0..h_{L-1}, c_0..c_{L-1}) -> the cells' tuple
+    of P arrays (L, B, H)."""
+    P = len(cell.state_parts)
+    s = state.reshape((P, L) + state.shape[-2:])
+    return tuple(s[k] for k in range(P))
+
+
+def _joined(parts):
+    """The inverse of _parts: a fresh array, (B, H) when P*L == 1."""
+    s = np.concatenate(parts)
+    return s[0].copy() if s.shape[0] == 1 else s
+
+
+def _unpack(masks):
+    return (None, None, None) if masks is None else masks
 
 
 def _log_softmax(O):
@@ -115,7 +131,7 @@ def sample_token(logits, temperature, top_k, u):
 
 
 class NumpyOps:
-    """The reference ops: every call in NumPy, vectorised over the batch, obviously right."""
+    """The reference ops: every call in NumPy on fastseq.reference.cells, vectorised over the batch."""
 
     name = "numpy"
 
@@ -123,97 +139,105 @@ class NumpyOps:
         return f"{type(self).__name__}()"
 
     # ------------------------------------------------------------------ layer
-    def rnn_forward(self, X, h0, params, nonlinearity):
-        """X (T, B, D), h0 (B, H) -> Hs (T, B, H)."""
-        A = X @ params["W_xh"] + params["b_h"]                  # 1. A_t = X_t W_xh + b_h
-        return _recur(A, h0, params["W_hh"], nonlinearity)      # 2-3.
+    def rnn_forward(self, cell, X, state0, params, masks):
+        """X (T, B, D), state0 -> (Y (T, B, H) the top layer's H_t, state_T, cache)."""
+        c = get_cell(cell)
+        layers = _layers(c, params)
+        Y, state_T, cache = stack_forward(c, layers, X, _parts(c, state0, len(layers)), _unpack(masks)[1])
+        return Y, _joined(state_T), cache
 
-    def rnn_backward(self, dHs, X, h0, Hs, params, nonlinearity, dH_T, plan):
-        """dHs (T, B, H) from above, dH_T (B, H) or None on the final state -> (dX, dh0, grads)."""
-        D, H = params["W_xh"].shape
-        direct = dHs
-        if dH_T is not None:
-            direct = dHs.copy()
-            direct[-1] += dH_T                                  # 4'. dH_T joins dH_{T-1}(direct)
-        dZ, dh0, _ = _bptt(direct, Hs, params["W_hh"], nonlinearity, plan)  # 3'-2'.
-        H_prev = np.concatenate([h0[None], Hs[:-1]])            # H_{t-1} for t = 0..T-1
-        grads = {
-            "W_xh": X.reshape(-1, D).T @ dZ.reshape(-1, H),     # 1'. sum_t X_t^T dZ_t
-            "W_hh": H_prev.reshape(-1, H).T @ dZ.reshape(-1, H),  # 2'. sum_t H_{t-1}^T dZ_t
-            "b_h": dZ.sum(axis=(0, 1)),                         # 1'.
-        }
-        dX = dZ @ params["W_xh"].T                              # 1'. dX_t = dZ_t W_xh^T
-        return dX, dh0, grads
+    def rnn_backward(self, cell, dY, dstate_T, cache, params, plan):
+        """dY (T, B, H), dstate_T (like the state) or None -> (dX (T, B, D), dstate0, grads)."""
+        c = get_cell(cell)
+        layers = _layers(c, params)
+        dT = None if dstate_T is None else _parts(c, dstate_T, len(layers))
+        dX, dstate0, g = stack_backward(c, layers, dY, cache, dT, plan)
+        grads = _flat_grads(c, g)
+        return dX, _joined(dstate0), {k: grads[k] for k in params}
 
     # ------------------------------------------------------------------ language model
-    def _lm_states(self, ids, h0, params, nonlinearity):
-        """ids (B, T) -> (ids_tm (T, B), Hs (T, B, H), O (T, B, V)); steps 1-4."""
+    def _lm_states(self, c, ids, state0, params, masks):
+        """ids (B, T) -> (ids_tm (T, B), O (T, B, V), state_T, the stack's cache, H_t * m_out); steps 1-3."""
+        m_in, m_layers, m_out = _unpack(masks)
+        layers = _layers(c, params, gather=True)
         ids = ids.T                                             # time-major (T, B)
-        A = params["W_xh"][ids] + params["b_h"]                 # 1. A_t = X_t W_xh + b_h (row gather)
-        Hs = _recur(A, h0, params["W_hh"], nonlinearity)        # 2-3.
-        O = Hs @ params["W_hq"] + params["b_q"]                 # 4. O_t = H_t W_hq + b_q
-        return ids, Hs, O
+        A = params["W_xh"][ids]                                 # 1. the rows of W_xh (T, B, G*H)
+        if m_in is not None:
+            A = A * m_in                                        # 1. input dropout, before b_h
+        Y, state_T, cache = stack_forward(c, layers, A, _parts(c, state0, len(layers)), m_layers)   # 2.
+        Yq = Y if m_out is None else Y * m_out                  # 3. output dropout
+        O = Yq @ params["W_hq"] + params["b_q"]                 # 3. O_t = H_t W_hq + b_q
+        return ids, O, state_T, cache, Yq
 
-    def lm_forward(self, ids, h0, params, nonlinearity):
-        """ids (B, T), h0 (B, H) -> (logits (B, T, V), new_state (B, H))."""
-        _, Hs, O = self._lm_states(ids, h0, params, nonlinearity)
-        return np.ascontiguousarray(O.transpose(1, 0, 2)), Hs[-1].copy()
+    def lm_forward(self, cell, ids, state0, params):
+        """ids (B, T), state0 -> (logits (B, T, V), state_T); no dropout (evaluation)."""
+        _, O, state_T, _, _ = self._lm_states(get_cell(cell), ids, state0, params, None)
+        return np.ascontiguousarray(O.transpose(1, 0, 2)), _joined(state_T)
 
-    def lm_backprop(self, ids, Y, h0, params, nonlinearity, plan, term=None):
-        """The whole training step -> (loss, grads, new_state (B, H), dH (T, B, H) = dL/dH_t).
+    def lm_backprop(self, cell, ids, Y, state0, params, plan, masks, term=None):
+        """The whole training step -> (loss, grads, state_T, dH (T, B, H) = dL/dH_t of the top layer).
 
         term: None, or one step t whose loss term alone is back-propagated (diagnostics).
         """
-        ids, Hs, O = self._lm_states(ids, h0, params, nonlinearity)   # 1-4.
+        c = get_cell(cell)
+        ids, O, state_T, cache, Yq = self._lm_states(c, ids, state0, params, masks)   # 1-3.
+        m_in, _, m_out = _unpack(masks)
         T, B = ids.shape
-        V, H = params["W_xh"].shape
+        V = params["W_hq"].shape[1]
         Yt = Y.T                                                # (T, B)
         logp = _log_softmax(O)                                  # (T, B, V)
-        loss = -np.take_along_axis(logp, Yt[..., None], axis=-1).mean()   # 5.
-        dO = np.exp(logp)                                       # 5'. softmax(O_t) ...
+        loss = -np.take_along_axis(logp, Yt[..., None], axis=-1).mean()   # 4.
+        dO = np.exp(logp)                                       # 4'. softmax(O_t) ...
         np.put_along_axis(dO, Yt[..., None], np.take_along_axis(dO, Yt[..., None], -1) - 1, -1)
-        dO /= B * T                                             # 5'. ... - onehot(Y_t), / (B*T)
+        dO /= B * T                                             # 4'. ... - onehot(Y_t), / (B*T)
         if term is not None:
             dO[np.arange(T) != term] = 0                        # keep loss term `term` alone
-        dH_direct = dO @ params["W_hq"].T                       # 4'. dH_t(direct) = dO_t W_hq^T
-        dZ, _, dH = _bptt(dH_direct, Hs, params["W_hh"], nonlinearity, plan)   # 3'-2'.
-        H_prev = np.concatenate([h0[None], Hs[:-1]])            # H_{t-1} for t = 0..T-1
-        dW_xh = np.zeros_like(params["W_xh"])
-        np.add.at(dW_xh, ids.ravel(), dZ.reshape(-1, H))        # 1'. scatter-add dZ_t into rows ids
-        grads = {
-            "W_xh": dW_xh,
-            "W_hh": H_prev.reshape(-1, H).T @ dZ.reshape(-1, H),   # 2'. sum_t H_{t-1}^T dZ_t
-            "b_h": dZ.sum(axis=(0, 1)),                            # 1'.
-            "W_hq": Hs.reshape(-1, H).T @ dO.reshape(-1, V),       # 4'. sum_t H_t^T dO_t
-            "b_q": dO.sum(axis=(0, 1)),                            # 4'.
-        }
-        return float(loss), grads, Hs[-1].copy(), dH
+        dY = dO @ params["W_hq"].T                              # 3'. dL/d(H_t * m_out_t)
+        if m_out is not None:
+            dY *= m_out                                         # 3'.
+        H = dY.shape[-1]
+        dH = np.empty_like(dY)
+        layers = _layers(c, params, gather=True)
+        dA, _, g = stack_backward(c, layers, dY, cache, None, plan, dH_out=dH)    # 2'.
+        if m_in is not None:
+            dA *= m_in                                          # 1'.
+        grads = _flat_grads(c, g)
+        grads["W_xh"] = np.zeros_like(params["W_xh"])
+        np.add.at(grads["W_xh"], ids.ravel(), dA.reshape(T * B, -1))   # 1'. scatter-add into the rows ids
+        grads["W_hq"] = Yq.reshape(-1, H).T @ dO.reshape(-1, V)       # 3'. sum_t (H_t m_out_t)^T dO_t
+        grads["b_q"] = dO.sum(axis=(0, 1))                            # 3'.
+        return float(loss), {k: grads[k] for k in params}, _joined(state_T), dH
 
-    def lm_loss_and_grad(self, ids, Y, h0, params, nonlinearity, plan):
-        """ids, Y (B, T), h0 (B, H) -> (mean loss, grads, new_state (B, H))."""
-        loss, grads, new_state, _ = self.lm_backprop(ids, Y, h0, params, nonlinearity, plan)
-        return loss, grads, new_state
+    def lm_loss_and_grad(self, cell, ids, Y, state0, params, plan, masks):
+        """ids, Y (B, T), state0 -> (mean loss, grads, state_T)."""
+        loss, grads, state_T, _ = self.lm_backprop(cell, ids, Y, state0, params, plan, masks)
+        return loss, grads, state_T
 
-    def lm_generate(self, prefix, num_preds, params, nonlinearity, temperature, top_k, uniforms):
+    def lm_generate(self, cell, prefix, num_preds, params, temperature, top_k, uniforms):
         """Warm up on prefix (P,) from a zero state, then emit num_preds ids -> int32 (num_preds,).
 
         uniforms: float64 (num_preds,) when temperature > 0, else None (greedy).
         """
-        p = params
-        h = np.zeros((1, p["W_hh"].shape[0]), dtype=p["W_hh"].dtype)
+        c = get_cell(cell)
+        layers = _layers(c, params, gather=True)
+        H = params["W_hh"].shape[0]
+        state = [tuple(np.zeros((1, H), dtype=params["W_hh"].dtype) for _ in c.state_parts) for _ in layers]
 
-        def step(tok, h):                                       # steps 1-4 for one token
-            h = _phi(p["W_xh"][tok][None] + p["b_h"] + h @ p["W_hh"], nonlinearity)
-            return h, (h @ p["W_hq"] + p["b_q"])[0]
+        def step(tok):                                          # steps 1-3 for one token, every layer
+            x = params["W_xh"][tok][None]
+            for l, p in enumerate(layers):
+                state[l], _ = c.forward(p, x, state[l])
+                x = state[l][0]
+            return (x @ params["W_hq"] + params["b_q"])[0]
 
         for tok in prefix:                                      # warm-up
-            h, logits = step(tok, h)
+            logits = step(tok)
         out = np.empty(num_preds, dtype=np.int32)
         for i in range(num_preds):
             u = 0.0 if temperature == 0 else uniforms[i]
             out[i] = sample_token(logits, temperature, top_k, u)
             if i + 1 < num_preds:
-                h, logits = step(out[i], h)                     # feed the prediction back
+                logits = step(out[i])                           # feed the prediction back
         return out
 
     # ------------------------------------------------------------------ training helpers

@@ -1,0 +1,100 @@
+// What a cell is to the time loops of csrc/rnn.h, and the helpers cells share.
+//
+// A cell type Cell<T> (one header each in this folder, one line in registry.h) has
+//   G, P, X            gate blocks (pre-activation G*H wide), state parts (h; or h, c),
+//                      extra per-step sequences (H wide each) its backward needs;
+//                      state part p >= 1 is extra sequence p-1 (the LSTM's c_t)
+//   kAliasZH           Z may be the H_t buffer itself (G == 1, X == 0: the plain RNN)
+//   kSepGh             the gradient of the hidden projection h W_hh (+ b_hn) differs
+//                      from the input one (the GRU's n block), so dGH is its own buffer
+//   kDirectH           the step has a path to H_{t-1} besides W_hh (the GRU's z * h)
+//   Cell(W_hh, b_hn, H, variant), workspace(H), prepare(ws): packs W_hh once per call
+//   forward_step(R, prev[P], z, ext[X], h, scratch)
+//       z holds gi_t = x_t W_xh + b_h (R x G*H) on entry and whatever backward
+//       needs on exit (the gates' values); h receives H_t, ext[] the extras
+//   backward_step(R, dnext[P], prev[P], z, ext[X], h, dz, dgh, dprev[P])
+//       from the message to the new state (every part) to dz = dL/dgi, dgh =
+//       dL/d(h W_hh) (only when kSepGh) and the paths to the previous state that
+//       do not go through W_hh (dprev[0] only when kDirectH; dprev[p >= 1] always).
+//       Linear in dnext: sliding truncation runs it once per live term.
+//   message(M, dgh, out, acc)   out (M x H) (+)= dgh (M x G*H) W_hh^T
+//   step_scratch(R)             elements forward_step may use as scratch
+#pragma once
+#include <cmath>
+#include <cstddef>
+
+#include "../kernels.h"
+
+namespace fastseq {
+namespace rnn {
+
+using idx = std::ptrdiff_t;
+
+namespace cellk {
+FASTSEQ_INLINE float tanh1(float x) { return kern::tanh_approx(x); }
+FASTSEQ_INLINE double tanh1(double x) { return std::tanh(x); }
+// the reference's form, 0.5 (1 + tanh(a/2)): no overflow for large |a|
+template <typename T>
+FASTSEQ_INLINE T sigmoid1(T a) {
+    return T(0.5) * (T(1) + tanh1(T(0.5) * a));
+}
+// Plain passes over n entries, one per array operation: GCC vectorises these
+// (a fused loop over several gate blocks of one buffer it does not).
+template <typename T>
+FASTSEQ_INLINE void sigmoid_row(T* x, idx n) {
+    for (idx i = 0; i < n; ++i) x[i] = sigmoid1(x[i]);
+}
+template <typename T>
+FASTSEQ_INLINE void tanh_row(const T* x, T* y, idx n) {
+    for (idx i = 0; i < n; ++i) y[i] = tanh1(x[i]);
+}
+template <typename T>
+FASTSEQ_INLINE void add_row(const T* a, T* y, idx n) {  // y += a
+    for (idx i = 0; i < n; ++i) y[i] += a[i];
+}
+template <typename T>
+FASTSEQ_INLINE void mul_row(const T* a, const T* b, T* y, idx n) {  // y = a * b
+    for (idx i = 0; i < n; ++i) y[i] = a[i] * b[i];
+}
+template <typename T>
+FASTSEQ_INLINE void fma_row(const T* a, const T* b, const T* c, const T* d, T* y, idx n) {  // y = a * b + c * d
+    for (idx i = 0; i < n; ++i) y[i] = a[i] * b[i] + c[i] * d[i];
+}
+}  // namespace cellk
+
+// W_hh (H x G*H) packed both ways, once per call, for every cell.
+template <typename T>
+struct PackedRecurrent {
+    const T* Wf = nullptr;  // W_hh as the right operand of h W_hh
+    const T* Wb = nullptr;  // W_hh^T as the right operand of dgh W_hh^T
+    static std::size_t size(int H, int G) {
+        return kern::packed_size<T>(H, G * H) + kern::packed_size<T>(G * H, H);
+    }
+    void pack(const T* W_hh, int H, int G, T* ws) {
+        T* f = ws;
+        T* b = ws + kern::packed_size<T>(H, G * H);
+        kern::pack_b(H, G * H, W_hh, G * H, false, f);
+        kern::pack_b(G * H, H, W_hh, G * H, true, b);
+        Wf = f;
+        Wb = b;
+    }
+    // out (R x N) (+)= a (R x K) Bp. One row (generation) streams the panels
+    // with the matrix-vector kernel: the tiled one would repeat the row MR times.
+    static void product(int R, int N, int K, const T* a, const T* Bp, T* out, bool acc) {
+        if (R == 1) {
+            if (!acc) std::fill(out, out + N, T(0));
+            kern::gemv_pb(K, a, Bp, 0, (N + kern::NR<T> - 1) / kern::NR<T>, out, N, false);
+        } else {
+            kern::gemm_pb(R, N, K, a, K, false, Bp, out, N, acc);
+        }
+    }
+    void forward(int R, int H, int G, const T* hprev, T* out, bool acc) const {
+        product(R, G * H, H, hprev, Wf, out, acc);
+    }
+    void message(int M, int H, int G, const T* dgh, T* out, bool acc) const {
+        product(M, H, G * H, dgh, Wb, out, acc);
+    }
+};
+
+}  // namespace rnn
+}  // namespace fastseq

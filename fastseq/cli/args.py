@@ -59,6 +59,17 @@ def finite(lo=None, lo_open=True):
     return conv
 
 
+def fraction(s):
+    """An argparse type: a number in [0, 1), e.g. a dropout probability."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = None
+    if v is None or not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}")
+    return v
+
+
 def orders(s):
     """An argparse type: comma-separated n-gram orders such as 3,5."""
     try:

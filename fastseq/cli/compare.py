@@ -1,11 +1,12 @@
 """``fastseq compare-bptt``: the same model trained with full, truncated and randomized BPTT, measured."""
 from . import plots
-from .args import CLEANING_CHOICES, UsageError, add_common, finite, info, int_at_least, print_json, sub
-from .runs import TRAIN_DEFAULTS, new_model, prepare_data, smoke, strategy, trainer
+from .args import CLEANING_CHOICES, UsageError, add_common, finite, fraction, info, int_at_least, print_json, sub
+from .runs import CELL_CHOICES, TRAIN_DEFAULTS, new_model, prepare_data, smoke, strategy, trainer
 
 EXAMPLES_BPTT = """examples:
   fastseq compare-bptt                           # built-in corpus, full vs truncated vs randomized
   fastseq compare-bptt timemachine --cleaning d2l --strategies full,block:5,random:0.2 --plot bptt.png
+  fastseq compare-bptt --cell lstm --strategies full,block:5   # a strategy means the same for every cell
 
 Strategies: full BPTT over each window; block:K and sliding:K truncation (Dive into
 Deep Learning, chapter 8, "Backpropagation Through Time"); random:P randomized
@@ -22,6 +23,10 @@ def add_parsers(subparsers, corpora):
     c.add_argument("--strategies", default="full,block:5,sliding:5,random:0.2",
                    help="comma-separated strategies (default: full,block:5,sliding:5,random:0.2)")
     c.add_argument("--max-tokens", type=int_at_least(0), default=0, help="first N tokens, 0 for all (default: 0)")
+    c.add_argument("--cell", choices=CELL_CHOICES, default=TRAIN_DEFAULTS["cell"],
+                   help=f"recurrent cell, as fastseq train's (default: {TRAIN_DEFAULTS['cell']})")
+    c.add_argument("--layers", type=int_at_least(1), default=1, help="stacked layers L (default: 1)")
+    c.add_argument("--dropout", type=fraction, default=0.0, help="dropout probability in training (default: 0)")
     c.add_argument("--hidden", type=int_at_least(1), default=128, help="hidden units H (default: 128)")
     c.add_argument("--steps", type=int_at_least(1), default=35, help="time steps T (default: 35)")
     c.add_argument("--batch", type=int_at_least(1), default=32, help="batch size B (default: 32)")
@@ -46,16 +51,17 @@ def cmd_compare_bptt(args):
     for s in specs:
         strategy({"bptt": s, "seed": args.seed})
     base = smoke(dict(TRAIN_DEFAULTS, corpus=args.corpus, token=args.token, cleaning=args.cleaning,
-                      max_tokens=args.max_tokens, hidden=args.hidden, steps=args.steps, batch=args.batch,
+                      max_tokens=args.max_tokens, cell=args.cell, layers=args.layers, dropout=args.dropout,
+                      hidden=args.hidden, steps=args.steps, batch=args.batch,
                       lr=args.lr, clip=args.clip, epochs=args.epochs, seed=args.seed, optimizer="sgd",
                       dtype="float32", val_fraction=0.1))
     vocab, train_ids, val_ids = prepare_data(base)
     info(args, f"corpus {args.corpus} ({args.token}s): {len(train_ids):,} training tokens, "
-               f"{len(val_ids):,} held out; H={base['hidden']}, batch {args.batch} x {args.steps} steps, "
+               f"{len(val_ids):,} held out; {args.cell} H={base['hidden']} x {args.layers} layers, batch {args.batch} x {args.steps} steps, "
                f"{args.epochs} epochs, lr {args.lr:g}, clip {args.clip:g}, same random seeds for every strategy")
     rows = [_one_strategy(args, dict(base, bptt=spec), vocab, train_ids, val_ids) for spec in specs]
     if plot:
-        plots.bptt(rows, plot, f"BPTT strategies on {args.corpus} ({args.token}s), H={base['hidden']}, "
+        plots.bptt(rows, plot, f"BPTT strategies on {args.corpus} ({args.token}s), {args.cell} H={base['hidden']}, "
                                f"T={args.steps}")
     if args.json:
         print_json({"corpus": args.corpus, "strategies": rows, "plot": plot})

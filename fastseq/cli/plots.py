@@ -109,25 +109,51 @@ def bptt(rows, path, title):
     _save(plt, fig, path)
 
 
-def grad_norms(norms, rho, decay, path, title):
-    """Median and 10-90 % band of ||dl/dh_t|| (norms: (B, T) by distance) against rho^d and the fitted decay."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    T = norms.shape[1]
-    d = np.arange(T)
+def _norm_band(ax, norms, color, label):
+    """Median of ||dl/dh_t|| (norms: (B, T) by distance) and its 10-90 % band; returns (median, low, high)."""
+    d = np.arange(norms.shape[1])
     med = np.median(norms, axis=0)
     lo, hi = np.percentile(norms, [10, 90], axis=0)
-    ax.fill_between(d, lo, hi, alpha=0.25, color="tab:blue", label="10-90 % of sequences")
-    ax.plot(d, med, color="tab:blue", label="median ||dl/dh_t||")
-    ax.plot(d, med[0] * rho ** d, "--", color="tab:red",
-            label=f"rho(W_hh)^d = {rho:.3f}^d (the linear model, phi' = 1)")
-    ax.plot(d, med[0] * decay ** d, ":", color="black", label=f"observed geometric decay {decay:.3f} per step")
+    ax.fill_between(d, lo, hi, alpha=0.2, color=color, label=f"{label}: 10-90 % of sequences")
+    ax.plot(d, med, color=color, label=f"{label}: median ||dl/dh_t||")
+    return med, lo, hi
+
+
+def _norm_axes(ax, lows, highs, title):
     ax.set_yscale("log")
-    pos = lo[lo > 0]
-    ax.set_ylim(max(pos.min() if pos.size else 1e-300, 1e-300) / 10, hi.max() * 100)
+    pos = np.concatenate([lo[lo > 0] for lo in lows])
+    ax.set_ylim(max(pos.min() if pos.size else 1e-300, 1e-300) / 10, max(hi.max() for hi in highs) * 100)
     ax.set_xlabel("distance d = (T-1) - t from the loss term")
     ax.set_ylabel("gradient norm (log scale)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def grad_norms(norms, rho, decay, path, title):
+    """Median and 10-90 % band of ||dl/dh_t|| (norms: (B, T) by distance), the observed decay and, for a
+    one-layer plain RNN (rho not None), rho^d of the linear model."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    d = np.arange(norms.shape[1])
+    med, lo, hi = _norm_band(ax, norms, "tab:blue", "this model")
+    if rho is not None:
+        ax.plot(d, med[0] * rho ** d, "--", color="tab:red",
+                label=f"rho(W_hh)^d = {rho:.3f}^d (the linear model, phi' = 1)")
+    ax.plot(d, med[0] * decay ** d, ":", color="black", label=f"observed geometric decay {decay:.3f} per step")
+    _norm_axes(ax, [lo], [hi], title)
+    _save(plt, fig, path)
+
+
+def grad_norms_compare(models, path, title):
+    """Several models in one figure: models = [(label, norms (B, T) by distance, decay per step)]."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    colors = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    lows, highs = [], []
+    for i, (label, norms, decay) in enumerate(models):
+        _, lo, hi = _norm_band(ax, norms, colors[i % len(colors)], f"{label} (x{decay:.3f} per step)")
+        lows.append(lo)
+        highs.append(hi)
+    _norm_axes(ax, lows, highs, title)
     _save(plt, fig, path)

@@ -7,9 +7,9 @@ from ..errors import FastseqError
 from ..optim import DEFAULT_LR
 from ..training import Callback, DivergenceError, TrainingInterrupted
 from . import plots, runs
-from .args import (CLEANING_CHOICES, UsageError, add_common, finite, info, int_at_least, optional_import, orders,
-                   print_json, sub)
-from .runs import DEFAULT_OUT, MAIN_JOB_MINUTES, TRAIN_DEFAULTS
+from .args import (CLEANING_CHOICES, UsageError, add_common, finite, fraction, info, int_at_least, optional_import,
+                   orders, print_json, sub)
+from .runs import CELL_ADAM_LR, CELL_CHOICES, DEFAULT_OUT, MAIN_JOB_MINUTES, TRAIN_DEFAULTS
 from .sample import check_prefix, sample
 
 EXAMPLES_TRAIN = """examples:
@@ -17,12 +17,19 @@ EXAMPLES_TRAIN = """examples:
   fastseq train --corpus timemachine --cleaning d2l --hidden 512 --steps 35 --batch 32 --lr 1 --clip 1
   fastseq train --bptt block:10 --epochs 5 --out runs/tm
   fastseq train --bptt random:0.2 --optimizer adam --lr 0.005
+  fastseq train --cell lstm --layers 2 --dropout 0.2 --corpus tinyshakespeare --minutes 10
   fastseq train --resume runs/tm --epochs 10     # continue (or extend) an interrupted run
   fastseq train --corpus ./my.txt --token word --json > result.json
 
 --bptt: full BPTT over each window, block:K or sliding:K truncation (Dive into Deep
 Learning, chapter 8, "Backpropagation Through Time"), random:P randomized truncation
 (Tallec & Ollivier, "Unbiasing Truncated Backpropagation Through Time", 2017).
+--cell: rnn_tanh and rnn_relu are the plain RNN of Dive into Deep Learning, chapter 8,
+"Recurrent Neural Networks"; gru and lstm are the gated cells of its next chapter, as
+PyTorch's nn.GRU and nn.LSTM compute them. --layers stacks cells (layer l's states are
+layer l+1's input); --dropout P drops the input rows, the states between layers and the
+top layer's states during training only, as nn.LSTM(dropout=P) does between layers.
+CELL_NOTE
 --clip: global-norm gradient clipping (Dive into Deep Learning, "Recurrent Neural
 Network Implementation from Scratch").
 
@@ -32,9 +39,16 @@ random draws), ending with the same weights as an uninterrupted run.
 Without --out, each run gets a new folder: fastseq-train, fastseq-train-2, ...
 """
 
+def cell_defaults_note():
+    """The defaults that differ by cell, in words (--help, docs/COMMANDS.md)."""
+    lr = ", ".join(f"{c} {v:g}" for c, v in CELL_ADAM_LR.items())
+    return (f"Every cell has the same defaults except Adam's learning rate: {DEFAULT_LR['adam']:g}, "
+            f"but {lr}.")
+
+
 def add_parsers(subparsers, corpora):
     t = sub(subparsers, "train", "train an RNN language model, with progress, held-out perplexity, an n-gram "
-            "baseline, a sample and a plot", EXAMPLES_TRAIN)
+            "baseline, a sample and a plot", EXAMPLES_TRAIN.replace("CELL_NOTE", cell_defaults_note()))
     d = TRAIN_DEFAULTS
     t.add_argument("--corpus", help=f"a corpus name ({corpora}) or a text file (default: {d['corpus']}, offline)")
     t.add_argument("--token", choices=("char", "word"), help=f"token unit (default: {d['token']})")
@@ -46,7 +60,8 @@ def add_parsers(subparsers, corpora):
     t.add_argument("--batch", type=int_at_least(1), help=f"batch size B (default: {d['batch']})")
     t.add_argument("--optimizer", choices=("sgd", "adam"), help=f"optimizer (default: {d['optimizer']})")
     t.add_argument("--lr", type=finite(0), help="learning rate (default: "
-                   + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + "); with --resume it may "
+                   + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + "; Adam's is "
+                   + ", ".join(f"{v:g} for {c}" for c, v in CELL_ADAM_LR.items()) + "); with --resume it may "
                    "change, e.g. lower for fine-tuning")
     t.add_argument("--clip", type=finite(0, lo_open=False),
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")
@@ -57,7 +72,12 @@ def add_parsers(subparsers, corpora):
     t.add_argument("--bptt", help="full | block:K | sliding:K | random:P (default: full over the T steps)")
     t.add_argument("--sampling", choices=("sequential", "random"),
                    help="minibatches: sequential (state carries over) or random (default: sequential)")
-    t.add_argument("--nonlinearity", choices=("tanh", "relu"), help="phi (default: tanh)")
+    t.add_argument("--cell", choices=CELL_CHOICES, help=f"recurrent cell (default: {d['cell']}); supersedes "
+                   "--nonlinearity")
+    t.add_argument("--layers", type=int_at_least(1), help=f"stacked layers L (default: {d['layers']})")
+    t.add_argument("--dropout", type=fraction, help=f"dropout probability P in training (default: {d['dropout']:g})")
+    t.add_argument("--nonlinearity", choices=("tanh", "relu"),
+                   help="phi of the plain RNN, the older spelling of --cell rnn_tanh / rnn_relu")
     t.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default: float32)")
     t.add_argument("--seed", type=int_at_least(0),
                    help="random seed of the initialisation, data order and BPTT draws (default: 0)")
@@ -185,7 +205,9 @@ def cmd_train(args):
     tr.callbacks.append(saver)
     info(args, f"corpus {hp['corpus']} ({hp['token']}s): {len(train_ids):,} training tokens, "
                f"{len(val_ids):,} held out, vocabulary {len(vocab)}")
-    info(args, f"model RNNLM V={len(vocab)} H={hp['hidden']} {hp['nonlinearity']} {hp['dtype']} "
+    layers = f" x {hp['layers']} layers" if hp["layers"] > 1 else ""
+    drop = f", dropout {hp['dropout']:g}" if hp["dropout"] else ""
+    info(args, f"model RNNLM V={len(vocab)} H={hp['hidden']} {hp['cell']}{layers}{drop} {hp['dtype']} "
                f"on {tr.model.backend}; {hp['optimizer']} lr {tr.lr:g}, clip {hp['clip']:g}, "
                f"bptt {hp['bptt']}, batch {hp['batch']} x {hp['steps']} steps, "
                f"{hp['epochs']} epochs of {len(tr.loader)} steps")
@@ -229,7 +251,7 @@ def _report(args, hp, tr, vocab, val_ids, out, plot, train_s, t_start):
     final_val = tr.history[-1]["val_ppl"] if tr.history else None
     result = {"status": "done" if tr.stop_reason == "epochs" else "stopped", "checkpoint": out, "steps": tr.step,
               "epochs": tr.history, "train_seconds": round(train_s, 3), "hparams": hp, "val_ppl": final_val}
-    result["ngram"] = _ngram_baselines(args, tr.loader.corpus, val_ids, vocab) \
+    result["ngram"] = ngram_baselines(args.ngram_orders, tr.loader.corpus, val_ids, vocab) \
         if not args.no_ngram and len(val_ids) >= 2 else []
     drawn = sample(tr.model, vocab, hp["token"], args.prefix, args.sample_length, seed=hp["seed"],
                    corpus=hp["corpus"])
@@ -264,8 +286,8 @@ def _report(args, hp, tr, vocab, val_ids, out, plot, train_s, t_start):
     return 0
 
 
-def _ngram_baselines(args, train_ids, val_ids, vocab):
-    """Kneser-Ney models of orders --ngram-orders fitted on the training ids, scored on the held-out ids.
+def ngram_baselines(orders, train_ids, val_ids, vocab):
+    """Kneser-Ney models of ``orders`` (--ngram-orders) fitted on the training ids, scored on the held-out ids.
 
     Both models see the same token ids; the n-gram model reads them as one
     long sentence (one <s>, one </s>), so its perplexity counts one token
@@ -277,7 +299,7 @@ def _ngram_baselines(args, train_ids, val_ids, vocab):
     train = [[tok[i] for i in train_ids.tolist()]]
     val = [[tok[i] for i in val_ids.tolist()]]
     out = []
-    for order in args.ngram_orders:
+    for order in orders:
         t0 = time.perf_counter()
         # Character unigrams are too few for lmplz's discount estimate; use its fallback there.
         model = ngram.KneserNeyLM(order, discount_fallback=True)

@@ -1,0 +1,267 @@
+"""How good (issue 11): held-out perplexity per character on Tiny Shakespeare, one table.
+
+The split is `fastseq train`'s own (`fastseq.cli.runs.prepare_data`): the first 90% of the characters
+train, the last 10% are held out, the vocabulary comes from the training part. Rows, in one run:
+
+* a character Kneser-Ney 7-gram (Chen & Goodman 1998; Heafield et al. 2013) fitted on the same training
+  ids, scored on the held-out ids, both read as one stream as `fastseq train`'s baselines do
+  (`fastseq.cli.train.ngram_baselines`); and the same model fitted and scored with one sentence per
+  line (KenLM's reading of a text file: a newline becomes `</s>` and every line starts from `<s>`);
+* PyTorch's `nn.LSTM` (one-hot input, as fastseq's model) trained by the recipe of the command's
+  defaults (the same batches in the same order from `fastseq.cli.runs.loader`, the optimizer, learning
+  rate, clipping, full BPTT over each window with the state carried over, the held-out evaluation
+  after each epoch) for the same wall-clock budget, scored by `fastseq.training.evaluate`;
+* each fastseq cell through the command itself: `fastseq train --corpus tinyshakespeare --cell C
+  --minutes M`, then `fastseq eval` of its checkpoint on the held-out text (the same evaluator).
+
+The machine is shared: each row records its wall and CPU seconds and the load average at its end.
+
+Usage (from anywhere; the corpus is read from FASTSEQ_DATA_DIR, never downloaded):
+    FASTSEQ_DATA_DIR=/work/shared/data python bench/quality_cells.py --minutes 10 --md /tmp/quality.md
+    python bench/quality_cells.py --minutes 2 --cells none           # only the n-gram and nn.LSTM rows
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import machine_line  # noqa: E402  (also sets FASTSEQ_DATA_DIR to ../shared/data if unset)
+
+from fastseq.cli import runs  # noqa: E402
+from fastseq.cli.train import ngram_baselines  # noqa: E402
+from fastseq.training import evaluate  # noqa: E402
+
+CORPUS = "tinyshakespeare"
+CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+KN_ORDER = 7
+
+
+def load():
+    return os.getloadavg()[0]
+
+
+def recipe(cell):
+    """The command's settings of a run of ``cell`` on the corpus (its defaults, as `fastseq train` takes them)."""
+    args = argparse.Namespace(corpus=CORPUS, cell=cell)
+    return runs.hparams_from_args(args)
+
+
+def kn_rows(vocab, train_ids, val_ids):
+    """The 7-gram read as one stream (the RNN's reading) and with one sentence per line (KenLM's)."""
+    from fastseq import ngram
+
+    t0 = time.perf_counter()
+    stream = ngram_baselines([KN_ORDER], train_ids, val_ids, vocab)[0]
+    rows = [dict(model=f"Kneser-Ney {KN_ORDER}-gram, text as one stream", ppl=stream["val_ppl"],
+                 wall=time.perf_counter() - t0, note=f"{len(val_ids) + 1:,} tokens (one </s>)")]
+    t0 = time.perf_counter()
+    tok = vocab.idx_to_token
+    lines = lambda ids: [list(s) for s in "".join(tok[i] for i in ids.tolist()).split("\n")]  # noqa: E731
+    m = ngram.KneserNeyLM(KN_ORDER, discount_fallback=True).fit(lines(train_ids))
+    p = m.perplexity(lines(val_ids))
+    rows.append(dict(model=f"Kneser-Ney {KN_ORDER}-gram, one sentence per line", ppl=float(p.including_oov),
+                     wall=time.perf_counter() - t0, note=f"{p.tokens:,} tokens (a newline is </s>)"))
+    for r in rows:
+        r["load"] = load()
+    return rows
+
+
+# ----------------------------------------------------------------------------- PyTorch
+class TorchLM:
+    """nn.Embedding-free LM: one-hot ids into nn.LSTM/GRU/RNN, then nn.Linear; fastseq's architecture."""
+
+    def __init__(self, cell, V, hp, torch):
+        nn = torch.nn
+        kinds = {"lstm": (nn.LSTM, {}), "gru": (nn.GRU, {}), "rnn_tanh": (nn.RNN, {"nonlinearity": "tanh"}),
+                 "rnn_relu": (nn.RNN, {"nonlinearity": "relu"})}
+        cls, kw = kinds[cell]
+        self.torch, self.cell, self.vocab_size = torch, cell, V
+        self.layers, self.H = hp.get("layers", 1), hp["hidden"]
+        self.rnn = cls(V, self.H, num_layers=self.layers, batch_first=True,
+                       dropout=hp.get("dropout", 0.0) if self.layers > 1 else 0.0, **kw)
+        self.out = nn.Linear(self.H, V)
+        self.dtype = np.dtype(np.float32)
+        self.parameters = list(self.rnn.parameters()) + list(self.out.parameters())
+
+    def forward(self, ids, state):
+        F = self.torch.nn.functional
+        y, state = self.rnn(F.one_hot(ids, self.vocab_size).float(), state)
+        return self.out(y), state
+
+    # fastseq.training.evaluate's view of the model: numpy ids in, numpy logits out; the state is one
+    # (B, P*L*H) array so that the evaluator's row slicing of the state works unchanged.
+    def begin_state(self, B):
+        parts = 2 if self.cell == "lstm" else 1
+        return np.zeros((B, parts * self.layers * self.H), np.float32)
+
+    def _unpack(self, s):
+        t = self.torch.from_numpy(np.ascontiguousarray(s)).reshape(s.shape[0], -1, self.layers, self.H)
+        t = t.permute(1, 2, 0, 3).contiguous()   # (P, L, B, H)
+        return (t[0], t[1]) if self.cell == "lstm" else t[0]
+
+    def _pack(self, state):
+        parts = state if isinstance(state, tuple) else (state,)
+        t = self.torch.stack(parts)                # (P, L, B, H)
+        return t.permute(2, 0, 1, 3).reshape(t.shape[2], -1).numpy()
+
+    def __call__(self, X, state):
+        with self.torch.no_grad():
+            logits, new = self.forward(self.torch.from_numpy(np.asarray(X, np.int64)), self._unpack(state))
+        return logits.numpy(), self._pack(new)
+
+
+def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
+    """nn.<cell> trained on the command's batches with its optimizer, clipping and budget."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(hp["seed"])
+    if hp["optimizer"] != "adam" or hp["bptt"] != "full" or hp["sampling"] != "sequential" or hp["dtype"] != "float32":
+        raise SystemExit(f"the nn.{cell} row implements adam, full BPTT, sequential batches, float32; "
+                         f"the command's defaults changed: {hp}")
+    model = TorchLM(cell, len(vocab), hp, torch)
+    opt = torch.optim.Adam(model.parameters, lr=hp["lr"])
+    loader = runs.loader(hp, train_ids)
+    F = torch.nn.functional
+    t_start, c_start = time.perf_counter(), time.process_time()
+    deadline = time.monotonic() + minutes * 60
+    steps = epochs = tokens = 0
+    done = False
+    while not done:
+        state = None                               # a fresh state at each epoch, as the Trainer
+        for X, Y in loader:
+            x, y = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
+            logits, state = model.forward(x, state)
+            loss = F.cross_entropy(logits.reshape(-1, model.vocab_size), y.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            if hp["clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters, hp["clip"])
+            opt.step()
+            state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            steps, tokens = steps + 1, tokens + Y.size
+            if time.monotonic() >= deadline:
+                done = True
+                break
+        else:
+            epochs += 1
+            evaluate(model, val_ids)               # the Trainer's held-out evaluation after each epoch
+    train_wall = time.perf_counter() - t_start
+    ppl = evaluate(model, val_ids)
+    n_params = sum(p.numel() for p in model.parameters)
+    return dict(model=f"PyTorch nn.{'LSTM' if cell == 'lstm' else cell} (torch {torch.__version__}, "
+                      f"{threads} thread{'s' if threads > 1 else ''})",
+                ppl=ppl, wall=train_wall, cpu=time.process_time() - c_start, steps=steps, epochs=epochs,
+                tokens_per_s=tokens / train_wall, params=n_params, load=load())
+
+
+# ----------------------------------------------------------------------------- fastseq, through the command
+def _run(cmd, log):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}: exit status {r.returncode} (see {log.name})")
+    return json.loads(r.stdout)
+
+
+def fastseq_row(cell, heldout, workdir, minutes, threads, extra, val_ids):
+    out = os.path.join(workdir, cell)
+    cmd = [sys.executable, "-m", "fastseq", "train", "--corpus", CORPUS, "--cell", cell, "--minutes", str(minutes),
+           "--epochs", "100000", "--out", out, "--overwrite", "--no-ngram", "--no-progress", "--sample-length", "0",
+           "--threads", str(threads), "--json", *extra]
+    with open(os.path.join(workdir, f"{cell}.log"), "w") as log:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        res = _run(cmd, log)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ev = _run([sys.executable, "-m", "fastseq", "eval", out, heldout, "--threads", str(threads), "--json"], log)
+    if ev["tokens"] != len(val_ids) - 1:
+        raise SystemExit(f"fastseq eval read {ev['tokens']} tokens of {heldout}, expected {len(val_ids) - 1}")
+    if res["val_ppl"] is not None and abs(res["val_ppl"] - ev["perplexity"]) > 1e-9 * ev["perplexity"]:
+        raise SystemExit(f"{cell}: train's held-out {res['val_ppl']} differs from eval's {ev['perplexity']}")
+    hist = res["epochs"]
+    tokens_per_s = sum(r["tokens_per_s"] * r["seconds"] for r in hist) / max(sum(r["seconds"] for r in hist), 1e-12)
+    hp = res["hparams"]
+    return dict(model=f"fastseq {cell} ({hp.get('backend')}, {threads} thread{'s' if threads > 1 else ''})",
+                ppl=ev["perplexity"], wall=res["train_seconds"], cpu=(after.ru_utime + after.ru_stime)
+                - (before.ru_utime + before.ru_stime), steps=res["steps"],
+                epochs=len([r for r in hist if not r["partial"]]), tokens_per_s=tokens_per_s, load=load(),
+                command_wall=wall, hparams={k: hp.get(k) for k in ("hidden", "layers", "dropout", "lr", "optimizer")})
+
+
+# ----------------------------------------------------------------------------- the table
+def table(rows, minutes, split):
+    lines = [f"Tiny Shakespeare characters, {split}; budget {minutes:g} min of training wall time per RNN row.", "",
+             "| model | held-out perplexity | train wall s | CPU s | steps | epochs | tokens/s | load avg at end |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else ""  # noqa: E731
+        lines.append(f"| {r['model']} | {r['ppl']:.4f} | {f('wall', '.1f')} | {f('cpu', '.1f')} | {f('steps', ',')} | "
+                     f"{f('epochs', 'd')} | {f('tokens_per_s', ',.0f')} | {r['load']:.1f} |")
+    notes = [r for r in rows if r.get("note")]
+    for r in notes:
+        lines.append(f"\n{r['model']}: {r['note']}.")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget of each RNN row (default: 10)")
+    p.add_argument("--cells", default=",".join(CELLS),
+                   help=f"fastseq cells run through the command, or 'none' (default: {','.join(CELLS)})")
+    p.add_argument("--torch-cells", default="lstm", help="PyTorch rows, or 'none' (default: lstm)")
+    p.add_argument("--threads", type=int, default=1, help="threads of every row (the command's default: 1)")
+    p.add_argument("--no-kn", action="store_true", help="skip the Kneser-Ney rows")
+    p.add_argument("--workdir", help="checkpoints and logs (default: a temporary folder)")
+    p.add_argument("--md", help="also write the table (markdown) to this file")
+    p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--train-arg", action="append", default=[],
+                   help="an extra argument for every `fastseq train` (repeatable), e.g. --train-arg=--hidden=256")
+    a = p.parse_args(argv)
+    cells = [] if a.cells == "none" else a.cells.split(",")
+    torch_cells = [] if a.torch_cells == "none" else a.torch_cells.split(",")
+    workdir = a.workdir or tempfile.mkdtemp(prefix="fastseq-quality-")
+    os.makedirs(workdir, exist_ok=True)
+
+    head = f"machine: {machine_line()}; load average at start {load():.1f} on {os.cpu_count()} cores"
+    print(head, flush=True)
+    hp0 = recipe(None)
+    vocab, train_ids, val_ids = runs.prepare_data(hp0)
+    split = (f"first {len(train_ids):,} train, last {len(val_ids):,} held out (the command's split, "
+             f"--val-fraction {hp0['val_fraction']}), vocabulary {len(vocab)}")
+    heldout = os.path.join(workdir, "heldout.txt")
+    with open(heldout, "w", encoding="utf-8", newline="") as f:
+        f.write("".join(vocab.idx_to_token[i] for i in val_ids.tolist()))
+    rows = []
+
+    def add(r):
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+
+    if not a.no_kn:
+        for r in kn_rows(vocab, train_ids, val_ids):
+            add(r)
+    for cell in torch_cells:
+        add(torch_row(cell, recipe(cell), vocab, train_ids, val_ids, a.minutes, a.threads))
+    for cell in cells:
+        add(fastseq_row(cell, heldout, workdir, a.minutes, a.threads, a.train_arg, val_ids))
+    text = "\n".join([table(rows, a.minutes, split), "", head,
+                      f"load average at the end {load():.1f}",
+                      "command: python bench/quality_cells.py " + " ".join(argv if argv is not None else sys.argv[1:])])
+    print("\n" + text)
+    if a.md:
+        Path(a.md).write_text(text + "\n")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

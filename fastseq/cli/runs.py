@@ -20,7 +20,7 @@ TRAIN_DEFAULTS = dict(
 CELL_CHOICES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 # Adam's default learning rate by cell where it is not optim.DEFAULT_LR's: the gated cells learn far faster
 # at 0.01 in a short budget (nn.LSTM, H=128, 2 minutes on Tiny Shakespeare: held-out 5.75 at 0.01, 6.63 at
-# 0.003, 7.25 at 0.001; bench/results/face.md); the plain RNN keeps 0.001 (the main job's documented run).
+# 0.003, 7.25 at 0.001; bench/RESULTS.md); the plain RNN keeps 0.001 (the main job's documented run).
 CELL_ADAM_LR = {"gru": 0.01, "lstm": 0.01}
 # `fastseq train` with neither --epochs nor --minutes is the main job: it must show every part (progress,
 # perplexities, n-gram baselines, a sample, a plot) in under a minute on an AVX2-only 2-core machine,

@@ -17,19 +17,10 @@ from fastseq.bptt import Full, Randomized, Truncated
 from fastseq.errors import ArgumentError
 from fastseq.reference.cells import get_cell, stack_backward, stack_forward
 from fastseq.reference.ops import sample_token
+from tolerances import RTOL, assert_close
 
-RTOL = {np.float64: 1e-10, np.float32: 1e-4}
 HYP = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
-
-
-def assert_close(a, b, dtype, what):
-    """max |a - b| <= rtol * max |b|."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
-    scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-30)
-    err = float(np.max(np.abs(a - b))) if b.size else 0.0
-    assert err <= RTOL[dtype] * scale, f"{what}: max abs error {err:.3e} vs scale {scale:.3e}"
 
 
 def sfx(l):

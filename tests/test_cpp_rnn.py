@@ -20,19 +20,10 @@ import fastseq
 from fastseq import _core
 from fastseq import reference as ref
 from fastseq.bptt import Full, Randomized, Truncated
+from tolerances import RTOL, assert_close
 
-RTOL = {np.float64: 1e-10, np.float32: 1e-4}
 # The thread-count fixture is set once per parametrisation on purpose, not per example.
 HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def assert_close(a, b, dtype, what):
-    """max |a - b| <= rtol * max |b|: relative to the array's scale (entries near 0 included)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
-    scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-30)
-    err = float(np.max(np.abs(a - b))) if b.size else 0.0
-    assert err <= RTOL[dtype] * scale, f"{what}: max abs error {err:.3e} vs scale {scale:.3e}"
 
 
 def randomize(model, rng, scale=0.5):

@@ -25,8 +25,8 @@ from fastseq.bptt import Full, Randomized, Truncated
 from fastseq.errors import ArgumentError
 from fastseq.ops import OPS_NAMES, CppOps, NumpyOps, get_ops
 from fastseq.rnn import bptt_plan
+from tolerances import assert_close
 
-RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 DTYPES = [np.float64, np.float32]
 STRATEGIES = ["full", "block", "sliding", "randomized"]
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
@@ -47,15 +47,6 @@ GRAD_CASES = [pytest.param(backend, dtype, cell, L, kind,
 def seed_of(*case):
     """A seed per case, the same in every run (hash() of a str is not)."""
     return zlib.crc32(repr(case).encode())
-
-
-def assert_close(a, b, dtype, what):
-    """max |a - b| <= rtol * max |b|."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
-    scale = max(float(np.max(np.abs(b))), 1e-30)
-    err = float(np.max(np.abs(a - b)))
-    assert err <= RTOL[np.dtype(dtype)] * scale, f"{what}: max abs error {err:.3e} vs scale {scale:.3e}"
 
 
 def strategy(kind, T, B, rng, tau=3):

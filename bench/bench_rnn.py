@@ -235,6 +235,11 @@ def test_generate_torch(benchmark, threads):
 
 
 # ----------------------------------------------------------------------------- ratio table
+def fastest(times, side):
+    """(time, case) of the fastest case of one side ("cpp", "torch", "numpy") in best_times' result."""
+    return min((v, k) for k, v in times.items() if k[0] == side)
+
+
 def best_times(cases, rounds=5, min_round=0.25):
     """cases: {name: (threads, fn)} -> {name: best seconds per call}.
 
@@ -304,17 +309,17 @@ def report(path=None):
         if H <= 256:
             cases.update({("numpy", n): (n, fastseq_step(H, "numpy")) for n in (1, 2)})
         t = best_times(cases)
-        cpp = min((v, k) for k, v in t.items() if k[0] == "cpp")
+        cpp = fastest(t, "cpp")
         row = f"| {H} | {B * T / cpp[0]:,.0f} ({cpp[1][1]}) | "
         if torch is not None:
-            tb = min((v, k) for k, v in t.items() if k[0] == "torch")
+            tb = fastest(t, "torch")
             r = tb[0] / cpp[0]
             row += (f"{B * T / tb[0]:,.0f} ({tb[1][1]}, {tb[1][2]}) | {r:.2f}x | {TARGETS[H]}x | "
                     f"{'yes' if r >= TARGETS[H] else 'NO'} | ")
         else:
             row += "torch absent | - | - | - | "
         if H <= 256:
-            nb = min((v, k) for k, v in t.items() if k[0] == "numpy")
+            nb = fastest(t, "numpy")
             rn = nb[0] / cpp[0]
             row += f"{B * T / nb[0]:,.0f} ({nb[1][1]}) | {rn:.1f}x {'yes' if rn >= 5 else 'NO'} | "
             need = 5 * step_flops(H) / nb[0] / 1e9
@@ -529,8 +534,8 @@ def cells_report(path=None):
                 cases.update({("torch", inp, n): (n, torch_cell_step(cell, H, L, inp))
                               for inp in ("onehot", "embedding") for n in TORCH_THREADS})
                 t = best_times(cases, rounds=3, min_round=0.1)
-                cpp = min((v, k) for k, v in t.items() if k[0] == "cpp")
-                tb = min((v, k) for k, v in t.items() if k[0] == "torch")
+                cpp = fastest(t, "cpp")
+                tb = fastest(t, "torch")
                 r = tb[0] / cpp[0]
                 row = (f"| {cell} | {L} | {H} | {cpp[0] * 1e3:.1f} ({cpp[1][1]}) | {tb[0] * 1e3:.1f} ({tb[1][1]}, "
                        f"{tb[1][2]}) | {r:.2f}x | {CELL_TARGETS[H]}x | {'yes' if r >= CELL_TARGETS[H] else 'NO'} |")
@@ -545,8 +550,8 @@ def cells_report(path=None):
         cases = {("cpp", n): (n, fastseq_cell_generate(cell, GEN_H, GEN_N)) for n in (1, 2)}
         cases.update({("torch", n): (n, torch_cell_generate(cell, GEN_H, GEN_N)) for n in TORCH_THREADS})
         t = best_times(cases, rounds=3, min_round=0.2)
-        c = min((v, k) for k, v in t.items() if k[0] == "cpp")
-        tt = min((v, k) for k, v in t.items() if k[0] == "torch")
+        c = fastest(t, "cpp")
+        tt = fastest(t, "torch")
         r = tt[0] / c[0]
         row = (f"| {cell} | {c[0] / GEN_N * 1e6:.1f} ({c[1][1]}) | {tt[0] / GEN_N * 1e6:.1f} ({tt[1][1]}) | "
                f"{r:.1f}x | {'yes' if r >= 5 else 'NO'} |")

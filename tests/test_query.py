@@ -163,15 +163,35 @@ def test_suffix_closure_is_found_and_a_pruned_file_keeps_the_full_search(tmp_pat
 
 
 def test_probing_tables_refuse_bad_input():
-    # private entry points never read out of bounds: starts that run past lasts, decrease, or are empty
+    # private entry points never read out of bounds: a table of the wrong size or with no empty slot
+    # (so a search would not end) is refused
     import numpy as np
     from fastseq.ngram import _arpa
-    lasts = np.array([1, 2, 0], np.int32)
-    for bad in ([0, 5], [0, 2, 1, 3], [], [1, 3]):
-        with pytest.raises(ValueError, match="starts"):
-            _arpa.probe_table(np.array(bad, np.int64), lasts)
-    t = _arpa.probe_table(np.array([0, 2, 3], np.int64), lasts)
-    assert _arpa.check_probe(t, 3) is not None
-    for bad in (t[:-3], t[:-1], np.where(np.arange(len(t)) % 3 == 2, 7, t).astype(np.uint32)):
-        with pytest.raises(ValueError, match="probing table"):
-            _arpa.check_probe(bad, 3)
+    starts = [np.zeros(1, np.int64), np.array([0, 2, 2, 3], np.int64)]
+    lasts = [np.arange(3, dtype=np.int32), np.array([1, 2, 0], np.int32)]
+    t = _arpa.slot_tables(starts, lasts, [np.zeros(3), np.full(3, -0.5)], [np.zeros(3), np.zeros(0)])[0]
+    assert t.shape == (2 * _arpa.slot_count(3),) and _arpa.check_slots(t, 2, 2, 3) is t
+    full = t.copy()
+    full[::2] = np.arange(len(t) // 2)                  # every slot filled: no empty one ends a search
+    for table, K in ((t[:-2], 3), (t, 2), (full, 3), (t.reshape(-1, 2), 3)):
+        with pytest.raises(ValueError, match="slot2"):
+            _arpa.check_slots(table, 2, 2, K)
+    # a key naming a context that is not stored is refused when the rows are rebuilt
+    bad = t.copy()
+    bad[np.flatnonzero(bad[::2] != np.uint64(2**64 - 1))[0] * 2] = np.uint64(7)
+    with pytest.raises(ValueError, match="slot2"):
+        _arpa.slot_rows([bad], 2, 3, [3, 3])
+
+
+def test_batch_threads_give_the_same_scores(models, tm_split):
+    # the batch split among threads (GIL released) gives the one-thread numbers bit for bit
+    _, qa, qb = models
+    sents = held_out(tm_split) * 3
+    for q in (qa, qb):
+        want = list(q.score_batch(sents, threads=1))
+        for t in (2, 3, 7):
+            assert list(q.score_batch(sents, threads=t)) == want
+        assert list(q.score_batch(sents)) == want and list(q.score_batch(sents[:2], threads=5)) == want[:2]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads"):
+            qa.score_batch(sents, threads=bad)

@@ -96,19 +96,45 @@ cdef extern from *:
         return -1;
     }
 
-    /* A word's hash (in-process only: never stored): 8 bytes a step, a multiply-xorshift each. */
+    static inline uint64_t fs_load8(const char* p) { uint64_t w; std::memcpy(&w, p, 8); return w; }
+    static inline uint64_t fs_load4(const char* p) { uint32_t w; std::memcpy(&w, p, 4); return w; }
+
+    /* A word's hash (in-process only: never stored): 8 bytes a step, a multiply-xorshift each; the
+       tail is read with fixed-size loads inside p[0:n] (the last 8 bytes again, or two 4-byte or
+       three 1-byte reads for a short word), not a copy of variable length. */
     static inline uint64_t fs_hash_bytes(const char* p, int64_t n) {
         uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, w;
-        for (; n >= 8; p += 8, n -= 8) {
-            std::memcpy(&w, p, 8);
-            h = (h ^ w) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
+        int64_t i = 0;
+        if (n >= 8) {
+            for (; i + 8 <= n; i += 8) {
+                h = (h ^ fs_load8(p + i)) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
+            }
+            w = i < n ? fs_load8(p + n - 8) : 0;
+        } else if (n >= 4) {
+            w = fs_load4(p) | (fs_load4(p + n - 4) << 32);
+        } else if (n > 0) {
+            w = (uint64_t)(unsigned char)p[0] | ((uint64_t)(unsigned char)p[n / 2] << 8) |
+                ((uint64_t)(unsigned char)p[n - 1] << 16);
+        } else {
+            w = 0;
         }
-        if (n) {
-            w = 0; std::memcpy(&w, p, (size_t)n);
-            h = (h ^ w) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
-        }
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
         h *= 0xC4CEB9FE1A85EC53ULL;
         return h ^ (h >> 29);
+    }
+
+    /* a[0:n] == b[0:n] with fixed-size loads inside both ranges (short words: no call to memcmp) */
+    static inline bool fs_same(const char* a, const char* b, int64_t n) {
+        if (n >= 8) {
+            for (int64_t i = 0; i + 8 <= n; i += 8)
+                if (fs_load8(a + i) != fs_load8(b + i)) return false;
+            return fs_load8(a + n - 8) == fs_load8(b + n - 8);
+        }
+        if (n >= 4)
+            return fs_load4(a) == fs_load4(b) && fs_load4(a + n - 4) == fs_load4(b + n - 4);
+        for (int64_t i = 0; i < n; ++i)
+            if (a[i] != b[i]) return false;
+        return true;
     }
 
     static inline uint64_t fs_hash_key(uint64_t k) {
@@ -149,6 +175,7 @@ cdef extern from *:
     int fs_parse(const char* b, const char* e, double* out) nogil
     int64_t fs_utf8_invalid(const unsigned char* s, int64_t n) nogil
     uint64_t fs_hash_bytes(const char* p, int64_t n) nogil
+    bint fs_same(const char* a, const char* b, int64_t n) nogil
     uint64_t fs_hash_key(uint64_t k) nogil
     uint64_t fs_probe_slot(uint64_t k, uint64_t n) nogil
     void fs_prefetch(const void* p) nogil
@@ -175,11 +202,16 @@ cdef inline bint _is_sep(char c) noexcept nogil:
 
 
 # ----- a hash set of words (byte ranges), ids 0..n-1 in insertion order -------------------------
+cdef int64_t _LONG_WORD = 0xFFFFFF     # a word this long or longer: its length is in _Words.start
+
+
 cdef class _Words:
     """Open addressing over words copied into one arena (so comparisons stay in cache).
 
-    A slot holds the word's high hash bits and its id + 1 (0: empty), so a probe reads one
-    slot and compares bytes only when the hash bits agree."""
+    A slot is two uint64: the word's high hash bits and its id + 1 (0: empty), then its place
+    in the arena (start | length << 40; a length of 2^24 - 1 or more is read from start[]),
+    so a probe reads one slot (prefetched by hash before
+    the lookup, see QueryCore._peek) and compares bytes only when the hash bits agree."""
     cdef vector[uint64_t] slots
     cdef string arena
     cdef vector[int64_t] start
@@ -189,32 +221,43 @@ cdef class _Words:
         cdef int64_t cap = 16
         while cap < 2 * n + 2:
             cap <<= 1
-        self.slots.assign(cap, 0)
+        self.slots.assign(2 * cap, 0)
         self.mask = cap - 1
         self.start.reserve(n + 1)
         self.start.push_back(0)
 
+    cdef inline void prefetch(self, uint64_t h) noexcept nogil:
+        fs_prefetch(self.slots.data() + 2 * (h & self.mask))
+
     cdef inline int32_t find_or_add(self, const char* p, int64_t n, bint add) noexcept nogil:
         """Id of the word p[:n]; when absent, -1 (add false) or -2 - (its new id) (add true)."""
-        cdef uint64_t h = fs_hash_bytes(p, n)
+        return self.find_hashed(p, n, fs_hash_bytes(p, n), add)
+
+    cdef inline int32_t find_hashed(self, const char* p, int64_t n, uint64_t h, bint add) noexcept nogil:
+        """find_or_add with the word's hash h = fs_hash_bytes(p, n) already known."""
         cdef uint64_t s = h & self.mask
         cdef uint64_t tag = h & 0xFFFFFFFF00000000ULL
-        cdef uint64_t v
-        cdef int64_t i
+        cdef uint64_t v, place
+        cdef const uint64_t* sl = self.slots.data()
+        cdef int64_t i, m
         while True:
-            v = self.slots[s]
+            v = sl[2 * s]
             if v == 0:
                 break
             if (v & 0xFFFFFFFF00000000ULL) == tag:
                 i = <int64_t> (v & 0xFFFFFFFFULL) - 1
-                if self.start[i + 1] - self.start[i] == n and \
-                        memcmp(self.arena.data() + self.start[i], p, n) == 0:
+                place = sl[2 * s + 1]
+                m = <int64_t> (place >> 40)
+                if m == _LONG_WORD:
+                    m = self.start[i + 1] - self.start[i]
+                if m == n and fs_same(self.arena.data() + (place & 0xFFFFFFFFFFULL), p, n):
                     return <int32_t> i
             s = (s + 1) & self.mask
         if not add:
             return -1
         i = self.start.size() - 1
-        self.slots[s] = tag | <uint64_t> (i + 1)
+        self.slots[2 * s] = tag | <uint64_t> (i + 1)
+        self.slots[2 * s + 1] = <uint64_t> self.arena.size() | (<uint64_t> min(n, _LONG_WORD) << 40)
         self.arena.append(p, n)
         self.start.push_back(self.arena.size())
         return <int32_t> (-2 - i)
@@ -889,11 +932,16 @@ def suffix_closed(list starts, list lasts):
 
 # ----- probing tables (KenLM's layout): (context, word) -> the n-gram's log10 p and backoff -----------
 # One table per order k >= 2, an array of uint64: slot i is words [STRIDE * i, STRIDE * i + STRIDE)
-# holding the key (context | word << 32), the log10 probability and (below the highest order) the
-# log10 backoff, the doubles stored by their bits. The context of an order-k n-gram is the word id
-# (k = 2) or the slot of its first k - 1 words in the order k-1 table: a lookup is one probe whose
-# place is known as soon as the word is, and the numbers come in the same cache line as the key.
-cdef uint64_t _EMPTY_KEY = 0xFFFFFFFFFFFFFFFFULL     # no real key: words are below 2^31
+# holding the key (context | word << 32, and bit 63: _EXT), the log10 probability and (below the
+# highest order) the log10 backoff, the doubles stored by their bits. The context of an order-k
+# n-gram is the word id (k = 2) or the slot of its first k - 1 words in the order k-1 table: a
+# lookup is one probe whose place is known as soon as the word is, and the numbers come in the
+# same cache line as the key.
+# _EXT marks an n-gram that a State keeps as a context: one with a longer n-gram stored after it or
+# a backoff other than 0. Any other one is followed by no stored n-gram and adds 0 when backed off
+# from, so the State drops it (as KenLM's states do) and the next word skips that order's lookup.
+cdef uint64_t _EMPTY_KEY = 0xFFFFFFFFFFFFFFFFULL     # no real key: words and contexts are below 2^31 - 1
+cdef uint64_t _EXT = 0x8000000000000000ULL
 
 
 cdef inline uint64_t _slot_key(uint32_t c, uint32_t w) noexcept nogil:
@@ -915,6 +963,7 @@ def slot_tables(list starts, list lasts, list logp, list logb):
     check_tables returns them (already checked: starts monotone, lasts in range)."""
     cdef int N = len(lasts), k, s
     cdef const int64_t[::1] st
+    cdef const int64_t[::1] stn = starts[0]
     cdef const int32_t[::1] la
     cdef const double[::1] lp, lb
     cdef const int64_t[::1] prev
@@ -937,6 +986,8 @@ def slot_tables(list starts, list lasts, list logp, list logb):
         cur = cur_a
         if k > 2:
             prev = prev_a
+        if k < N:
+            stn = starts[k]                              # the children of each k-gram at order k + 1
         with nogil:
             for c in range(P):
                 cs = c if k == 2 else prev[c]
@@ -952,6 +1003,8 @@ def slot_tables(list starts, list lasts, list logp, list logb):
                     if s == 3:
                         t[s * i + 2] = fs_u64(lb[r])
                         cur[r] = <int64_t> i
+                        if stn[r + 1] > stn[r] or lb[r] != 0.0:
+                            t[s * i] = key | _EXT
         out.append(t_a)
         prev_a = cur_a
     return out
@@ -987,7 +1040,7 @@ def slot_rows(list slots, int order, int64_t V, counts):
         s = _stride(k, order)
         t = np.asarray(slots[k - 2]).reshape(-1, s)
         filled = np.flatnonzero(t[:, 0] != _EMPTY_KEY)
-        key = t[filled, 0]
+        key = t[filled, 0] & ~np.uint64(_EXT)
         c, w = (key & 0xFFFFFFFF).astype(np.int64), (key >> 32).astype(np.int64)
         if np.any(c >= len(row_of)) or np.any(w >= V):
             raise ValueError(f"slot{k}: a key names a context or word outside the model")
@@ -996,7 +1049,7 @@ def slot_rows(list slots, int order, int64_t V, counts):
             raise ValueError(f"slot{k}: a key names a context that is not stored")
         perm = np.lexsort((w, parent))
         parent, w, filled = parent[perm], w[perm], filled[perm]
-        if len(w) > 1 and np.any((parent[1:] == parent[:-1]) & (w[1:] == w[:-1])):
+        if len(w) > 1 and np.any((parent[1:] == parent[:len(w) - 1]) & (w[1:] == w[:len(w) - 1])):
             raise ValueError(f"slot{k}: an n-gram appears twice")
         row_of = np.full(len(t), -1, np.int64)
         row_of[filled] = np.arange(len(filled))
@@ -1011,18 +1064,28 @@ cdef enum:
     LANES = 16        # sentences score_batch runs in lockstep
 
 
+cdef enum:
+    PEEK_WORD = 0     # a lane's next token: a word (hashed, its slot prefetched), '</s>', none
+    PEEK_EOS
+    PEEK_END
+
+
 cdef struct _Lane:
     const char* p
     const char* e
     Py_ssize_t sent           # index of its sentence, -1: idle
     double total
-    bint eos_done
     int32_t w
+    int pk                    # the token after w (PEEK_*): looked up one round later
+    const char* tb            # that word: its bytes and hash
+    int64_t tn
+    uint64_t th
     int32_t ctx[MAXCTX]
     double bo[MAXCTX]
     int32_t nxt[MAXCTX]
     double np_[MAXCTX]
     double nb[MAXCTX]
+    uint64_t ext
     uint64_t key[MAXCTX]
     uint64_t slot[MAXCTX]
 
@@ -1128,6 +1191,8 @@ cdef class QueryCore:
         fs_prefetch(self.lb1 + w)
         for k in range(2, self.order + 1):
             c = ctx[k - 2]
+            if c < 0 and self.closed:                    # no longer n-gram is stored (see _resolve)
+                break
             if c >= 0:
                 key[k - 2] = _slot_key(<uint32_t> c, <uint32_t> w)
                 slot[k - 2] = fs_probe_slot(key[k - 2], self.ts[k - 1])
@@ -1135,38 +1200,43 @@ cdef class QueryCore:
                 fs_prefetch(t)
                 fs_prefetch(t + self.sw[k - 1] - 1)      # a 24-byte slot may straddle two lines
 
-    cdef inline void _resolve(self, const int32_t* ctx, const uint64_t* key, const uint64_t* slot,
-                              int32_t* nxt, double* p, double* b) noexcept nogil:
+    cdef inline uint64_t _resolve(self, const int32_t* ctx, const uint64_t* key, const uint64_t* slot,
+                                  int32_t* nxt, double* p, double* b) noexcept nogil:
         """nxt[k - 1]: the slot of the k-gram ending at the word (-1: not stored or not searched),
-        p[k - 1] and b[k - 1] its log10 probability and backoff."""
+        p[k - 1] and b[k - 1] its log10 probability and backoff. Returns the orders (bit k - 1)
+        whose k-gram a State keeps (_EXT)."""
         cdef int k, s
-        cdef uint64_t i, S, v
+        cdef uint64_t i, S, v, ext = 0
         cdef const uint64_t* t
         cdef bint missed = False
         for k in range(2, self.order + 1):
             nxt[k - 1] = -1
-            if ctx[k - 2] < 0 or missed:                 # suffix-closed: after a miss no longer n-gram is stored
+            if ctx[k - 2] < 0 or missed:
+                # suffix-closed: with no context, or after a miss, no longer n-gram is stored
+                missed = self.closed
                 continue
             t, S, s, i = self.tb[k - 1], self.ts[k - 1], self.sw[k - 1], slot[k - 2]
             while True:
                 v = t[s * i]
-                if v == key[k - 2]:
+                if v == _EMPTY_KEY:
+                    missed = self.closed
+                    break
+                if (v & ~_EXT) == key[k - 2]:
                     nxt[k - 1] = <int32_t> i
                     p[k - 1] = fs_f64(t[s * i + 1])
                     b[k - 1] = fs_f64(t[s * i + 2]) if s == 3 else 0.0
-                    break
-                if v == _EMPTY_KEY:
-                    missed = self.closed
+                    ext |= (v >> 63) << (k - 1)
                     break
                 i += 1
                 if i == S:
                     i = 0
+        return ext
 
     cdef inline double _finish(self, const int32_t* ctx, const double* bo, int32_t w, const int32_t* nxt,
-                               const double* p, const double* b, int32_t* out, double* outb,
+                               const double* p, const double* b, uint64_t ext, int32_t* out, double* outb,
                                int* length) noexcept nogil:
-        """log10 P(w | ctx) by back-off from the n-grams found; out, outb: the state after w (may
-        alias ctx, bo: read before written)."""
+        """log10 P(w | ctx) by back-off from the n-grams found (ext: _resolve's); out, outb: the
+        state after w (may alias ctx, bo: read before written)."""
         cdef double r = self.lp1[w]
         cdef int k, found = 1
         for k in range(2, self.order + 1):
@@ -1178,7 +1248,10 @@ cdef class QueryCore:
         if self.order > 1:
             out[0], outb[0] = w, self.lb1[w]
             for k in range(1, self.order - 1):
-                out[k], outb[k] = nxt[k], b[k]
+                if (ext >> k) & 1:
+                    out[k], outb[k] = nxt[k], b[k]
+                else:
+                    out[k], outb[k] = -1, 0.0
         length[0] = found
         return r
 
@@ -1191,8 +1264,8 @@ cdef class QueryCore:
         cdef double p[MAXCTX]
         cdef double b[MAXCTX]
         self._prepare(ctx, w, key, slot)
-        self._resolve(ctx, key, slot, nxt, p, b)
-        return self._finish(ctx, bo, w, nxt, p, b, out, outb, length)
+        cdef uint64_t ext = self._resolve(ctx, key, slot, nxt, p, b)
+        return self._finish(ctx, bo, w, nxt, p, b, ext, out, outb, length)
 
     cdef void _start(self, int32_t* ctx, double* bo, bint bos) noexcept nogil:
         """The context at a sentence start ('<s>') or the empty context."""
@@ -1250,18 +1323,30 @@ cdef class QueryCore:
         cdef double s = self._sentence(p, n, True, True, &t, &o, &os)
         return 10.0 ** (-s / t)
 
+    cdef inline void _peek(self, _Lane* L, bint eos) noexcept nogil:
+        """Find the lane's next token and, for a word, prefetch its slot in the word set: it is
+        looked up a round later, when the slot has arrived."""
+        cdef const char* b
+        if _next_word(&L.p, L.e, &b):
+            L.pk, L.tb, L.tn = PEEK_WORD, b, L.p - b
+            L.th = fs_hash_bytes(b, L.tn)
+            self._words.prefetch(L.th)
+        else:
+            L.pk = PEEK_EOS if eos else PEEK_END
+
     cdef bint _lane_next(self, _Lane* L, _Batch* B) noexcept nogil:
         """Set L.w to the lane's next token, moving on to the next sentence of the batch when its
         own is done (its total written); False when the batch has no sentence left for the lane."""
-        cdef const char* b
+        cdef int32_t w
         while True:
             if L.sent >= 0:
-                if _next_word(&L.p, L.e, &b):
-                    L.w = self._index(b, L.p - b)
+                if L.pk == PEEK_WORD:
+                    w = self._words.find_hashed(L.tb, L.tn, L.th, False)
+                    L.w = w if w > 0 else 0
+                    self._peek(L, B.eos)
                     return True
-                if B.eos and not L.eos_done:
-                    L.eos_done = True
-                    L.w = self.eos
+                if L.pk == PEEK_EOS:
+                    L.w, L.pk = self.eos, PEEK_END
                     return True
                 B.out[L.sent] = L.total
             if B.next >= B.m:
@@ -1270,8 +1355,9 @@ cdef class QueryCore:
             L.sent = B.next
             B.next += 1
             L.p, L.e = B.ptr[L.sent], B.ptr[L.sent] + B.len[L.sent]
-            L.total, L.eos_done = 0, False
+            L.total = 0
             self._start(L.ctx, L.bo, B.bos)
+            self._peek(L, B.eos)
 
     cdef void _run(self, _Batch* B) noexcept nogil:
         """Score the sentences B.next .. B.m - 1 in lockstep lanes (see score_batch)."""
@@ -1289,11 +1375,11 @@ cdef class QueryCore:
             for g in range(LANES):
                 if lanes[g].sent >= 0:
                     L = &lanes[g]
-                    self._resolve(L.ctx, L.key, L.slot, L.nxt, L.np_, L.nb)
+                    L.ext = self._resolve(L.ctx, L.key, L.slot, L.nxt, L.np_, L.nb)
             for g in range(LANES):
                 if lanes[g].sent >= 0:
                     L = &lanes[g]
-                    L.total += self._finish(L.ctx, L.bo, L.w, L.nxt, L.np_, L.nb, L.ctx, L.bo, &length)
+                    L.total += self._finish(L.ctx, L.bo, L.w, L.nxt, L.np_, L.nb, L.ext, L.ctx, L.bo, &length)
                     if not self._lane_next(L, B):
                         active -= 1
 

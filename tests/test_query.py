@@ -195,3 +195,19 @@ def test_batch_threads_give_the_same_scores(models, tm_split):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads"):
             qa.score_batch(sents, threads=bad)
+
+
+def test_state_keeps_a_leaf_ngram_with_a_backoff(tmp_path):
+    # a State drops an n-gram with nothing after it only when its backoff is 0: 'a b' has no 3-gram
+    # after it but backoff -0.15, which P(c | a b) must still add (-0.15 + P(c | b) = -0.45)
+    p = tmp_path / "m.arpa"
+    p.write_text("\\data\\\nngram 1=5\nngram 2=3\nngram 3=1\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n-0.5\t</s>\n"
+                 "-0.6\ta\t-0.2\n-0.9\tb\t-0.25\n-0.8\tc\n\n\\2-grams:\n-0.2\t<s> a\t-0.1\n-0.4\ta b\t-0.15\n"
+                 "-0.3\tb c\t0\n\n\\3-grams:\n-0.05\t<s> a b\n\n\\end\\\n")
+    write_binary(p, tmp_path / "m.bin")
+    k = kenlm.Model(str(p))
+    for q in (Model(p), Model(tmp_path / "m.bin")):
+        assert [x for x, _, _ in q.full_scores("a b c")] == pytest.approx([-0.2, -0.05, -0.45, -0.5], abs=1e-12)
+        assert q.score("a b c") == pytest.approx(load_arpa(p).score("a b c"), abs=1e-12)
+        assert q.score("a b c") == pytest.approx(k.score("a b c"), abs=1e-6)
+        assert list(q.score_batch(["a b c", "b c", "a b"])) == [q.score(s) for s in ("a b c", "b c", "a b")]

@@ -9,12 +9,14 @@
 
 Sentences are split on ASCII whitespace and words looked up by their UTF-8 bytes, as kenlm
 does, so the numbers are kenlm's (fastseq sums in float64, kenlm in float32: they agree to
-about 1e-6). Beyond kenlm: ``score_batch(sentences)`` (one call for many sentences),
+about 1e-6). Beyond kenlm: ``score_batch(sentences, threads=None)`` (one call for many sentences,
+several scored in lockstep, the batch split among threads without the GIL),
 ``corpus_perplexity(sentences)`` (KenLM query's summary), ``meta`` (the file's header dict) and
 ``to_sentence(tokens)`` (a sentence in the file's spelling: escaped tokens for an escaped file).
 
-A State holds the rows of the stored n-grams ending at the last word (kenlm's holds the words);
-equal states score every continuation alike, so decoders can merge hypotheses on them.
+A State holds the stored n-grams ending at the last word (their slots in the probing tables;
+kenlm's holds the words), dropping, as kenlm does, one that no continuation can extend; equal
+states score every continuation alike, so decoders can merge hypotheses on them.
 """
 import os
 

@@ -18,12 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def best(f, repeat):
-    wall = cpu = float("inf")
+    return interleaved([f], repeat)[0]
+
+
+def interleaved(fs, repeat):
+    """(best wall, best CPU) seconds of each function, the functions run in turn in every repeat
+    (so that a change of the machine's load reaches all of them alike)."""
+    wall, cpu = [float("inf")] * len(fs), [float("inf")] * len(fs)
     for _ in range(repeat):
-        c0, w0 = time.process_time(), time.perf_counter()
-        f()
-        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
-    return wall, cpu
+        for i, f in enumerate(fs):
+            c0, w0 = time.process_time(), time.perf_counter()
+            f()
+            wall[i], cpu[i] = min(wall[i], time.perf_counter() - w0), min(cpu[i], time.process_time() - c0)
+    return list(zip(wall, cpu))
 
 
 def main(argv=None):
@@ -59,11 +66,9 @@ def main(argv=None):
     def per_sentence(m):
         return lambda: [m.score(s) for s in held]
 
-    k_score = best(per_sentence(k), args.repeat)
-    f_score = best(per_sentence(q), args.repeat)
-    f_batch = best(lambda: q.score_batch(held, threads=1), args.repeat)
-    f_batch_t = best(lambda: q.score_batch(held, threads=args.threads), args.repeat)
-    k_ppl = best(lambda: [k.perplexity(s) for s in held], args.repeat)
+    k_score, f_score, f_batch, f_batch_t, k_ppl = interleaved(
+        [per_sentence(k), per_sentence(q), lambda: q.score_batch(held, threads=1),
+         lambda: q.score_batch(held, threads=args.threads), lambda: [k.perplexity(s) for s in held]], args.repeat)
     words = [w for s in held for w in s.split() + ["</s>"]]
 
     def chain(m, State):
@@ -75,8 +80,8 @@ def main(argv=None):
                 a, b = b, a
         return run
 
-    k_base = best(chain(k, kenlm.State), args.repeat)
-    f_base = best(chain(q, __import__("fastseq.ngram.query", fromlist=["State"]).State), args.repeat)
+    k_base, f_base = interleaved([chain(k, kenlm.State),
+                                  chain(q, __import__("fastseq.ngram.query", fromlist=["State"]).State)], args.repeat)
     ks = sum(k.score(s) for s in held)
     fs = float(q.score_batch(held, threads=1).sum())
     print(f"model: {args.order}-gram Kneser-Ney of {args.words:,} sampled words; ARPA {arpa.stat().st_size:,} bytes, "

@@ -17,7 +17,12 @@ thread count (1 or 2), against the C++ step at its faster thread count.
 This process unsets OPENBLAS_CORETYPE (set on this machine, it pins OpenBLAS
 to its Haswell kernels) before any BLAS is loaded, so OpenBLAS picks its
 kernels for the actual CPU; the table records the core OpenBLAS reports.
-With FASTSEQ_ISA=avx2 (the AVX2 path forced) OPENBLAS_CORETYPE is left as set.
+With FASTSEQ_ISA=avx2 (the AVX2 path forced) OPENBLAS_CORETYPE is left as set,
+and PyTorch is held to AVX2 as well (ATEN_CPU_CAPABILITY=avx2,
+ONEDNN_MAX_CPU_ISA=AVX2, set before torch loads): the forced path stands for an
+AVX2-only machine, where PyTorch has no AVX-512 either.
+FASTSEQ_BENCH_TORCH_ISA=native leaves PyTorch at its own best instead.
+The machine line records the capability PyTorch reports.
 """
 import os
 import sys
@@ -27,6 +32,10 @@ if "numpy" not in sys.modules and "fastseq" not in sys.modules and os.environ.ge
     CORETYPE_UNSET = os.environ.pop("OPENBLAS_CORETYPE", None)
 else:  # pragma: no cover - a BLAS is already loaded; record what it uses
     CORETYPE_UNSET = None
+
+if os.environ.get("FASTSEQ_ISA") == "avx2" and os.environ.get("FASTSEQ_BENCH_TORCH_ISA") != "native":
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 import ctypes  # noqa: E402
 import platform  # noqa: E402
@@ -275,6 +284,9 @@ def machine_line():
     info = fastseq.build_info()
     core = _openblas().scipy_openblas_get_corename().decode()
     tv = torch.__version__ if torch is not None else "absent"
+    if torch is not None:
+        tv += f" (CPU capability {torch.backends.cpu.get_cpu_capability()}, oneDNN max ISA " \
+              f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')})"
     return (f"{cpu}, {os.cpu_count()} cores; {info['blas']} {info['blas_version']} (OpenBLAS core {core}, "
             f"OPENBLAS_CORETYPE {'unset by the benchmark (was ' + CORETYPE_UNSET + ')' if CORETYPE_UNSET else 'not set'}), "
             f"BLAS threads 1 or 2 (best shown); {info['compiler']}; torch {tv}; numpy {np.__version__}; "
@@ -391,6 +403,8 @@ TORCH_CELL = {"gru": "GRU", "lstm": "LSTM"}
 # PyTorch's thread counts tried (FASTSEQ_BENCH_TORCH_THREADS="1"): on a loaded 2-core machine
 # its 2-thread runs spin for seconds per step, which only makes the table slow to produce.
 TORCH_THREADS = tuple(int(n) for n in os.environ.get("FASTSEQ_BENCH_TORCH_THREADS", "1,2").split(","))
+# FASTSEQ_BENCH_CELLS=lstm (comma-separated) measures only those cells' rows (a loaded machine's short run)
+BENCH_CELLS = tuple(os.environ.get("FASTSEQ_BENCH_CELLS", "rnn_tanh,gru,lstm").split(","))
 
 
 def cell_params(cell, H, L, rng):
@@ -527,7 +541,7 @@ def cells_report(path=None):
     say("")
     say("| cell | layers | H | C++ ms (threads) | PyTorch best ms (input, threads) | C++ / PyTorch | target | met |")
     say("|---|---|---|---|---|---|---|---|")
-    for cell in ("gru", "lstm"):
+    for cell in [c for c in ("gru", "lstm") if c in BENCH_CELLS]:
         for L in (1, 2):
             for H in CELL_HS:
                 cases = {("cpp", n): (n, fastseq_cell_step(cell, H, L)) for n in (1, 2)}
@@ -546,7 +560,7 @@ def cells_report(path=None):
     say("")
     say("| cell | C++ us/char (threads) | PyTorch loop us/char (threads) | ratio | target 5x |")
     say("|---|---|---|---|---|")
-    for cell in ("rnn_tanh", "gru", "lstm"):
+    for cell in [c for c in ("rnn_tanh", "gru", "lstm") if c in BENCH_CELLS]:
         cases = {("cpp", n): (n, fastseq_cell_generate(cell, GEN_H, GEN_N)) for n in (1, 2)}
         cases.update({("torch", n): (n, torch_cell_generate(cell, GEN_H, GEN_N)) for n in TORCH_THREADS})
         t = best_times(cases, rounds=3, min_round=0.2)

@@ -114,12 +114,18 @@ FASTSEQ_INLINE void step_ptrs(const Views<T>& v, int t, const T** prev, T** ext)
     ext[1] = Cell::X > 1 ? v.E[1].at(t) : nullptr;
 }
 
-// Forward over T steps for R rows: Z holds gi_t on entry.
-template <typename T, class Cell>
-void loop_forward(const Cell& c, int Tn, int R, const Views<T>& v, T* scratch) {
+struct NoInput {
+    void operator()(int) const {}
+};
+// Forward over T steps for R rows: Z holds gi_t on entry to step t, written
+// beforehand or by input(t) just before the step (then it is still in cache
+// when the step's product adds to it).
+template <typename T, class Cell, class In = NoInput>
+void loop_forward(const Cell& c, int Tn, int R, const Views<T>& v, T* scratch, In&& input = In()) {
     const T* prev[2];
     T* ext[2];
     for (int t = 0; t < Tn; ++t) {
+        input(t);
         step_ptrs<Cell>(v, t, prev, ext);
         c.forward_step(R, prev, v.Z.at(t), ext, v.Hs.at(t), scratch);
     }
@@ -397,12 +403,14 @@ void recurrent_grad(int Tn, int B, int H, int GH, const T* h0, const T* Hs, cons
     if (Tn > 1) blas::gemm(true, false, H, GH, (Tn - 1) * B, T(1), Hs, H, dGH + idx(B) * GH, GH, T(1), dW_hh, GH);
 }
 
-// db_h = sum of dgi rows; the GRU's db_hn = sum of the n block of dgh rows.
+// db_h = sum of dgi rows (unless db_h is null); the GRU's db_hn = sum of the n block of dgh rows.
 template <typename T, class Cell>
 void bias_grads(idx M, int H, const T* dZ, const T* dGH, T* db_h, T* db_hn) {
     const int GH = Cell::G * H;
-    std::fill(db_h, db_h + GH, T(0));
-    colsum_add(int(M), GH, dZ, db_h);
+    if (db_h) {
+        std::fill(db_h, db_h + GH, T(0));
+        colsum_add(int(M), GH, dZ, db_h);
+    }
     if (db_hn) {
         std::fill(db_hn, db_hn + H, T(0));
         for (idx r = 0; r < M; ++r) {
@@ -551,20 +559,20 @@ LMGrads<T> lm_grads_in(const LMParams<T>& P, int G, T* flat) {
     return g;
 }
 
-// 1. the row gather gi_t = W_xh[ids[:, t]] (* m_in) + b_h for R rows of ids (stride Tn).
+// 1. the row gather gi_t = W_xh[ids[:, t]] (* m_in) + b_h of step t for R rows of ids (stride Tn).
 template <typename T>
-void gather_inputs(const LayerW<T>& P, int GH, int Tn, int R, int B, const std::int64_t* ids, const T* m_in, T* A) {
-    for (int t = 0; t < Tn; ++t)
-        for (int r = 0; r < R; ++r) {
-            const T* w = P.W_xh + idx(ids[idx(r) * Tn + t]) * GH;
-            T* a = A + (idx(t) * R + r) * GH;
-            if (m_in) {
-                const T* m = m_in + (idx(t) * B + r) * GH;
-                for (int j = 0; j < GH; ++j) a[j] = w[j] * m[j] + P.b_h[j];
-            } else {
-                for (int j = 0; j < GH; ++j) a[j] = w[j] + P.b_h[j];
-            }
+void gather_step(const LayerW<T>& P, int GH, int Tn, int t, int R, int B, const std::int64_t* ids, const T* m_in,
+                 T* A) {
+    for (int r = 0; r < R; ++r) {
+        const T* w = P.W_xh + idx(ids[idx(r) * Tn + t]) * GH;
+        T* a = A + (idx(t) * R + r) * GH;
+        if (m_in) {
+            const T* m = m_in + (idx(t) * B + r) * GH;
+            for (int j = 0; j < GH; ++j) a[j] = w[j] * m[j] + P.b_h[j];
+        } else {
+            for (int j = 0; j < GH; ++j) a[j] = w[j] + P.b_h[j];
         }
+    }
 }
 
 // rows of a slice's (T, R, H) buffer times the mask's rows (T, B, H) of that slice
@@ -577,6 +585,10 @@ void mask_slice(int Tn, int R, int B, int H, const T* a, const T* m, T* out) {
 // The output projection's weights packed once per call for the register-tiled
 // kernel, used while the model is small: there the products are thin (N = V or
 // H) and BLAS's per-call packing and overhead dominate; above kSmallH, BLAS.
+// (The gradients' products A^T B over all T*R rows, dW_hq, dW_hh and dW_xh,
+// always go to BLAS: a K of thousands repays its packing, and the register-tiled
+// kernel reads a transposed A with a stride (measured: the LSTM's dW_hh took a
+// quarter of an H=128 step with AVX-512, more with AVX2; BLAS 3-5x faster).)
 constexpr int kSmallH = 256;
 template <typename T>
 struct OutProj {
@@ -605,24 +617,21 @@ struct OutProj {
         if (small) kern::gemm_pb(M, P.H, P.V, dO, P.V, false, WqT, dH, P.H, false);
         else blas::gemm(false, true, M, P.H, P.V, T(1), dO, P.V, P.W_hq, P.V, T(0), dH, P.H);
     }
-    // C (Ka x N) = A^T B over M rows, A (M x Ka), B (M x N); pk: scratch for packing B
-    void tn(int M, int Ka, int N, const T* A, const T* Bm, T* C, T* pk) const {
-        if (small) {
-            kern::pack_b(M, N, Bm, N, false, pk);
-            kern::gemm_pb(Ka, N, M, A, Ka, true, pk, C, N, false);
-        } else {
-            blas::gemm(true, false, Ka, N, M, T(1), A, Ka, Bm, N, T(0), C, N);
-        }
-    }
 };
 
+
+// C (Ka x N) = A^T B over M rows, A (M x Ka), B (M x N)
+template <typename T>
+void tn_product(int M, int Ka, int N, const T* A, const T* Bm, T* C) {
+    blas::gemm(true, false, Ka, N, M, T(1), A, Ka, Bm, N, T(0), C, N);
+}
 
 // The working memory of one slice of R rows (elements of T), laid out by one
 // walk for both its size and its pointers.
 template <typename T, class Cell>
 struct LMSlice {
     std::vector<T*> Hb, Z, E, Xin;  // per layer: (T+1, R, H) with h0 first; gates; extras; masked input
-    T *Hout, *O, *dZ, *dGH, *dir, *ds0, *pk, *step, *loop;
+    T *Hout, *O, *dZ, *dGH, *dir, *ds0, *step, *loop;
     T *dZK = nullptr, *dirK = nullptr;  // sliding truncation of a stack: per age (T, tau, R, width)
     std::size_t size = 0;
     LMSlice(const LMParams<T>& P, const LMMasks<T>& mk, int Tn, int R, int window, bool train, T* base) {
@@ -648,8 +657,6 @@ struct LMSlice {
         dGH = Cell::kSepGh ? take(M * GH) : dZ;
         dir = take(M * H);
         ds0 = take(std::size_t(Cell::P) * R * H);
-        pk = take(std::max({kern::packed_size<T>(int(M), V), kern::packed_size<T>(int(M), H),
-                            kern::packed_size<T>(int(M), GH)}));
         step = take(Cell::step_scratch(R, H));
         loop = take(backward_scratch<Cell>(H, R, Tn, window));
         if (L > 1 && window > 0 && window < Tn) {
@@ -681,7 +688,9 @@ const T* lm_forward_slice(const LMParams<T>& P, const CellStack<T, Cell>& cs, co
         std::memcpy(w.Hb[l], state0 + (idx(l) * B + b0) * H, sizeof(T) * R * H);
         const T* c0 = Cell::P > 1 ? state0 + (idx(L + l) * B + b0) * H : nullptr;
         if (l == 0) {
-            gather_inputs(P.layers[0], GH, Tn, R, B, ids, mk.in ? mk.in + idx(b0) * GH : nullptr, w.Z[0]);
+            const T* m_in = mk.in ? mk.in + idx(b0) * GH : nullptr;
+            loop_forward<T>(cs.cells[0], Tn, R, w.views(0, Tn, R, H, c0), w.step,
+                            [&](int t) { gather_step(P.layers[0], GH, Tn, t, R, B, ids, m_in, w.Z[0]); });
         } else {
             const T* in = w.Hb[l - 1] + idx(R) * H;
             if (mk.layers) {
@@ -689,8 +698,8 @@ const T* lm_forward_slice(const LMParams<T>& P, const CellStack<T, Cell>& cs, co
                 in = w.Xin[l];
             }
             affine(M, GH, H, in, P.layers[l].W_xh, P.layers[l].b_h, w.Z[l]);
+            loop_forward<T>(cs.cells[l], Tn, R, w.views(l, Tn, R, H, c0), w.step);
         }
-        loop_forward<T>(cs.cells[l], Tn, R, w.views(l, Tn, R, H, c0), w.step);
     }
     const T* top = w.Hb[L - 1] + idx(R) * H;
     if (mk.out) {
@@ -753,7 +762,7 @@ double lm_step_slice(const LMParams<T>& P, const CellStack<T, Cell>& cs, const O
         o[tgt[idx(r) * Tn + t]] -= inv;
     }
     // dW_hq = H^T dO ; db_q = sum dO ; direct dH = dO W_hq^T (* m_out)
-    op.tn(int(M), H, V, top, O, g.W_hq, w.pk);
+    tn_product(int(M), H, V, top, O, g.W_hq);
     std::fill(g.b_q, g.b_q + V, T(0));
     colsum_add(int(M), V, O, g.b_q);
     T* dZ = w.dZ;
@@ -775,11 +784,13 @@ double lm_step_slice(const LMParams<T>& P, const CellStack<T, Cell>& cs, const O
                          Seq<T>{dZ, RH * Cell::G}, Seq<T>{dGH, RH * Cell::G}, nullptr, scale ? scale + b0 : nullptr,
                          B, window, ds0, w.loop, ages);
         const LayerG<T>& gl = g.layers[l];
-        op.tn(int(M), H, GH, w.Hb[l], dGH, gl.W_hh, w.pk);  // [h0; H_0..H_{T-2}]^T dGH in one product
-        bias_grads<T, Cell>(M, H, dZ, dGH, gl.b_h, gl.b_hn);
+        tn_product(int(M), H, GH, w.Hb[l], dGH, gl.W_hh);  // [h0; H_0..H_{T-2}]^T dGH in one product
+        // the unmasked one-hot layer sums its dgi rows from the V rows of dW_xh below (fewer than T*R)
+        const bool bias_from_rows = l == 0 && !mk.in;
+        bias_grads<T, Cell>(M, H, dZ, dGH, bias_from_rows ? nullptr : gl.b_h, gl.b_hn);
         if (l >= 1) {
             const T* in = mk.layers ? w.Xin[l] : w.Hb[l - 1] + RH;
-            op.tn(int(M), H, GH, in, dZ, gl.W_xh, w.pk);
+            tn_product(int(M), H, GH, in, dZ, gl.W_xh);
             if (w.dZK) {  // sliding truncation: every age's dX, age 0 the direct gradient below
                 blas::gemm(false, true, int(M) * tau, H, GH, T(1), w.dZK, GH, P.layers[l].W_xh, GH, T(0), w.dirK, H);
                 for (int t = 0; t < Tn; ++t)
@@ -808,6 +819,10 @@ double lm_step_slice(const LMParams<T>& P, const CellStack<T, Cell>& cs, const O
                     for (int j = 0; j < GH; ++j) wr[j] += d[j];
                 }
             }
+        if (bias_from_rows) {  // every dgi row went to exactly one row of dW_xh
+            std::fill(gl.b_h, gl.b_h + GH, T(0));
+            colsum_add(V, GH, gl.W_xh, gl.b_h);
+        }
     }
     slice_state(w, L, Tn, R, B, H, b0, new_state);
     return nll;

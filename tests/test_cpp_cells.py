@@ -207,9 +207,14 @@ def test_lm_step_matches_reference(cell, kind, dtype, threads, size, L, tau, dro
     assert abs(loss - lr) <= RTOL[dtype] * abs(lr)
     assert_close(sT, sTr, dtype, "state_T")
     assert set(grads) == set(gr) == set(params)
+    exact = None
+    if dtype == np.float32:   # the float32 reference's own rounding, for sums that cancel (tolerances.py)
+        up = lambda a: None if a is None else a.astype(np.float64)   # noqa: E731
+        exact = reference_lm(cell, {k: up(v) for k, v in params.items()}, ids, Yt, up(s0),
+                             (up(plan[0]), plan[1]), None if masks is None else tuple(up(x) for x in masks), L)[1]
     for k in gr:
         assert grads[k].dtype == dtype
-        assert_close(grads[k], gr[k], dtype, k)
+        assert_close(grads[k], gr[k], dtype, k, exact=None if exact is None else exact[k])
     if masks is None:
         logits, sT2 = _core.cell_lm_forward(cell, ids, s0, params, threads)
         assert_close(logits, logits_r, dtype, "logits")

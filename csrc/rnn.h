@@ -87,17 +87,31 @@ struct LayerG {
     T *W_xh, *W_hh, *b_h, *b_hn;
 };
 
-// The cells of a stack, each with its W_hh packed once per call.
+// What a call does with W_hh, so that it packs no more than it uses
+// (PackedRecurrent): R rows per step (a batch slice; 1 when decoding) and
+// whether it runs a backward, and with how many rows per message.
+struct Uses {
+    int rows = 1;
+    bool forward = true;
+    bool backward = false;
+    bool multi_message = false;  // sliding truncation: one message carries every live term
+    bool pack_fwd() const { return forward && rows >= 2; }
+    bool pack_bwd() const { return backward && (rows >= 2 || multi_message); }
+};
+
+// The cells of a stack, each with its W_hh packed once per call (as far as it pays).
 template <typename T, class Cell>
 struct CellStack {
     std::vector<Cell> cells;
     Buffer<T> packed;
-    CellStack(const std::vector<LayerW<T>>& Ls, int H, int variant)
-        : packed(Ls.size() * Cell::workspace(H)) {
+    CellStack(const std::vector<LayerW<T>>& Ls, int H, int variant, Uses u)
+        : packed(u.pack_fwd() || u.pack_bwd() ? Ls.size() * Cell::workspace(H) : 0) {
         cells.reserve(Ls.size());
         for (std::size_t l = 0; l < Ls.size(); ++l) {
             cells.emplace_back(Ls[l].W_hh, Ls[l].b_hn, H, variant);
-            cells.back().prepare(packed.get() + l * Cell::workspace(H));
+            cells.back().pk.pack_fwd = u.pack_fwd();
+            cells.back().pk.pack_bwd = u.pack_bwd();
+            cells.back().prepare(u.pack_fwd() || u.pack_bwd() ? packed.get() + l * Cell::workspace(H) : nullptr);
         }
     }
 };
@@ -359,11 +373,13 @@ const T* layer_input(const StackBufs<T>& S, int l, int Tn, int B, int H, const T
     return S.Xin ? S.Xin + (l - 1) * TBH : S.Hs + (l - 1) * TBH;
 }
 
-// rows of out (M x N) = b (N,) broadcast, then out += A (M x K) W (K x N)
+// rows of out (M x N) = b (N,) broadcast, then out += A (M x K) W (K x N);
+// one row (a decoding step) streams W as stored: a BLAS call would pack it.
 template <typename T>
 void affine(idx M, int N, int K, const T* A, const T* W, const T* b, T* out) {
     for (idx r = 0; r < M; ++r) std::memcpy(out + r * N, b, sizeof(T) * N);
-    blas::gemm(false, false, int(M), N, K, T(1), A, K, W, N, T(1), out, N);
+    if (M == 1) matvec::axpy(K, N, A, W, N, out, true);
+    else blas::gemm(false, false, int(M), N, K, T(1), A, K, W, N, T(1), out, N);
 }
 
 template <typename T>
@@ -378,9 +394,10 @@ void stack_forward(const std::vector<LayerW<T>>& Ls, int H, int variant, int Tn,
                    const T* state0, const T* m_layers, const StackBufs<T>& S, T* stateT, int parts) {
     const int L = int(Ls.size());
     const idx TB = idx(Tn) * B, TBH = TB * H, GH = idx(Cell::G) * H;
-    CellStack<T, Cell> cs(Ls, H, variant);
     const int np = auto_parts(B, Tn, int(GH), Ls[0].D, parts);
-    const std::size_t per = Cell::step_scratch((B + np - 1) / np, H);
+    const int Rmax = (B + np - 1) / np;
+    CellStack<T, Cell> cs(Ls, H, variant, Uses{Rmax, true, false, false});
+    const std::size_t per = Cell::step_scratch(Rmax, H);
     Buffer<T> scratch(per * np);
     for (int l = 0; l < L; ++l) {
         if (l >= 1 && S.Xin) mul_rows(TBH, S.Hs + (l - 1) * TBH, m_layers + (l - 1) * TBH, S.Xin + (l - 1) * TBH);
@@ -431,7 +448,6 @@ void stack_backward(const std::vector<LayerW<T>>& Ls, int H, int variant, int Tn
     const int L = int(Ls.size());
     const idx TB = idx(Tn) * B, TBH = TB * H;
     const int GH = Cell::G * H;
-    CellStack<T, Cell> cs(Ls, H, variant);
     Buffer<T> dZbuf(TB * GH), dGHbuf(Cell::kSepGh ? TB * GH : 0), dir(L > 1 ? TBH : 0);
     // sliding truncation of a stack: each term crosses the layers at its own age
     const int tau = L > 1 && window > 0 && window < Tn ? window : 0;
@@ -439,7 +455,9 @@ void stack_backward(const std::vector<LayerW<T>>& Ls, int H, int variant, int Tn
     T* dZ = dZbuf.get();
     T* dGH = Cell::kSepGh ? dGHbuf.get() : dZ;
     const int np = auto_parts(B, Tn, GH, Ls[0].D, parts);
-    const std::size_t per = backward_scratch<Cell>(H, (B + np - 1) / np, Tn, window);
+    const int Rmax = (B + np - 1) / np;
+    CellStack<T, Cell> cs(Ls, H, variant, Uses{Rmax, false, true, window > 0 && window < Tn});
+    const std::size_t per = backward_scratch<Cell>(H, Rmax, Tn, window);
     Buffer<T> scratch(per * np);
     for (int l = L - 1; l >= 0; --l) {
         if (tau && l < L - 1)  // age 0 of the terms from above: this layer's direct gradients
@@ -844,7 +862,7 @@ double lm_loss_and_grad(const LMParams<T>& P, const LMMasks<T>& mk, int Tn, int 
     std::vector<double> nll(np, 0.0);
     std::vector<LMGrads<T>> gs(np, g);
     for (int p = 1; p < np; ++p) gs[p] = lm_grads_in(P, Cell::G, work.get() + per * np + gsz * (p - 1));
-    CellStack<T, Cell> cs(P.layers, H, P.variant);
+    CellStack<T, Cell> cs(P.layers, H, P.variant, Uses{Rmax, true, true, window > 0 && window < Tn});
     const OutProj<T> op(P);
     parallel_slices(B, np, [&](int p, int b0, int R) {
         LMSlice<T, Cell> w(P, mk, Tn, R, window, true, work.get() + per * p);
@@ -873,7 +891,7 @@ void lm_forward(const LMParams<T>& P, int Tn, int B, const std::int64_t* ids, co
     const std::size_t per = LMSlice<T, Cell>(P, mk, Tn, Rmax, 0, false, nullptr).size +
                             Cell::step_scratch(Rmax, H);
     Buffer<T> work(per * np);
-    CellStack<T, Cell> cs(P.layers, H, P.variant);
+    CellStack<T, Cell> cs(P.layers, H, P.variant, Uses{Rmax, true, false, false});
     const OutProj<T> op(P);
     parallel_slices(B, np, [&](int p, int b0, int R) {
         LMSlice<T, Cell> w(P, mk, Tn, R, 0, false, work.get() + per * p);
@@ -1026,7 +1044,7 @@ template <typename T, class Cell>
 void lm_generate_cells(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
                        int top_k, const double* uniforms, std::int32_t* out) {
     const int H = P.H, V = P.V, L = int(P.layers.size()), GH = Cell::G * H;
-    CellStack<T, Cell> cs(P.layers, H, P.variant);
+    CellStack<T, Cell> cs(P.layers, H, P.variant, Uses{1, true, false, false});
     const std::size_t pxh = kern::packed_size<T>(H, GH);
     Buffer<T> packed(pxh * (L - 1) + kern::packed_size<T>(H, V));
     for (int l = 1; l < L; ++l) kern::pack_b(H, GH, P.layers[l].W_xh, GH, false, packed.get() + pxh * (l - 1));

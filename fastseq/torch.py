@@ -27,6 +27,8 @@ called. Importing this module registers the three classes with
 ``torch.load(weights_only=True)`` once the user's own classes are listed too.
 """
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -93,13 +95,6 @@ class _Layer(torch.autograd.Function):
     """
 
     @staticmethod
-    def run(spec, X, state0):
-        """The forward alone (nothing to differentiate): no autograd node, no copies of the outputs."""
-        _sync_threads()
-        Y, state_T, _ = spec.ops.rnn_forward(spec.cell, _np(X), _np(state0), spec.params, spec.masks)
-        return _t(Y), _t(state_T)
-
-    @staticmethod
     def forward(ctx, spec, X, state0, *weights):
         _sync_threads()
         Y, state_T, cache = spec.ops.rnn_forward(spec.cell, _np(X), _np(state0), spec.params, spec.masks)
@@ -125,6 +120,18 @@ class _Layer(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------- the modules
+_VIEWS = weakref.WeakKeyDictionary()     # module -> (key, NumPy views of its weights): _views
+_OPS = {}
+
+
+def _ops(backend):
+    """get_ops(backend), looked up once per backend (a call per token would check the name again)."""
+    ops = _OPS.get(backend)
+    if ops is None:
+        ops = _OPS[backend] = get_ops(backend)
+    return ops
+
+
 def _unsupported(arg, what, cls):
     return ArgumentError(f"{arg}: {what} is not supported by fastseq.torch.{cls}; use torch.nn.{cls}")
 
@@ -179,37 +186,55 @@ class _FastseqRNNBase:
     def _cell(self):
         return self.mode.lower()             # RNN_TANH, RNN_RELU, GRU, LSTM -> the contract's names
 
-    def _params(self):
-        """The contract's flat dict, viewing the weights' storage (copied only if it is laid out otherwise)."""
+    def _weights(self):
+        """The weights as the module holds them now (a Parameter assigned since included), torch's order."""
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    def _views(self, weights):
+        """NumPy views of the weights' storage, made again only when a weight's memory is another.
+
+        A view reads the weights' numbers live, so in-place changes (optimizer steps, copy_,
+        load_state_dict) need nothing; and holding it keeps that memory allocated, so no other tensor
+        can come to the same address: the same (address, dtype, shape, strides) is the same memory.
+        """
+        key = tuple((w.data_ptr(), w.dtype, w.shape, w.stride()) for w in weights)
+        hit = _VIEWS.get(self)
+        if hit is None or hit[0] != key:
+            hit = (key, [w.detach().numpy() for w in weights])
+            _VIEWS[self] = hit
+        return hit[1]
+
+    def _params(self, weights):
+        """The contract's flat dict on views of the weights (a weight laid out otherwise is copied);
+        the biases' sums are made at every call (they must follow the weights)."""
         L, H, cell = self.num_layers, self.hidden_size, self._cell
-        weights = self._flat_weights
+        views = self._views(weights)
         per = 4 if self.bias else 2
         params = {}
         for l in range(L):
-            s, w = layer_suffix(l), weights[per * l: per * (l + 1)]
-            params[f"W_xh{s}"] = np.ascontiguousarray(w[0].detach().numpy().T)
-            params[f"W_hh{s}"] = np.ascontiguousarray(w[1].detach().numpy().T)
-            dtype = params[f"W_hh{s}"].dtype
+            s, w = layer_suffix(l), views[per * l: per * (l + 1)]
+            params[f"W_xh{s}"] = np.ascontiguousarray(w[0].T)
+            params[f"W_hh{s}"] = W_hh = np.ascontiguousarray(w[1].T)
             if self.bias:
-                b_ih, b_hh = w[2].detach().numpy(), w[3].detach().numpy()
+                b_ih, b_hh = w[2], w[3]
                 if cell == "gru":
-                    params[f"b_h{s}"] = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
-                    params[f"b_hn{s}"] = b_hh[2 * H:].copy()
+                    b_h = b_ih.copy()
+                    np.add(b_ih[:2 * H], b_hh[:2 * H], out=b_h[:2 * H])
+                    params[f"b_h{s}"], params[f"b_hn{s}"] = b_h, b_hh[2 * H:]
                 else:
                     params[f"b_h{s}"] = b_ih + b_hh
             else:
-                params[f"b_h{s}"] = np.zeros(w[1].shape[0], dtype)
+                params[f"b_h{s}"] = np.zeros(W_hh.shape[1], W_hh.dtype)
                 if cell == "gru":
-                    params[f"b_hn{s}"] = np.zeros(H, dtype)
+                    params[f"b_hn{s}"] = np.zeros(H, W_hh.dtype)
         return params
 
-    def _check_input(self, input, hx):
+    def _check_input(self, input, hx, dtype):
         cls = type(self).__name__
         if isinstance(input, torch.nn.utils.rnn.PackedSequence):
             raise _unsupported("input", "a PackedSequence", cls)
         if not isinstance(input, torch.Tensor):
             raise ArgumentError(f"input: expected a tensor, got {type(input).__name__}")
-        dtype = self._flat_weights[0].dtype
         if input.device.type != "cpu":
             raise _unsupported("input", f"device {input.device}", cls)
         if dtype not in _DTYPES:
@@ -251,8 +276,8 @@ class _FastseqRNNBase:
     @torch.compiler.disable
     def _fastseq_forward(self, input, hx):
         """The layer as one opaque call: torch.compile runs it eagerly (a graph break) around its graph."""
-        self._update_flat_weights()
-        hx = self._check_input(input, hx)
+        weights = self._weights()
+        hx = self._check_input(input, hx, weights[0].dtype)
         batched = input.dim() == 3
         X = input if batched else input.unsqueeze(1)
         if self.batch_first and batched:
@@ -271,13 +296,15 @@ class _FastseqRNNBase:
             keep = 1 - self.dropout
             m = torch.empty((L - 1, T, B, H), dtype=X.dtype).bernoulli_(keep)
             masks = (None, (m.div_(keep) if keep > 0 else m).numpy(), None)
-        spec = _Spec(type(self).__name__, self._cell, get_ops(self._fastseq_backend), self._params(), masks, self.bias, L, H)
-        weights = self._flat_weights
+        ops, params = _ops(self._fastseq_backend), self._params(weights)
         if torch.is_grad_enabled() and (X.requires_grad or state0.requires_grad
                                         or any(w.requires_grad for w in weights)):
+            spec = _Spec(type(self).__name__, self._cell, ops, params, masks, self.bias, L, H)
             Y, state_T = _Layer.apply(spec, X, state0, *weights)
-        else:
-            Y, state_T = _Layer.run(spec, X, state0)
+        else:                                # nothing to differentiate: no autograd node, no copies
+            _sync_threads()
+            Y, state_T, _ = ops.rnn_forward(self._cell, _np(X), _np(state0), params, masks)
+            Y, state_T = _t(Y), _t(state_T)
         state_T = state_T.reshape(P, L, B, H)
         if batched:
             out = Y.transpose(0, 1) if self.batch_first else Y

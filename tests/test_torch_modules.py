@@ -109,6 +109,54 @@ def test_step_by_step_decoding_under_no_grad_equals_torch(cell):
         assert_rel(a, b, 1e-10, "state after 30 steps")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_one_row_at_sizes_off_the_vector_width_equals_torch(cell, dtype):
+    """B=1: the kernels stream W_hh unpacked (csrc/matvec.h), with and without autograd; H=37 leaves
+    remainders in every block of rows and vector of columns, D=11 in the input product."""
+    compare(cell, 2, False, True, dtype, T=3, B=1, D=11, H=37)
+    ref, ours = make_pair(cell, 11, 37, 2, dtype)
+    x = torch.randn(1, 1, 11, dtype=dtype)
+    with torch.no_grad():
+        assert_rel(ours(x)[0], ref(x)[0], REL[dtype], "output, T=1, B=1")
+
+
+def _change_weights(m, how):
+    """Change every weight of m the ways a user does between two calls."""
+    with torch.no_grad():
+        if how == "in_place":
+            for p in m.parameters():
+                p.mul_(0.5).add_(0.01)
+        elif how == "data":
+            for p in m.parameters():
+                p.data = torch.randn_like(p) * 0.3
+        elif how == "load_state_dict":
+            m.load_state_dict({k: torch.randn_like(v) * 0.3 for k, v in m.state_dict().items()})
+        elif how == "new_parameter":
+            m.weight_hh_l1 = torch.nn.Parameter(torch.randn_like(m.weight_hh_l1) * 0.3)
+    if how == "optimizer":
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        out, _ = m(torch.randn(3, 2, m.input_size, dtype=m.weight_hh_l0.dtype))
+        out.sum().backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("how", ["in_place", "data", "load_state_dict", "new_parameter", "optimizer"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_calls_never_use_stale_weights(cell, how):
+    """What a call keeps from the last one (views of the weights) follows every way a weight changes."""
+    ref, ours = make_pair(cell, 4, 6, 2)
+    x = torch.randn(2, 1, 4, dtype=torch.float64)      # two steps: the second reads every weight
+    with torch.no_grad():
+        before = ours(x)[0].clone()
+    _change_weights(ours, how)
+    ref.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        after, want = ours(x)[0], ref(x)[0]
+    assert not torch.equal(after, before)
+    assert_rel(after, want, 1e-10, f"output after a change ({how})")
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_without_bias(cell):
     cls, extra = CELLS[cell]

@@ -8,7 +8,8 @@
 //   kSepGh             the gradient of the hidden projection h W_hh (+ b_hn) differs
 //                      from the input one (the GRU's n block), so dGH is its own buffer
 //   kDirectH           the step has a path to H_{t-1} besides W_hh (the GRU's z * h)
-//   Cell(W_hh, b_hn, H, variant), workspace(H), prepare(ws): packs W_hh once per call
+//   Cell(W_hh, b_hn, H, variant), workspace(H), prepare(ws): packs W_hh once per call,
+//                      as far as the call needs it (pk's flags, PackedRecurrent below)
 //   forward_step(R, prev[P], z, ext[X], h, scratch)
 //       z holds gi_t = x_t W_xh + b_h (R x G*H) on entry and whatever backward
 //       needs on exit (the gates' values); h receives H_t, ext[] the extras
@@ -24,6 +25,7 @@
 #include <cstddef>
 
 #include "../kernels.h"
+#include "../matvec.h"
 
 namespace fastseq {
 namespace rnn {
@@ -62,24 +64,39 @@ FASTSEQ_INLINE void fma_row(const T* a, const T* b, const T* c, const T* d, T* y
 }
 }  // namespace cellk
 
-// W_hh (H x G*H) packed both ways, once per call, for every cell.
+// W_hh (H x G*H) as the recurrence multiplies it, packed once per call only
+// where packing pays. The stack sets what the call needs before prepare():
+// pack_fwd  the forward product h W_hh runs on R >= 2 rows, where the tiled
+//           kernel reuses each packed panel for several rows; one row (B = 1,
+//           decoding) streams W_hh's rows as stored (csrc/matvec.h): packing
+//           would read W_hh once more and write it, for nothing;
+// pack_bwd  the call runs a backward whose message dgh W_hh^T has M >= 2 rows;
+//           one row streams W_hh's rows as dot products; a forward-only call
+//           (inference, generation) never packs W_hh^T.
 template <typename T>
 struct PackedRecurrent {
-    const T* Wf = nullptr;  // W_hh as the right operand of h W_hh
-    const T* Wb = nullptr;  // W_hh^T as the right operand of dgh W_hh^T
+    bool pack_fwd = true, pack_bwd = true;
+    const T* W = nullptr;   // W_hh as stored (H x G*H)
+    const T* Wf = nullptr;  // packed: the right operand of h W_hh, or nullptr (stream W)
+    const T* Wb = nullptr;  // packed: the right operand of dgh W_hh^T, or nullptr (stream W)
     static std::size_t size(int H, int G) {
         return kern::packed_size<T>(H, G * H) + kern::packed_size<T>(G * H, H);
     }
     void pack(const T* W_hh, int H, int G, T* ws) {
-        T* f = ws;
-        T* b = ws + kern::packed_size<T>(H, G * H);
-        kern::pack_b(H, G * H, W_hh, G * H, false, f);
-        kern::pack_b(G * H, H, W_hh, G * H, true, b);
-        Wf = f;
-        Wb = b;
+        W = W_hh;
+        Wf = Wb = nullptr;
+        if (pack_fwd) {
+            kern::pack_b(H, G * H, W_hh, G * H, false, ws);
+            Wf = ws;
+        }
+        if (pack_bwd) {
+            T* b = ws + kern::packed_size<T>(H, G * H);
+            kern::pack_b(G * H, H, W_hh, G * H, true, b);
+            Wb = b;
+        }
     }
-    // out (R x N) (+)= a (R x K) Bp. One row (generation) streams the panels
-    // with the matrix-vector kernel: the tiled one would repeat the row MR times.
+    // out (R x N) (+)= a (R x K) Bp. One row streams the panels with the
+    // matrix-vector kernel: the tiled one would repeat the row MR times.
     static void product(int R, int N, int K, const T* a, const T* Bp, T* out, bool acc) {
         if (R == 1) {
             if (!acc) std::fill(out, out + N, T(0));
@@ -89,10 +106,14 @@ struct PackedRecurrent {
         }
     }
     void forward(int R, int H, int G, const T* hprev, T* out, bool acc) const {
-        product(R, G * H, H, hprev, Wf, out, acc);
+        const int GH = G * H;
+        if (Wf) return product(R, GH, H, hprev, Wf, out, acc);
+        for (int r = 0; r < R; ++r) matvec::axpy(H, GH, hprev + idx(r) * H, W, GH, out + idx(r) * GH, acc);
     }
     void message(int M, int H, int G, const T* dgh, T* out, bool acc) const {
-        product(M, H, G * H, dgh, Wb, out, acc);
+        const int GH = G * H;
+        if (Wb) return product(M, H, GH, dgh, Wb, out, acc);
+        for (int m = 0; m < M; ++m) matvec::dot(H, GH, W, GH, dgh + idx(m) * GH, out + idx(m) * H, acc);
     }
 };
 

@@ -14,7 +14,7 @@ DATA_DIR = Path(os.environ.get("FASTSEQ_DATA_DIR") or REPO / ".." / "shared" / "
 TEXT = ("the quick brown fox jumps over the lazy dog.\n"
         "a lazy dog sleeps in the sun while the fox runs.\n"
         "the sun is warm and the fox is quick.\n") * 30
-TINY = ["--hidden", "16", "--steps", "8", "--batch", "4", "--no-progress", "--no-ngram",
+TINY = ["--cell", "rnn_tanh", "--hidden", "16", "--steps", "8", "--batch", "4", "--no-progress", "--no-ngram",
         "--sample-length", "10"]
 
 

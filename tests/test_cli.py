@@ -135,7 +135,7 @@ def test_nan_stops_with_step_and_advice(tmp_path, text_file):
     assert all(np.all(np.isfinite(v)) for v in w.values())
 
 
-RESUME_ARGS = ["--hidden", "16", "--steps", "8", "--batch", "4", "--no-progress", "--no-ngram",
+RESUME_ARGS = ["--cell", "rnn_tanh", "--hidden", "16", "--steps", "8", "--batch", "4", "--no-progress", "--no-ngram",
                "--sample-length", "5", "--dtype", "float64", "--epochs", "3", "--max-tokens", "0"]
 
 

@@ -92,7 +92,7 @@ def own_cost(epochs=10, rounds=3):
         def begin_state(self, batch_size):
             return result[2]
 
-        def loss_and_grad(self, X, Y, state, bptt=None):
+        def loss_and_grad(self, X, Y, state, bptt=None, rng=None):   # rng: the dropout masks' Generator
             return result
 
     class NoUpdate:

@@ -5,9 +5,11 @@
 The model: a Kneser-Ney N-gram of the sampled corpus of bench/lmplz_compare.py (a trigram chain of
 tinyshakespeare + The Time Machine, kept out of the repository); held-out text: another sample
 of the same chain. Each figure is the best of --repeat runs, the two libraries interleaved;
-loads are also given in CPU seconds of this process (the machine is shared).
+rates are given per CPU second of this process (the machine is shared) and, for the batch on
+--threads threads, per wall second too, each against kenlm's per-sentence score() in the same run.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,12 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def best(f, repeat):
-    wall = cpu = float("inf")
+    return interleaved([f], repeat)[0]
+
+
+def interleaved(fs, repeat):
+    """(best wall, best CPU) seconds of each function, the functions run in turn in every repeat
+    (so that a change of the machine's load reaches all of them alike)."""
+    wall, cpu = [float("inf")] * len(fs), [float("inf")] * len(fs)
     for _ in range(repeat):
-        c0, w0 = time.process_time(), time.perf_counter()
-        f()
-        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
-    return wall, cpu
+        for i, f in enumerate(fs):
+            c0, w0 = time.process_time(), time.perf_counter()
+            f()
+            wall[i], cpu[i] = min(wall[i], time.perf_counter() - w0), min(cpu[i], time.process_time() - c0)
+    return list(zip(wall, cpu))
 
 
 def main(argv=None):
@@ -31,6 +40,7 @@ def main(argv=None):
     p.add_argument("--heldout", type=int, default=72_000)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--out", default="/tmp/fastseq-lmplz")
+    p.add_argument("--threads", type=int, default=2, help="threads of the multi-threaded score_batch row")
     args = p.parse_args(argv)
     import kenlm
     from conftest import machine_line
@@ -56,10 +66,9 @@ def main(argv=None):
     def per_sentence(m):
         return lambda: [m.score(s) for s in held]
 
-    k_score = best(per_sentence(k), args.repeat)
-    f_score = best(per_sentence(q), args.repeat)
-    f_batch = best(lambda: q.score_batch(held), args.repeat)
-    k_ppl = best(lambda: [k.perplexity(s) for s in held], args.repeat)
+    k_score, f_score, f_batch, f_batch_t, k_ppl = interleaved(
+        [per_sentence(k), per_sentence(q), lambda: q.score_batch(held, threads=1),
+         lambda: q.score_batch(held, threads=args.threads), lambda: [k.perplexity(s) for s in held]], args.repeat)
     words = [w for s in held for w in s.split() + ["</s>"]]
 
     def chain(m, State):
@@ -71,14 +80,14 @@ def main(argv=None):
                 a, b = b, a
         return run
 
-    k_base = best(chain(k, kenlm.State), args.repeat)
-    f_base = best(chain(q, __import__("fastseq.ngram.query", fromlist=["State"]).State), args.repeat)
+    k_base, f_base = interleaved([chain(k, kenlm.State),
+                                  chain(q, __import__("fastseq.ngram.query", fromlist=["State"]).State)], args.repeat)
     ks = sum(k.score(s) for s in held)
-    fs = float(q.score_batch(held).sum())
+    fs = float(q.score_batch(held, threads=1).sum())
     print(f"model: {args.order}-gram Kneser-Ney of {args.words:,} sampled words; ARPA {arpa.stat().st_size:,} bytes, "
           f"binary {binf.stat().st_size:,} bytes; held-out {len(held):,} sentences, {n_tok:,} tokens "
           f"(with </s>); total log10: kenlm {ks:.4f}, fastseq {fs:.4f}")
-    print(f"machine: {machine_line()}\n")
+    print(f"machine: {machine_line()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print("| operation | kenlm | fastseq | fastseq / kenlm speed |\n|---|---:|---:|---:|")
 
     def rate(t):                       # tokens per CPU second (this process; the machine is shared)
@@ -91,8 +100,12 @@ def main(argv=None):
          f"{f_load[1] / f_bin[1]:.0f}x faster than parsing its ARPA (CPU)"),
         ("score() per sentence (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M", f"{rate(f_score) / 1e6:.2f}M",
          f"{k_score[1] / f_score[1]:.2f}x"),
-        ("batch score_batch() vs kenlm per-sentence score (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M",
+        ("batch score_batch(threads=1) vs kenlm per-sentence score (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M",
          f"{rate(f_batch) / 1e6:.2f}M", f"{k_score[1] / f_batch[1]:.2f}x"),
+        (f"batch score_batch(threads={args.threads}) vs kenlm per-sentence score (tokens per wall s)",
+         f"{n_tok / k_score[0] / 1e6:.2f}M", f"{n_tok / f_batch_t[0] / 1e6:.2f}M", f"{k_score[0] / f_batch_t[0]:.2f}x"),
+        (f"batch score_batch(threads={args.threads}) (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M",
+         f"{rate(f_batch_t) / 1e6:.2f}M", f"{k_score[1] / f_batch_t[1]:.2f}x"),
         ("perplexity() per sentence (tokens per CPU s)", f"{rate(k_ppl) / 1e6:.2f}M", "", ""),
         ("BaseScore chained (calls per CPU s)", f"{len(words) / k_base[1] / 1e6:.2f}M",
          f"{len(words) / f_base[1] / 1e6:.2f}M", f"{k_base[1] / f_base[1]:.2f}x"),

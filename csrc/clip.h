@@ -1,4 +1,5 @@
-// Global-norm gradient clipping, the seed's rule over all arrays together:
+// Global-norm gradient clipping (Dive into Deep Learning, chapter 8, "Recurrent Neural Network Implementation
+// from Scratch"), one rule over all arrays together:
 //     g <- min(1, theta / ||g||) g,   ||g|| = sqrt(sum_i sum_j g_ij^2)
 // Contract: plain pointers to n contiguous elements, checked by the caller.
 // The squares are summed in double for both float and double, so the norm of a

@@ -15,6 +15,11 @@ __all__ = ["atomic_write", "fsync_dir", "read_regular", "TMP_SUFFIX"]
 TMP_SUFFIX = ".tmp"
 
 
+def _a(noun):
+    """The noun with its article: "an ARPA file", "a corpus"."""
+    return ("an " if noun[:1].upper() in "AEIOU" else "a ") + noun
+
+
 def fsync_dir(path):
     """Make a rename in ``path`` durable (the directory entry, not only the data)."""
     try:
@@ -86,9 +91,9 @@ def read_regular(path, error, max_bytes=None, what="file"):
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise error(f"{path}: is a folder, expected a {what}")
+            raise error(f"{path}: is a folder, expected {_a(what)}")
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: is not a regular file (a device, FIFO or socket), expected a {what}")
+            raise error(f"{path}: is not a regular file (a device, FIFO or socket), expected {_a(what)}")
         if max_bytes is not None and st.st_size > max_bytes:
             raise error(f"{path}: {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
         chunks, total = [], 0

@@ -29,7 +29,7 @@ from .data import _rng
 from .errors import ArgumentError, FastseqError
 from .optim import SGD
 
-__all__ = ["DivergenceError", "TrainingInterrupted", "Callback", "Trainer", "train", "train_step",
+__all__ = ["DivergenceError", "divergence_loss", "TrainingInterrupted", "Callback", "Trainer", "train", "train_step",
            "evaluate", "evaluate_nll", "perplexity", "sample", "predict", "state_grad_norms",
            "spectral_radius", "gradient_diagnostics", "EPOCH_KEYS", "LOG_KEYS"]
 
@@ -40,6 +40,17 @@ LOG_KEYS = ("epoch", "step", "train_ppl", "lr", "grad_norm_mean", "tokens_per_s"
 
 # A mean cross-entropy above this has a perplexity beyond the largest float: the run has diverged.
 MAX_LOSS = math.log(sys.float_info.max)
+# A run has also diverged when its loss is this many times a uniform guess's, ln V: training starts
+# near ln V and a healthy run never climbs to ten times it (at V = 66 that is a perplexity of 1.6e18,
+# V^10), while exploding gradients (no clipping, a large rate: Dive into Deep Learning, chapter 8,
+# "Recurrent Neural Network Implementation from Scratch", gradient clipping) end far beyond it.
+DIVERGED_TIMES_UNIFORM = 10
+
+
+def divergence_loss(vocab_size):
+    """The mean cross-entropy (nats per token) above which training has diverged:
+    min(10 ln V, the log of the largest float)."""
+    return min(MAX_LOSS, DIVERGED_TIMES_UNIFORM * math.log(max(int(vocab_size), 2)))
 
 _ADVICE = ("lower the learning rate, clip the gradients (clip=1.0), or use truncated BPTT "
            "(bptt=Truncated(tau))")
@@ -84,8 +95,9 @@ def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoc
     rng: None (no dropout) or the numpy Generator the model's dropout masks are drawn from.
 
     Returns (loss, gradient norm before clipping, new_state). Raises
-    DivergenceError naming ``step`` and ``epoch`` when the loss is not finite or
-    above MAX_LOSS (its perplexity overflows), or the gradient norm is not
+    DivergenceError naming ``step`` and ``epoch`` when the loss is not finite, above MAX_LOSS (its
+    perplexity overflows) or above ``divergence_loss(V)`` (ten times a uniform guess's ln V: see
+    DIVERGED_TIMES_UNIFORM), or the gradient norm is not
     finite (in these cases nothing was updated), or a parameter is not finite
     after the (complete) update; overflow is reported this way, never as NumPy warnings.
     """
@@ -96,9 +108,17 @@ def train_step(model, optimizer, X, Y, state, clip=None, bptt=None, step=1, epoc
 def _step(model, optimizer, X, Y, state, clip, bptt, step, epoch, rng):
     # train_step without its errstate, which the engine enters once per epoch instead of per step.
     loss, grads, new_state = model.loss_and_grad(X, Y, state, bptt=bptt, rng=rng)
-    if not loss <= MAX_LOSS:
-        raise DivergenceError(step, epoch, "the loss", loss if not math.isfinite(loss) else
-                              f"{loss:.6g} nats per token (its perplexity overflows)")
+    V = getattr(model, "vocab_size", None)
+    limit = MAX_LOSS if V is None else divergence_loss(V)
+    if not loss <= limit:
+        if not math.isfinite(loss):
+            value = loss
+        elif loss > MAX_LOSS:
+            value = f"{loss:.6g} nats per token (its perplexity overflows)"
+        else:
+            value = (f"{loss:.6g} nats per token, over {DIVERGED_TIMES_UNIFORM} times a uniform guess's "
+                     f"ln {V} = {math.log(V):.3f} (perplexity {math.exp(loss):.3g})")
+        raise DivergenceError(step, epoch, "the loss", value)
     # Without clipping the ops' clip still measures the norm: no norm exceeds the largest float.
     norm = model.ops.clip_grad_norm(grads, clip or sys.float_info.max)
     if not math.isfinite(norm):

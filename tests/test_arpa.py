@@ -287,24 +287,59 @@ def _with_version(blob, version, drop_probes=False):
     return head + b"\x00" * (-(-len(head) // _ALIGN) * _ALIGN - len(head)) + body
 
 
-def test_binary_version_1_is_read_and_a_newer_one_refused(kn5, tm_split, tmp_path):
-    # version 2 added the probing tables; a version-1 file (without them) still loads, its tables
-    # built at load, and scores as the version-2 file; a version this fastseq does not know is refused
-    b2, b1, b3 = tmp_path / "m2.bin", tmp_path / "m1.bin", tmp_path / "m3.bin"
-    write_binary(kn5, b2)
-    assert load_binary(b2).version == 2 and all(p is not None for p in load_binary(b2).probes[1:])
+def _version_2_file(lm):
+    """A binary model in format version 2 (fastseq before version 3; docs/NGRAM-FILES.md keeps its
+    layout): per order logp{k}, logb{k}, and for k >= 2 starts{k}, lasts{k} and probe{k}
+    (3 uint32 per slot, K + K/4 + 1 slots; not read by version 3, which builds its own)."""
+    import json
+    from fastseq.ngram import _arpa
+    from fastseq.ngram.binary import _ALIGN, _FIXED, MAGIC, _tables_of
+    escaped, words, starts, lasts, logp, logb = _tables_of(lm)
+    offsets = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(np.int64)
+    tables = [("words", np.frombuffer(b"".join(words), np.uint8)), ("offsets", offsets)]
+    for k in range(1, lm.order + 1):
+        tables += [(f"logp{k}", np.asarray(logp[k - 1], np.float64)), (f"logb{k}", np.asarray(logb[k - 1], np.float64))]
+        if k > 1:
+            K = len(lasts[k - 1])
+            tables += [(f"starts{k}", starts[k - 1]), (f"lasts{k}", lasts[k - 1]),
+                       (f"probe{k}", np.full(3 * (K + K // 4 + 1), 0xFFFFFFFF, np.uint32))]
+    place, body = [], b""
+    for name, a in tables:
+        place.append([name, a.dtype.name, len(body), int(a.size)])
+        body += a.tobytes() + b"\x00" * (-a.nbytes % _ALIGN)
+    h = {"format": "fastseq n-gram model", "order": lm.order, "vocab_size": len(words),
+         "counts": [len(x) for x in logp], "escaped": escaped, "meta": {}, "suffix_closed": True,
+         "tables": place, "tables_checksum": _arpa.checksum(np.frombuffer(body, np.uint8))}
+    hb = json.dumps(h).encode()
+    head = _FIXED.pack(MAGIC, 2, len(hb), _arpa.checksum(np.frombuffer(hb, np.uint8))) + hb
+    return head + b"\x00" * (-len(head) % _ALIGN) + body
+
+
+def test_binary_versions_1_and_2_are_read_and_a_newer_one_refused(kn5, tm_split, tmp_path):
+    # version 3 stores the probing tables with the numbers in their slots; a version-2 file (numbers
+    # in arrays by rows) and a version-1 file (no probing tables) still load, their probing tables
+    # built at load, and score as the version-3 file; a version this fastseq does not know is refused
+    b3, b2, b1, b4 = tmp_path / "m3.bin", tmp_path / "m2.bin", tmp_path / "m1.bin", tmp_path / "m4.bin"
+    write_binary(kn5, b3)
+    assert load_binary(b3).version == 3 and len(load_binary(b3).slots) == 4
+    b2.write_bytes(_version_2_file(kn5))
     b1.write_bytes(_with_version(b2.read_bytes(), 1, drop_probes=True))
-    assert load_binary(b1).version == 1 and load_binary(b1).probes == [None] * 5
-    q1, q2 = Model(b1), Model(b2)
     sents = [" ".join(s) for s in tm_split[1]]
-    assert list(q1.score_batch(sents)) == list(q2.score_batch(sents))
-    b3.write_bytes(_with_version(b2.read_bytes(), 3))
-    with pytest.raises(ArpaError, match="version 3; this fastseq reads versions 1, 2"):
-        Model(b3)
+    want = list(Model(b3).score_batch(sents))
+    ref = load_binary(b3).to_ngram_lm()
+    for path, version in ((b2, 2), (b1, 1)):
+        assert load_binary(path).version == version
+        assert list(Model(path).score_batch(sents)) == want
+        lm = load_binary(path).to_ngram_lm()
+        for k in range(1, 6):
+            assert np.array_equal(lm._rows[k], ref._rows[k]) and np.array_equal(lm._logp[k], ref._logp[k])
+    b4.write_bytes(_with_version(b3.read_bytes(), 4))
+    with pytest.raises(ArpaError, match="version 4; this fastseq reads versions 1, 2, 3"):
+        Model(b4)
     # a version-2 file must have its probing tables
-    (tmp_path / "m4.bin").write_bytes(_with_version(b2.read_bytes(), 2, drop_probes=True))
+    (tmp_path / "m5.bin").write_bytes(_with_version(b2.read_bytes(), 2, drop_probes=True))
     with pytest.raises(ArpaError, match="probe2"):
-        load_binary(tmp_path / "m4.bin")
+        load_binary(tmp_path / "m5.bin")
 
 
 def test_binary_model_damage_is_an_arpa_error(kn5, tmp_path):

@@ -335,7 +335,40 @@ def test_book_no_clipping_experiment_raises_divergence_naming_the_step(monkeypat
     assert 1 < e.value.step < 152
     for k, p in m.params.items():           # the failing step applied nothing
         np.testing.assert_array_equal(p, before[k])
+    m.params["W_hq"][...] *= 1e6                    # logits of 1e6 and more: the cross-entropy overflows exp
     assert evaluate(m, ids[:2000]) == math.inf      # a perplexity that overflows is inf, not an exception
+
+
+def test_the_book_model_at_the_commands_size_without_clipping_stops_as_diverged():
+    """`fastseq train --optimizer sgd --lr 10 --clip 0` at the command's H=128 never overflowed: it ran the
+    whole budget and printed a perplexity of 85 digits. A loss ten times a uniform guess's is divergence."""
+    ids, vocab = fastseq.load_corpus("pydoc")
+    m = fastseq.RNNLM(len(vocab), 128, seed=0)
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+ \(epoch 1\): the loss is [\d.]+ nats "
+                                              r"per token, over 10 times a uniform guess's ln \d+") as e:
+        fastseq.train(m, SeqDataLoader(ids[:200_000], 32, 35, seed=0), 1, lr=10, clip=None)
+    assert e.value.step < 100
+
+
+def test_divergence_threshold_is_ten_uniform_guesses_capped_by_overflow():
+    from fastseq.training import MAX_LOSS, divergence_loss
+    assert divergence_loss(66) == pytest.approx(10 * math.log(66))
+    assert divergence_loss(1) == pytest.approx(10 * math.log(2))
+    assert divergence_loss(10 ** 40) == MAX_LOSS
+
+
+def test_a_run_that_starts_far_above_uniform_but_under_the_threshold_trains_on():
+    """The check is on the loss against 10 ln V, not against its first value: a model that starts at
+    about 6 times a uniform guess's loss (every logit pushes token 0) trains without a stop."""
+    from fastseq.training import evaluate_nll
+    ids, vocab = fastseq.load_corpus("pydoc")
+    V = len(vocab)
+    m = fastseq.RNNLM(V, 16, seed=0)
+    m.params["b_q"][...] = np.where(np.arange(V) == 0, 6 * math.log(V), 0.0)
+    total, n = evaluate_nll(m, ids[:5000])
+    assert 5 * math.log(V) < total / n < 10 * math.log(V)
+    fastseq.train(m, SeqDataLoader(ids[:20_000], 8, 35, seed=0), 1, lr=0.1, clip=1.0)
+
 
 
 def test_clip_zero_means_no_clipping_as_the_command():

@@ -163,15 +163,51 @@ def test_suffix_closure_is_found_and_a_pruned_file_keeps_the_full_search(tmp_pat
 
 
 def test_probing_tables_refuse_bad_input():
-    # private entry points never read out of bounds: starts that run past lasts, decrease, or are empty
+    # private entry points never read out of bounds: a table of the wrong size or with no empty slot
+    # (so a search would not end) is refused
     import numpy as np
     from fastseq.ngram import _arpa
-    lasts = np.array([1, 2, 0], np.int32)
-    for bad in ([0, 5], [0, 2, 1, 3], [], [1, 3]):
-        with pytest.raises(ValueError, match="starts"):
-            _arpa.probe_table(np.array(bad, np.int64), lasts)
-    t = _arpa.probe_table(np.array([0, 2, 3], np.int64), lasts)
-    assert _arpa.check_probe(t, 3) is not None
-    for bad in (t[:-3], t[:-1], np.where(np.arange(len(t)) % 3 == 2, 7, t).astype(np.uint32)):
-        with pytest.raises(ValueError, match="probing table"):
-            _arpa.check_probe(bad, 3)
+    starts = [np.zeros(1, np.int64), np.array([0, 2, 2, 3], np.int64)]
+    lasts = [np.arange(3, dtype=np.int32), np.array([1, 2, 0], np.int32)]
+    t = _arpa.slot_tables(starts, lasts, [np.zeros(3), np.full(3, -0.5)], [np.zeros(3), np.zeros(0)])[0]
+    assert t.shape == (2 * _arpa.slot_count(3),) and _arpa.check_slots(t, 2, 2, 3) is t
+    full = t.copy()
+    full[::2] = np.arange(len(t) // 2)                  # every slot filled: no empty one ends a search
+    for table, K in ((t[:-2], 3), (t, 2), (full, 3), (t.reshape(-1, 2), 3)):
+        with pytest.raises(ValueError, match="slot2"):
+            _arpa.check_slots(table, 2, 2, K)
+    # a key naming a context that is not stored is refused when the rows are rebuilt
+    bad = t.copy()
+    bad[np.flatnonzero(bad[::2] != np.uint64(2**64 - 1))[0] * 2] = np.uint64(7)
+    with pytest.raises(ValueError, match="slot2"):
+        _arpa.slot_rows([bad], 2, 3, [3, 3])
+
+
+def test_batch_threads_give_the_same_scores(models, tm_split):
+    # the batch split among threads (GIL released) gives the one-thread numbers bit for bit
+    _, qa, qb = models
+    sents = held_out(tm_split) * 3
+    for q in (qa, qb):
+        want = list(q.score_batch(sents, threads=1))
+        for t in (2, 3, 7):
+            assert list(q.score_batch(sents, threads=t)) == want
+        assert list(q.score_batch(sents)) == want and list(q.score_batch(sents[:2], threads=5)) == want[:2]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads"):
+            qa.score_batch(sents, threads=bad)
+
+
+def test_state_keeps_a_leaf_ngram_with_a_backoff(tmp_path):
+    # a State drops an n-gram with nothing after it only when its backoff is 0: 'a b' has no 3-gram
+    # after it but backoff -0.15, which P(c | a b) must still add (-0.15 + P(c | b) = -0.45)
+    p = tmp_path / "m.arpa"
+    p.write_text("\\data\\\nngram 1=5\nngram 2=3\nngram 3=1\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n-0.5\t</s>\n"
+                 "-0.6\ta\t-0.2\n-0.9\tb\t-0.25\n-0.8\tc\n\n\\2-grams:\n-0.2\t<s> a\t-0.1\n-0.4\ta b\t-0.15\n"
+                 "-0.3\tb c\t0\n\n\\3-grams:\n-0.05\t<s> a b\n\n\\end\\\n")
+    write_binary(p, tmp_path / "m.bin")
+    k = kenlm.Model(str(p))
+    for q in (Model(p), Model(tmp_path / "m.bin")):
+        assert [x for x, _, _ in q.full_scores("a b c")] == pytest.approx([-0.2, -0.05, -0.45, -0.5], abs=1e-12)
+        assert q.score("a b c") == pytest.approx(load_arpa(p).score("a b c"), abs=1e-12)
+        assert q.score("a b c") == pytest.approx(k.score("a b c"), abs=1e-6)
+        assert list(q.score_batch(["a b c", "b c", "a b"])) == [q.score(s) for s in ("a b c", "b c", "a b")]

@@ -11,7 +11,12 @@ tab, carriage return (a vertical tab or form feed is part of a word).
 Every entry point checks its inputs (lengths, ranges, monotone offsets) before the unchecked
 loops run, so no caller can make them read out of bounds; the loops run without the GIL.
 """
+import os
+import threading
+
 import numpy as np
+
+from fastseq._checks import check_int
 
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uint8_t
 from libc.string cimport memcmp, memchr, memcpy
@@ -91,19 +96,45 @@ cdef extern from *:
         return -1;
     }
 
-    /* A word's hash (in-process only: never stored): 8 bytes a step, a multiply-xorshift each. */
+    static inline uint64_t fs_load8(const char* p) { uint64_t w; std::memcpy(&w, p, 8); return w; }
+    static inline uint64_t fs_load4(const char* p) { uint32_t w; std::memcpy(&w, p, 4); return w; }
+
+    /* A word's hash (in-process only: never stored): 8 bytes a step, a multiply-xorshift each; the
+       tail is read with fixed-size loads inside p[0:n] (the last 8 bytes again, or two 4-byte or
+       three 1-byte reads for a short word), not a copy of variable length. */
     static inline uint64_t fs_hash_bytes(const char* p, int64_t n) {
         uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, w;
-        for (; n >= 8; p += 8, n -= 8) {
-            std::memcpy(&w, p, 8);
-            h = (h ^ w) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
+        int64_t i = 0;
+        if (n >= 8) {
+            for (; i + 8 <= n; i += 8) {
+                h = (h ^ fs_load8(p + i)) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
+            }
+            w = i < n ? fs_load8(p + n - 8) : 0;
+        } else if (n >= 4) {
+            w = fs_load4(p) | (fs_load4(p + n - 4) << 32);
+        } else if (n > 0) {
+            w = (uint64_t)(unsigned char)p[0] | ((uint64_t)(unsigned char)p[n / 2] << 8) |
+                ((uint64_t)(unsigned char)p[n - 1] << 16);
+        } else {
+            w = 0;
         }
-        if (n) {
-            w = 0; std::memcpy(&w, p, (size_t)n);
-            h = (h ^ w) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
-        }
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL; h ^= h >> 32;
         h *= 0xC4CEB9FE1A85EC53ULL;
         return h ^ (h >> 29);
+    }
+
+    /* a[0:n] == b[0:n] with fixed-size loads inside both ranges (short words: no call to memcmp) */
+    static inline bool fs_same(const char* a, const char* b, int64_t n) {
+        if (n >= 8) {
+            for (int64_t i = 0; i + 8 <= n; i += 8)
+                if (fs_load8(a + i) != fs_load8(b + i)) return false;
+            return fs_load8(a + n - 8) == fs_load8(b + n - 8);
+        }
+        if (n >= 4)
+            return fs_load4(a) == fs_load4(b) && fs_load4(a + n - 4) == fs_load4(b + n - 4);
+        for (int64_t i = 0; i < n; ++i)
+            if (a[i] != b[i]) return false;
+        return true;
     }
 
     static inline uint64_t fs_hash_key(uint64_t k) {
@@ -118,6 +149,8 @@ cdef extern from *:
         return (uint64_t)(((unsigned __int128)k * n) >> 64);
     }
     static inline void fs_prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
+    static inline double fs_f64(uint64_t u) { double d; std::memcpy(&d, &u, 8); return d; }
+    static inline uint64_t fs_u64(double d) { uint64_t u; std::memcpy(&u, &d, 8); return u; }
 
     /* A checksum of a byte range: four multiply-rotate lanes over 8-byte words, then the tail. */
     static uint64_t fs_checksum(const unsigned char* p, int64_t n, uint64_t h) {
@@ -142,9 +175,12 @@ cdef extern from *:
     int fs_parse(const char* b, const char* e, double* out) nogil
     int64_t fs_utf8_invalid(const unsigned char* s, int64_t n) nogil
     uint64_t fs_hash_bytes(const char* p, int64_t n) nogil
+    bint fs_same(const char* a, const char* b, int64_t n) nogil
     uint64_t fs_hash_key(uint64_t k) nogil
     uint64_t fs_probe_slot(uint64_t k, uint64_t n) nogil
     void fs_prefetch(const void* p) nogil
+    double fs_f64(uint64_t u) nogil
+    uint64_t fs_u64(double d) nogil
     uint64_t fs_checksum(const unsigned char* p, int64_t n, uint64_t h) nogil
 
 
@@ -166,11 +202,16 @@ cdef inline bint _is_sep(char c) noexcept nogil:
 
 
 # ----- a hash set of words (byte ranges), ids 0..n-1 in insertion order -------------------------
+cdef int64_t _LONG_WORD = 0xFFFFFF     # a word this long or longer: its length is in _Words.start
+
+
 cdef class _Words:
     """Open addressing over words copied into one arena (so comparisons stay in cache).
 
-    A slot holds the word's high hash bits and its id + 1 (0: empty), so a probe reads one
-    slot and compares bytes only when the hash bits agree."""
+    A slot is two uint64: the word's high hash bits and its id + 1 (0: empty), then its place
+    in the arena (start | length << 40; a length of 2^24 - 1 or more is read from start[]),
+    so a probe reads one slot (prefetched by hash before
+    the lookup, see QueryCore._peek) and compares bytes only when the hash bits agree."""
     cdef vector[uint64_t] slots
     cdef string arena
     cdef vector[int64_t] start
@@ -180,32 +221,43 @@ cdef class _Words:
         cdef int64_t cap = 16
         while cap < 2 * n + 2:
             cap <<= 1
-        self.slots.assign(cap, 0)
+        self.slots.assign(2 * cap, 0)
         self.mask = cap - 1
         self.start.reserve(n + 1)
         self.start.push_back(0)
 
+    cdef inline void prefetch(self, uint64_t h) noexcept nogil:
+        fs_prefetch(self.slots.data() + 2 * (h & self.mask))
+
     cdef inline int32_t find_or_add(self, const char* p, int64_t n, bint add) noexcept nogil:
         """Id of the word p[:n]; when absent, -1 (add false) or -2 - (its new id) (add true)."""
-        cdef uint64_t h = fs_hash_bytes(p, n)
+        return self.find_hashed(p, n, fs_hash_bytes(p, n), add)
+
+    cdef inline int32_t find_hashed(self, const char* p, int64_t n, uint64_t h, bint add) noexcept nogil:
+        """find_or_add with the word's hash h = fs_hash_bytes(p, n) already known."""
         cdef uint64_t s = h & self.mask
         cdef uint64_t tag = h & 0xFFFFFFFF00000000ULL
-        cdef uint64_t v
-        cdef int64_t i
+        cdef uint64_t v, place
+        cdef const uint64_t* sl = self.slots.data()
+        cdef int64_t i, m
         while True:
-            v = self.slots[s]
+            v = sl[2 * s]
             if v == 0:
                 break
             if (v & 0xFFFFFFFF00000000ULL) == tag:
                 i = <int64_t> (v & 0xFFFFFFFFULL) - 1
-                if self.start[i + 1] - self.start[i] == n and \
-                        memcmp(self.arena.data() + self.start[i], p, n) == 0:
+                place = sl[2 * s + 1]
+                m = <int64_t> (place >> 40)
+                if m == _LONG_WORD:
+                    m = self.start[i + 1] - self.start[i]
+                if m == n and fs_same(self.arena.data() + (place & 0xFFFFFFFFFFULL), p, n):
                     return <int32_t> i
             s = (s + 1) & self.mask
         if not add:
             return -1
         i = self.start.size() - 1
-        self.slots[s] = tag | <uint64_t> (i + 1)
+        self.slots[2 * s] = tag | <uint64_t> (i + 1)
+        self.slots[2 * s + 1] = <uint64_t> self.arena.size() | (<uint64_t> min(n, _LONG_WORD) << 40)
         self.arena.append(p, n)
         self.start.push_back(self.arena.size())
         return <int32_t> (-2 - i)
@@ -701,9 +753,11 @@ cdef enum:
 
 
 cdef class State:
-    """A query context (kenlm's State): the rows of the stored n-grams that end at the last word,
-    one per length 1..order-1 (-1 where not stored). Equal states score every continuation alike."""
+    """A query context (kenlm's State): the n-grams stored that end at the last word, one per length
+    1..order-1 (the word's id, then slots of the probing tables; -1 where not stored), and their
+    log10 backoffs. Equal states score every continuation alike."""
     cdef int32_t ctx[MAXCTX]
+    cdef double bo[MAXCTX]            # the backoff of each stored context (read with its slot)
     cdef int n
 
     def __cinit__(self):
@@ -737,6 +791,7 @@ cdef class State:
         cdef State s = State()
         s.n = self.n
         memcpy(s.ctx, self.ctx, sizeof(self.ctx))
+        memcpy(s.bo, self.bo, sizeof(self.bo))
         return s
 
     def __deepcopy__(self, memo=None):
@@ -875,67 +930,144 @@ def suffix_closed(list starts, list lasts):
     return True
 
 
-# ----- probing tables (KenLM's layout): (context row, word) -> row ---------------------------------
-cdef uint32_t _NO_ROW = 0xFFFFFFFFU      # the context of an empty slot (rows are below 2^31 - 1)
+# ----- probing tables (KenLM's layout): (context, word) -> the n-gram's log10 p and backoff -----------
+# One table per order k >= 2, an array of uint64: slot i is words [STRIDE * i, STRIDE * i + STRIDE)
+# holding the key (context | word << 32, and bit 63: _EXT), the log10 probability and (below the
+# highest order) the log10 backoff, the doubles stored by their bits. The context of an order-k
+# n-gram is the word id (k = 2) or the slot of its first k - 1 words in the order k-1 table: a
+# lookup is one probe whose place is known as soon as the word is, and the numbers come in the
+# same cache line as the key.
+# _EXT marks an n-gram that a State keeps as a context: one with a longer n-gram stored after it or
+# a backoff other than 0. Any other one is followed by no stored n-gram and adds 0 when backed off
+# from, so the State drops it (as KenLM's states do) and the next word skips that order's lookup.
+cdef uint64_t _EMPTY_KEY = 0xFFFFFFFFFFFFFFFFULL     # no real key: words and contexts are below 2^31 - 1
+cdef uint64_t _EXT = 0x8000000000000000ULL
 
 
-cdef inline uint64_t _probe_key(uint32_t c, uint32_t w) noexcept nogil:
-    return (<uint64_t> c << 32) | w
+cdef inline uint64_t _slot_key(uint32_t c, uint32_t w) noexcept nogil:
+    return <uint64_t> c | (<uint64_t> w << 32)
 
 
-def probe_table(starts, lasts):
-    """The probing table of one order k >= 2 (starts and lasts as check_tables returns them):
-    3 * S uint32, slot i holding (c, w, row) for the k-gram whose context is row c of order k-1
-    and whose last word is w; S = K + K/4 + 1, so an empty slot (c = 2^32 - 1) ends every search.
-    A query finds each order's n-gram in one probe whose place is known before any lookup (all
-    orders of a word are prefetched together), not by a binary search among the children."""
-    cdef const int64_t[::1] st = starts
-    cdef const int32_t[::1] la = lasts
-    cdef int64_t K = la.shape[0], P = st.shape[0] - 1, c, r
-    cdef uint64_t S = <uint64_t> (K + K // 4 + 1), i
-    if P < 0 or P >= 0x7FFFFFFF or K >= 0x7FFFFFFF or st[0] != 0 or st[P] != K:
-        raise ValueError(f"starts: expected 1 to 2^31 - 1 entries from 0 to {K}")
-    for c in range(P):                                   # before any read of lasts
-        if st[c + 1] < st[c]:
-            raise ValueError(f"starts: decreases at {c + 1}")
-    out = np.full(3 * S, _NO_ROW, np.uint32)
-    cdef uint32_t[::1] t = out
-    with nogil:
-        for c in range(P):
-            for r in range(st[c], st[c + 1]):
-                i = fs_probe_slot(_probe_key(<uint32_t> c, <uint32_t> la[r]), S)
-                while t[3 * i] != _NO_ROW:
-                    i += 1
-                    if i == S:
-                        i = 0
-                t[3 * i] = <uint32_t> c
-                t[3 * i + 1] = <uint32_t> la[r]
-                t[3 * i + 2] = <uint32_t> r
+cdef inline int _stride(int k, int order) noexcept nogil:
+    return 3 if k < order else 2                          # the highest order has no backoff
+
+
+def slot_count(int64_t K):
+    """Slots of a table of K n-grams: 1.5 K + 1 (KenLM's default), so an empty slot ends every
+    search and a missing n-gram is found missing after 2.5 slots on average (linear probing)."""
+    return K + K // 2 + 1
+
+
+def slot_tables(list starts, list lasts, list logp, list logb):
+    """The probing table of each order k >= 2 (index k - 2; a uint64 array) from the tables as
+    check_tables returns them (already checked: starts monotone, lasts in range)."""
+    cdef int N = len(lasts), k, s
+    cdef const int64_t[::1] st
+    cdef const int64_t[::1] stn = starts[0]
+    cdef const int32_t[::1] la
+    cdef const double[::1] lp, lb
+    cdef const int64_t[::1] prev
+    cdef int64_t[::1] cur
+    cdef uint64_t[::1] t
+    cdef int64_t K, P, c, r, cs
+    cdef uint64_t S, i, key
+    out = []
+    prev_a = None
+    for k in range(2, N + 1):
+        st, la, lp, lb = starts[k - 1], lasts[k - 1], logp[k - 1], logb[k - 1]
+        K, P, s = la.shape[0], st.shape[0] - 1, _stride(k, N)
+        S = slot_count(K)
+        if S >= 0x7FFFFFFF:                               # a State holds slots as int32
+            raise ValueError(f"order {k}: {K} n-grams; at most {(0x7FFFFFFF - 2) * 2 // 3} are supported")
+        t_a = np.zeros(s * S, np.uint64)
+        t_a[::s] = _EMPTY_KEY
+        t = t_a
+        cur_a = np.empty(K if k < N else 0, np.int64)
+        cur = cur_a
+        if k > 2:
+            prev = prev_a
+        if k < N:
+            stn = starts[k]                              # the children of each k-gram at order k + 1
+        with nogil:
+            for c in range(P):
+                cs = c if k == 2 else prev[c]
+                for r in range(st[c], st[c + 1]):
+                    key = _slot_key(<uint32_t> cs, <uint32_t> la[r])
+                    i = fs_probe_slot(key, S)
+                    while t[s * i] != _EMPTY_KEY:
+                        i += 1
+                        if i == S:
+                            i = 0
+                    t[s * i] = key
+                    t[s * i + 1] = fs_u64(lp[r])
+                    if s == 3:
+                        t[s * i + 2] = fs_u64(lb[r])
+                        cur[r] = <int64_t> i
+                        if stn[r + 1] > stn[r] or lb[r] != 0.0:
+                            t[s * i] = key | _EXT
+        out.append(t_a)
+        prev_a = cur_a
     return out
 
 
-def check_probe(table, int64_t K):
-    """A probing table of an order with K n-grams, checked for what the query loop relies on (an
-    empty slot, rows in range; a wrong entry only gives a wrong score): ValueError, else the array."""
-    t_a = np.require(table, dtype=np.uint32, requirements="CA")
-    cdef const uint32_t[::1] t = t_a
-    cdef int64_t n = t.shape[0] // 3, i, full = 0, bad = -1
-    if t.shape[0] % 3 or n < K + 1:
-        raise ValueError(f"probing table of {t.shape[0]} numbers: expected triples, more slots than its {K} n-grams")
+def check_slots(table, int k, int order, int64_t K):
+    """The probing table of order k (K n-grams), checked for what the query loop relies on (a
+    wrong entry only gives a wrong score): its size and exactly K filled slots, so that an empty
+    one ends every search. ValueError naming the table, else the array."""
+    t_a = np.require(table, dtype=np.uint64, requirements="CA")
+    cdef int s = _stride(k, order)
+    cdef int64_t S = slot_count(K)
+    if t_a.ndim != 1 or t_a.shape[0] != s * S:
+        raise ValueError(f"slot{k}: {t_a.size} numbers; expected {s * S} ({S} slots of {s} for {K} {k}-grams)")
+    cdef const uint64_t[::1] t = t_a
+    cdef int64_t i, full = 0
     with nogil:
-        for i in range(n):
-            if t[3 * i] != _NO_ROW:
-                full += 1
-                if t[3 * i + 2] >= <uint64_t> K:
-                    bad = i
-                    break
-    if bad >= 0 or full != K:
-        raise ValueError(f"probing table: {full} filled slots for {K} n-grams, or a row out of range")
+        for i in range(S):
+            full += t[s * i] != _EMPTY_KEY
+    if full != K:
+        raise ValueError(f"slot{k}: {full} filled slots for {K} {k}-grams")
     return t_a
 
 
+def slot_rows(list slots, int order, int64_t V, counts):
+    """(starts, lasts, logp, logb) of orders 2..order (lists indexed k - 2) from checked probing
+    tables: each order's n-grams sorted by (context row, word), as check_tables wants them.
+    ValueError if a key names a context that is not stored or an n-gram appears twice."""
+    cdef int k, s
+    out = ([], [], [], [])
+    row_of = np.arange(V, dtype=np.int64)                # order 1: a word's row is its id
+    for k in range(2, order + 1):
+        s = _stride(k, order)
+        t = np.asarray(slots[k - 2]).reshape(-1, s)
+        filled = np.flatnonzero(t[:, 0] != _EMPTY_KEY)
+        key = t[filled, 0] & ~np.uint64(_EXT)
+        c, w = (key & 0xFFFFFFFF).astype(np.int64), (key >> 32).astype(np.int64)
+        if np.any(c >= len(row_of)) or np.any(w >= V):
+            raise ValueError(f"slot{k}: a key names a context or word outside the model")
+        parent = row_of[c]
+        if np.any(parent < 0):
+            raise ValueError(f"slot{k}: a key names a context that is not stored")
+        perm = np.lexsort((w, parent))
+        parent, w, filled = parent[perm], w[perm], filled[perm]
+        if len(w) > 1 and np.any((parent[1:] == parent[:len(w) - 1]) & (w[1:] == w[:len(w) - 1])):
+            raise ValueError(f"slot{k}: an n-gram appears twice")
+        row_of = np.full(len(t), -1, np.int64)
+        row_of[filled] = np.arange(len(filled))
+        out[0].append(np.searchsorted(parent, np.arange(counts[k - 2] + 1)).astype(np.int64))
+        out[1].append(w.astype(np.int32))
+        out[2].append(t[filled, 1].view(np.float64))
+        out[3].append(t[filled, 2].view(np.float64) if s == 3 else np.zeros(0))
+    return out
+
+
 cdef enum:
-    LANES = 16        # sentences score_batch runs in lockstep
+    LANES = 16        # sentences score_batch runs in lockstep (8 and 32 measured no different)
+
+
+cdef enum:
+    PEEK_WORD = 0     # a lane's next token: a word (hashed, its slot prefetched), '</s>', none
+    PEEK_EOS
+    PEEK_END
 
 
 cdef struct _Lane:
@@ -943,10 +1075,17 @@ cdef struct _Lane:
     const char* e
     Py_ssize_t sent           # index of its sentence, -1: idle
     double total
-    bint eos_done
     int32_t w
+    int pk                    # the token after w (PEEK_*): looked up one round later
+    const char* tb            # that word: its bytes and hash
+    int64_t tn
+    uint64_t th
     int32_t ctx[MAXCTX]
+    double bo[MAXCTX]
     int32_t nxt[MAXCTX]
+    double np_[MAXCTX]
+    double nb[MAXCTX]
+    uint64_t ext
     uint64_t key[MAXCTX]
     uint64_t slot[MAXCTX]
 
@@ -955,7 +1094,7 @@ cdef struct _Batch:
     const char** ptr
     const int64_t* len
     double* out
-    Py_ssize_t m, next
+    Py_ssize_t m, next        # the sentences next .. m-1 are left
     bint bos, eos
 
 
@@ -963,63 +1102,62 @@ cdef class QueryCore:
     """The back-off tables of a model and the query loops (kenlm's Model without the loading).
 
     Tables: words (UTF-8 of each model id, as the ARPA file spells them), order 1 dense
-    (logp[0], logb[0] of length V), and for k >= 2 the k-grams grouped by context: the children
-    of row c of order k-1 are rows starts[k-1][c] .. starts[k-1][c+1]-1 of order k, with last
-    words lasts[k-1] increasing within each group.
+    (log10 p and backoff of each word id), and for k >= 2 the probing table of order k
+    (slot_tables: key, log10 p, log10 backoff in one slot).
     """
     cdef _Words _words
     cdef readonly int order
     cdef int64_t V
-    cdef const int64_t* st[64]
-    cdef const int32_t* la[64]
-    cdef const double* lp[64]
-    cdef const double* lb[64]
-    cdef const uint32_t* pr[64]       # order k >= 2: probing table (probe_table) of ps[k-1] slots
-    cdef uint64_t ps[64]
+    cdef const double* lp1
+    cdef const double* lb1
+    cdef const uint64_t* tb[64]       # order k >= 2: probing table of ts[k-1] slots of sw[k-1] words
+    cdef uint64_t ts[64]
+    cdef int sw[64]
     cdef object _keep
     cdef int32_t bos, eos
     cdef bint closed
 
-    def _set_tables(self, int order, blob, offsets, list starts, list lasts, list logp, list logb, closed=None,
-                    probes=None):
-        """Check the tables (check_tables: the unchecked loops stay in bounds) and keep them.
-        closed: whether the model is suffix-closed (None: find out; a wrong True gives wrong
-        scores, never a read out of bounds). probes: each order's probing table (index k - 1;
-        None or a missing one is built here)."""
-        keep = check_tables(order, blob, offsets, starts, lasts, logp, logb)
-        if closed is None:
-            closed = suffix_closed(keep[2::4], keep[3::4])
-        self.closed = closed
-        cdef const int64_t[::1] o64 = keep[0]
-        cdef const uint8_t[::1] bl = keep[1]
-        cdef const int64_t[::1] s64
-        cdef const int32_t[::1] l32
+    def _set_tables(self, int order, blob, offsets, logp1, logb1, list slots, bint closed):
+        """Keep the tables after checking what the query loops rely on: the words (offsets
+        monotone, inside blob, no word twice), V probabilities and backoffs of order 1, each
+        order's probing table (check_slots, with the counts its filled slots give). closed:
+        whether the model is suffix-closed (a wrong True gives wrong scores, never a read out of
+        bounds)."""
+        if not 1 <= order <= MAXCTX + 1:
+            raise ValueError(f"order: expected 1..{MAXCTX + 1}, got {order}")
+        if len(slots) != order - 1:
+            raise ValueError(f"tables: {order - 1} probing tables expected, got {len(slots)}")
+        off = np.require(offsets, dtype=np.int64, requirements="CA")
+        bl_a = np.frombuffer(blob, dtype=np.uint8)
+        cdef int64_t V = off.shape[0] - 1, i
+        if V < 3 or off[0] != 0 or off[V] > bl_a.shape[0] or np.any(np.diff(off) < 0):
+            raise ValueError("words: offsets must start at 0, not decrease, and end inside the blob")
+        lp_a = np.require(logp1, dtype=np.float64, requirements="CA")
+        lb_a = np.require(logb1, dtype=np.float64, requirements="CA")
+        if lp_a.shape != (V,) or lb_a.shape != (V,):
+            raise ValueError(f"order 1: {V} probabilities and backoffs expected")
+        cdef int k, s
         cdef const double[::1] dv
-        cdef const uint32_t[::1] p32
-        cdef int k
-        cdef int64_t V = o64.shape[0] - 1, i
-        probes = list(probes) if probes is not None else []
-        probes += [None] * (order - len(probes))
-        for k in range(1, order):
-            K = keep[3 + 4 * k].shape[0]
-            p = probes[k]
-            probes[k] = probe_table(keep[2 + 4 * k], keep[3 + 4 * k]) if p is None else check_probe(p, K)
-            p32 = probes[k]
-            self.pr[k] = &p32[0]
-            self.ps[k] = p32.shape[0] // 3
-        keep.append(probes)
-        for k in range(order):
-            s64, l32 = keep[2 + 4 * k], keep[3 + 4 * k]
-            self.st[k] = &s64[0]
-            self.la[k] = &l32[0] if l32.shape[0] else NULL
-            dv = keep[4 + 4 * k]
-            self.lp[k] = &dv[0] if dv.shape[0] else NULL
-            dv = keep[5 + 4 * k]
-            self.lb[k] = &dv[0]
-        self._keep = keep
+        cdef const uint64_t[::1] tv
+        dv = lp_a
+        self.lp1 = &dv[0]
+        dv = lb_a
+        self.lb1 = &dv[0]
+        tables = []
+        for k in range(2, order + 1):
+            s = _stride(k, order)
+            t = np.require(slots[k - 2], dtype=np.uint64, requirements="CA")
+            t = check_slots(t, k, order, int(np.count_nonzero(t[::s] != _EMPTY_KEY)) if t.ndim == 1 else 0)
+            tv = t
+            self.tb[k - 1], self.ts[k - 1], self.sw[k - 1] = &tv[0], t.shape[0] // s, s
+            tables.append(t)
+        self._keep = (off, bl_a, lp_a, lb_a, tables)
+        self.closed = closed
         self.order, self.V = order, V
         words = _Words()
         words.reserve(V)
+        cdef const int64_t[::1] o64 = off
+        cdef const uint8_t[::1] bl = bl_a
         cdef const char* base = <const char*> &bl[0] if bl.shape[0] else _EMPTY
         for i in range(V):
             if words.find_or_add(base + o64[i], o64[i + 1] - o64[i], True) >= 0:
@@ -1043,101 +1181,120 @@ cdef class QueryCore:
         return self._index(p, n)
 
     # A word's lookup in three stages, so that score_batch can run several sentences in lockstep and
-    # overlap their cache misses: _prepare computes every order's probe slot (the context rows are
-    # known) and prefetches it; _resolve probes and prefetches the probabilities found; _finish sums.
+    # overlap their cache misses: _prepare computes every order's probe slot (the contexts are
+    # known) and prefetches it; _resolve probes (one cache line a slot: key and numbers); _finish sums.
     cdef inline void _prepare(self, const int32_t* ctx, int32_t w, uint64_t* key, uint64_t* slot) noexcept nogil:
         cdef int k
-        cdef int64_t c
-        fs_prefetch(self.lp[0] + w)
+        cdef int32_t c
+        cdef const uint64_t* t
+        fs_prefetch(self.lp1 + w)
+        fs_prefetch(self.lb1 + w)
         for k in range(2, self.order + 1):
             c = ctx[k - 2]
+            if c < 0 and self.closed:                    # no longer n-gram is stored (see _resolve)
+                break
             if c >= 0:
-                key[k - 2] = _probe_key(<uint32_t> c, <uint32_t> w)
-                slot[k - 2] = fs_probe_slot(key[k - 2], self.ps[k - 1])
-                fs_prefetch(self.pr[k - 1] + 3 * slot[k - 2])
-                fs_prefetch(self.lb[k - 2] + c)
+                key[k - 2] = _slot_key(<uint32_t> c, <uint32_t> w)
+                slot[k - 2] = fs_probe_slot(key[k - 2], self.ts[k - 1])
+                t = self.tb[k - 1] + self.sw[k - 1] * slot[k - 2]
+                fs_prefetch(t)
+                fs_prefetch(t + self.sw[k - 1] - 1)      # a 24-byte slot may straddle two lines
 
-    cdef inline void _resolve(self, const int32_t* ctx, const uint64_t* key, const uint64_t* slot,
-                              int32_t* nxt) noexcept nogil:
-        """nxt[k - 1]: the row of the k-gram ending at the word (-1: not stored or not searched)."""
-        cdef int k
-        cdef uint64_t i, S
-        cdef uint32_t c, w
-        cdef const uint32_t* t
+    cdef inline uint64_t _resolve(self, const int32_t* ctx, const uint64_t* key, const uint64_t* slot,
+                                  int32_t* nxt, double* p, double* b) noexcept nogil:
+        """nxt[k - 1]: the slot of the k-gram ending at the word (-1: not stored or not searched),
+        p[k - 1] and b[k - 1] its log10 probability and backoff. Returns the orders (bit k - 1)
+        whose k-gram a State keeps (_EXT)."""
+        cdef int k, s
+        cdef uint64_t i, S, v, ext = 0
+        cdef const uint64_t* t
         cdef bint missed = False
         for k in range(2, self.order + 1):
             nxt[k - 1] = -1
-            if ctx[k - 2] < 0 or missed:                 # suffix-closed: after a miss no longer n-gram is stored
+            if ctx[k - 2] < 0 or missed:
+                # suffix-closed: with no context, or after a miss, no longer n-gram is stored
+                missed = self.closed
                 continue
-            t, S, i = self.pr[k - 1], self.ps[k - 1], slot[k - 2]
-            c, w = <uint32_t> (key[k - 2] >> 32), <uint32_t> key[k - 2]
+            t, S, s, i = self.tb[k - 1], self.ts[k - 1], self.sw[k - 1], slot[k - 2]
             while True:
-                if t[3 * i] == c and t[3 * i + 1] == w:
-                    nxt[k - 1] = <int32_t> t[3 * i + 2]
-                    fs_prefetch(self.lp[k - 1] + nxt[k - 1])
-                    break
-                if t[3 * i] == _NO_ROW:
+                v = t[s * i]
+                if v == _EMPTY_KEY:
                     missed = self.closed
+                    break
+                if (v & ~_EXT) == key[k - 2]:
+                    nxt[k - 1] = <int32_t> i
+                    p[k - 1] = fs_f64(t[s * i + 1])
+                    b[k - 1] = fs_f64(t[s * i + 2]) if s == 3 else 0.0
+                    ext |= (v >> 63) << (k - 1)
                     break
                 i += 1
                 if i == S:
                     i = 0
+        return ext
 
-    cdef inline double _finish(self, const int32_t* ctx, int32_t w, const int32_t* nxt, int32_t* out,
+    cdef inline double _finish(self, const int32_t* ctx, const double* bo, int32_t w, const int32_t* nxt,
+                               const double* p, const double* b, uint64_t ext, int32_t* out, double* outb,
                                int* length) noexcept nogil:
-        """log10 P(w | ctx) by back-off from the rows found; out: the state after w (may alias ctx)."""
-        cdef double r = self.lp[0][w]
+        """log10 P(w | ctx) by back-off from the n-grams found (ext: _resolve's); out, outb: the
+        state after w (may alias ctx, bo: read before written)."""
+        cdef double r = self.lp1[w]
         cdef int k, found = 1
         for k in range(2, self.order + 1):
             if nxt[k - 1] >= 0:
-                r = self.lp[k - 1][nxt[k - 1]]           # the n-gram is stored
+                r = p[k - 1]                             # the n-gram is stored
                 found = k
             elif ctx[k - 2] >= 0:
-                r += self.lb[k - 2][ctx[k - 2]]          # b(c) P(w | shorter context)
+                r += bo[k - 2]                           # b(c) P(w | shorter context)
         if self.order > 1:
-            out[0] = w
+            out[0], outb[0] = w, self.lb1[w]
             for k in range(1, self.order - 1):
-                out[k] = nxt[k]
+                if (ext >> k) & 1:
+                    out[k], outb[k] = nxt[k], b[k]
+                else:
+                    out[k], outb[k] = -1, 0.0
         length[0] = found
         return r
 
-    cdef double _step(self, const int32_t* ctx, int32_t w, int32_t* out, int* length) noexcept nogil:
-        """log10 P(w | ctx) by back-off; out: the state after w (may alias ctx: read before written)."""
+    cdef double _step(self, const int32_t* ctx, const double* bo, int32_t w, int32_t* out, double* outb,
+                      int* length) noexcept nogil:
+        """log10 P(w | ctx) by back-off; out, outb: the state after w (may alias ctx, bo)."""
         cdef uint64_t key[MAXCTX]
         cdef uint64_t slot[MAXCTX]
         cdef int32_t nxt[MAXCTX]
+        cdef double p[MAXCTX]
+        cdef double b[MAXCTX]
         self._prepare(ctx, w, key, slot)
-        self._resolve(ctx, key, slot, nxt)
-        return self._finish(ctx, w, nxt, out, length)
+        cdef uint64_t ext = self._resolve(ctx, key, slot, nxt, p, b)
+        return self._finish(ctx, bo, w, nxt, p, b, ext, out, outb, length)
 
-    cdef void _start(self, int32_t* ctx, bint bos) noexcept nogil:
+    cdef void _start(self, int32_t* ctx, double* bo, bint bos) noexcept nogil:
         """The context at a sentence start ('<s>') or the empty context."""
         cdef int k
         for k in range(self.order - 1):
-            ctx[k] = -1
+            ctx[k], bo[k] = -1, 0.0
         if bos and self.order > 1:
-            ctx[0] = self.bos
+            ctx[0], bo[0] = self.bos, self.lb1[self.bos]
 
     cdef double _sentence(self, const char* p, int64_t n, bint bos, bint eos, int64_t* tokens,
                           int64_t* oovs, double* oov_sum) noexcept nogil:
         cdef int32_t ctx[MAXCTX]
+        cdef double bo[MAXCTX]
         cdef const char* e = p + n
         cdef const char* b
         cdef double total = 0, x
         cdef int32_t w
         cdef int length
-        cdef int k
-        self._start(ctx, bos)
+        self._start(ctx, bo, bos)
         while _next_word(&p, e, &b):
             w = self._index(b, p - b)
-            x = self._step(ctx, w, ctx, &length)
+            x = self._step(ctx, bo, w, ctx, bo, &length)
             total += x
             tokens[0] += 1
             if w == 0:
                 oovs[0] += 1
                 oov_sum[0] += x
         if eos:
-            total += self._step(ctx, self.eos, ctx, &length)
+            total += self._step(ctx, bo, self.eos, ctx, bo, &length)
             tokens[0] += 1
         return total
 
@@ -1166,18 +1323,30 @@ cdef class QueryCore:
         cdef double s = self._sentence(p, n, True, True, &t, &o, &os)
         return 10.0 ** (-s / t)
 
+    cdef inline void _peek(self, _Lane* L, bint eos) noexcept nogil:
+        """Find the lane's next token and, for a word, prefetch its slot in the word set: it is
+        looked up a round later, when the slot has arrived."""
+        cdef const char* b
+        if _next_word(&L.p, L.e, &b):
+            L.pk, L.tb, L.tn = PEEK_WORD, b, L.p - b
+            L.th = fs_hash_bytes(b, L.tn)
+            self._words.prefetch(L.th)
+        else:
+            L.pk = PEEK_EOS if eos else PEEK_END
+
     cdef bint _lane_next(self, _Lane* L, _Batch* B) noexcept nogil:
         """Set L.w to the lane's next token, moving on to the next sentence of the batch when its
         own is done (its total written); False when the batch has no sentence left for the lane."""
-        cdef const char* b
+        cdef int32_t w
         while True:
             if L.sent >= 0:
-                if _next_word(&L.p, L.e, &b):
-                    L.w = self._index(b, L.p - b)
+                if L.pk == PEEK_WORD:
+                    w = self._words.find_hashed(L.tb, L.tn, L.th, False)
+                    L.w = w if w > 0 else 0
+                    self._peek(L, B.eos)
                     return True
-                if B.eos and not L.eos_done:
-                    L.eos_done = True
-                    L.w = self.eos
+                if L.pk == PEEK_EOS:
+                    L.w, L.pk = self.eos, PEEK_END
                     return True
                 B.out[L.sent] = L.total
             if B.next >= B.m:
@@ -1186,14 +1355,45 @@ cdef class QueryCore:
             L.sent = B.next
             B.next += 1
             L.p, L.e = B.ptr[L.sent], B.ptr[L.sent] + B.len[L.sent]
-            L.total, L.eos_done = 0, False
-            self._start(L.ctx, B.bos)
+            L.total = 0
+            self._start(L.ctx, L.bo, B.bos)
+            self._peek(L, B.eos)
 
-    def score_batch(self, sentences, bos=True, eos=True):
+    cdef void _run(self, _Batch* B) noexcept nogil:
+        """Score the sentences B.next .. B.m - 1 in lockstep lanes (see score_batch)."""
+        cdef _Lane lanes[LANES]
+        cdef _Lane* L
+        cdef int g, active = 0, length
+        for g in range(LANES):
+            lanes[g].sent = -1
+            if self._lane_next(&lanes[g], B):
+                active += 1
+        while active:
+            for g in range(LANES):
+                if lanes[g].sent >= 0:
+                    self._prepare(lanes[g].ctx, lanes[g].w, lanes[g].key, lanes[g].slot)
+            for g in range(LANES):
+                if lanes[g].sent >= 0:
+                    L = &lanes[g]
+                    L.ext = self._resolve(L.ctx, L.key, L.slot, L.nxt, L.np_, L.nb)
+            for g in range(LANES):
+                if lanes[g].sent >= 0:
+                    L = &lanes[g]
+                    L.total += self._finish(L.ctx, L.bo, L.w, L.nxt, L.np_, L.nb, L.ext, L.ctx, L.bo, &length)
+                    if not self._lane_next(L, B):
+                        active -= 1
+
+    def score_batch(self, sentences, bos=True, eos=True, threads=None):
         """log10 P of each sentence (a float64 array): score() over a list in one call, several
-        sentences scored in lockstep so that their lookups' cache misses overlap."""
+        sentences scored in lockstep so that their lookups' cache misses overlap. threads: how many
+        threads share the batch, without the GIL (default: the CPUs this process may use, one per
+        256 sentences at most); the numbers do not depend on it."""
         sentences = list(sentences)
         cdef Py_ssize_t m = len(sentences), i, n
+        if threads is None:
+            threads = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else (os.cpu_count() or 1), m // 256))
+        cdef int T = check_int("threads", threads, 1, 256), j
         out_a = np.empty(m)
         cdef double[::1] out = out_a
         cdef vector[const char*] ptr
@@ -1204,26 +1404,24 @@ cdef class QueryCore:
             ptr[i] = self._utf8(sentences[i], &n)     # the strings stay alive in sentences
             lens[i] = n
         cdef _Batch B
-        B.ptr, B.len, B.out, B.m, B.next, B.bos, B.eos = ptr.data(), lens.data(), &out[0] if m else NULL, m, 0, bos, eos
-        cdef _Lane lanes[LANES]
-        cdef int g, active = 0, length
-        with nogil:
-            for g in range(LANES):
-                lanes[g].sent = -1
-                if self._lane_next(&lanes[g], &B):
-                    active += 1
-            while active:
-                for g in range(LANES):
-                    if lanes[g].sent >= 0:
-                        self._prepare(lanes[g].ctx, lanes[g].w, lanes[g].key, lanes[g].slot)
-                for g in range(LANES):
-                    if lanes[g].sent >= 0:
-                        self._resolve(lanes[g].ctx, lanes[g].key, lanes[g].slot, lanes[g].nxt)
-                for g in range(LANES):
-                    if lanes[g].sent >= 0:
-                        lanes[g].total += self._finish(lanes[g].ctx, lanes[g].w, lanes[g].nxt, lanes[g].ctx, &length)
-                        if not self._lane_next(&lanes[g], &B):
-                            active -= 1
+        B.ptr, B.len, B.out, B.next, B.bos, B.eos = ptr.data(), lens.data(), &out[0] if m else NULL, 0, bos, eos
+        if T == 1 or m < 2:
+            B.m = m
+            with nogil:
+                self._run(&B)
+            return out_a
+        jobs = []
+        for j in range(T):                              # contiguous shares, as equal as they come
+            job = _BatchJob()
+            (<_BatchJob> job).core, (<_BatchJob> job).B = self, B
+            (<_BatchJob> job).B.next, (<_BatchJob> job).B.m = m * j // T, m * (j + 1) // T
+            jobs.append(job)
+        workers = [threading.Thread(target=job.run) for job in jobs[1:]]
+        for w in workers:
+            w.start()
+        jobs[0].run()                                   # this thread takes the first share
+        for w in workers:
+            w.join()
         return out_a
 
     def corpus_perplexity(self, sentences):
@@ -1247,28 +1445,29 @@ cdef class QueryCore:
         cdef const char* e = p + n
         cdef const char* b
         cdef int32_t ctx[MAXCTX]
+        cdef double bo[MAXCTX]
         cdef int32_t w
-        cdef int length, k
+        cdef int length
         cdef double x
         out = []
-        self._start(ctx, bos)
+        self._start(ctx, bo, bos)
         while _next_word(&p, e, &b):
             w = self._index(b, p - b)
-            x = self._step(ctx, w, ctx, &length)
+            x = self._step(ctx, bo, w, ctx, bo, &length)
             out.append((x, length, w == 0))
         if eos:
-            x = self._step(ctx, self.eos, ctx, &length)
+            x = self._step(ctx, bo, self.eos, ctx, bo, &length)
             out.append((x, length, False))
         return iter(out)
 
     def BeginSentenceWrite(self, State state):
         """Set state to the start of a sentence (the context '<s>')."""
-        self._start(state.ctx, True)
+        self._start(state.ctx, state.bo, True)
         state.n = self.order - 1
 
     def NullContextWrite(self, State state):
         """Set state to the empty context."""
-        self._start(state.ctx, False)
+        self._start(state.ctx, state.bo, False)
         state.n = self.order - 1
 
     cdef inline void _check_state(self, State s) except *:
@@ -1281,7 +1480,7 @@ cdef class QueryCore:
         cdef int32_t w = self._word(word)
         cdef int length
         out_state.n = in_state.n
-        return self._step(in_state.ctx, w, out_state.ctx, &length)
+        return self._step(in_state.ctx, in_state.bo, w, out_state.ctx, out_state.bo, &length)
 
     def BaseFullScore(self, State in_state, word, State out_state):
         """BaseScore with the n-gram length matched and whether word is out of vocabulary."""
@@ -1289,7 +1488,7 @@ cdef class QueryCore:
         cdef int32_t w = self._word(word)
         cdef int length
         out_state.n = in_state.n
-        cdef double x = self._step(in_state.ctx, w, out_state.ctx, &length)
+        cdef double x = self._step(in_state.ctx, in_state.bo, w, out_state.ctx, out_state.bo, &length)
         return FullScoreReturn(x, length, w == 0)
 
     def __contains__(self, word):
@@ -1298,3 +1497,13 @@ cdef class QueryCore:
     def index(self, word):
         """The model id of word (0, '<unk>', when it is not in the vocabulary)."""
         return self._word(word)
+
+
+cdef class _BatchJob:
+    """One thread's share of a score_batch call (its sentences B.next .. B.m - 1)."""
+    cdef QueryCore core
+    cdef _Batch B
+
+    def run(self):
+        with nogil:
+            self.core._run(&self.B)

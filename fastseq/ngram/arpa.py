@@ -23,6 +23,7 @@ import stat
 
 import numpy as np
 
+from .._files import _a
 from ..errors import ArgumentError, FastseqError
 from .counting import MAX_ORDER
 from .models import NGramLM, _utf8_encodable
@@ -148,7 +149,7 @@ def check_regular_file(path, what="model file"):
         raise ArpaError(f"{name}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ArpaError(f"{name}: is {kind}; expected a {what}")
+        raise ArpaError(f"{name}: is {kind}; expected {_a(what)}")
     return name
 
 

@@ -3,11 +3,11 @@ memory-mapping, with no parse. The layout is in docs/NGRAM-FILES.md:
 
     magic (24 bytes) | version u32 | header length u32 | header checksum u64 | header (JSON)
     then the tables, each at a 64-byte boundary, little-endian: the vocabulary (UTF-8 blob and
-    int64 offsets), and per order k: logp float64, logb float64, and for k >= 2 the k-grams
-    grouped by context: starts int64 (K_{k-1} + 1) and lasts int32 (K_k), and (version 2) the
-    probing table probe{k} uint32 (3 per slot: context row, word, row; _arpa.probe_table) that the
-    queries search, so that loading stays a map. A version-1 file (no probing tables) is still
-    read: its tables are built in memory at each load (rewrite it with write_binary to map them).
+    int64 offsets), logp1 and logb1 (float64, one per word), and for k >= 2 the probing table
+    slot{k} (uint64; _arpa.slot_tables: key, log10 p and, below the highest order, log10 backoff
+    in each slot) that the queries search, so that loading stays a map. Versions 1 and 2 (the
+    k-grams grouped by context, numbers in separate arrays) are still read: their probing tables
+    are built in memory at each load (rewrite such a file with write_binary to map them).
 
 The header holds the order, the counts, the meta dict, each table's place and a checksum of
 all the tables; a truncated, foreign or altered file is an ArpaError, never a crash: after
@@ -28,12 +28,12 @@ from .arpa import (ArpaError, ArpaLM, _check_meta, arpa_words, check_regular_fil
 __all__ = ["BinaryModel", "is_binary", "load_binary", "write_binary"]
 
 MAGIC = b"fastseq n-gram model\x00\x00\x00\x00"
-VERSION = 2
-_READS = (1, 2)                                    # version 1: no probing tables (built at load)
+VERSION = 3
+_READS = (1, 2, 3)                                 # 1, 2: tables by rows (probing tables built at load)
 _FIXED = struct.Struct("<24sIIQ")                  # magic, version, header length, header checksum
 _ALIGN = 64
 _MAX_HEADER = 1 << 24
-_DTYPES = {"uint8": np.uint8, "int32": np.int32, "uint32": np.uint32, "int64": np.int64, "float64": np.float64}
+_DTYPES = {"uint8": np.uint8, "int32": np.int32, "uint32": np.uint32, "uint64": np.uint64, "int64": np.int64, "float64": np.float64}
 
 
 def is_binary(path):
@@ -48,10 +48,27 @@ def is_binary(path):
 class BinaryModel:
     """The tables of a binary model file (memory-mapped, read-only).
 
-    order, vocab_size, meta, escaped; words (bytes blob) and offsets; per order k (lists
-    indexed k - 1): starts, lasts, logp, logb, probes (None for order 1 and in a version-1
-    file), as fastseq.ngram.query.Model uses them.
+    order, vocab_size, meta, escaped, suffix_closed, version; words (bytes blob) and offsets;
+    logp1, logb1 (order 1) and slots (the probing table of each order k >= 2 at index k - 2), as
+    fastseq.ngram.query.Model uses them; starts, lasts, logp, logb (lists indexed k - 1: the
+    n-grams of each order grouped by context) computed from them when first asked for.
     """
+
+    def _row_tables(self):
+        if getattr(self, "_rows", None) is None:
+            V = self.vocab_size
+            try:
+                st, la, lp, lb = _arpa.slot_rows(self.slots, self.order, V, self.counts)
+            except ValueError as e:
+                raise ArpaError(f"{self.path}: {e}") from None
+            self._rows = ([np.zeros(1, np.int64)] + st, [np.arange(V, dtype=np.int32)] + la,
+                          [self.logp1] + lp, [self.logb1] + lb)
+        return self._rows
+
+    starts = property(lambda self: self._row_tables()[0])
+    lasts = property(lambda self: self._row_tables()[1])
+    logp = property(lambda self: self._row_tables()[2])
+    logb = property(lambda self: self._row_tables()[3])
 
     def to_ngram_lm(self):
         """The NGramLM (an ArpaLM) these tables hold, as load_arpa returns it."""
@@ -88,6 +105,14 @@ def _tables_of(model):
             list(logp), [logb[k] if k < N - 1 else np.zeros(0) for k in range(N)])
 
 
+def query_tables(blob, offsets, starts, lasts, logp, logb):
+    """(logp1, logb1, slots, suffix_closed): what the queries use, from a model's tables grouped by
+    context (checked by _arpa.check_tables first; ValueError naming the broken one)."""
+    keep = _arpa.check_tables(len(logp), blob, offsets, list(starts), list(lasts), list(logp), list(logb))
+    st, la, lp, lb = keep[2::4], keep[3::4], keep[4::4], keep[5::4]
+    return lp[0], lb[0], _arpa.slot_tables(st, la, lp, lb), bool(_arpa.suffix_closed(st, la))
+
+
 def write_binary(source, path, meta=None):
     """Write a binary model at path (atomically) from a fitted NGramLM or an ARPA file's path.
 
@@ -113,13 +138,12 @@ def write_binary(source, path, meta=None):
     blob = np.frombuffer(b"".join(words), np.uint8)
     offsets = np.zeros(len(words) + 1, np.int64)
     np.cumsum([len(w) for w in words], out=offsets[1:])
-    tables = [("words", blob), ("offsets", offsets)]
-    for k in range(1, N + 1):
-        tables += [(f"logp{k}", np.ascontiguousarray(logp[k - 1], np.float64)),
-                   (f"logb{k}", np.ascontiguousarray(logb[k - 1], np.float64))]
-        if k > 1:
-            tables += [(f"starts{k}", starts[k - 1]), (f"lasts{k}", lasts[k - 1]),
-                       (f"probe{k}", _arpa.probe_table(starts[k - 1], lasts[k - 1]))]
+    try:
+        logp1, logb1, slots, closed = query_tables(blob, offsets, starts, lasts, logp, logb)
+    except ValueError as e:
+        raise ArpaError(f"{os.fspath(path)}: the model's tables are not consistent ({e})") from None
+    tables = [("words", blob), ("offsets", offsets), ("logp1", logp1), ("logb1", logb1)]
+    tables += [(f"slot{k}", slots[k - 2]) for k in range(2, N + 1)]
     # places relative to the end of the header, which depends on its own length: two passes
     place, pos = [], 0
     for name, a in tables:
@@ -130,7 +154,7 @@ def write_binary(source, path, meta=None):
         body[off:off + a.nbytes] = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
     header = {"format": "fastseq n-gram model", "order": N, "vocab_size": len(words),
               "counts": [int(len(logp[k])) for k in range(N)], "escaped": bool(escaped), "meta": meta,
-              "suffix_closed": bool(_arpa.suffix_closed(starts, lasts)),
+              "suffix_closed": closed,
               "tables": place, "tables_checksum": _arpa.checksum(np.frombuffer(body, np.uint8))}
     hb = json.dumps(header, ensure_ascii=False).encode("utf-8")
     start = -(-(_FIXED.size + len(hb)) // _ALIGN) * _ALIGN
@@ -201,21 +225,24 @@ def load_binary(path, verify=True):
 
     m.offsets = table("offsets", np.int64, V + 1)
     m.words = table("words", np.uint8, place.get("words", ("", 0, 0))[2])
-    m.starts, m.lasts, m.logp, m.logb = [np.zeros(1, np.int64)], [np.arange(V, dtype=np.int32)], [], []
-    m.version, m.probes = version, [None] * N
-    for k in range(1, N + 1):
-        m.logp.append(table(f"logp{k}", np.float64, counts[k - 1]))
-        m.logb.append(table(f"logb{k}", np.float64, counts[k - 1] if k < N else 0))
-        if k > 1:
-            m.starts.append(table(f"starts{k}", np.int64, counts[k - 2] + 1))
-            m.lasts.append(table(f"lasts{k}", np.int32, counts[k - 1]))
-            if version >= 2:
-                m.probes[k - 1] = table(f"probe{k}", np.uint32, place.get(f"probe{k}", ("", 0, -1))[2])
+    m.version, m.counts = version, counts
     try:                                         # what the query loops rely on, even in a file re-signed by hand
-        _arpa.check_tables(N, m.words, m.offsets, m.starts, m.lasts, m.logp, m.logb)
-        for k in range(1, N):
-            if m.probes[k] is not None:
-                _arpa.check_probe(m.probes[k], counts[k])
+        if version >= 3:
+            m.logp1, m.logb1 = table("logp1", np.float64, V), table("logb1", np.float64, V)
+            m.slots = [_arpa.check_slots(table(f"slot{k}", np.uint64, (3 if k < N else 2) * _arpa.slot_count(counts[k - 1])),
+                                         k, N, counts[k - 1]) for k in range(2, N + 1)]
+        else:                                    # tables by rows: probing tables built here, at every load
+            rows = [np.zeros(1, np.int64)], [np.arange(V, dtype=np.int32)], [], []
+            for k in range(1, N + 1):
+                rows[2].append(table(f"logp{k}", np.float64, counts[k - 1]))
+                rows[3].append(table(f"logb{k}", np.float64, counts[k - 1] if k < N else 0))
+                if k > 1:
+                    rows[0].append(table(f"starts{k}", np.int64, counts[k - 2] + 1))
+                    rows[1].append(table(f"lasts{k}", np.int32, counts[k - 1]))
+                    if version == 2:             # present (and checksummed) though rebuilt: the file is whole
+                        table(f"probe{k}", np.uint32, place.get(f"probe{k}", ("", 0, -1))[2])
+            m.logp1, m.logb1, m.slots, _ = query_tables(m.words, m.offsets, *rows)
+            m._rows = rows
     except ValueError as e:
         raise ArpaError(f"{name}: {e}") from None
     m._mmap = mm

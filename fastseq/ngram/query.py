@@ -9,12 +9,14 @@
 
 Sentences are split on ASCII whitespace and words looked up by their UTF-8 bytes, as kenlm
 does, so the numbers are kenlm's (fastseq sums in float64, kenlm in float32: they agree to
-about 1e-6). Beyond kenlm: ``score_batch(sentences)`` (one call for many sentences),
+about 1e-6). Beyond kenlm: ``score_batch(sentences, threads=None)`` (one call for many sentences,
+several scored in lockstep, the batch split among threads without the GIL),
 ``corpus_perplexity(sentences)`` (KenLM query's summary), ``meta`` (the file's header dict) and
 ``to_sentence(tokens)`` (a sentence in the file's spelling: escaped tokens for an escaped file).
 
-A State holds the rows of the stored n-grams ending at the last word (kenlm's holds the words);
-equal states score every continuation alike, so decoders can merge hypotheses on them.
+A State holds the stored n-grams ending at the last word (their slots in the probing tables;
+kenlm's holds the words), dropping, as kenlm does, one that no continuation can extend; equal
+states score every continuation alike, so decoders can merge hypotheses on them.
 """
 import os
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from . import _arpa
 from .arpa import ArpaError, check_regular_file, escape_token, parse_arpa, read_regular_file
-from .binary import is_binary, load_binary
+from .binary import is_binary, load_binary, query_tables
 
 __all__ = ["Config", "FullScoreReturn", "LanguageModel", "Model", "State"]
 
@@ -48,9 +50,8 @@ class Model(_arpa.QueryCore):
         if is_binary(name):
             b = load_binary(name)
             self.meta, self.escaped = b.meta, b.escaped
-            self._load(b.order, b.words, b.offsets, b.starts, b.lasts, b.logp, b.logb, name, b.suffix_closed,
-                       b.probes)
             self._binary = b
+            self._set(b.order, b.words, b.offsets, b.logp1, b.logb1, b.slots, b.suffix_closed, name)
             return
         meta, escaped, words, rows, parent, logp, logb = parse_arpa(read_regular_file(name, "ARPA file"), name)
         N = len(rows)
@@ -77,9 +78,17 @@ class Model(_arpa.QueryCore):
         self._load(lm.order, blob, offsets, starts, lasts, logp, logb, "model")
         return self
 
-    def _load(self, order, blob, offsets, starts, lasts, logp, logb, name, closed=None, probes=None):
+    def _load(self, order, blob, offsets, starts, lasts, logp, logb, name):
+        """From tables grouped by context (an ARPA file's, a fitted model's): the probing tables built."""
         try:
-            self._set_tables(order, blob, offsets, list(starts), list(lasts), list(logp), list(logb), closed, probes)
+            lp1, lb1, slots, closed = query_tables(blob, offsets, starts, lasts, logp, logb)
+        except ValueError as e:
+            raise ArpaError(f"{name}: {e}") from None
+        self._set(order, blob, offsets, lp1, lb1, slots, closed, name)
+
+    def _set(self, order, blob, offsets, logp1, logb1, slots, closed, name):
+        try:
+            self._set_tables(order, blob, offsets, logp1, logb1, list(slots), closed)
         except ValueError as e:
             raise ArpaError(f"{name}: {e}") from None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import (DATA_DIR, REPO, TEXT, TINY, forward_logits, is_png, load_weights, reaped,  # noqa: F401
+from cli_helpers import (DATA_DIR, REPO, TEXT, TINY, TINY_SIZES, forward_logits, is_png, load_weights, reaped,  # noqa: F401
                          run, usage_error)
 
 
@@ -121,7 +121,7 @@ def test_train_refuses_to_overwrite_a_checkpoint(tmp_path, text_file):
 
 
 def test_nan_stops_with_step_and_advice(tmp_path, text_file):
-    p = run("train", "--corpus", text_file, *TINY, "--lr", "1e30", "--clip", "0", "--nonlinearity", "relu",
+    p = run("train", "--corpus", text_file, *TINY_SIZES, "--lr", "1e30", "--clip", "0", "--cell", "rnn_relu",
             "--out", "run", cwd=tmp_path)
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr

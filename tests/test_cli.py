@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import (DATA_DIR, REPO, TEXT, TINY, TINY_SIZES, forward_logits, is_png, load_weights, reaped,  # noqa: F401
-                         run, usage_error)
+from cli_helpers import (DATA_DIR, REPO, TEXT, TINY, TINY_SIZES, forward_logits, is_png, load_weights,  # noqa: F401
+                         reaped, run, usage_error)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ train, the last 10% are held out, the vocabulary comes from the training part. R
 * each fastseq cell through the command itself: `fastseq train --corpus tinyshakespeare --cell C
   --minutes M`, then `fastseq eval` of its checkpoint on the held-out text (the same evaluator).
 
-The machine is shared: each row records its wall and CPU seconds and the load average at its end.
+The machine is shared: each row records its wall and CPU seconds and the load average at its start and end.
 
 Usage (from anywhere; the corpus is read from FASTSEQ_DATA_DIR, never downloaded):
     FASTSEQ_DATA_DIR=/work/shared/data python bench/quality_cells.py --minutes 10 --md /tmp/quality.md
@@ -200,12 +200,12 @@ def fastseq_row(cell, heldout, workdir, minutes, threads, extra, val_ids):
 # ----------------------------------------------------------------------------- the table
 def table(rows, minutes, split):
     lines = [f"Tiny Shakespeare characters, {split}; budget {minutes:g} min of training wall time per RNN row.", "",
-             "| model | held-out perplexity | train wall s | CPU s | steps | epochs | tokens/s | load avg at end |",
+             "| model | held-out perplexity | train wall s | CPU s | steps | epochs | tokens/s | load avg at start, end |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else ""  # noqa: E731
         lines.append(f"| {r['model']} | {r['ppl']:.4f} | {f('wall', '.1f')} | {f('cpu', '.1f')} | {f('steps', ',')} | "
-                     f"{f('epochs', 'd')} | {f('tokens_per_s', ',.0f')} | {r['load']:.1f} |")
+                     f"{f('epochs', 'd')} | {f('tokens_per_s', ',.0f')} | {r['load_start']:.1f}, {r['load']:.1f} |")
     notes = [r for r in rows if r.get("note")]
     for r in notes:
         lines.append(f"\n{r['model']}: {r['note']}.")
@@ -242,17 +242,21 @@ def main(argv=None):
         f.write("".join(vocab.idx_to_token[i] for i in val_ids.tolist()))
     rows = []
 
-    def add(r):
+    def add(r, load_start):
+        r["load_start"] = load_start
         rows.append(r)
         print(json.dumps(r), flush=True)
 
     if not a.no_kn:
+        start = load()
         for r in kn_rows(vocab, train_ids, val_ids):
-            add(r)
+            add(r, start)
     for cell in torch_cells:
-        add(torch_row(cell, recipe(cell), vocab, train_ids, val_ids, a.minutes, a.threads))
+        start = load()
+        add(torch_row(cell, recipe(cell), vocab, train_ids, val_ids, a.minutes, a.threads), start)
     for cell in cells:
-        add(fastseq_row(cell, heldout, workdir, a.minutes, a.threads, a.train_arg, val_ids))
+        start = load()
+        add(fastseq_row(cell, heldout, workdir, a.minutes, a.threads, a.train_arg, val_ids), start)
     text = "\n".join([table(rows, a.minutes, split), "", head,
                       f"load average at the end {load():.1f}",
                       "command: python bench/quality_cells.py " + " ".join(argv if argv is not None else sys.argv[1:])])

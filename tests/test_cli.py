@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import (DATA_DIR, REPO, TEXT, TINY, forward_logits, is_png, load_weights, reaped,  # noqa: F401
-                         run, usage_error)
+from cli_helpers import (DATA_DIR, REPO, TEXT, TINY, TINY_SIZES, forward_logits, is_png, load_weights,  # noqa: F401
+                         reaped, run, usage_error)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_train_refuses_to_overwrite_a_checkpoint(tmp_path, text_file):
 
 
 def test_nan_stops_with_step_and_advice(tmp_path, text_file):
-    p = run("train", "--corpus", text_file, *TINY, "--lr", "1e30", "--clip", "0", "--nonlinearity", "relu",
+    p = run("train", "--corpus", text_file, *TINY_SIZES, "--lr", "1e30", "--clip", "0", "--cell", "rnn_relu",
             "--out", "run", cwd=tmp_path)
     assert p.returncode == 1, p.stderr
     assert "Traceback" not in p.stderr
@@ -135,7 +135,7 @@ def test_nan_stops_with_step_and_advice(tmp_path, text_file):
     assert all(np.all(np.isfinite(v)) for v in w.values())
 
 
-RESUME_ARGS = ["--hidden", "16", "--steps", "8", "--batch", "4", "--no-progress", "--no-ngram",
+RESUME_ARGS = ["--cell", "rnn_tanh", "--hidden", "16", "--steps", "8", "--batch", "4", "--no-progress", "--no-ngram",
                "--sample-length", "5", "--dtype", "float64", "--epochs", "3", "--max-tokens", "0"]
 
 

@@ -81,13 +81,26 @@ def orders(s):
     return v
 
 
-def add_common(p, json_flag=True, threads=False):
+def training_threads():
+    """`fastseq train`'s default --threads: the cores this process may use, at most 2. On a shared 2-core
+    machine two threads made the LSTM step (H=128, B=32, T=35) 1.6x faster in wall time for the same CPU
+    time per step (bench/results/qual.md); more than two were never measured."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:          # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+def add_common(p, json_flag=True, threads=False, default_threads=1):
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     if threads:
-        p.add_argument("--threads", type=int_at_least(1), default=1,
-                       help="cores the C++ kernels may use (fastseq.set_num_threads; default: 1, which "
-                            "keeps results bit-identical on resume; a second core pays off only when it is idle)")
+        why = ("the cores this process may use, at most 2" if default_threads != 1 else
+               "a second core pays off only when it is idle")
+        p.add_argument("--threads", type=int_at_least(1), default=default_threads,
+                       help=f"cores the C++ kernels may use (fastseq.set_num_threads; default: {default_threads}, "
+                            f"{why}; a run resumed with the same count continues bit-identically)")
 
 
 def add_corpus_options(p, token="word", default_from=None):

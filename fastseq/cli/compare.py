@@ -23,8 +23,8 @@ def add_parsers(subparsers, corpora):
     c.add_argument("--strategies", default="full,block:5,sliding:5,random:0.2",
                    help="comma-separated strategies (default: full,block:5,sliding:5,random:0.2)")
     c.add_argument("--max-tokens", type=int_at_least(0), default=0, help="first N tokens, 0 for all (default: 0)")
-    c.add_argument("--cell", choices=CELL_CHOICES, default=TRAIN_DEFAULTS["cell"],
-                   help=f"recurrent cell, as fastseq train's (default: {TRAIN_DEFAULTS['cell']})")
+    c.add_argument("--cell", choices=CELL_CHOICES, default="rnn_tanh",
+                   help="recurrent cell, as fastseq train's (default: rnn_tanh, the book's plain RNN)")
     c.add_argument("--layers", type=int_at_least(1), default=1, help="stacked layers L (default: 1)")
     c.add_argument("--dropout", type=fraction, default=0.0, help="dropout probability in training (default: 0)")
     c.add_argument("--hidden", type=int_at_least(1), default=128, help="hidden units H (default: 128)")

@@ -8,7 +8,7 @@ from ..optim import DEFAULT_LR
 from ..training import Callback, DivergenceError, TrainingInterrupted
 from . import plots, runs
 from .args import (CLEANING_CHOICES, UsageError, add_common, finite, fraction, info, int_at_least, optional_import,
-                   orders, print_json, sub)
+                   orders, print_json, sub, training_threads)
 from .runs import CELL_ADAM_LR, CELL_CHOICES, DEFAULT_OUT, MAIN_JOB_MINUTES, TRAIN_DEFAULTS
 from .sample import check_prefix, sample
 
@@ -100,7 +100,7 @@ def add_parsers(subparsers, corpora):
                    help="tokens in the final sample (default: 200)")
     t.add_argument("--plot", metavar="FILE.png", help="perplexity curves (default: OUT/train.png)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_common(t, threads=True)
+    add_common(t, threads=True, default_threads=training_threads())
     t.set_defaults(func=cmd_train)
 
 
@@ -146,6 +146,11 @@ class _Checkpoints(Callback):
         val = "n/a" if r["val_ppl"] is None else f"{r['val_ppl']:.3f}"
         info(self.args, f"epoch {r['epoch']}: train perplexity {r['train_ppl']:.3f}, held-out {val}, "
                         f"{r['tokens_per_s']:,.0f} tokens/s, mean gradient norm {r['grad_norm_mean']:.3f}")
+
+
+def _threads(args, backend):
+    """', 2 threads' after the backend: how many cores the C++ kernels use (the NumPy reference ignores it)."""
+    return f", {args.threads} thread{'s' if args.threads > 1 else ''}" if backend == "cpp" else ""
 
 
 def _progress(args):
@@ -208,7 +213,7 @@ def cmd_train(args):
     layers = f" x {hp['layers']} layers" if hp["layers"] > 1 else ""
     drop = f", dropout {hp['dropout']:g}" if hp["dropout"] else ""
     info(args, f"model RNNLM V={len(vocab)} H={hp['hidden']} {hp['cell']}{layers}{drop} {hp['dtype']} "
-               f"on {tr.model.backend}; {hp['optimizer']} lr {tr.lr:g}, clip {hp['clip']:g}, "
+               f"on {tr.model.backend}{_threads(args, tr.model.backend)}; {hp['optimizer']} lr {tr.lr:g}, clip {hp['clip']:g}, "
                f"bptt {hp['bptt']}, batch {hp['batch']} x {hp['steps']} steps, "
                f"{hp['epochs']} epochs of {len(tr.loader)} steps")
     if args.resume:

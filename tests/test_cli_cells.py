@@ -262,7 +262,7 @@ def test_compare_bptt_with_a_gated_cell(text_dir):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux and 2 cores to tell the default from 1")
 def test_train_uses_two_threads_by_default_and_one_on_one_core(text_dir):
-    """Two threads made the LSTM step 1.6x faster in wall time (bench/results/qual.md); a process allowed
+    """Two threads made the LSTM step 1.6x faster in wall time (bench/RESULTS.md); a process allowed
     one core keeps one thread (two would only wait on each other); --threads still decides."""
     argv = ["train", "--corpus", text_dir / "tiny.txt", *TINY_SIZES, "--stop-after", 1, "--out", "th", "--overwrite"]
     assert ", 2 threads;" in run(*argv, cwd=text_dir, check=0).stdout

@@ -84,7 +84,7 @@ def orders(s):
 def training_threads():
     """`fastseq train`'s default --threads: the cores this process may use, at most 2. On a shared 2-core
     machine two threads made the LSTM step (H=128, B=32, T=35) 1.6x faster in wall time for the same CPU
-    time per step (bench/results/qual.md); more than two were never measured."""
+    time per step (bench/RESULTS.md); more than two were never measured."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:          # not Linux

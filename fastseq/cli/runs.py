@@ -15,10 +15,10 @@ TRAIN_DEFAULTS = dict(
     hidden=128, steps=35, batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full",
     sampling="sequential", dtype="float32", seed=0, val_fraction=0.1,
 )
-# The main job's cell is the LSTM: it wins the 10-minute quality tables on tinyshakespeare (bench/results/qual.md:
+# The main job's cell is the LSTM: it wins the 10-minute quality tables on tinyshakespeare (bench/RESULTS.md:
 # held-out 5.15 against the GRU's 5.53 with half nn.LSTM's CPU time; bench/RESULTS.md) and ends within the main
 # job's minute on both ISA paths. H=128 stays: on the shared 2-core machine a row gets 100-250 CPU s, and at
-# equal CPU time H=192 and H=256 ended far behind (6.25 and 7.14 against 5.62, bench/results/qual.md).
+# equal CPU time H=192 and H=256 ended far behind (6.25 and 7.14 against 5.62, bench/RESULTS.md).
 # The recurrent cells (fastseq.reference.cells): the book's plain RNN with tanh or relu, and the gated cells
 # of its next chapter as PyTorch's nn.GRU and nn.LSTM compute them.
 CELL_CHOICES = ("rnn_tanh", "rnn_relu", "gru", "lstm")

@@ -17,7 +17,7 @@ from fastseq.bptt import Full, Randomized, Truncated
 from fastseq.errors import ArgumentError
 from fastseq.reference.cells import get_cell, stack_backward, stack_forward
 from fastseq.reference.ops import sample_token
-from tolerances import RTOL, assert_close
+from tolerances import RTOL, assert_close, up
 
 HYP = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
@@ -209,7 +209,6 @@ def test_lm_step_matches_reference(cell, kind, dtype, threads, size, L, tau, dro
     assert set(grads) == set(gr) == set(params)
     exact = None
     if dtype == np.float32:   # the float32 reference's own rounding, for sums that cancel (tolerances.py)
-        up = lambda a: None if a is None else a.astype(np.float64)   # noqa: E731
         exact = reference_lm(cell, {k: up(v) for k, v in params.items()}, ids, Yt, up(s0),
                              (up(plan[0]), plan[1]), None if masks is None else tuple(up(x) for x in masks), L)[1]
     for k in gr:

@@ -20,7 +20,7 @@ import fastseq
 from fastseq import _core
 from fastseq import reference as ref
 from fastseq.bptt import Full, Randomized, Truncated
-from tolerances import RTOL, assert_close
+from tolerances import RTOL, assert_close, up
 
 # The thread-count fixture is set once per parametrisation on purpose, not per example.
 HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -88,10 +88,6 @@ def test_layer_matches_reference(blas_threads, size, kind, tau, dtype, nl, seed,
     for k in g:
         assert g[k].dtype == dtype
         assert_close(g[k], g_r[k], dtype, k, exact=exact and exact[k])
-
-
-def up(a):
-    return None if a is None else np.asarray(a, dtype=np.float64)
 
 
 def _exact_grads(grads_of, model64, slow, dtype):

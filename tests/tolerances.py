@@ -31,3 +31,8 @@ def assert_close(a, b, dtype, what, exact=None):
         noise = float(np.max(np.abs(b - np.asarray(exact, dtype=np.float64))))
         bound = max(bound, 4 * noise)
     assert err <= bound, f"{what}: max abs error {err:.3e} vs scale {scale:.3e} (reference's own rounding {noise:.3e})"
+
+
+def up(a):
+    """a in float64 (None stays None): the inputs of the exact reference that assert_close's exact= takes."""
+    return None if a is None else np.asarray(a, dtype=np.float64)

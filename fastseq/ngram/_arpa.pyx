@@ -1367,6 +1367,9 @@ cdef class QueryCore:
             L.sent = B.next
             B.next += 1
             L.p, L.e = B.ptr[L.sent], B.ptr[L.sent] + B.len[L.sent]
+            if L.sent + LANES < B.total:                 # the text a lane will take LANES sentences on:
+                fs_prefetch(B.ptr[L.sent + LANES])       # a cold line of some str object otherwise
+                fs_prefetch(B.ptr[L.sent + LANES] + B.len[L.sent + LANES])
             L.total = 0
             self._start(L.ctx, L.bo, B.bos)
             self._peek(L, B.eos)

@@ -6,7 +6,8 @@ The model: a Kneser-Ney N-gram of the sampled corpus of bench/lmplz_compare.py (
 tinyshakespeare + The Time Machine, kept out of the repository); held-out text: another sample
 of the same chain. Each figure is the best of --repeat runs, the two libraries interleaved;
 rates are given per CPU second of this process (the machine is shared) and, for the batch on
---threads threads, per wall second too, each against kenlm's per-sentence score() in the same run.
+--threads threads (default: score_batch's default), per wall second too, each against kenlm's
+per-sentence score() in the same run.
 """
 import argparse
 import os
@@ -40,7 +41,8 @@ def main(argv=None):
     p.add_argument("--heldout", type=int, default=72_000)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--out", default="/tmp/fastseq-lmplz")
-    p.add_argument("--threads", type=int, default=2, help="threads of the multi-threaded score_batch row")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the multi-threaded score_batch row (default: score_batch's own default)")
     args = p.parse_args(argv)
     import kenlm
     from conftest import machine_line
@@ -69,6 +71,7 @@ def main(argv=None):
     k_score, f_score, f_batch, f_batch_t, k_ppl = interleaved(
         [per_sentence(k), per_sentence(q), lambda: q.score_batch(held, threads=1),
          lambda: q.score_batch(held, threads=args.threads), lambda: [k.perplexity(s) for s in held]], args.repeat)
+    tname = f"threads={args.threads}" if args.threads is not None else f"default threads; {len(os.sched_getaffinity(0))} CPUs"
     words = [w for s in held for w in s.split() + ["</s>"]]
 
     def chain(m, State):
@@ -102,9 +105,9 @@ def main(argv=None):
          f"{k_score[1] / f_score[1]:.2f}x"),
         ("batch score_batch(threads=1) vs kenlm per-sentence score (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M",
          f"{rate(f_batch) / 1e6:.2f}M", f"{k_score[1] / f_batch[1]:.2f}x"),
-        (f"batch score_batch(threads={args.threads}) vs kenlm per-sentence score (tokens per wall s)",
+        (f"batch score_batch({tname}) vs kenlm per-sentence score (tokens per wall s)",
          f"{n_tok / k_score[0] / 1e6:.2f}M", f"{n_tok / f_batch_t[0] / 1e6:.2f}M", f"{k_score[0] / f_batch_t[0]:.2f}x"),
-        (f"batch score_batch(threads={args.threads}) (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M",
+        (f"batch score_batch({tname}) (tokens per CPU s)", f"{rate(k_score) / 1e6:.2f}M",
          f"{rate(f_batch_t) / 1e6:.2f}M", f"{k_score[1] / f_batch_t[1]:.2f}x"),
         ("perplexity() per sentence (tokens per CPU s)", f"{rate(k_ppl) / 1e6:.2f}M", "", ""),
         ("BaseScore chained (calls per CPU s)", f"{len(words) / k_base[1] / 1e6:.2f}M",

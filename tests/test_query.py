@@ -197,6 +197,95 @@ def test_batch_threads_give_the_same_scores(models, tm_split):
             qa.score_batch(sents, threads=bad)
 
 
+def _batch_sents(tm_split):
+    # more sentences than the threads' chunks (32 each) and lanes (16) cover, uneven lengths (a few
+    # long ones, empty ones), bytes among the str
+    base = held_out(tm_split)
+    long_one = " ".join(" ".join(s) for s in tm_split[1][:40])
+    sents = base * 2 + [long_one, "", long_one[::-1]] + base[:45]
+    sents[7] = sents[7].encode("utf-8")
+    return sents
+
+
+def test_batch_of_any_size_on_any_threads_is_score(models, tm_split):
+    # every thread count, around the chunk and lane boundaries: each output is score() of its
+    # own sentence, bit for bit (a sentence dropped, taken twice or written to another slot fails)
+    _, qa, qb = models
+    sents = _batch_sents(tm_split)
+    for q in (qa, qb):
+        want = [q.score(s) for s in sents]
+        for n in (0, 1, 15, 16, 17, 31, 32, 33, 64, 65, len(sents)):
+            for t in (1, 2, 3, 8, 64):
+                got = q.score_batch(sents[:n], threads=t)
+                assert got.shape == (n,) and list(got) == want[:n], (n, t)
+        for t in (1, 2, 5):
+            assert list(q.score_batch(iter(sents), bos=False, eos=False, threads=t)) == [
+                q.score(s, bos=False, eos=False) for s in sents]
+
+
+def test_batch_bad_sentence_or_threads_raises_and_the_model_still_works(models, tm_split):
+    _, qa, _ = models
+    sents = _batch_sents(tm_split)
+    want = list(qa.score_batch(sents, threads=1))
+    for bad in (None, 3, ["a", "b"]):
+        with pytest.raises(TypeError, match="sentence"):
+            qa.score_batch(sents[:100] + [bad] + sents[100:], threads=2)
+    for bad in (0, -1, 257, "2", 2.0):
+        with pytest.raises((TypeError, ValueError), match="threads"):
+            qa.score_batch(sents, threads=bad)
+    assert list(qa.score_batch(sents, threads=2)) == want
+    assert qa.score_batch([], threads=4).shape == (0,)
+
+
+def test_batch_from_several_python_threads_at_once(models, tm_split):
+    # the work counter belongs to the call, not to the model: concurrent batches do not mix
+    import threading
+    _, qa, qb = models
+    sents = _batch_sents(tm_split)
+    want = {id(q): list(q.score_batch(sents, threads=1)) for q in (qa, qb)}
+    got, errors = [], []
+
+    def run(q, t):
+        try:
+            for _ in range(3):
+                got.append(list(q.score_batch(sents, threads=t)) == want[id(q)])
+        except Exception as e:          # surfaced below: a thread's exception is not the test's
+            errors.append(e)
+    workers = [threading.Thread(target=run, args=(q, t)) for q in (qa, qb) for t in (1, 2, 3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors and got == [True] * 18
+
+
+def test_batch_threads_after_fork_and_at_interpreter_exit(tmp_path, tm_split):
+    # score_batch keeps no thread between calls: a forked child (whose parent ran threaded
+    # batches) and an atexit handler run threaded batches and get the same numbers
+    import os
+    import subprocess
+    import sys
+    lm = KneserNeyLM(3).fit(tm_split[0])
+    lm.to_arpa(tmp_path / "m.arpa")
+    sents = [" ".join(s) for s in tm_split[1]] * 4
+    q = Model(tmp_path / "m.arpa")
+    want = list(q.score_batch(sents, threads=1))
+    assert list(q.score_batch(sents, threads=2)) == want
+    if hasattr(os, "fork"):
+        pid = os.fork()
+        if pid == 0:                    # the child: exit code 0 only if the numbers are the same
+            ok = list(q.score_batch(sents, threads=2)) == want and list(q.score_batch(sents, threads=3)) == want
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    code = (f"import atexit, sys\nfrom fastseq.ngram import Model\nq = Model({str(tmp_path / 'm.arpa')!r})\n"
+            f"s = {sents!r}\nwant = list(q.score_batch(s, threads=1))\n"
+            "def last():\n    if list(q.score_batch(s, threads=2)) != want:\n        sys.stdout.write('differ')\n"
+            "    sys.stdout.write('done')\natexit.register(last)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == "done", r.stderr[-2000:]
+
+
 def test_state_keeps_a_leaf_ngram_with_a_backoff(tmp_path):
     # a State drops an n-gram with nothing after it only when its backoff is 0: 'a b' has no 3-gram
     # after it but backoff -0.15, which P(c | a b) must still add (-0.15 + P(c | b) = -0.45)

@@ -255,6 +255,29 @@ def test_generation_matches_reference(cell, V, H, L, dtype, seed, temperature, t
     np.testing.assert_array_equal(out, reference_generate(cell, params, L, prefix, n, temperature, min(top_k, V), u))
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("L", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_generation_split_between_threads_matches_reference(cell, L, threads):
+    """Generation splits the hidden units between threads in whole panels (32 float32 / 16 float64 columns),
+    so H spans several panels here, one part ending mid-panel; every thread count gives the reference's tokens
+    (float64), and float32 gives the same tokens and state whatever the split (each unit's sums are the same)."""
+    for dtype, H in ((np.float64, 37), (np.float32, 70)):
+        rng = np.random.default_rng(L * 10 + threads)
+        V = 11
+        params = make_params(cell, V, H, L, dtype, rng, V=V, scale=1.0)
+        prefix = rng.integers(0, V, 4)
+        for temperature, top_k in ((0.0, 0), (1.0, 0), (0.8, 3)):
+            u = rng.random(40) if temperature > 0 else None
+            out = _core.cell_lm_generate(cell, prefix, 40, params, temperature, top_k, u, threads)
+            if dtype == np.float64:
+                np.testing.assert_array_equal(out, reference_generate(cell, params, L, prefix, 40, temperature,
+                                                                      top_k, u), err_msg=f"{temperature} {top_k}")
+            else:
+                one = _core.cell_lm_generate(cell, prefix, 40, params, temperature, top_k, u, 1)
+                np.testing.assert_array_equal(out, one, err_msg=f"{temperature} {top_k}")
+
+
 # ----------------------------------------------------------------------------- the registry
 def test_every_reference_cell_is_registered_in_cpp():
     from fastseq.reference.cells import CELLS as REF_CELLS

@@ -278,6 +278,36 @@ def test_generation_split_between_threads_matches_reference(cell, L, threads):
                 np.testing.assert_array_equal(out, one, err_msg=f"{temperature} {top_k}")
 
 
+@pytest.mark.parametrize("cell,H", [("rnn_tanh", 520), ("gru", 300), ("lstm", 300)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_row_forward_split_between_threads(cell, H, dtype):
+    """B = 1 (a decoder's call): a one-row product with a W of >= 2**18 entries is split by columns between the
+    pool's threads (csrc/matvec.h). Outputs equal the reference; at T = 1 (every product one row) they equal one
+    thread's bit for bit (each column's sums run in the same order whatever the split; with T > 1 the input
+    product is BLAS's over T rows, whose sums may depend on its own thread count)."""
+    import fastseq
+    rng = np.random.default_rng(3)
+    L = 2
+    params = make_params(cell, H, H, L, dtype, rng, scale=1 / np.sqrt(H))  # torch's scale: not chaotic in float32
+    before = fastseq.get_num_threads()
+    for T in (1, 3):
+        X = rng.normal(size=(T, 1, H)).astype(dtype)
+        s0 = rng.normal(size=state_shape(cell, L, 1, H)).astype(dtype)
+        try:
+            got = {}
+            for n in (1, 2):
+                fastseq.set_num_threads(n)
+                got[n] = _core.cell_forward(cell, X, s0, params)[:2]
+        finally:
+            fastseq.set_num_threads(before)
+        Yr, sTr, _ = stack_forward(cell, to_torch_layout(cell, params, L), X, split_state(cell, s0, L))
+        assert_close(got[2][0], Yr, dtype, "Y")
+        assert_close(got[2][1], join_state(cell, sTr, L), dtype, "state_T")
+        if T == 1:
+            np.testing.assert_array_equal(got[2][0], got[1][0])
+            np.testing.assert_array_equal(got[2][1], got[1][1])
+
+
 # ----------------------------------------------------------------------------- the registry
 def test_every_reference_cell_is_registered_in_cpp():
     from fastseq.reference.cells import CELLS as REF_CELLS

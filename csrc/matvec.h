@@ -10,9 +10,13 @@
 //   dot form    y (K) (+)= W g (N)          y_k = W[k, :] . g     (4 rows at a time)
 // Each streams contiguous rows (a few streams at once, what the prefetchers follow).
 #pragma once
+#include <algorithm>
 #include <cstring>
+#include <functional>
 
+#include "blas.h"
 #include "kernels.h"
+#include "pool.h"
 
 namespace fastseq {
 namespace matvec {
@@ -133,16 +137,55 @@ FASTSEQ_MATVEC_VERSIONS(double)
 #undef FASTSEQ_MATVEC_VERSIONS
 #endif
 
-// y (N) = x (K) W (K x N) (+ y when acc)
+// y (N) += x (K) W (K x N), on the calling thread
 template <typename T>
-inline void axpy(int K, int N, const T* x, const T* W, idx ldw, T* y, bool acc) {
-    if (!acc) std::fill(y, y + N, T(0));
+inline void axpy_serial(int K, int N, const T* x, const T* W, idx ldw, T* y) {
 #ifdef FASTSEQ_DISPATCH
     const int level = kern::isa_level();
     if (level == 2) return axpy_512(K, N, x, W, ldw, y);
     if (level == 1) return axpy_256(K, N, x, W, ldw, y);
 #endif
     axpy_impl<T, 16>(K, N, x, W, ldw, y);
+}
+
+// From this many multiply-adds (K*N: 1 MB of float32 weights, twice a core's
+// L2 on the 2-core EPYC this was measured on) a one-row product streams W from
+// L3 or memory, and each core streaming its own columns nearly halves it; a
+// smaller W is read from the caller's caches faster than a pool worker takes
+// its share (a few microseconds).
+constexpr double kSplitMacs = 262144;
+
+// y (N) = x (K) W (K x N) (+ y when acc). A large W is split by columns between
+// the pool's workers (each owns whole cache lines of y, so none shares a line
+// with another): a decoder's B = 1 call is one row against every weight
+// matrix. Runs on the calling thread when the pool is taken (this product is
+// already one batch slice of a parallel call), when the user set one thread,
+// or when this process may use one core.
+template <typename T>
+inline void axpy(int K, int N, const T* x, const T* W, idx ldw, T* y, bool acc) {
+    if (!acc) std::fill(y, y + N, T(0));
+    if (double(K) * N >= kSplitMacs) {
+        const int parts = std::min(blas::SingleThreaded::user_threads(), usable_cores());
+        constexpr int kLine = 64 / int(sizeof(T));
+        const int lines = (N + kLine - 1) / kLine;
+        if (parts >= 2 && lines >= parts) {
+            struct Args {
+                int K, N, parts, lines;
+                const T* x;
+                const T* W;
+                idx ldw;
+                T* y;
+            } a{K, N, parts, lines, x, W, ldw, y};
+            // one pointer captured: std::function keeps it without allocating
+            const std::function<void(int)> job = [p = &a](int q) {
+                const int c0 = std::min(p->N, p->lines * q / p->parts * kLine);
+                const int c1 = std::min(p->N, p->lines * (q + 1) / p->parts * kLine);
+                axpy_serial(p->K, c1 - c0, p->x, p->W + c0, p->ldw, p->y + c0);
+            };
+            if (SlicePool::instance().try_run(parts, job)) return;
+        }
+    }
+    axpy_serial(K, N, x, W, ldw, y);
 }
 
 // y (K) = W (K x N) g (N) (+ y when acc): one row g against W^T

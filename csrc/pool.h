@@ -147,6 +147,23 @@ class SlicePool {
         for (auto& t : th) t.join();
     }
 
+    // run() when the pool's workers are free in this process; false (nothing
+    // run) when another call holds them or this is a forked child: a caller
+    // with a serial fallback (csrc/matvec.h) then takes it rather than paying
+    // for new threads.
+    bool try_run(int parts, const std::function<void(int)>& job) {
+#ifdef FASTSEQ_POOL
+        if (parts >= 2 && getpid() == pid_) {
+            std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+            if (busy.owns_lock()) {
+                run_pooled(parts, job);
+                return true;
+            }
+        }
+#endif
+        return false;
+    }
+
    private:
     SlicePool() {
 #ifdef FASTSEQ_POOL

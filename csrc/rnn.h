@@ -943,85 +943,159 @@ int sample_token(const T* logits, int V, double temperature, int top_k, double u
 
 // Generation from a prefix (the book's predict): warm up on the prefix, then
 // feed back each prediction. out: num_preds ids. B=1 makes every product a
-// matrix-vector one, bound by reading W_hh: it is packed once per call and
-// split by columns between `parts` threads, so each core streams its half from
-// its own cache; one barrier per step. Every thread computes the (small)
-// logits and the same token itself, so no second barrier is needed.
+// matrix-vector one, bound by reading the weights (a GRU's W_hh at H = 512 is
+// 3 MB, an LSTM's 4 MB: more than a core's L2, streamed every character), so
+// the hidden units are split between `parts` threads: part q owns a contiguous
+// block of units [c0, c1) (whole panels) and, in every gate block, the matching
+// columns of W_hh and of W_xh of layers >= 1, packed once per call by the part
+// itself into one contiguous stretch that its core streams alone (packed
+// panels: streaming the block's columns from W_hh as stored, matvec::axpy with
+// a row stride, took 1.4-1.8x the CPU time for GRU/LSTM at H = 512). The cell's
+// elementwise step for those units needs nothing from the other parts (an LSTM
+// part owns its units' c), so the only exchange is h: one barrier per layer
+// and step, h double-buffered. Every thread then computes the (small) logits
+// and the same token itself, so no second barrier is needed.
 // The split pays only while every thread has a core: when another process
 // takes one, each step waits a scheduler tick for the descheduled partner (up
 // to 70x slower than one thread). So the barrier blocks rather than spins,
 // and a call whose threads keep having to block (kSoloAfter of the last
-// kWindow steps) goes on with one thread, which takes all the columns.
-constexpr int kGenSplitH = 256;  // below this, a step is too short to share
+// kWindow barriers) goes on with one thread, which takes every part's units.
+// Two threads by default when a step streams at least kGenSplitMacs weights
+// (measured on a 2-core AVX2 EPYC: the Elman cell at H = 256, G*H*H*L terms).
+constexpr double kGenSplitMacs = 65536;
 constexpr int kWindow = 32, kSoloAfter = 3;
 
-template <typename T>
-void lm_generate_elman(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
+template <typename T, class Cell>
+int generate_parts(int H, int L, int requested) {
+    const int panels = (H + kern::NR<T> - 1) / kern::NR<T>;
+    int parts = requested;
+    if (parts <= 0) {
+        const double macs = double(Cell::G) * H * H * (2.0 * L - 1.0);  // W_hh of every layer, W_xh of layers >= 1
+        parts = macs >= kGenSplitMacs ? std::min(blas::SingleThreaded::user_threads(), usable_cores()) : 1;
+        parts = std::min(parts, 2);
+    }
+    return std::max(1, std::min({parts, panels, explicit_parts_cap()}));
+}
+
+template <typename T, class Cell>
+void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
                  int top_k, const double* uniforms, std::int32_t* out, int parts) {
-    const int H = P.H, V = P.V;
-    constexpr int W = kern::NR<T>;
+    constexpr int G = Cell::G, W = kern::NR<T>;
+    const int H = P.H, V = P.V, L = int(P.layers.size()), GH = G * H;
     const int panels = (H + W - 1) / W;
-    if (parts <= 0) parts = (H >= kGenSplitH && blas::SingleThreaded::user_threads() >= 2) ? 2 : 1;
-    parts = std::max(1, std::min({parts, panels, explicit_parts_cap()}));
-    Buffer<T> packed(kern::packed_size<T>(H, H) + kern::packed_size<T>(H, V));
-    T* Wf = packed.get();
-    T* Wq = Wf + kern::packed_size<T>(H, H);
-    kern::pack_b(H, H, P.layers[0].W_hh, H, false, Wf);
+    parts = generate_parts<T, Cell>(H, L, parts);
+    // Packed weights: per layer, W_hh then (l >= 1) W_xh, each G * packed_size(H, H)
+    // elements; a part's columns of all gates are one stretch at its first panel.
+    const std::size_t per_mat = std::size_t(G) * kern::packed_size<T>(H, H);
+    const std::size_t n_mats = 2 * std::size_t(L) - 1;
+    auto mat = [&](int l, bool xh) { return std::size_t(l == 0 ? 0 : 2 * l - 1 + (xh ? 1 : 0)) * per_mat; };
+    Buffer<T> packed(per_mat * n_mats + kern::packed_size<T>(H, V));
+    T* Wq = packed.get() + per_mat * n_mats;
     kern::pack_b(H, V, P.W_hq, V, false, Wq);
-    Buffer<T> hbuf(std::size_t(2) * H);
-    std::fill(hbuf.get(), hbuf.get() + 2 * H, T(0));
+    // h and c of every layer, current and next (parts write their own units)
+    Buffer<T> state(4 * std::size_t(L) * H);
+    std::fill(state.get(), state.get() + 4 * std::size_t(L) * H, T(0));
+    // per part: gates (G*H wide at most), hidden projection (kSepGh), two extras
+    const std::size_t per_part = 2 * std::size_t(GH) + 2 * std::size_t(H);
+    Buffer<T> scratch(per_part * parts);
     Barrier barrier(parts);
     // Written only by the thread that releases a barrier, before the release;
     // read by every thread after it: all threads see the same value each step.
-    int steps = 0, blocked = 0;
+    int rounds = 0, blocked = 0;
     std::atomic<bool> solo{false};
     auto on_release = [&](bool was_blocked) {
         blocked += was_blocked;
-        if (++steps == kWindow) {
+        if (++rounds == kWindow) {
             if (blocked >= kSoloAfter) solo.store(true, std::memory_order_relaxed);
-            steps = blocked = 0;
+            rounds = blocked = 0;
         }
     };
     // The threads wait until every one has been created: the system may refuse
-    // some (thread limit), and the columns are then split between those that run.
+    // some (thread limit), and the units are then split between those that run.
     std::promise<int> started;
     const std::shared_future<int> go = started.get_future().share();
+    // A part's units are fixed once n is known; every thread derives the same.
+    struct Part {
+        int p0, p1, c0, c1;
+    };
+    std::vector<Part> part(parts);
+    std::vector<Cell> cell;  // per layer and part: the cell on the part's units (b_hn at them)
+    cell.reserve(std::size_t(L) * parts);
 
-    auto worker = [&](int part) {
+    auto worker = [&](int me) {
         const int n = go.get();
-        int p0 = panels * part / n, p1 = panels * (part + 1) / n;
-        int c0 = p0 * W, c1 = std::min(H, p1 * W);
+        const Part& mine = part[me];
+        const int np_me = mine.p1 - mine.p0, Hp_me = mine.c1 - mine.c0;
+        // pack this part's columns of every gate (its core touches them first)
+        for (int l = 0; l < L; ++l)
+            for (int x = 0; x < (l == 0 ? 1 : 2); ++x) {
+                const T* src = x ? P.layers[l].W_xh : P.layers[l].W_hh;
+                T* dst = packed.get() + mat(l, x == 1) + std::size_t(G) * mine.p0 * H * W;
+                for (int g = 0; g < G; ++g)
+                    kern::pack_b(H, Hp_me, src + idx(g) * H + mine.c0, GH, false,
+                                 dst + std::size_t(g) * np_me * H * W);
+            }
+        std::vector<T*> h(L), hn(L), c(L), cn(L);
+        for (int l = 0; l < L; ++l) {
+            T* b = state.get() + 4 * std::size_t(l) * H;
+            h[l] = b, hn[l] = b + H, c[l] = b + 2 * H, cn[l] = b + 3 * H;
+        }
         std::vector<T> o(V);
         std::vector<double> e(V);
         std::vector<int> order(V);
-        T* cur = hbuf.get();
-        T* next = cur + H;
-        bool zig = false;  // panel order alternates step to step (see gemv_pb)
+        int q0 = me, q1 = me + 1;  // the parts this thread runs
+        bool zig = false;          // panel order alternates step to step (see gemv_pb)
         bool alone = n == 1;
-        // 1.-3. for this thread's columns of H_t; false: this thread leaves (solo from now on)
+        // Layer l's units of part q: z = gi (+ h W_hh unless kSepGh), then the cell.
+        auto run_part = [&](int l, int q, std::int64_t tok) {
+            const Part& pt = part[q];
+            const int npq = pt.p1 - pt.p0, Hp = pt.c1 - pt.c0;
+            T* z = scratch.get() + per_part * q;
+            T* gh = Cell::kSepGh ? z + GH : z;
+            T* x0 = z + 2 * GH;
+            const LayerW<T>& Lw = P.layers[l];
+            const T* Whh = packed.get() + mat(l, false) + std::size_t(G) * pt.p0 * H * W;
+            for (int g = 0; g < G; ++g) {
+                const idx col = idx(g) * H + pt.c0;
+                if (l == 0) {
+                    const T* w = Lw.W_xh + idx(tok) * GH + col;
+                    for (int j = 0; j < Hp; ++j) z[g * Hp + j] = w[j] + Lw.b_h[col + j];
+                } else {
+                    std::memcpy(z + g * Hp, Lw.b_h + col, sizeof(T) * Hp);
+                    const T* Wxh = packed.get() + mat(l, true) + std::size_t(G) * pt.p0 * H * W;
+                    kern::gemv_pb(H, h[l - 1], Wxh + std::size_t(g) * npq * H * W, 0, npq, z + g * Hp, Hp, zig);
+                }
+                if (Cell::kSepGh) std::fill(gh + g * Hp, gh + (g + 1) * Hp, T(0));
+                kern::gemv_pb(H, h[l], Whh + std::size_t(g) * npq * H * W, 0, npq, gh + g * Hp, Hp, zig);
+            }
+            const T* prev[2] = {h[l] + pt.c0, c[l] + pt.c0};
+            T* ext[2] = {Cell::P > 1 ? cn[l] + pt.c0 : x0, x0 + H};
+            cell[std::size_t(l) * n + q].pointwise(1, prev, z, gh, ext, hn[l] + pt.c0);
+        };
+        // one step of every layer; false: this thread leaves (thread 0 goes on alone)
         auto step = [&](std::int64_t tok) {
-            const T* w = P.layers[0].W_xh + idx(tok) * H;
-            for (int j = c0; j < c1; ++j) next[j] = w[j] + P.layers[0].b_h[j];
-            kern::gemv_pb(H, cur, Wf, p0, p1, next, H, zig);
+            for (int l = 0; l < L; ++l) {
+                for (int q = q0; q < q1; ++q) run_part(l, q, tok);
+                std::swap(h[l], hn[l]);
+                std::swap(c[l], cn[l]);
+                if (alone) continue;
+                barrier.wait(on_release);
+                if (!solo.load(std::memory_order_relaxed)) continue;
+                alone = true;  // after this barrier nobody reads this layer's units but thread 0
+                if (me != 0) return false;
+                q0 = 0, q1 = n;
+            }
             zig = !zig;
-            if (P.variant == 0) kern::tanh_n(next + c0, next + c0, c1 - c0);
-            else kern::relu_n(next + c0, next + c0, c1 - c0);
-            std::swap(cur, next);
-            if (alone) return true;
-            barrier.wait(on_release);
-            if (!solo.load(std::memory_order_relaxed)) return true;
-            alone = true;  // after this barrier nobody reads this step's columns but thread 0
-            p0 = 0, p1 = panels, c0 = 0, c1 = H;
-            return part == 0;
+            return true;
         };
         for (int i = 0; i < np; ++i)
             if (!step(prefix[i])) return;
         for (int i = 0; i < num_preds; ++i) {
-            std::memcpy(o.data(), P.b_q, sizeof(T) * V);  // 4. O = H W_hq + b_q
-            kern::gemv_pb(H, cur, Wq, 0, (V + W - 1) / W, o.data(), V, false);
+            std::memcpy(o.data(), P.b_q, sizeof(T) * V);  // O = H W_hq + b_q
+            kern::gemv_pb(H, h[L - 1], Wq, 0, (V + W - 1) / W, o.data(), V, false);
             const int tok = sample_token(o.data(), V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(),
                                          order.data());
-            if (part == 0) out[i] = tok;
+            if (me == 0) out[i] = tok;
             if (i + 1 < num_preds && !step(tok)) return;
         }
     };
@@ -1031,76 +1105,21 @@ void lm_generate_elman(const LMParams<T>& P, const std::int64_t* prefix, int np,
         for (int p = 1; p < parts; ++p) th.emplace_back(worker, p);
     } catch (const std::exception&) {
     }
-    barrier.reset(int(th.size()) + 1);
-    started.set_value(int(th.size()) + 1);
+    const int n = int(th.size()) + 1;
+    for (int q = 0; q < n; ++q) {
+        Part& pt = part[q];
+        pt.p0 = panels * q / n, pt.p1 = panels * (q + 1) / n;
+        pt.c0 = pt.p0 * W, pt.c1 = std::min(H, pt.p1 * W);
+    }
+    for (int l = 0; l < L; ++l)
+        for (int q = 0; q < n; ++q) {
+            const T* b_hn = P.layers[l].b_hn;
+            cell.emplace_back(nullptr, b_hn ? b_hn + part[q].c0 : nullptr, part[q].c1 - part[q].c0, P.variant);
+        }
+    barrier.reset(n);
+    started.set_value(n);  // publishes part and cell to the workers
     worker(0);
     for (auto& x : th) x.join();
-}
-
-// Generation for any cell and depth, one thread: every weight is packed once
-// per call (W_hh by the cells, W_xh of layers >= 1 and W_hq here), and every
-// buffer is allocated before the first step.
-template <typename T, class Cell>
-void lm_generate_cells(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
-                       int top_k, const double* uniforms, std::int32_t* out) {
-    const int H = P.H, V = P.V, L = int(P.layers.size()), GH = Cell::G * H;
-    CellStack<T, Cell> cs(P.layers, H, P.variant, Uses{1, true, false, false});
-    const std::size_t pxh = kern::packed_size<T>(H, GH);
-    Buffer<T> packed(pxh * (L - 1) + kern::packed_size<T>(H, V));
-    for (int l = 1; l < L; ++l) kern::pack_b(H, GH, P.layers[l].W_xh, GH, false, packed.get() + pxh * (l - 1));
-    T* Wq = packed.get() + pxh * (L - 1);
-    kern::pack_b(H, V, P.W_hq, V, false, Wq);
-    // per layer: h (cur, next), c (cur, next), then z (G*H), two extras, step scratch
-    const std::size_t per = 4 * std::size_t(H) + GH + 2 * std::size_t(H) + Cell::step_scratch(1, H);
-    Buffer<T> buf(per * L);
-    std::fill(buf.get(), buf.get() + per * L, T(0));
-    std::vector<T*> h(L), hn(L), c(L), cn(L);
-    for (int l = 0; l < L; ++l) {
-        T* b = buf.get() + per * l;
-        h[l] = b, hn[l] = b + H, c[l] = b + 2 * H, cn[l] = b + 3 * H;
-    }
-    std::vector<T> o(V);
-    std::vector<double> e(V);
-    std::vector<int> order(V);
-    auto step = [&](std::int64_t tok) {
-        for (int l = 0; l < L; ++l) {
-            T* b = buf.get() + per * l;
-            T* z = b + 4 * H;
-            T* x0 = z + GH;
-            T* scr = x0 + 2 * H;
-            const LayerW<T>& W = P.layers[l];
-            if (l == 0) {
-                const T* w = W.W_xh + idx(tok) * GH;
-                for (int j = 0; j < GH; ++j) z[j] = w[j] + W.b_h[j];
-            } else {
-                std::memcpy(z, W.b_h, sizeof(T) * GH);
-                PackedRecurrent<T>::product(1, GH, H, h[l - 1], packed.get() + pxh * (l - 1), z, true);
-            }
-            const T* prev[2] = {h[l], c[l]};
-            T* ext[2] = {Cell::P > 1 ? cn[l] : x0, x0 + H};
-            cs.cells[l].forward_step(1, prev, z, ext, hn[l], scr);
-            std::swap(h[l], hn[l]);
-            std::swap(c[l], cn[l]);
-        }
-    };
-    for (int i = 0; i < np; ++i) step(prefix[i]);
-    for (int i = 0; i < num_preds; ++i) {
-        std::memcpy(o.data(), P.b_q, sizeof(T) * V);
-        PackedRecurrent<T>::product(1, V, H, h[L - 1], Wq, o.data(), true);
-        out[i] = sample_token(o.data(), V, temperature, top_k, uniforms ? uniforms[i] : 0.0, e.data(), order.data());
-        if (i + 1 < num_preds) step(out[i]);
-    }
-}
-
-// Generation: the plain RNN of one layer has its own column-split version
-// (lm_generate_elman, two threads at H >= 256); every other cell and depth the loop above.
-template <typename T, class Cell>
-void lm_generate(const LMParams<T>& P, const std::int64_t* prefix, int np, int num_preds, double temperature,
-                 int top_k, const double* uniforms, std::int32_t* out, int parts) {
-    if (Cell::kAliasZH && P.layers.size() == 1)
-        lm_generate_elman(P, prefix, np, num_preds, temperature, top_k, uniforms, out, parts);
-    else
-        lm_generate_cells<T, Cell>(P, prefix, np, num_preds, temperature, top_k, uniforms, out);
 }
 
 // Calls f(Tag<Cell>{}, variant) for the registered cell called name; false if none is.

@@ -255,6 +255,59 @@ def test_generation_matches_reference(cell, V, H, L, dtype, seed, temperature, t
     np.testing.assert_array_equal(out, reference_generate(cell, params, L, prefix, n, temperature, min(top_k, V), u))
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("L", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_generation_split_between_threads_matches_reference(cell, L, threads):
+    """Generation splits the hidden units between threads in whole panels (32 float32 / 16 float64 columns),
+    so H spans several panels here, one part ending mid-panel; every thread count gives the reference's tokens
+    (float64), and float32 gives the same tokens and state whatever the split (each unit's sums are the same)."""
+    for dtype, H in ((np.float64, 37), (np.float32, 70)):
+        rng = np.random.default_rng(L * 10 + threads)
+        V = 11
+        params = make_params(cell, V, H, L, dtype, rng, V=V, scale=1.0)
+        prefix = rng.integers(0, V, 4)
+        for temperature, top_k in ((0.0, 0), (1.0, 0), (0.8, 3)):
+            u = rng.random(40) if temperature > 0 else None
+            out = _core.cell_lm_generate(cell, prefix, 40, params, temperature, top_k, u, threads)
+            if dtype == np.float64:
+                np.testing.assert_array_equal(out, reference_generate(cell, params, L, prefix, 40, temperature,
+                                                                      top_k, u), err_msg=f"{temperature} {top_k}")
+            else:
+                one = _core.cell_lm_generate(cell, prefix, 40, params, temperature, top_k, u, 1)
+                np.testing.assert_array_equal(out, one, err_msg=f"{temperature} {top_k}")
+
+
+@pytest.mark.parametrize("cell,H", [("rnn_tanh", 520), ("gru", 300), ("lstm", 300)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_row_forward_split_between_threads(cell, H, dtype):
+    """B = 1 (a decoder's call): a one-row product with a W of >= 2**18 entries is split by columns between the
+    pool's threads (csrc/matvec.h). Outputs equal the reference; at T = 1 (every product one row) they equal one
+    thread's bit for bit (each column's sums run in the same order whatever the split; with T > 1 the input
+    product is BLAS's over T rows, whose sums may depend on its own thread count)."""
+    import fastseq
+    rng = np.random.default_rng(3)
+    L = 2
+    params = make_params(cell, H, H, L, dtype, rng, scale=1 / np.sqrt(H))  # torch's scale: not chaotic in float32
+    before = fastseq.get_num_threads()
+    for T in (1, 3):
+        X = rng.normal(size=(T, 1, H)).astype(dtype)
+        s0 = rng.normal(size=state_shape(cell, L, 1, H)).astype(dtype)
+        try:
+            got = {}
+            for n in (1, 2):
+                fastseq.set_num_threads(n)
+                got[n] = _core.cell_forward(cell, X, s0, params)[:2]
+        finally:
+            fastseq.set_num_threads(before)
+        Yr, sTr, _ = stack_forward(cell, to_torch_layout(cell, params, L), X, split_state(cell, s0, L))
+        assert_close(got[2][0], Yr, dtype, "Y")
+        assert_close(got[2][1], join_state(cell, sTr, L), dtype, "state_T")
+        if T == 1:
+            np.testing.assert_array_equal(got[2][0], got[1][0])
+            np.testing.assert_array_equal(got[2][1], got[1][1])
+
+
 # ----------------------------------------------------------------------------- the registry
 def test_every_reference_cell_is_registered_in_cpp():
     from fastseq.reference.cells import CELLS as REF_CELLS

@@ -13,6 +13,11 @@
 //   forward_step(R, prev[P], z, ext[X], h, scratch)
 //       z holds gi_t = x_t W_xh + b_h (R x G*H) on entry and whatever backward
 //       needs on exit (the gates' values); h receives H_t, ext[] the extras
+//   pointwise(R, prev[P], z, gh, ext[X], h)
+//       forward_step after its product: the elementwise rest of the step, given
+//       gh = h W_hh (kSepGh; else already added into z). A cell built with
+//       H = a block of units (and b_hn at the block) runs it on that block of
+//       every gate: generation splits the units between threads this way.
 //   backward_step(R, dnext[P], prev[P], z, ext[X], h, dz, dgh, dprev[P])
 //       from the message to the new state (every part) to dz = dL/dgi, dgh =
 //       dL/d(h W_hh) (only when kSepGh) and the paths to the previous state that

@@ -37,6 +37,9 @@ struct ElmanCell {
     // computed from H_t alone.
     void forward_step(int R, const T* const* prev, T* z, T* const*, T* h, T*) const {
         pk.forward(R, H, G, prev[0], z, true);
+        pointwise(R, prev, z, nullptr, nullptr, h);
+    }
+    void pointwise(int R, const T* const*, T* z, const T*, T* const*, T* h) const {
         const idx n = idx(R) * H;
         if (act == Act::Tanh) kern::tanh_n(z, h, n);
         else kern::relu_n(z, h, n);

@@ -88,6 +88,9 @@ struct GRUCell {
 
     void forward_step(int R, const T* const* prev, T* z, T* const* ext, T* h, T* gh) const {
         pk.forward(R, H, G, prev[0], gh, false);  // 1. gh = h W_hh (b_hn added to its n block)
+        pointwise(R, prev, z, gh, ext, h);
+    }
+    void pointwise(int R, const T* const* prev, T* z, const T* gh, T* const* ext, T* h) const {
         cellk::gru_fwd_f(R, H, prev[0], z, gh, b_hn, ext[0], h);
     }
     void backward_step(int R, const T* const* dnext, const T* const* prev, const T* z, const T* const* ext,

@@ -90,6 +90,9 @@ struct LSTMCell {
 
     void forward_step(int R, const T* const* prev, T* z, T* const* ext, T* h, T*) const {
         pk.forward(R, H, G, prev[0], z, true);  // 1. a = gi + h W_hh
+        pointwise(R, prev, z, nullptr, ext, h);
+    }
+    void pointwise(int R, const T* const* prev, T* z, const T*, T* const* ext, T* h) const {
         cellk::lstm_fwd_f(R, H, prev[1], z, ext[0], ext[1], h);
     }
     void backward_step(int R, const T* const* dnext, const T* const* prev, const T* z, const T* const* ext,

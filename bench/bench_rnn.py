@@ -343,7 +343,7 @@ def report(path=None):
     say("")
     say("### H=1024: GFLOP/s of the step vs OpenBLAS sgemm (2048^3) in the same run")
     say("")
-    say("| threads | C++ step ms | C++ step GFLOP/s | sgemm GFLOP/s | ratio (target 60%) |")
+    say("| threads | C++ step ms | C++ step GFLOP/s | sgemm GFLOP/s | ratio (target 70%) |")
     say("|---|---|---|---|---|")
     cases = {}
     for n in (1, 2):
@@ -359,7 +359,7 @@ def report(path=None):
     best_ratio = (step_flops(1024) / min(t[("step", n)] for n in (1, 2))) / (2 * 2048**3 / min(t[("sgemm", n)] for n in (1, 2)))
     say("")
     say(f"Best step GFLOP/s over best sgemm GFLOP/s: {best_ratio:.0%} "
-        f"({'met' if best_ratio >= 0.6 else 'NOT met'}; flops = 2*T*B*(3H^2 + 3HV), the forward and backward products).")
+        f"({'met' if best_ratio >= 0.7 else 'NOT met'} (issue 11: >= 70% of sgemm); flops = 2*T*B*(3H^2 + 3HV), the forward and backward products).")
     say("")
     say(f"### Generation, B=1, H={GEN_H}, greedy, {GEN_N} characters after a 3-character prefix")
     say("")

@@ -56,6 +56,34 @@ struct Buffer {
     T* get() { return p.get(); }
 };
 
+// Working memory kept from one call to the next on the calling thread, for the
+// training step's large workspace (tens of MB at H = 512: every slice's
+// activations, gates and gradients). A fresh allocation of that size is a new
+// mapping whose pages the kernel zero-fills on first touch, every call: 6-10%
+// of a GRU H = 512 step (perf, AVX2 EPYC). Kept per thread, so concurrent calls
+// from several Python threads never share it; grown when a call needs more,
+// never shrunk, freed when the thread exits (the memory a process holds is the
+// largest step's workspace per thread that ran one, per dtype). One slot per
+// use (kSlot*): a call uses each slot once, and nothing the slot holds survives
+// the call's meaning (every element is written before it is read).
+enum { kSlotWork = 0, kSlotPacked = 1, kSlots = 2 };
+template <typename T>
+T* reused_memory(int slot, std::size_t n) {
+    struct Slot {
+        std::unique_ptr<T[]> p;
+        std::size_t n = 0;
+    };
+    thread_local Slot slots[kSlots];
+    Slot& s = slots[slot];
+    if (s.n < n) {
+        s.p.reset();  // the old block goes first: the peak is the new size, not both
+        s.n = 0;
+        s.p.reset(new T[n]);
+        s.n = n;
+    }
+    return s.p.get();
+}
+
 // A time-major sequence seen from one batch slice: step t starts at p + t*ts.
 template <typename T>
 struct Seq {
@@ -104,16 +132,19 @@ template <typename T, class Cell>
 struct CellStack {
     std::vector<Cell> cells;
     Buffer<T> packed;
-    CellStack(const std::vector<LayerW<T>>& Ls, int H, int variant, Uses u)
-        : packed(u.pack_fwd() || u.pack_bwd() ? Ls.size() * Cell::workspace(H) : 0) {
+    // mem: where to pack (memory_size elements), or nullptr: a buffer of its own
+    CellStack(const std::vector<LayerW<T>>& Ls, int H, int variant, Uses u, T* mem = nullptr)
+        : packed(!mem && (u.pack_fwd() || u.pack_bwd()) ? Ls.size() * Cell::workspace(H) : 0) {
+        T* base = mem ? mem : packed.get();
         cells.reserve(Ls.size());
         for (std::size_t l = 0; l < Ls.size(); ++l) {
             cells.emplace_back(Ls[l].W_hh, Ls[l].b_hn, H, variant);
             cells.back().pk.pack_fwd = u.pack_fwd();
             cells.back().pk.pack_bwd = u.pack_bwd();
-            cells.back().prepare(u.pack_fwd() || u.pack_bwd() ? packed.get() + l * Cell::workspace(H) : nullptr);
+            cells.back().prepare(u.pack_fwd() || u.pack_bwd() ? base + l * Cell::workspace(H) : nullptr);
         }
     }
+    static std::size_t memory_size(std::size_t layers, int H) { return layers * Cell::workspace(H); }
 };
 
 // ---------------------------------------------------------------------------
@@ -858,14 +889,15 @@ double lm_loss_and_grad(const LMParams<T>& P, const LMMasks<T>& mk, int Tn, int 
     const std::size_t per = LMSlice<T, Cell>(P, mk, Tn, Rmax, window, true, nullptr).size;
     const auto sizes = lm_grad_sizes(P, Cell::G);
     const std::size_t gsz = std::accumulate(sizes.begin(), sizes.end(), std::size_t(0));
-    Buffer<T> work(per * np + gsz * (np - 1));
+    T* work = reused_memory<T>(kSlotWork, per * np + gsz * (np - 1));  // kept across calls (see there)
     std::vector<double> nll(np, 0.0);
     std::vector<LMGrads<T>> gs(np, g);
-    for (int p = 1; p < np; ++p) gs[p] = lm_grads_in(P, Cell::G, work.get() + per * np + gsz * (p - 1));
-    CellStack<T, Cell> cs(P.layers, H, P.variant, Uses{Rmax, true, true, window > 0 && window < Tn});
+    for (int p = 1; p < np; ++p) gs[p] = lm_grads_in(P, Cell::G, work + per * np + gsz * (p - 1));
+    CellStack<T, Cell> cs(P.layers, H, P.variant, Uses{Rmax, true, true, window > 0 && window < Tn},
+                          reused_memory<T>(kSlotPacked, CellStack<T, Cell>::memory_size(P.layers.size(), H)));
     const OutProj<T> op(P);
     parallel_slices(B, np, [&](int p, int b0, int R) {
-        LMSlice<T, Cell> w(P, mk, Tn, R, window, true, work.get() + per * p);
+        LMSlice<T, Cell> w(P, mk, Tn, R, window, true, work + per * p);
         nll[p] = lm_step_slice(P, cs, op, mk, Tn, R, B, b0, ids + idx(b0) * Tn, tgt + idx(b0) * Tn, state0,
                                scale, window, gs[p], new_state, w);
     });

@@ -9,7 +9,7 @@ from ..training import Callback, DivergenceError, TrainingInterrupted
 from . import plots, runs
 from .args import (CLEANING_CHOICES, UsageError, add_common, finite, fraction, info, int_at_least, optional_import,
                    orders, print_json, sub, training_threads)
-from .runs import CELL_ADAM_LR, CELL_CHOICES, DEFAULT_OUT, MAIN_JOB_MINUTES, TRAIN_DEFAULTS
+from .runs import CELL_ADAM_LR, CELL_CHOICES, DEFAULT_OUT, LR_DECAY_TO, MAIN_JOB_MINUTES, TRAIN_DEFAULTS
 from .sample import check_prefix, sample
 
 EXAMPLES_TRAIN = """examples:
@@ -63,6 +63,10 @@ def add_parsers(subparsers, corpora):
                    + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + "; Adam's is "
                    + ", ".join(f"{v:g} for {c}" for c, v in CELL_ADAM_LR.items()) + "); with --resume it may "
                    "change, e.g. lower for fine-tuning")
+    t.add_argument("--lr-decay-to", type=finite(0, lo_open=False), metavar="F",
+                   help="the learning rate decays along a half cosine from --lr to F times it over the run, "
+                        "as far as the larger of the time budget's and the epochs' progress; 1 keeps it "
+                        f"constant (default: {LR_DECAY_TO:g})")
     t.add_argument("--clip", type=finite(0, lo_open=False),
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")
     t.add_argument("--epochs", type=int_at_least(1), help=f"epochs (default: {d['epochs']})")
@@ -153,6 +157,12 @@ def _threads(args, backend):
     return f", {args.threads} thread{'s' if args.threads > 1 else ''}" if backend == "cpp" else ""
 
 
+def _decay(hp):
+    """' decaying to X (cosine)' when the run's learning rate follows the schedule."""
+    f = hp.get("lr_decay_to", 1.0)
+    return f" decaying to {hp['lr'] * f:g} (cosine over the run)" if f < 1 else " (constant)"
+
+
 def _progress(args):
     """A progress bar unless --no-progress; without tqdm, say once how to get one."""
     if args.no_progress:
@@ -213,14 +223,14 @@ def cmd_train(args):
     layers = f" x {hp['layers']} layers" if hp["layers"] > 1 else ""
     drop = f", dropout {hp['dropout']:g}" if hp["dropout"] else ""
     info(args, f"model RNNLM V={len(vocab)} H={hp['hidden']} {hp['cell']}{layers}{drop} {hp['dtype']} "
-               f"on {tr.model.backend}{_threads(args, tr.model.backend)}; {hp['optimizer']} lr {tr.lr:g}, clip {hp['clip']:g}, "
+               f"on {tr.model.backend}{_threads(args, tr.model.backend)}; {hp['optimizer']} lr {tr.lr:g}{_decay(hp)}, clip {hp['clip']:g}, "
                f"bptt {hp['bptt']}, batch {hp['batch']} x {hp['steps']} steps, "
                f"{hp['epochs']} epochs of {len(tr.loader)} steps")
     if args.resume:
         info(args, f"resuming {args.resume} at step {tr.step} (epoch {tr.epoch + 1}, batch {tr.batch})")
-    minutes = args.minutes
-    if minutes is None and args.epochs is None and not args.resume:
-        minutes = MAIN_JOB_MINUTES   # the main job: see runs.MAIN_JOB_MINUTES
+    minutes = args.minutes if args.resume else hp["minutes"]
+    if args.minutes is None and args.epochs is None and not args.resume:
+        # the main job: see runs.MAIN_JOB_MINUTES
         info(args, f"training for {hp['epochs']} epochs or {minutes * 60:g} s, whichever comes first "
                    "(--epochs N or --minutes M to choose)")
     t_start = time.perf_counter()

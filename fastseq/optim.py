@@ -203,15 +203,17 @@ class CosineDecay:
 
     per_step = True
 
-    def __init__(self, final=0.05, base_lr=None):
+    def __init__(self, final=0.05, hold=0.0, base_lr=None):
         self.final = check_real("final", final, lo=0, hi=1)
+        self.hold = check_real("hold", hold, lo=0, hi=1, hi_open=True)
         self.base_lr = None if base_lr is None else _lr(base_lr, "base_lr")
         self.progress = 0.0
 
     def factor(self, progress):
         """The fraction of base_lr at ``progress`` (clamped to [0, 1])."""
         p = min(1.0, max(0.0, float(progress)))
-        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * p))
+        q = max(0.0, p - self.hold) / (1.0 - self.hold)      # the decay's own progress
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * q))
 
     def at_progress(self, progress, optimizer):
         """Set optimizer.lr for a step taken at ``progress`` (never below the progress reached); returns it."""
@@ -224,10 +226,11 @@ class CosineDecay:
         return optimizer.lr
 
     def state_dict(self):
-        return {"type": "CosineDecay", "final": self.final, "base_lr": self.base_lr, "progress": self.progress}
+        return {"type": "CosineDecay", "final": self.final, "hold": self.hold, "base_lr": self.base_lr,
+                "progress": self.progress}
 
     def load_state_dict(self, state):
-        _check_state(state, "CosineDecay", ("final", "base_lr", "progress"))
-        other = CosineDecay(state["final"], state["base_lr"])
+        _check_state(state, "CosineDecay", ("final", "hold", "base_lr", "progress"))
+        other = CosineDecay(state["final"], state["hold"], state["base_lr"])
         other.progress = check_real("state['progress']", state["progress"], lo=0, hi=1)
         self.__dict__.update(other.__dict__)

@@ -48,18 +48,34 @@ MAX_LOSS = math.log(sys.float_info.max)
 DIVERGED_TIMES_UNIFORM = 10
 
 
-# The settings a time budget affords (fastseq train --minutes M with the option not given): rows of
-# (from this many minutes on, settings); the last row whose minutes the budget reaches applies.
-# PLACEHOLDER
+# The settings a time budget affords, for `fastseq train --minutes M` with the option not given (and
+# for the main job's 45 s): rows of (from this many minutes on, settings); the last row whose minutes
+# the budget reaches applies. A longer budget trains more tokens, so it affords a larger model: a small
+# model stops improving (its capacity) long before a large one, and a large one in a short budget is
+# still far from trained (bench/RESULTS.md, issue 11). Quiet 2-core AVX2 machine, batches of 32 x 64,
+# two threads: an LSTM step takes 8.6 ms at H = 128 and 126 ms at H = 512 (it grows as H^2), so ten
+# minutes are about 4,500 steps (9 epochs of Tiny Shakespeare) at H = 512.
+#   < 3 min: the main job's model (H = 128, T = 35), measured; its rate stays constant: on the main job
+#     (pydoc, 45 s) the cosine decay gave held-out 5.00 against 4.30 for the constant rate (both runs
+#     side by side), and holding the rate for 80% before decaying 4.78 against 4.65: a run this short is
+#     nowhere near the noise that a smaller rate averages out.
+#   3-8 min: H = 256, T = 64 with the decay: between the two measured rows (not measured itself).
+#   8-30 min: H = 512, T = 64 with the decay: the 10-minute row of bench/quality_cells.py.
+#   >= 30 min: two layers of 512 with dropout 0.2 on the non-recurrent connections (Zaremba, Sutskever
+#     and Vinyals, "Recurrent Neural Network Regularization", 2014): past ~10 epochs a 1-layer model of
+#     512 starts to overfit 1M characters. Not measured (a 2-layer step at H = 512 takes 307 ms).
 BUDGET_SETTINGS = (
-    (0.0, dict(hidden=128, layers=1, steps=35, dropout=0.0)),
-    (5.0, dict(hidden=512, layers=1, steps=64, dropout=0.1)),
+    (0.0, dict(hidden=128, layers=1, steps=35, dropout=0.0, lr_decay_to=1.0)),
+    (3.0, dict(hidden=256, layers=1, steps=64, dropout=0.0, lr_decay_to=0.05)),
+    (8.0, dict(hidden=512, layers=1, steps=64, dropout=0.0, lr_decay_to=0.05)),
+    (30.0, dict(hidden=512, layers=2, steps=64, dropout=0.2, lr_decay_to=0.05)),
 )
 
 
 def budget_settings(minutes):
-    """The model size, window and dropout for a budget of ``minutes`` (BUDGET_SETTINGS); {} for None
-    (no budget: the caller's own defaults)."""
+    """The model size, window, dropout and learning-rate decay for a budget of ``minutes``
+    (BUDGET_SETTINGS: hidden, layers, steps, dropout, lr_decay_to); {} for None (no budget: the caller's
+    own defaults)."""
     if minutes is None:
         return {}
     minutes = check_real("minutes", minutes, lo=0, lo_open=True)

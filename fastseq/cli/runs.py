@@ -13,7 +13,7 @@ from .args import UsageError, cleaning, info
 TRAIN_DEFAULTS = dict(
     corpus="pydoc", token="char", cleaning="none", max_tokens=0, cell="lstm", layers=1, dropout=0.0,
     hidden=128, steps=35, batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full",
-    sampling="sequential", dtype="float32", seed=0, val_fraction=0.1,
+    sampling="sequential", dtype="float32", seed=0, val_fraction=0.1, lr_decay_to=1.0, lr_hold=0.0,
 )
 # The main job's cell is the LSTM: it wins the 10-minute quality tables on tinyshakespeare (bench/RESULTS.md:
 # held-out 5.15 against the GRU's 5.53 with half nn.LSTM's CPU time; bench/RESULTS.md) and ends within the main
@@ -37,12 +37,10 @@ ADAM_LR_WIDTH_POWER = 0.5
 # perplexities, n-gram baselines, a sample, a plot) in under a minute on an AVX2-only 2-core machine,
 # where 15 epochs take about 75 s of CPU; a budget keeps it there and costs nothing on faster machines.
 MAIN_JOB_MINUTES = 0.75
-# The learning rate decays along a half cosine to this fraction of its starting value over the run
-# (fastseq.optim.CosineDecay; --lr-decay-to, 1 for a constant rate).
-LR_DECAY_TO = 0.05
 # Settings that define the run; they cannot change on --resume (the learning rate can: fine-tuning).
 RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "cell", "layers", "dropout", "hidden", "steps", "batch",
-            "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction", "lr_decay_to")
+            "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction", "lr_decay_to",
+            "lr_hold")
 DEFAULT_OUT = "fastseq-train"
 
 SMOKE_ENV = "FASTSEQ_SMOKE"
@@ -77,7 +75,8 @@ def hparams_from_args(args):
     """The settings of a new run: the options given, the defaults for the rest, checked before any work.
 
     With a time budget, the settings the budget decides (fastseq.training.budget_settings: the model's
-    size, the window, dropout) replace TRAIN_DEFAULTS' for every option not given."""
+    size, the window, dropout, the learning rate's decay) replace TRAIN_DEFAULTS' for every option not
+    given; the learning rate's default then follows the hidden size (default_lr)."""
     from ..training import budget_settings
 
     cell = cell_of(args)
@@ -87,12 +86,12 @@ def hparams_from_args(args):
     for k, v in budget_settings(hp["minutes"]).items():
         if getattr(args, k, None) is None:
             hp[k] = v
-    decay = getattr(args, "lr_decay_to", None)
-    hp["lr_decay_to"] = LR_DECAY_TO if decay is None else decay
     if hp["lr"] is None:
         hp["lr"] = default_lr(hp["cell"], hp["optimizer"], hp["hidden"])
     if not 0 <= hp["lr_decay_to"] <= 1:
         raise UsageError(f"--lr-decay-to: expected a fraction in [0, 1] of --lr, got {hp['lr_decay_to']:g}")
+    if not 0 <= hp["lr_hold"] < 1:
+        raise UsageError(f"--lr-hold: expected a fraction in [0, 1) of the run, got {hp['lr_hold']:g}")
     if hp["lr"] > float(np.finfo(hp["dtype"]).max):
         raise UsageError(f"--lr {hp['lr']:g}: too large for {hp['dtype']} parameters")
     if not 0 <= hp["val_fraction"] < 1:
@@ -130,6 +129,7 @@ def upgrade(hp):
     rate constant (lr_decay_to 1)."""
     hp = dict(hp)
     hp.setdefault("lr_decay_to", 1.0)
+    hp.setdefault("lr_hold", 0.0)
     if "cell" not in hp and "nonlinearity" in hp:
         hp["cell"] = "rnn_" + str(hp.pop("nonlinearity"))
         hp.setdefault("layers", 1)
@@ -187,7 +187,7 @@ def trainer(hp, model, train_ids, val_ids, callbacks=(), progress=False):
     decay = hp.get("lr_decay_to", 1.0)
     return Trainer(model, loader(hp, train_ids), optim.from_spec(hp["optimizer"], hp["lr"]), bptt=strategy(hp),
                    clip=hp["clip"] or None, val_ids=val_ids if len(val_ids) >= 2 else None,
-                   schedule=optim.CosineDecay(decay) if decay < 1 else None,
+                   schedule=optim.CosineDecay(decay, hp.get("lr_hold", 0.0)) if decay < 1 else None,
                    callbacks=callbacks, progress=progress)
 
 

@@ -189,7 +189,7 @@ def _threads(args, backend):
 def _decay(hp):
     """' decaying to X (cosine)' when the run's learning rate follows the schedule."""
     f = hp.get("lr_decay_to", 1.0)
-    return f" decaying to {hp['lr'] * f:g} (cosine over the run)" if f < 1 else " (constant)"
+    return f" decaying to {hp['lr'] * f:g} (cosine over the run)" if f < 1 else ""
 
 
 def _progress(args):
@@ -224,7 +224,9 @@ def _setup(args):
             raise UsageError(f"--resume {args.resume}: the run has finished its {done} epochs; "
                              f"extend it with --epochs N (N > {done})")
         if args.lr is not None and args.lr != hp["lr"]:
-            info(args, f"learning rate {args.lr:g} from here on (the run used {tr.lr:g})")
+            info(args, f"learning rate {args.lr:g} from here on (the run used {tr.lr:g})" if tr.schedule is None
+                 else f"learning rate {args.lr:g} from here on, times the decay's {tr.schedule.factor(tr.schedule.progress):.3g} "
+                      f"at this point of the run (the run used {tr.lr:g})")
             tr.lr = hp["lr"] = args.lr
         return hp, vocab, train_ids, val_ids, tr, args.out or args.resume
     hp = runs.hparams_from_args(args)

@@ -58,9 +58,11 @@ DIVERGED_TIMES_UNIFORM = 10
 #   < 3 min: the main job's model (H = 128, T = 35), measured; its rate stays constant: on the main job
 #     (pydoc, 45 s) the cosine decay gave held-out 5.00 against 4.30 for the constant rate (both runs
 #     side by side), and holding the rate for 80% before decaying 4.78 against 4.65: a run this short is
-#     nowhere near the noise that a smaller rate averages out.
+#     nowhere near the noise that a smaller rate averages out. The decay's cost shrinks as the run gets
+#     longer: 4 epochs of Tiny Shakespeare at H = 128 (1,960 steps of 32 x 64) ended at 5.168 with it
+#     and 5.135 without (side by side, load 6-8).
 #   3-8 min: H = 256, T = 64 with the decay: between the two measured rows (not measured itself).
-#   8-30 min: H = 512, T = 64 with the decay: the 10-minute row of bench/quality_cells.py.
+#   8-30 min: H = 512, T = 64 with the decay: the 10-minute row of bench/quality_cells.py (bench/RESULTS.md).
 #   >= 30 min: two layers of 512 with dropout 0.2 on the non-recurrent connections (Zaremba, Sutskever
 #     and Vinyals, "Recurrent Neural Network Regularization", 2014): past ~10 epochs a 1-layer model of
 #     512 starts to overfit 1M characters. Not measured (a 2-layer step at H = 512 takes 307 ms).

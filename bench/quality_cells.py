@@ -24,7 +24,13 @@ The machine is shared: each row records its wall and CPU seconds and the load av
 
 Usage (from anywhere; the corpus is read from FASTSEQ_DATA_DIR, never downloaded):
     FASTSEQ_DATA_DIR=/work/shared/data python bench/quality_cells.py --minutes 10 --md /tmp/quality.md
+    python bench/quality_cells.py --minutes 10 --cells lstm --threads 2   # the command's defaults (2 threads)
     python bench/quality_cells.py --minutes 2 --cells none           # only the n-gram and nn.LSTM rows
+    python bench/quality_cells.py --minutes 10 --cells gru --train-arg=--hidden=384   # another recipe, both sides
+
+The budget chooses the recipe (fastseq.training.budget_settings: at 10 minutes an LSTM of 512 units,
+windows of 64, Adam at 0.005 decaying to 0.05 of it along a cosine); --train-arg options change it for
+the fastseq rows and the PyTorch rows alike.
 """
 import argparse
 import json

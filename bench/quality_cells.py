@@ -15,8 +15,9 @@ train, the last 10% are held out, the vocabulary comes from the training part. R
   clipping, full BPTT over each window with the state carried over, the held-out evaluation after each
   epoch) for the same wall-clock budget, scored by `fastseq.training.evaluate`. Dropout, when the
   recipe has it: nn.LSTM's own between layers and the same inverted dropout on the top layer's output;
-  on the input, PyTorch drops whole one-hot rows (fastseq drops elements of the gathered input rows
-  W_xh[ids], which nn.LSTM does not expose);
+  not on the input (fastseq drops elements of the gathered input rows W_xh[ids]; nn.LSTM computes its
+  input projection inside, and dropping the one-hot rows instead would drop whole characters, a
+  different and stronger noise), so the PyTorch model gets the lighter regularisation of the two;
 * each fastseq cell through the command itself: `fastseq train --corpus tinyshakespeare --cell C
   --minutes M`, then `fastseq eval` of its checkpoint on the held-out text (the same evaluator).
 
@@ -120,12 +121,8 @@ class TorchLM:
 
     def forward(self, ids, state):
         F = self.torch.nn.functional
-        x = F.one_hot(ids, self.vocab_size).float()
-        drop = self.training and self.dropout > 0
-        if drop:
-            x = F.dropout(x, self.dropout)
-        y, state = self.rnn(x, state)
-        if drop:
+        y, state = self.rnn(F.one_hot(ids, self.vocab_size).float(), state)
+        if self.training and self.dropout > 0:   # on the top layer's output, as fastseq's m_out
             y = F.dropout(y, self.dropout)
         return self.out(y), state
 

@@ -524,7 +524,9 @@ def test_clip_zero_means_no_clipping_as_the_command():
     (lambda s: s["optimizer"]["v"].update(W_hh=-np.ones((8, 8))), "optimizer"),
     (lambda s: s["model"].pop("W_hh"), "model"),
     (lambda s: s.pop("step"), "step"),
-    (lambda s: s.update(version=3), "version"),
+    (lambda s: s.update(version=4), "version"),
+    (lambda s: s.pop("elapsed"), "elapsed"),
+    (lambda s: s.update(elapsed=float("nan")), "elapsed"),
     (lambda s: s.pop("rng"), "rng"),
     (lambda s: s.update(rng={"bit_generator": "PCG64", "state": 5}), "rng"),
 ])

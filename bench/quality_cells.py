@@ -8,9 +8,16 @@ train, the last 10% are held out, the vocabulary comes from the training part. R
   (`fastseq.cli.train.ngram_baselines`); and the same model fitted and scored with one sentence per
   line (KenLM's reading of a text file: a newline becomes `</s>` and every line starts from `<s>`);
 * PyTorch's `nn.LSTM` (one-hot input, as fastseq's model) trained by the recipe of the command's
-  defaults (the same batches in the same order from `fastseq.cli.runs.loader`, the optimizer, learning
-  rate, clipping, full BPTT over each window with the state carried over, the held-out evaluation
-  after each epoch) for the same wall-clock budget, scored by `fastseq.training.evaluate`;
+  defaults for the budget (`fastseq.cli.runs.hparams_from_args` with `--minutes M`: the hidden size,
+  layers, dropout and window the budget chooses, the same batches in the same order from
+  `fastseq.cli.runs.loader`, the optimizer, learning rate and its schedule -- the same
+  `fastseq.optim.CosineDecay` on the same progress, the larger of elapsed/budget and step/total steps --
+  clipping, full BPTT over each window with the state carried over, the held-out evaluation after each
+  epoch) for the same wall-clock budget, scored by `fastseq.training.evaluate`. Dropout, when the
+  recipe has it: nn.LSTM's own between layers and the same inverted dropout on the top layer's output;
+  not on the input (fastseq drops elements of the gathered input rows W_xh[ids]; nn.LSTM computes its
+  input projection inside, and dropping the one-hot rows instead would drop whole characters, a
+  different and stronger noise), so the PyTorch model gets the lighter regularisation of the two;
 * each fastseq cell through the command itself: `fastseq train --corpus tinyshakespeare --cell C
   --minutes M`, then `fastseq eval` of its checkpoint on the held-out text (the same evaluator).
 
@@ -18,7 +25,13 @@ The machine is shared: each row records its wall and CPU seconds and the load av
 
 Usage (from anywhere; the corpus is read from FASTSEQ_DATA_DIR, never downloaded):
     FASTSEQ_DATA_DIR=/work/shared/data python bench/quality_cells.py --minutes 10 --md /tmp/quality.md
+    python bench/quality_cells.py --minutes 10 --cells lstm --threads 2   # the command's defaults (2 threads)
     python bench/quality_cells.py --minutes 2 --cells none           # only the n-gram and nn.LSTM rows
+    python bench/quality_cells.py --minutes 10 --cells gru --train-arg=--hidden=384   # another recipe, both sides
+
+The budget chooses the recipe (fastseq.training.budget_settings: at 10 minutes an LSTM of 512 units,
+windows of 64, Adam at 0.005 decaying to 0.05 of it along a cosine); --train-arg options change it for
+the fastseq rows and the PyTorch rows alike.
 """
 import argparse
 import json
@@ -40,6 +53,8 @@ from fastseq.cli.train import ngram_baselines  # noqa: E402
 from fastseq.training import evaluate  # noqa: E402
 
 CORPUS = "tinyshakespeare"
+# The settings a row's recipe line shows (and that the nn.LSTM row must share with the fastseq row).
+RECIPE_KEYS = ("hidden", "layers", "dropout", "steps", "batch", "optimizer", "lr", "lr_decay_to", "lr_hold", "clip")
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 KN_ORDER = 7
 
@@ -48,10 +63,21 @@ def load():
     return os.getloadavg()[0]
 
 
-def recipe(cell):
-    """The command's settings of a run of ``cell`` on the corpus (its defaults, as `fastseq train` takes them)."""
-    args = argparse.Namespace(corpus=CORPUS, cell=cell)
-    return runs.hparams_from_args(args)
+# `fastseq train --epochs` of every fastseq row: the budget, not the epochs, ends the run (and so the
+# schedule's progress is the budget's); the nn.LSTM row counts its step progress over as many epochs.
+EPOCHS = 100000
+
+
+def recipe(cell, minutes, extra=()):
+    """The command's settings of a run of ``cell`` on the corpus for a budget of ``minutes`` (its defaults
+    for that budget, as `fastseq train --minutes M --epochs EPOCHS` takes them, with ``extra`` options
+    such as ["--hidden=256"])."""
+    from fastseq.cli.main import build_parser
+
+    argv = ["train", "--corpus", CORPUS, "--minutes", str(minutes), "--epochs", str(EPOCHS), *extra]
+    if cell:
+        argv += ["--cell", cell]
+    return runs.hparams_from_args(build_parser().parse_args(argv))
 
 
 def kn_rows(vocab, train_ids, val_ids):
@@ -85,8 +111,10 @@ class TorchLM:
         cls, kw = kinds[cell]
         self.torch, self.cell, self.vocab_size = torch, cell, V
         self.layers, self.H = hp.get("layers", 1), hp["hidden"]
+        self.dropout = hp.get("dropout", 0.0)
+        self.training = False
         self.rnn = cls(V, self.H, num_layers=self.layers, batch_first=True,
-                       dropout=hp.get("dropout", 0.0) if self.layers > 1 else 0.0, **kw)
+                       dropout=self.dropout if self.layers > 1 else 0.0, **kw)
         self.out = nn.Linear(self.H, V)
         self.dtype = np.dtype(np.float32)
         self.parameters = list(self.rnn.parameters()) + list(self.out.parameters())
@@ -94,7 +122,13 @@ class TorchLM:
     def forward(self, ids, state):
         F = self.torch.nn.functional
         y, state = self.rnn(F.one_hot(ids, self.vocab_size).float(), state)
+        if self.training and self.dropout > 0:   # on the top layer's output, as fastseq's m_out
+            y = F.dropout(y, self.dropout)
         return self.out(y), state
+
+    def train(self, on):
+        self.training = on
+        self.rnn.train(on)
 
     # fastseq.training.evaluate's view of the model: numpy ids in, numpy logits out; the state is one
     # (B, P*L*H) array so that the evaluator's row slicing of the state works unchanged.
@@ -119,8 +153,10 @@ class TorchLM:
 
 
 def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
-    """nn.<cell> trained on the command's batches with its optimizer, clipping and budget."""
+    """nn.<cell> trained on the command's batches with its optimizer, schedule, clipping and budget."""
     import torch
+
+    from fastseq import optim
 
     torch.set_num_threads(threads)
     torch.manual_seed(hp["seed"])
@@ -130,14 +166,30 @@ def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
     model = TorchLM(cell, len(vocab), hp, torch)
     opt = torch.optim.Adam(model.parameters, lr=hp["lr"])
     loader = runs.loader(hp, train_ids)
+    # The command's schedule (runs.trainer): the same object on the same progress as the Trainer's
+    # (fastseq.training.Trainer.run_progress), applied to Adam's rate before every step.
+    decay = hp.get("lr_decay_to", 1.0)
+    schedule = optim.CosineDecay(decay, hp.get("lr_hold", 0.0), base_lr=hp["lr"]) if decay < 1 else None
+    total_steps = hp["epochs"] * len(loader)
+
+    class Rate:                                    # CosineDecay sets .lr on an optimizer-like object
+        lr = hp["lr"]
+
     F = torch.nn.functional
     t_start, c_start = time.perf_counter(), time.process_time()
-    deadline = time.monotonic() + minutes * 60
+    start = time.monotonic()
+    deadline = start + minutes * 60
     steps = epochs = tokens = 0
     done = False
     while not done:
         state = None                               # a fresh state at each epoch, as the Trainer
+        model.train(True)
         for X, Y in loader:
+            if schedule is not None:
+                progress = min(1.0, max((time.monotonic() - start) / (minutes * 60), steps / total_steps))
+                schedule.at_progress(progress, Rate)
+                for g in opt.param_groups:
+                    g["lr"] = Rate.lr
             x, y = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
             logits, state = model.forward(x, state)
             loss = F.cross_entropy(logits.reshape(-1, model.vocab_size), y.reshape(-1))
@@ -153,14 +205,17 @@ def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
                 break
         else:
             epochs += 1
+            model.train(False)
             evaluate(model, val_ids)               # the Trainer's held-out evaluation after each epoch
+    model.train(False)
     train_wall = time.perf_counter() - t_start
     ppl = evaluate(model, val_ids)
     n_params = sum(p.numel() for p in model.parameters)
     return dict(model=f"PyTorch nn.{'LSTM' if cell == 'lstm' else cell} (torch {torch.__version__}, "
                       f"{threads} thread{'s' if threads > 1 else ''})",
                 ppl=ppl, wall=train_wall, cpu=time.process_time() - c_start, steps=steps, epochs=epochs,
-                tokens_per_s=tokens / train_wall, params=n_params, load=load())
+                tokens_per_s=tokens / train_wall, params=n_params, load=load(),
+                hparams={k: hp.get(k) for k in RECIPE_KEYS})
 
 
 # ----------------------------------------------------------------------------- fastseq, through the command
@@ -174,7 +229,7 @@ def _run(cmd, log):
 def fastseq_row(cell, heldout, workdir, minutes, threads, extra, val_ids):
     out = os.path.join(workdir, cell)
     cmd = [sys.executable, "-m", "fastseq", "train", "--corpus", CORPUS, "--cell", cell, "--minutes", str(minutes),
-           "--epochs", "100000", "--out", out, "--overwrite", "--no-ngram", "--no-progress", "--sample-length", "0",
+           "--epochs", str(EPOCHS), "--out", out, "--overwrite", "--no-ngram", "--no-progress", "--sample-length", "0",
            "--threads", str(threads), "--json", *extra]
     with open(os.path.join(workdir, f"{cell}.log"), "w") as log:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -194,7 +249,7 @@ def fastseq_row(cell, heldout, workdir, minutes, threads, extra, val_ids):
                 ppl=ev["perplexity"], wall=res["train_seconds"], cpu=(after.ru_utime + after.ru_stime)
                 - (before.ru_utime + before.ru_stime), steps=res["steps"],
                 epochs=len([r for r in hist if not r["partial"]]), tokens_per_s=tokens_per_s, load=load(),
-                command_wall=wall, hparams={k: hp.get(k) for k in ("hidden", "layers", "dropout", "lr", "optimizer")})
+                command_wall=wall, hparams={k: hp.get(k) for k in RECIPE_KEYS})
 
 
 # ----------------------------------------------------------------------------- the table
@@ -206,6 +261,9 @@ def table(rows, minutes, split):
         f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else ""  # noqa: E731
         lines.append(f"| {r['model']} | {r['ppl']:.4f} | {f('wall', '.1f')} | {f('cpu', '.1f')} | {f('steps', ',')} | "
                      f"{f('epochs', 'd')} | {f('tokens_per_s', ',.0f')} | {r['load_start']:.1f}, {r['load']:.1f} |")
+    for r in rows:
+        if r.get("hparams"):
+            lines.append(f"\n{r['model']}: " + ", ".join(f"{k} {v}" for k, v in r["hparams"].items()) + ".")
     notes = [r for r in rows if r.get("note")]
     for r in notes:
         lines.append(f"\n{r['model']}: {r['note']}.")
@@ -218,6 +276,9 @@ def main(argv=None):
     p.add_argument("--cells", default=",".join(CELLS),
                    help=f"fastseq cells run through the command, or 'none' (default: {','.join(CELLS)})")
     p.add_argument("--torch-cells", default="lstm", help="PyTorch rows, or 'none' (default: lstm)")
+    p.add_argument("--recipe-of", choices=CELLS,
+                   help="the fastseq cell whose recipe (the command's settings for the budget, with --train-arg) "
+                        "the PyTorch rows follow (default: the first of --cells)")
     p.add_argument("--threads", type=int, default=1, help="threads of every row (the command's default: 1)")
     p.add_argument("--no-kn", action="store_true", help="skip the Kneser-Ney rows")
     p.add_argument("--workdir", help="checkpoints and logs (default: a temporary folder)")
@@ -233,7 +294,7 @@ def main(argv=None):
 
     head = f"machine: {machine_line()}; load average at start {load():.1f} on {os.cpu_count()} cores"
     print(head, flush=True)
-    hp0 = recipe(None)
+    hp0 = recipe(None, a.minutes)
     vocab, train_ids, val_ids = runs.prepare_data(hp0)
     split = (f"first {len(train_ids):,} train, last {len(val_ids):,} held out (the command's split, "
              f"--val-fraction {hp0['val_fraction']}), vocabulary {len(vocab)}")
@@ -251,9 +312,12 @@ def main(argv=None):
         start = load()
         for r in kn_rows(vocab, train_ids, val_ids):
             add(r, start)
+    # The PyTorch rows take the recipe of the fastseq model they are compared with (--recipe-of).
+    recipe_cell = a.recipe_of or (cells[0] if cells else "lstm")
     for cell in torch_cells:
         start = load()
-        add(torch_row(cell, recipe(cell), vocab, train_ids, val_ids, a.minutes, a.threads), start)
+        hp = recipe(recipe_cell, a.minutes, a.train_arg)
+        add(torch_row(cell, hp, vocab, train_ids, val_ids, a.minutes, a.threads), start)
     for cell in cells:
         start = load()
         add(fastseq_row(cell, heldout, workdir, a.minutes, a.threads, a.train_arg, val_ids), start)

@@ -1,4 +1,4 @@
-"""Optimisers that update a dict of named NumPy arrays in place, their factory, and a learning-rate schedule.
+"""Optimisers that update a dict of named NumPy arrays in place, their factory, and learning-rate schedules.
 
 ``step(params, grads)`` takes two dicts with the same keys (a model's
 ``params`` and the grads of ``loss_and_grad``) and changes ``params`` in place,
@@ -13,7 +13,7 @@ import numpy as np
 from ._checks import check_choice, check_int, check_real
 from .errors import ArgumentError
 
-__all__ = ["SGD", "Adam", "ReduceLROnPlateau", "OPTIMIZERS", "from_spec"]
+__all__ = ["SGD", "Adam", "ReduceLROnPlateau", "CosineDecay", "OPTIMIZERS", "from_spec"]
 
 
 def _lr(v, name="lr"):
@@ -180,4 +180,57 @@ class ReduceLROnPlateau:
         other = ReduceLROnPlateau(state["factor"], state["patience"], state["threshold"], state["min_lr"])
         other.best = math.inf if state["best"] is None else check_real("state['best']", state["best"])
         other.bad_epochs = check_int("state['bad_epochs']", state["bad_epochs"], lo=0)
+        self.__dict__.update(other.__dict__)
+
+
+class CosineDecay:
+    """Decay the learning rate along a half cosine from its starting value to ``final`` times it over
+    the run's progress p in [0, 1]:
+
+        lr(p) = base_lr * (final + (1 - final) * (1 + cos(pi p)) / 2)
+
+    so lr(0) = base_lr, lr(1) = final * base_lr, and the rate falls slowly at first and last. This is
+    the cosine scheduler of *Dive into Deep Learning*, chapter 12, "Learning Rate Scheduling" (after
+    Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", 2017), without restarts
+    or warm-up. ``final`` = 1 keeps the rate constant.
+
+    The Trainer calls ``at_progress(progress, optimizer)`` before every step with the run's progress,
+    the larger of (wall time spent) / (the time budget) and (steps done) / (steps of all epochs) --
+    whichever ends the run first. The progress never goes back (a resumed run with a larger budget
+    holds the rate until its progress passes the saved one). ``base_lr`` is the optimizer's rate at
+    the first call unless given; ``state_dict`` holds it and the progress reached.
+    """
+
+    per_step = True
+
+    def __init__(self, final=0.05, hold=0.0, base_lr=None):
+        self.final = check_real("final", final, lo=0, hi=1)
+        self.hold = check_real("hold", hold, lo=0, hi=1, hi_open=True)
+        self.base_lr = None if base_lr is None else _lr(base_lr, "base_lr")
+        self.progress = 0.0
+
+    def factor(self, progress):
+        """The fraction of base_lr at ``progress`` (clamped to [0, 1])."""
+        p = min(1.0, max(0.0, float(progress)))
+        q = max(0.0, p - self.hold) / (1.0 - self.hold)      # the decay's own progress
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * q))
+
+    def at_progress(self, progress, optimizer):
+        """Set optimizer.lr for a step taken at ``progress`` (never below the progress reached); returns it."""
+        if not isinstance(progress, numbers.Real) or math.isnan(progress):
+            raise ArgumentError(f"progress: expected a number, got {progress!r}")
+        if self.base_lr is None:
+            self.base_lr = optimizer.lr
+        self.progress = max(self.progress, min(1.0, max(0.0, float(progress))))
+        optimizer.lr = self.base_lr * self.factor(self.progress)
+        return optimizer.lr
+
+    def state_dict(self):
+        return {"type": "CosineDecay", "final": self.final, "hold": self.hold, "base_lr": self.base_lr,
+                "progress": self.progress}
+
+    def load_state_dict(self, state):
+        _check_state(state, "CosineDecay", ("final", "hold", "base_lr", "progress"))
+        other = CosineDecay(state["final"], state["hold"], state["base_lr"])
+        other.progress = check_real("state['progress']", state["progress"], lo=0, hi=1)
         self.__dict__.update(other.__dict__)

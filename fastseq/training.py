@@ -31,7 +31,8 @@ from .optim import SGD
 
 __all__ = ["DivergenceError", "divergence_loss", "TrainingInterrupted", "Callback", "Trainer", "train", "train_step",
            "evaluate", "evaluate_nll", "perplexity", "sample", "predict", "state_grad_norms",
-           "spectral_radius", "gradient_diagnostics", "EPOCH_KEYS", "LOG_KEYS"]
+           "spectral_radius", "gradient_diagnostics", "EPOCH_KEYS", "LOG_KEYS", "BUDGET_SETTINGS",
+           "budget_settings"]
 
 # The history schema: one record per epoch (``Trainer.history``) and one per interval (``Trainer.log``).
 EPOCH_KEYS = ("epoch", "step", "train_ppl", "val_ppl", "lr", "tokens_per_s", "grad_norm_mean", "grad_norm_max",
@@ -45,6 +46,49 @@ MAX_LOSS = math.log(sys.float_info.max)
 # V^10), while exploding gradients (no clipping, a large rate: Dive into Deep Learning, chapter 8,
 # "Recurrent Neural Network Implementation from Scratch", gradient clipping) end far beyond it.
 DIVERGED_TIMES_UNIFORM = 10
+
+
+# The settings a time budget affords, for `fastseq train --minutes M` with the option not given (and
+# for the main job's 45 s): rows of (from this many minutes on, settings); the last row whose minutes
+# the budget reaches applies. A longer budget trains more tokens, so it affords a larger model: a small
+# model stops improving (its capacity) long before a large one, and a large one in a short budget is
+# still far from trained (bench/RESULTS.md, issue 11). Quiet 2-core AVX2 machine, batches of 32 x 64,
+# two threads: an LSTM step takes 8.6 ms at H = 128 and 126 ms at H = 512 (it grows as H^2), so ten
+# minutes are about 4,500 steps (9 epochs of Tiny Shakespeare) at H = 512.
+#   < 3 min: the main job's model (H = 128, T = 35), measured; its rate stays constant: on the main job
+#     (pydoc, 45 s) the cosine decay gave held-out 5.00 against 4.30 for the constant rate (both runs
+#     side by side), and holding the rate for 80% before decaying 4.78 against 4.65: a run this short is
+#     nowhere near the noise that a smaller rate averages out. The decay's cost shrinks as the run gets
+#     longer: 4 epochs of Tiny Shakespeare at H = 128 (1,960 steps of 32 x 64) ended at 5.168 with it
+#     and 5.135 without (side by side, load 6-8).
+#   3-8 min: H = 256, T = 64 with the decay: between the two measured rows (not measured itself).
+#   8-30 min: H = 512, T = 64 with the decay and dropout 0.2 on the non-recurrent connections (Zaremba,
+#     Sutskever and Vinyals, "Recurrent Neural Network Regularization", 2014): without dropout this
+#     model overfits Tiny Shakespeare within the 10 minutes' 9 epochs (4,410 steps by step count, 1
+#     thread, load 6-8: held-out 4.577 after epoch 7, then 4.586 and 4.611 at the end while the training
+#     perplexity fell from 3.15 to 2.97), above the Kneser-Ney 7-gram's 4.557. The 10-minute row of
+#     bench/quality_cells.py (bench/RESULTS.md) measures it.
+#   >= 30 min: two layers of 512 with dropout 0.2: not measured (a 2-layer step at H = 512 takes 307 ms).
+BUDGET_SETTINGS = (
+    (0.0, dict(hidden=128, layers=1, steps=35, dropout=0.0, lr_decay_to=1.0)),
+    (3.0, dict(hidden=256, layers=1, steps=64, dropout=0.0, lr_decay_to=0.05)),
+    (8.0, dict(hidden=512, layers=1, steps=64, dropout=0.2, lr_decay_to=0.05)),
+    (30.0, dict(hidden=512, layers=2, steps=64, dropout=0.2, lr_decay_to=0.05)),
+)
+
+
+def budget_settings(minutes):
+    """The model size, window, dropout and learning-rate decay for a budget of ``minutes``
+    (BUDGET_SETTINGS: hidden, layers, steps, dropout, lr_decay_to); {} for None (no budget: the caller's
+    own defaults)."""
+    if minutes is None:
+        return {}
+    minutes = check_real("minutes", minutes, lo=0, lo_open=True)
+    chosen = {}
+    for start, settings in BUDGET_SETTINGS:
+        if minutes >= start:
+            chosen = settings
+    return dict(chosen)
 
 
 def divergence_loss(vocab_size):
@@ -232,9 +276,11 @@ class Trainer:
         self.model, self.loader, self.optimizer = model, loader, optimizer
         self.bptt = as_strategy(bptt)
         self.clip = _check_clip(clip)
-        if schedule is not None and not (callable(getattr(schedule, "step", None))
+        if schedule is not None and not ((callable(getattr(schedule, "step", None))
+                                          or callable(getattr(schedule, "at_progress", None)))
                                          and callable(getattr(schedule, "state_dict", None))):
-            raise ArgumentError(f"schedule: expected an object with step() and state_dict(), got {schedule!r}")
+            raise ArgumentError("schedule: expected an object with step() or at_progress(), and state_dict(), "
+                                f"got {schedule!r}")
         self.schedule = schedule
         if callable(callbacks) or isinstance(callbacks, Callback):
             callbacks = [callbacks]
@@ -264,6 +310,10 @@ class Trainer:
         self.step = 0             # optimizer steps completed
         self.batch = 0            # batches of the running epoch completed
         self.hidden = None        # the state carried into the next batch (model.state_shape(B)), or None
+        self.elapsed = 0.0        # wall seconds spent in fit() over the whole run (the time budget's progress)
+        self._budget = None       # seconds of elapsed at which the running fit()'s budget ends, or None
+        self._total_steps = None  # steps of all the running fit()'s epochs, or None
+        self._clock = None        # (time.monotonic(), elapsed) when the running fit() started
         self._acc, self._interval = _zero_acc(), _zero_acc()
         self.history, self.log = [], []
         self.stop_reason = None   # why the last fit() returned: 'epochs', 'time budget', 'callback'
@@ -277,8 +327,26 @@ class Trainer:
 
     @lr.setter
     def lr(self, value):
-        """Change the learning rate (e.g. to fine-tune a resumed run); the schedule continues from it."""
+        """Change the learning rate (e.g. to fine-tune a resumed run); the schedule continues from it
+        (a progress schedule such as optim.CosineDecay takes it as the rate it scales: its base_lr)."""
         self.optimizer.lr = check_real("lr", value, lo=0, lo_open=True)
+        if self._per_step_schedule():
+            self.schedule.base_lr = self.optimizer.lr
+
+    def _per_step_schedule(self):
+        return self.schedule is not None and callable(getattr(self.schedule, "at_progress", None))
+
+    def run_progress(self):
+        """How far the running fit() is through the run, in [0, 1]: the larger of (wall time spent in
+        fit over the whole run) / (its time budget) and (steps done) / (steps of all its epochs);
+        0 when fit() has neither (or is not running). A progress schedule's input."""
+        p = 0.0
+        if self._clock is not None and self._budget is not None:
+            t0, e0 = self._clock
+            p = (e0 + time.monotonic() - t0) / self._budget if self._budget > 0 else 1.0
+        if self._total_steps:
+            p = max(p, self.step / self._total_steps)
+        return min(1.0, p)
 
     def stop(self):
         """Ask fit() to return after the current step (from a callback)."""
@@ -296,23 +364,40 @@ class Trainer:
             raise ArgumentError("epochs, minutes: give at least one of them")
         if epochs is not None:
             epochs = check_int("epochs", epochs, lo=1)
+        start = time.monotonic()
         deadline = None if minutes is None else \
-            time.monotonic() + 60 * check_real("minutes", minutes, lo=0, lo_open=True)
+            start + 60 * check_real("minutes", minutes, lo=0, lo_open=True)
+        # The progress of a progress schedule: this fit's budget ends `minutes` from now, i.e. at
+        # elapsed + 60 * minutes of the run's training time; its epochs end after epochs * len(loader) steps.
+        self._clock = (start, self.elapsed)
+        self._budget = None if minutes is None else self.elapsed + 60 * minutes
+        self._total_steps = epochs * len(self.loader) if epochs is not None and hasattr(self.loader, "__len__") \
+            else None
         self._stop, self.stop_reason = False, None
-        with _DeferSigint() as sigint:
-            while epochs is None or self.epoch < epochs:
-                if not self._run_epoch(deadline, sigint):
-                    return self.history
-                if sigint.fired:
-                    raise TrainingInterrupted(self.step)
-                if self._stop:
-                    self.stop_reason = "callback"
-                    return self.history
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.stop_reason = "time budget"
-                    return self.history
-        self.stop_reason = "epochs"
-        return self.history
+        try:
+            with _DeferSigint() as sigint:
+                while epochs is None or self.epoch < epochs:
+                    if not self._run_epoch(deadline, sigint):
+                        return self.history
+                    if sigint.fired:
+                        raise TrainingInterrupted(self.step)
+                    if self._stop:
+                        self.stop_reason = "callback"
+                        return self.history
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self.stop_reason = "time budget"
+                        return self.history
+            self.stop_reason = "epochs"
+            return self.history
+        finally:
+            self._tick()
+            self._clock = None
+
+    def _tick(self):
+        """Bring ``elapsed`` up to now (while fit runs)."""
+        if self._clock is not None:
+            t0, e0 = self._clock
+            self.elapsed = e0 + time.monotonic() - t0
 
     # ------------------------------------------------------------------ the loop
     def _batches(self):
@@ -336,9 +421,12 @@ class Trainer:
         bar = _progress_bar(self.progress, len(self.loader) if hasattr(self.loader, "__len__") else None,
                             self.batch, f"epoch {self.epoch + 1}")
         errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        per_step = self._per_step_schedule()
         try:
             errstate.__enter__()
             for X, Y in self._batches():
+                if per_step:
+                    self.schedule.at_progress(self.run_progress(), self.optimizer)
                 t0 = time.perf_counter()
                 B = len(X)
                 state = self.hidden
@@ -348,6 +436,7 @@ class Trainer:
                 loss, norm, state = _step(model, self.optimizer, X, Y, state, self.clip, self.bptt,
                                           step, self.epoch + 1, self.rng)
                 dt = time.perf_counter() - t0
+                self._tick()
                 n = Y.size if isinstance(Y, np.ndarray) else int(np.size(Y))
                 self.step, self.batch, self.hidden = step, self.batch + 1, state
                 for a in (acc, iv):
@@ -384,7 +473,7 @@ class Trainer:
         if acc["tokens"] == 0:
             raise ArgumentError("loader: an epoch produced no batches")
         record = self._epoch_record(partial=False)
-        if self.schedule is not None:
+        if self.schedule is not None and not per_step:
             val = record["val_ppl"]
             loss = math.log(val) if val is not None else acc["loss_sum"] / acc["tokens"]
             self.schedule.step(loss, self.optimizer)
@@ -413,7 +502,7 @@ class Trainer:
     def state_dict(self):
         """The components' own state_dicts and the position; arrays are copies."""
         return {
-            "format": "fastseq.Trainer", "version": 2,
+            "format": "fastseq.Trainer", "version": 3,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict() if self._resumable_loader else None,
@@ -424,24 +513,28 @@ class Trainer:
             "accumulators": dict(self._acc), "interval": dict(self._interval),
             "history": copy.deepcopy(self.history), "log": copy.deepcopy(self.log),
             "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "elapsed": self.elapsed,
         }
 
     def load_state_dict(self, state):
         """Continue from ``state``; every key is checked (ArgumentError naming it) before anything changes
         except the components, which check their own state (errors prefixed with their key).
 
-        Version 1 (before dropout) has no "rng": the trainer's generator is left as it is."""
+        Version 1 (before dropout) has no "rng": the trainer's generator is left as it is; versions 1 and 2
+        (before progress schedules) have no "elapsed": the run's training time starts from 0."""
         if not isinstance(state, dict) or state.get("format") != "fastseq.Trainer":
             raise ArgumentError("state: not a fastseq.Trainer state (missing format='fastseq.Trainer')")
         version = state.get("version")
-        if version not in (1, 2):
-            raise ArgumentError(f"state['version']: expected 1 or 2, got {version!r}")
+        if version not in (1, 2, 3):
+            raise ArgumentError(f"state['version']: expected 1, 2 or 3, got {version!r}")
         for k in ("model", "optimizer", "loader", "bptt", "schedule", "epoch", "step", "batch", "hidden",
-                  "accumulators", "interval", "history", "log") + (("rng",) if version == 2 else ()):
+                  "accumulators", "interval", "history", "log") + (("rng",) if version >= 2 else ()) \
+                + (("elapsed",) if version >= 3 else ()):
             if k not in state:
                 raise ArgumentError(f"state[{k!r}]: missing")
         rng = None
-        if version == 2:
+        elapsed = check_real("state['elapsed']", state["elapsed"], lo=0) if version >= 3 else 0.0
+        if version >= 2:
             rng = np.random.Generator(type(self.rng.bit_generator)())
             try:
                 rng.bit_generator.state = state["rng"]
@@ -499,6 +592,7 @@ class Trainer:
         self.history, self.log = copy.deepcopy(state["history"]), copy.deepcopy(state["log"])
         if rng is not None:
             self.rng = rng
+        self.elapsed = elapsed
         self._live = None
 
 

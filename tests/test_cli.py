@@ -143,6 +143,8 @@ RESUME_ARGS = ["--cell", "rnn_tanh", "--hidden", "16", "--steps", "8", "--batch"
     ["--optimizer", "adam", "--lr", "0.01", "--bptt", "random:0.5"],
     ["--optimizer", "sgd", "--lr", "1", "--bptt", "block:3", "--sampling", "random"],
     ["--backend", "numpy", "--optimizer", "adam", "--lr", "0.01", "--bptt", "sliding:3"],
+    # the cosine decay over the epochs: the resumed run continues it from the checkpoint's schedule state
+    ["--optimizer", "adam", "--lr", "0.02", "--lr-decay-to", "0.1", "--lr-hold", "0.2"],
 ])
 def test_resume_after_stop_gives_identical_weights(tmp_path, text_file, extra):
     run("train", "--corpus", text_file, *RESUME_ARGS, *extra, "--out", "full", cwd=tmp_path, check=0)
@@ -164,6 +166,10 @@ def test_resume_after_stop_gives_identical_weights(tmp_path, text_file, extra):
     va = [e["val_ppl"] for e in meta_a["history"]["epochs"]]
     vb = [e["val_ppl"] for e in meta_b["history"]["epochs"]]
     assert va == vb
+    assert [e["lr"] for e in meta_a["history"]["log"]] == [e["lr"] for e in meta_b["history"]["log"]]
+    if "--lr-decay-to" in extra:
+        lrs = [e["lr"] for e in meta_b["history"]["log"]]
+        assert lrs[-1] < 0.5 * lrs[0]                      # the decay acted on both sides of the stop
 
 
 def test_resume_cannot_change_the_run(tmp_path, text_file):

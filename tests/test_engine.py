@@ -43,6 +43,10 @@ CONFIGS = {
     "lstm2+dropout+sequential+sliding+adam": dict(sampling="sequential", bptt=lambda: Truncated(3, "sliding"),
                                                   opt=lambda: optim.Adam(0.01), schedule=None,
                                                   model=dict(cell="lstm", num_layers=2, dropout=0.3)),
+    # sequential + full BPTT + Adam + the cosine decay over the epochs' progress (no time budget: the
+    # progress is step / total steps, so the resumed run must continue the decay from its saved state)
+    "sequential+full+adam+cosine": dict(sampling="sequential", bptt=lambda: Full(), opt=lambda: optim.Adam(0.02),
+                                        schedule=lambda: optim.CosineDecay(0.1, hold=0.2)),
     # a GRU with dropout, random sampling (its state re-initialised every batch)
     "gru+dropout+random+block+sgd": dict(sampling="random", bptt=lambda: Truncated(2), opt=lambda: optim.SGD(0.5),
                                          schedule=None, model=dict(cell="gru", dropout=0.2)),
@@ -244,6 +248,125 @@ def test_plateau_schedule_is_the_word_language_model_rule():
         s2.load_state_dict(dict(s.state_dict(), bad_epochs=-1))
 
 
+# ------------------------------------------------------------------ the cosine decay over the run's progress
+def test_cosine_decay_values_at_given_progress():
+    """lr(p) = base * (f + (1 - f) (1 + cos(pi q)) / 2), q the progress past the hold; the expected values
+    are worked out by hand: cos(pi/4) = 0.70710678, cos(pi/2) = 0."""
+    s = optim.CosineDecay(0.1)
+    assert s.factor(0.0) == 1.0
+    assert s.factor(0.25) == pytest.approx(0.1 + 0.9 * 0.85355339, abs=1e-8)   # (1 + 0.70710678) / 2
+    assert s.factor(0.5) == pytest.approx(0.55, abs=1e-12)
+    assert s.factor(1.0) == pytest.approx(0.1, abs=1e-12)
+    assert s.factor(7.0) == pytest.approx(0.1, abs=1e-12) and s.factor(-1.0) == 1.0       # clamped
+    h = optim.CosineDecay(0.0, hold=0.5)                  # constant for the first half, then the half cosine
+    assert h.factor(0.3) == h.factor(0.5) == 1.0
+    assert h.factor(0.75) == pytest.approx(0.5, abs=1e-12) and h.factor(1.0) == pytest.approx(0.0, abs=1e-12)
+    assert optim.CosineDecay(1.0).factor(0.6) == 1.0    # final 1: a constant rate
+    o = optim.Adam(0.004)
+    assert s.at_progress(0.5, o) == pytest.approx(0.0022, abs=1e-15) and o.lr == pytest.approx(0.0022, abs=1e-15)
+    assert s.base_lr == 0.004                             # taken from the optimizer at the first call
+    for bad in (dict(final=-0.1), dict(final=1.5), dict(hold=1.0), dict(hold=-0.2), dict(base_lr=0)):
+        with pytest.raises(ArgumentError, match=next(iter(bad))):
+            optim.CosineDecay(**{"final": 0.1, **bad})
+    with pytest.raises(ArgumentError, match="progress"):
+        s.at_progress(float("nan"), o)
+
+
+def test_cosine_decay_is_monotone_and_never_goes_back():
+    s = optim.CosineDecay(0.05, hold=0.1)
+    f = [s.factor(p) for p in np.linspace(0, 1, 1001)]
+    assert all(b <= a for a, b in zip(f, f[1:])) and f[0] == 1.0 and f[-1] == pytest.approx(0.05)
+    assert f[500] < f[200] < f[100]                      # it does fall after the hold
+    o = optim.SGD(1.0)
+    s.at_progress(0.6, o)
+    at_06 = o.lr
+    assert s.at_progress(0.3, o) == at_06 and s.progress == 0.6    # a smaller progress holds the rate
+    t = copy.deepcopy(s.state_dict())
+    s2 = optim.CosineDecay()
+    s2.load_state_dict(t)
+    o2 = optim.SGD(123.0)
+    assert s2.at_progress(0.8, o2) == s.at_progress(0.8, o)          # base_lr and progress come from the state
+    with pytest.raises(ArgumentError, match=r"state\['progress'\]"):
+        s2.load_state_dict(dict(t, progress=1.5))
+    with pytest.raises(ArgumentError, match="hold"):
+        s2.load_state_dict({k: v for k, v in t.items() if k != "hold"})
+
+
+def _clocked(monkeypatch, seconds_per_step):
+    """A fake wall clock that advances seconds_per_step at every step (as test_time_budget_...)."""
+    clock = [1000.0]
+    monkeypatch.setattr("fastseq.training.time.monotonic", lambda: clock[0])
+
+    def tick(info):
+        clock[0] += seconds_per_step
+    return tick
+
+
+def test_trainer_decays_over_the_larger_of_time_and_step_progress(monkeypatch):
+    """Each step's rate is base * factor(progress), progress = max(elapsed / budget, step / total steps)."""
+    cfg = CONFIGS["sequential+full+adam+cosine"]
+    # time dominates: 6 s a step against a 60 s budget, while 100 epochs of steps are far away
+    seen = []
+    t = make(cfg, callbacks=[_clocked(monkeypatch, 6.0), lambda info: seen.append(info["lr"])])
+    t.fit(epochs=100, minutes=1.0)
+    assert t.step == 10 and t.stop_reason == "time budget"
+    s = optim.CosineDecay(0.1, hold=0.2)
+    assert seen == pytest.approx([0.02 * s.factor(6.0 * k / 60.0) for k in range(10)], rel=1e-12)
+    assert t.elapsed == 60.0
+    # steps dominate: 3 epochs of 16 steps within a budget of an hour
+    n = len(make(cfg).loader)
+    seen.clear()
+    t = make(cfg, callbacks=[_clocked(monkeypatch, 6.0), lambda info: seen.append(info["lr"])])
+    t.fit(epochs=3, minutes=60.0)
+    assert t.stop_reason == "epochs" and len(seen) == 3 * n
+    assert seen == pytest.approx([0.02 * s.factor(k / (3 * n)) for k in range(3 * n)], rel=1e-12)
+    assert seen[-1] < 0.2 * 0.02                          # it got near the end of the decay
+
+
+def test_resume_continues_the_time_budgets_decay(monkeypatch):
+    """The elapsed training time is in the state: stopped after 4 steps of a 60 s budget and resumed with
+    the 36 s left, the run takes the same rates (and ends with the same weights) as without the stop."""
+    cfg = CONFIGS["sequential+full+adam+cosine"]
+    lrs = []
+    ref = make(cfg, callbacks=[_clocked(monkeypatch, 6.0), lambda info: lrs.append(info["lr"])])
+    ref.fit(epochs=100, minutes=1.0)
+    a_lrs = []
+    a = make(cfg, callbacks=[_clocked(monkeypatch, 6.0), lambda info: a_lrs.append(info["lr"]), stop_at(4)])
+    a.fit(epochs=100, minutes=1.0)
+    state = copy.deepcopy(a.state_dict())
+    assert a.step == 4 and state["elapsed"] == 24.0 and state["version"] == 3
+    b = make(cfg, callbacks=[_clocked(monkeypatch, 6.0), lambda info: a_lrs.append(info["lr"])])
+    b.load_state_dict(state)
+    assert b.elapsed == 24.0
+    b.fit(epochs=100, minutes=0.6)                        # the 36 s left of the budget
+    assert b.step == ref.step == 10
+    assert a_lrs == lrs                                   # bit for bit: the same progress at every step
+    for key, p in ref.model.params.items():
+        np.testing.assert_array_equal(b.model.params[key], p)
+    # A state from before progress schedules (version 2, no 'elapsed') starts the clock at 0.
+    old = {k: v for k, v in state.items() if k != "elapsed"}
+    old["version"] = 2
+    c = make(cfg)
+    c.load_state_dict(old)
+    assert c.elapsed == 0.0
+    with pytest.raises(ArgumentError, match=r"state\['elapsed'\]"):
+        make(cfg).load_state_dict(dict(state, elapsed=-1.0))
+    with pytest.raises(ArgumentError, match=r"state\['elapsed'\]: missing"):
+        make(cfg).load_state_dict(old | {"version": 3})
+
+
+def test_setting_the_rate_rescales_a_progress_schedule():
+    cfg = CONFIGS["sequential+full+adam+cosine"]
+    t = make(cfg)
+    t.fit(1)
+    p = t.schedule.progress
+    assert 0 < p < 1
+    t.lr = 0.5
+    assert t.schedule.base_lr == 0.5
+    t.fit(2)
+    assert t.history[-1]["lr"] == pytest.approx(0.5 * t.schedule.factor(t.schedule.progress), rel=1e-12)
+
+
 def test_trainer_steps_the_schedule_with_the_held_out_loss():
     seen = []
 
@@ -401,7 +524,9 @@ def test_clip_zero_means_no_clipping_as_the_command():
     (lambda s: s["optimizer"]["v"].update(W_hh=-np.ones((8, 8))), "optimizer"),
     (lambda s: s["model"].pop("W_hh"), "model"),
     (lambda s: s.pop("step"), "step"),
-    (lambda s: s.update(version=3), "version"),
+    (lambda s: s.update(version=4), "version"),
+    (lambda s: s.pop("elapsed"), "elapsed"),
+    (lambda s: s.update(elapsed=float("nan")), "elapsed"),
     (lambda s: s.pop("rng"), "rng"),
     (lambda s: s.update(rng={"bit_generator": "PCG64", "state": 5}), "rng"),
 ])

@@ -13,7 +13,7 @@ from .args import UsageError, cleaning, info
 TRAIN_DEFAULTS = dict(
     corpus="pydoc", token="char", cleaning="none", max_tokens=0, cell="lstm", layers=1, dropout=0.0,
     hidden=128, steps=35, batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full",
-    sampling="sequential", dtype="float32", seed=0, val_fraction=0.1,
+    sampling="sequential", dtype="float32", seed=0, val_fraction=0.1, lr_decay_to=1.0, lr_hold=0.0,
 )
 # The main job's cell is the LSTM: it wins the 10-minute quality tables on tinyshakespeare (bench/RESULTS.md:
 # held-out 5.15 against the GRU's 5.53 with half nn.LSTM's CPU time; bench/RESULTS.md) and ends within the main
@@ -26,13 +26,21 @@ CELL_CHOICES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 # at 0.01 in a short budget (nn.LSTM, H=128, 2 minutes on Tiny Shakespeare: held-out 5.75 at 0.01, 6.63 at
 # 0.003, 7.25 at 0.001; bench/RESULTS.md); the plain RNN keeps 0.001 (the main job's documented run).
 CELL_ADAM_LR = {"gru": 0.01, "lstm": 0.01}
+# Adam's rate for a wider model: CELL_ADAM_LR is the rate at H = 128; beyond it the rate shrinks as
+# (128 / H) ** ADAM_LR_WIDTH_POWER. Adam moves every weight by about the rate whatever its gradient's
+# scale, so a unit summing H such moves changes by about H times the rate: the rate must fall with
+# the width for the same change per unit (the width rule of Yang et al., "Tensor Programs V", 2022,
+# is 1 / H for the hidden weights).
+ADAM_LR_BASE_WIDTH = 128
+ADAM_LR_WIDTH_POWER = 0.5
 # `fastseq train` with neither --epochs nor --minutes is the main job: it must show every part (progress,
 # perplexities, n-gram baselines, a sample, a plot) in under a minute on an AVX2-only 2-core machine,
 # where 15 epochs take about 75 s of CPU; a budget keeps it there and costs nothing on faster machines.
 MAIN_JOB_MINUTES = 0.75
 # Settings that define the run; they cannot change on --resume (the learning rate can: fine-tuning).
 RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "cell", "layers", "dropout", "hidden", "steps", "batch",
-            "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction")
+            "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction", "lr_decay_to",
+            "lr_hold")
 DEFAULT_OUT = "fastseq-train"
 
 SMOKE_ENV = "FASTSEQ_SMOKE"
@@ -54,15 +62,36 @@ def smoke(hp):
     return hp
 
 
+def run_minutes(args):
+    """The time budget of a new run: --minutes, else the main job's when neither --epochs nor --minutes
+    is given, else None (the run ends with its epochs)."""
+    minutes = getattr(args, "minutes", None)
+    if minutes is None and getattr(args, "epochs", None) is None:
+        return MAIN_JOB_MINUTES
+    return minutes
+
+
 def hparams_from_args(args):
-    """The settings of a new run: the options given, the defaults for the rest, checked before any work."""
-    from .. import optim
+    """The settings of a new run: the options given, the defaults for the rest, checked before any work.
+
+    With a time budget, the settings the budget decides (fastseq.training.budget_settings: the model's
+    size, the window, dropout, the learning rate's decay) replace TRAIN_DEFAULTS' for every option not
+    given; the learning rate's default then follows the hidden size (default_lr)."""
+    from ..training import budget_settings
 
     cell = cell_of(args)
     hp = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in TRAIN_DEFAULTS.items()}
     hp["cell"] = cell or hp["cell"]
+    hp["minutes"] = run_minutes(args)
+    for k, v in budget_settings(hp["minutes"]).items():
+        if getattr(args, k, None) is None:
+            hp[k] = v
     if hp["lr"] is None:
-        hp["lr"] = default_lr(hp["cell"], hp["optimizer"])
+        hp["lr"] = default_lr(hp["cell"], hp["optimizer"], hp["hidden"])
+    if not 0 <= hp["lr_decay_to"] <= 1:
+        raise UsageError(f"--lr-decay-to: expected a fraction in [0, 1] of --lr, got {hp['lr_decay_to']:g}")
+    if not 0 <= hp["lr_hold"] < 1:
+        raise UsageError(f"--lr-hold: expected a fraction in [0, 1) of the run, got {hp['lr_hold']:g}")
     if hp["lr"] > float(np.finfo(hp["dtype"]).max):
         raise UsageError(f"--lr {hp['lr']:g}: too large for {hp['dtype']} parameters")
     if not 0 <= hp["val_fraction"] < 1:
@@ -71,11 +100,17 @@ def hparams_from_args(args):
     return smoke(hp)
 
 
-def default_lr(cell, optimizer):
-    """The learning rate a run gets without --lr."""
+def default_lr(cell, optimizer, hidden=None):
+    """The learning rate a run gets without --lr: the optimizer's (CELL_ADAM_LR for Adam and a gated
+    cell), times ADAM_LR_WIDTH(hidden) for Adam beyond ADAM_LR_BASE_WIDTH hidden units."""
     from .. import optim
 
-    return CELL_ADAM_LR.get(cell, optim.DEFAULT_LR["adam"]) if optimizer == "adam" else optim.DEFAULT_LR[optimizer]
+    if optimizer != "adam":
+        return optim.DEFAULT_LR[optimizer]
+    lr = CELL_ADAM_LR.get(cell, optim.DEFAULT_LR["adam"])
+    if hidden is not None and hidden > ADAM_LR_BASE_WIDTH:
+        lr *= (ADAM_LR_BASE_WIDTH / hidden) ** ADAM_LR_WIDTH_POWER
+    return lr
 
 
 def cell_of(args):
@@ -90,8 +125,11 @@ def cell_of(args):
 
 def upgrade(hp):
     """The settings of a run saved before cells (issue 11) in today's keys: its 'nonlinearity' is the cell
-    'rnn_' + nonlinearity, one layer, no dropout."""
+    'rnn_' + nonlinearity, one layer, no dropout; one saved before the learning-rate schedule kept its
+    rate constant (lr_decay_to 1)."""
     hp = dict(hp)
+    hp.setdefault("lr_decay_to", 1.0)
+    hp.setdefault("lr_hold", 0.0)
     if "cell" not in hp and "nonlinearity" in hp:
         hp["cell"] = "rnn_" + str(hp.pop("nonlinearity"))
         hp.setdefault("layers", 1)
@@ -146,8 +184,10 @@ def trainer(hp, model, train_ids, val_ids, callbacks=(), progress=False):
     from .. import optim
     from ..training import Trainer
 
+    decay = hp.get("lr_decay_to", 1.0)
     return Trainer(model, loader(hp, train_ids), optim.from_spec(hp["optimizer"], hp["lr"]), bptt=strategy(hp),
                    clip=hp["clip"] or None, val_ids=val_ids if len(val_ids) >= 2 else None,
+                   schedule=optim.CosineDecay(decay, hp.get("lr_hold", 0.0)) if decay < 1 else None,
                    callbacks=callbacks, progress=progress)
 
 

@@ -5,7 +5,7 @@ import time
 
 from ..errors import FastseqError
 from ..optim import DEFAULT_LR
-from ..training import Callback, DivergenceError, TrainingInterrupted
+from ..training import BUDGET_SETTINGS, Callback, DivergenceError, TrainingInterrupted
 from . import plots, runs
 from .args import (CLEANING_CHOICES, UsageError, add_common, finite, fraction, info, int_at_least, optional_import,
                    orders, print_json, sub, training_threads)
@@ -33,9 +33,19 @@ CELL_NOTE
 --clip: global-norm gradient clipping (Dive into Deep Learning, "Recurrent Neural
 Network Implementation from Scratch").
 
+A time budget (--minutes M, or the main job's 45 s) chooses the model for every option
+of these not given: a longer budget trains more tokens, so it affords a larger model.
+BUDGET_NOTE
+Without --lr, Adam's rate is the cell's at H=128 times sqrt(128/H) beyond it. The decay
+is the cosine schedule of Dive into Deep Learning, chapter 12, "Learning Rate Scheduling"
+(Loshchilov & Hutter, SGDR, 2017): from --lr to --lr-decay-to times it, over the larger
+of elapsed/budget and step/(all epochs' steps). Without a budget (--epochs only) the
+options' own defaults hold and the rate is constant. Options given are taken as they are.
+
 Ctrl-C stops cleanly: the last complete checkpoint stays in the run folder and
 `fastseq train --resume DIR` continues the same run (same data order, same
-random draws), ending with the same weights as an uninterrupted run.
+random draws), ending with the same weights as an uninterrupted run (unless the
+rate decays over a time budget: the decay follows the clock, which no rerun repeats).
 Without --out, each run gets a new folder: fastseq-train, fastseq-train-2, ...
 """
 
@@ -46,23 +56,45 @@ def cell_defaults_note():
             f"but {lr}.")
 
 
+def budget_note():
+    """The settings a time budget chooses, in words (--help, docs/COMMANDS.md): BUDGET_SETTINGS."""
+    rows = []
+    for i, (start, s) in enumerate(BUDGET_SETTINGS):
+        end = BUDGET_SETTINGS[i + 1][0] if i + 1 < len(BUDGET_SETTINGS) else None
+        when = f"under {end:g} min" if start == 0 else (f"{start:g}-{end:g} min" if end else f"{start:g} min or more")
+        layers = f", --layers {s['layers']}" if s["layers"] > 1 else ""
+        drop = f", dropout {s['dropout']:g}" if s["dropout"] else ""
+        decay = f"rate decaying to {s['lr_decay_to']:g}x" if s["lr_decay_to"] < 1 else "constant rate"
+        rows.append(f"  {when:>15}: --hidden {s['hidden']}{layers}, --steps {s['steps']}{drop}, {decay}")
+    return "\n".join(rows)
+
+
 def add_parsers(subparsers, corpora):
     t = sub(subparsers, "train", "train an RNN language model, with progress, held-out perplexity, an n-gram "
-            "baseline, a sample and a plot", EXAMPLES_TRAIN.replace("CELL_NOTE", cell_defaults_note()))
+            "baseline, a sample and a plot", EXAMPLES_TRAIN.replace("CELL_NOTE", cell_defaults_note())
+            .replace("BUDGET_NOTE", budget_note()))
     d = TRAIN_DEFAULTS
     t.add_argument("--corpus", help=f"a corpus name ({corpora}) or a text file (default: {d['corpus']}, offline)")
     t.add_argument("--token", choices=("char", "word"), help=f"token unit (default: {d['token']})")
     t.add_argument("--cleaning", choices=CLEANING_CHOICES, help="line cleaning (default: none)")
     t.add_argument("--max-tokens", type=int_at_least(0),
                    help=f"use only the first N tokens, 0 for all (default: {d['max_tokens']:,})")
-    t.add_argument("--hidden", type=int_at_least(1), help=f"hidden units H (default: {d['hidden']})")
-    t.add_argument("--steps", type=int_at_least(1), help=f"time steps T per batch (default: {d['steps']})")
+    by_budget = "; with a time budget, the budget's: see below"
+    t.add_argument("--hidden", type=int_at_least(1), help=f"hidden units H (default: {d['hidden']}{by_budget})")
+    t.add_argument("--steps", type=int_at_least(1),
+                   help=f"time steps T per batch (default: {d['steps']}{by_budget})")
     t.add_argument("--batch", type=int_at_least(1), help=f"batch size B (default: {d['batch']})")
     t.add_argument("--optimizer", choices=("sgd", "adam"), help=f"optimizer (default: {d['optimizer']})")
     t.add_argument("--lr", type=finite(0), help="learning rate (default: "
                    + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + "; Adam's is "
                    + ", ".join(f"{v:g} for {c}" for c, v in CELL_ADAM_LR.items()) + "); with --resume it may "
                    "change, e.g. lower for fine-tuning")
+    t.add_argument("--lr-decay-to", type=finite(0, lo_open=False), metavar="F",
+                   help="the learning rate decays along a half cosine from --lr to F times it over the run "
+                        "(its progress: the larger of the time budget's and the epochs'); 1 keeps it "
+                        f"constant (default: {d['lr_decay_to']:g}{by_budget})")
+    t.add_argument("--lr-hold", type=finite(0, lo_open=False), metavar="F",
+                   help=f"the fraction of the run at the full rate before the decay starts (default: {d['lr_hold']:g})")
     t.add_argument("--clip", type=finite(0, lo_open=False),
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")
     t.add_argument("--epochs", type=int_at_least(1), help=f"epochs (default: {d['epochs']})")
@@ -74,8 +106,9 @@ def add_parsers(subparsers, corpora):
                    help="minibatches: sequential (state carries over) or random (default: sequential)")
     t.add_argument("--cell", choices=CELL_CHOICES, help=f"recurrent cell (default: {d['cell']}); supersedes "
                    "--nonlinearity")
-    t.add_argument("--layers", type=int_at_least(1), help=f"stacked layers L (default: {d['layers']})")
-    t.add_argument("--dropout", type=fraction, help=f"dropout probability P in training (default: {d['dropout']:g})")
+    t.add_argument("--layers", type=int_at_least(1), help=f"stacked layers L (default: {d['layers']}{by_budget})")
+    t.add_argument("--dropout", type=fraction,
+                   help=f"dropout probability P in training (default: {d['dropout']:g}{by_budget})")
     t.add_argument("--nonlinearity", choices=("tanh", "relu"),
                    help="phi of the plain RNN, the older spelling of --cell rnn_tanh / rnn_relu")
     t.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default: float32)")
@@ -153,6 +186,12 @@ def _threads(args, backend):
     return f", {args.threads} thread{'s' if args.threads > 1 else ''}" if backend == "cpp" else ""
 
 
+def _decay(hp):
+    """' decaying to X (cosine)' when the run's learning rate follows the schedule."""
+    f = hp.get("lr_decay_to", 1.0)
+    return f" decaying to {hp['lr'] * f:g} (cosine over the run)" if f < 1 else ""
+
+
 def _progress(args):
     """A progress bar unless --no-progress; without tqdm, say once how to get one."""
     if args.no_progress:
@@ -185,7 +224,9 @@ def _setup(args):
             raise UsageError(f"--resume {args.resume}: the run has finished its {done} epochs; "
                              f"extend it with --epochs N (N > {done})")
         if args.lr is not None and args.lr != hp["lr"]:
-            info(args, f"learning rate {args.lr:g} from here on (the run used {tr.lr:g})")
+            info(args, f"learning rate {args.lr:g} from here on (the run used {tr.lr:g})" if tr.schedule is None
+                 else f"learning rate {args.lr:g} from here on, times the decay's {tr.schedule.factor(tr.schedule.progress):.3g} "
+                      f"at this point of the run (the run used {tr.lr:g})")
             tr.lr = hp["lr"] = args.lr
         return hp, vocab, train_ids, val_ids, tr, args.out or args.resume
     hp = runs.hparams_from_args(args)
@@ -213,14 +254,14 @@ def cmd_train(args):
     layers = f" x {hp['layers']} layers" if hp["layers"] > 1 else ""
     drop = f", dropout {hp['dropout']:g}" if hp["dropout"] else ""
     info(args, f"model RNNLM V={len(vocab)} H={hp['hidden']} {hp['cell']}{layers}{drop} {hp['dtype']} "
-               f"on {tr.model.backend}{_threads(args, tr.model.backend)}; {hp['optimizer']} lr {tr.lr:g}, clip {hp['clip']:g}, "
+               f"on {tr.model.backend}{_threads(args, tr.model.backend)}; {hp['optimizer']} lr {tr.lr:g}{_decay(hp)}, clip {hp['clip']:g}, "
                f"bptt {hp['bptt']}, batch {hp['batch']} x {hp['steps']} steps, "
                f"{hp['epochs']} epochs of {len(tr.loader)} steps")
     if args.resume:
         info(args, f"resuming {args.resume} at step {tr.step} (epoch {tr.epoch + 1}, batch {tr.batch})")
-    minutes = args.minutes
-    if minutes is None and args.epochs is None and not args.resume:
-        minutes = MAIN_JOB_MINUTES   # the main job: see runs.MAIN_JOB_MINUTES
+    minutes = args.minutes if args.resume else hp["minutes"]
+    if args.minutes is None and args.epochs is None and not args.resume:
+        # the main job: see runs.MAIN_JOB_MINUTES
         info(args, f"training for {hp['epochs']} epochs or {minutes * 60:g} s, whichever comes first "
                    "(--epochs N or --minutes M to choose)")
     t_start = time.perf_counter()

@@ -294,6 +294,17 @@ def machine_line():
             f"Python {platform.python_version()}")
 
 
+def finish_report(lines, load0, path):
+    """The report's last line (the load average at its start and end), written to path if given."""
+    lines.append(f"Load average (1, 5, 15 min) at start {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, "
+                 f"at end {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores).")
+    text = "\n".join(lines) + "\n"
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+    return text
+
+
 def report(path=None):
     lines = []
     say = lines.append
@@ -385,13 +396,7 @@ def report(path=None):
     say(f"Each character reads W_hh and W_hq ({weights / 1e6:.2f} MB); the best C++ time streams them at "
         f"{weights / (c / GEN_N) / 1e9:.0f} GB/s.")
     say("")
-    say(f"Load average (1, 5, 15 min) at start {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, "
-        f"at end {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores).")
-    text = "\n".join(lines) + "\n"
-    if path:
-        with open(path, "w") as f:
-            f.write(text)
-    return text
+    return finish_report(lines, load0, path)
 
 
 # ----------------------------------------------------------------------------- gated cells (issue 11)
@@ -573,13 +578,7 @@ def cells_report(path=None):
         say(row)
         print(row, flush=True)
     say("")
-    say(f"Load average (1, 5, 15 min) at start {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, "
-        f"at end {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores).")
-    text = "\n".join(lines) + "\n"
-    if path:
-        with open(path, "w") as f:
-            f.write(text)
-    return text
+    return finish_report(lines, load0, path)
 
 
 def cell_step_flops(cell, H, L):
@@ -626,13 +625,7 @@ def roofline_report(path=None):
     say("")
     say("sgemm 2048 (OpenBLAS, best over the run): " + ", ".join(
         f"{n} thread{'s' if n > 1 else ''} {2 * 2048**3 / mm[('sgemm', n)] / 1e9:.1f} GFLOP/s" for n in (1, 2)))
-    say(f"Load average (1, 5, 15 min) at start {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, "
-        f"at end {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores).")
-    text = "\n".join(lines) + "\n"
-    if path:
-        with open(path, "w") as f:
-            f.write(text)
-    return text
+    return finish_report(lines, load0, path)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,33 @@ void pack_b(int K, int N, const T* B, idx ldb, bool trans, T* out) {
     }
 }
 
+// out[0, w) = row (+ out when acc): one row of a register tile of NV vectors, w <= NV lanes of
+// it valid. All lanes valid: vector stores (an element loop cost a fifth of the kernel).
+template <typename T, int VB, int NV>
+FASTSEQ_INLINE void store_row(const typename Vec<T, VB>::type* row, T* out, int w, bool acc) {
+    using V = typename Vec<T, VB>::type;
+    constexpr int L = VB / int(sizeof(T));
+    if (w == NV * L) {
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) {
+            V o = row[v];
+            if (acc) {
+                V x;
+                std::memcpy(&x, out + v * L, sizeof(V));
+                o += x;
+            }
+            std::memcpy(out + v * L, &o, sizeof(V));
+        }
+        return;
+    }
+    T tmp[NV * L];
+    std::memcpy(tmp, row, sizeof(tmp));
+    if (acc)
+        for (int j = 0; j < w; ++j) out[j] += tmp[j];
+    else
+        for (int j = 0; j < w; ++j) out[j] = tmp[j];
+}
+
 // C (M x N, ldc) = op(A) (M x K) Bp (+ C when acc). ta: A is stored K x M
 // (op(A) = A^T), row stride lda. A tile is MR rows x one panel (NR columns in
 // NR*sizeof(T)/VB vectors); rows past M read row M-1 again (never out of
@@ -105,28 +132,7 @@ FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const
                     for (int v = 0; v < NV; ++v) c[i][v] += av * bv[v];
                 }
             }
-            for (int i = 0; i < mr; ++i) {
-                T* out = C + idx(i0 + i) * ldc + p0;
-                if (w == W) {  // a whole panel: vector stores (the element loop cost a fifth of the kernel)
-#pragma GCC unroll 16
-                    for (int v = 0; v < NV; ++v) {
-                        V o = c[i][v];
-                        if (acc) {
-                            V x;
-                            std::memcpy(&x, out + v * L, sizeof(V));
-                            o += x;
-                        }
-                        std::memcpy(out + v * L, &o, sizeof(V));
-                    }
-                    continue;
-                }
-                T tmp[W];
-                std::memcpy(tmp, c[i], sizeof(tmp));
-                if (acc)
-                    for (int j = 0; j < w; ++j) out[j] += tmp[j];
-                else
-                    for (int j = 0; j < w; ++j) out[j] = tmp[j];
-            }
+            for (int i = 0; i < mr; ++i) store_row<T, VB, NV>(c[i], C + idx(i0 + i) * ldc + p0, w, acc);
         }
     }
 }
@@ -159,28 +165,7 @@ FASTSEQ_INLINE void tile_pb(int K, const T* A, idx lda, int i0, const T* bp, int
         }
     }
     const int c0 = vo * L, wv = std::min(w - c0, NVU * L);  // valid columns of this tile
-    for (int i = 0; i < MR; ++i) {
-        T* out = C + idx(i0 + i) * ldc + c0;
-        if (wv == NVU * L) {
-#pragma GCC unroll 16
-            for (int v = 0; v < NVU; ++v) {
-                V o = c[i][v];
-                if (acc) {
-                    V x;
-                    std::memcpy(&x, out + v * L, sizeof(V));
-                    o += x;
-                }
-                std::memcpy(out + v * L, &o, sizeof(V));
-            }
-            continue;
-        }
-        T tmp[NVU * L];
-        std::memcpy(tmp, c[i], sizeof(tmp));
-        if (acc)
-            for (int j = 0; j < wv; ++j) out[j] += tmp[j];
-        else
-            for (int j = 0; j < wv; ++j) out[j] = tmp[j];
-    }
+    for (int i = 0; i < MR; ++i) store_row<T, VB, NVU>(c[i], C + idx(i0 + i) * ldc + c0, wv, acc);
 }
 
 // The same product as gemm_pb_impl for a 16-register ISA (AVX2), with tiles

@@ -481,6 +481,14 @@ def torch_cell_step(cell, H, L, inp):
     return step
 
 
+def cell_step_cases(cell, H, L):
+    """best_times' cases of one gated-cell row: C++ on 1 and 2 threads, PyTorch on each input and thread count."""
+    cases = {("cpp", n): (n, fastseq_cell_step(cell, H, L)) for n in (1, 2)}
+    cases.update({("torch", inp, n): (n, torch_cell_step(cell, H, L, inp))
+                  for inp in ("onehot", "embedding") for n in TORCH_THREADS})
+    return cases
+
+
 def fastseq_cell_generate(cell, H, n):
     from fastseq.ops import CppOps
     ops = CppOps()
@@ -550,9 +558,7 @@ def cells_report(path=None):
     for cell in [c for c in ("gru", "lstm") if c in BENCH_CELLS]:
         for L in (1, 2):
             for H in CELL_HS:
-                cases = {("cpp", n): (n, fastseq_cell_step(cell, H, L)) for n in (1, 2)}
-                cases.update({("torch", inp, n): (n, torch_cell_step(cell, H, L, inp))
-                              for inp in ("onehot", "embedding") for n in TORCH_THREADS})
+                cases = cell_step_cases(cell, H, L)
                 t = best_times(cases, rounds=3, min_round=0.1)
                 cpp = fastest(t, "cpp")
                 tb = fastest(t, "torch")
@@ -606,9 +612,7 @@ def roofline_report(path=None):
     for cell in [c for c in ("gru", "lstm") if c in BENCH_CELLS]:
         for L in (1, 2):
             for H in CELL_HS:
-                cases = {("cpp", n): (n, fastseq_cell_step(cell, H, L)) for n in (1, 2)}
-                cases.update({("torch", inp, n): (n, torch_cell_step(cell, H, L, inp))
-                              for inp in ("onehot", "embedding") for n in TORCH_THREADS})
+                cases = cell_step_cases(cell, H, L)
                 cases.update({("sgemm", n): (n, sgemm()) for n in (1, 2)})
                 t = best_times(cases, rounds=3, min_round=0.1)
                 for n in (1, 2):

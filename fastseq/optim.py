@@ -201,8 +201,6 @@ class CosineDecay:
     the first call unless given; ``state_dict`` holds it and the progress reached.
     """
 
-    per_step = True
-
     def __init__(self, final=0.05, hold=0.0, base_lr=None):
         self.final = check_real("final", final, lo=0, hi=1)
         self.hold = check_real("hold", hold, lo=0, hi=1, hi_open=True)

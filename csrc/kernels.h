@@ -95,57 +95,21 @@ FASTSEQ_INLINE void store_row(const typename Vec<T, VB>::type* row, T* out, int 
         for (int j = 0; j < w; ++j) out[j] = tmp[j];
 }
 
-// C (M x N, ldc) = op(A) (M x K) Bp (+ C when acc). ta: A is stored K x M
-// (op(A) = A^T), row stride lda. A tile is MR rows x one panel (NR columns in
-// NR*sizeof(T)/VB vectors); rows past M read row M-1 again (never out of
-// bounds) and are not stored.
-template <typename T, int VB, int MR, bool TA>
-FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const T* Bp, T* C, idx ldc, bool acc) {
-    using V = typename Vec<T, VB>::type;
-    constexpr int W = NR<T>, L = VB / int(sizeof(T)), NV = W / L;
-    for (int p0 = 0; p0 < N; p0 += W) {
-        const int w = std::min(W, N - p0);
-        const T* bp = Bp + idx(p0 / W) * K * W;
-        for (int i0 = 0; i0 < M; i0 += MR) {
-            const int mr = std::min(MR, M - i0);
-            const T* a[MR];
-#pragma GCC unroll 16
-            for (int i = 0; i < MR; ++i) {
-                const int row = i0 + std::min(i, mr - 1);
-                a[i] = TA ? A + row : A + idx(row) * lda;
-            }
-            V c[MR][NV];
-#pragma GCC unroll 16
-            for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 16
-                for (int v = 0; v < NV; ++v) c[i][v] = V{};
-            const T* b = bp;
-            for (int k = 0; k < K; ++k, b += W) {
-                V bv[NV];
-#pragma GCC unroll 16
-                for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + v * L, sizeof(V));
-                const idx ka = TA ? idx(k) * lda : k;
-#pragma GCC unroll 16
-                for (int i = 0; i < MR; ++i) {
-                    const T av = a[i][ka];
-#pragma GCC unroll 16
-                    for (int v = 0; v < NV; ++v) c[i][v] += av * bv[v];
-                }
-            }
-            for (int i = 0; i < mr; ++i) store_row<T, VB, NV>(c[i], C + idx(i0 + i) * ldc + p0, w, acc);
-        }
-    }
-}
-
-// One register tile for gemm_pb_rows: MR rows x NVU vectors starting at vector
-// vo of a panel (w valid columns of the panel, counted from its start).
+// One register tile of C = op(A) Bp (+ C when acc): MR rows from row i0 x NVU
+// vectors from vector vo of a panel bp (w valid columns of the panel, counted
+// from its start). Only the first mr <= MR rows are real: the rest read row
+// i0 + mr - 1 again (never out of bounds) and are not stored.
 template <typename T, int VB, int MR, int NVU, bool TA>
-FASTSEQ_INLINE void tile_pb(int K, const T* A, idx lda, int i0, const T* bp, int vo, T* C, idx ldc, int w, bool acc) {
+FASTSEQ_INLINE void tile_pb(int K, const T* A, idx lda, int i0, int mr, const T* bp, int vo, T* C, idx ldc, int w,
+                            bool acc) {
     using V = typename Vec<T, VB>::type;
     constexpr int W = NR<T>, L = VB / int(sizeof(T));
     const T* a[MR];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) a[i] = TA ? A + (i0 + i) : A + idx(i0 + i) * lda;
+    for (int i = 0; i < MR; ++i) {
+        const int row = i0 + std::min(i, mr - 1);
+        a[i] = TA ? A + row : A + idx(row) * lda;
+    }
     V c[MR][NVU];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
@@ -165,7 +129,21 @@ FASTSEQ_INLINE void tile_pb(int K, const T* A, idx lda, int i0, const T* bp, int
         }
     }
     const int c0 = vo * L, wv = std::min(w - c0, NVU * L);  // valid columns of this tile
-    for (int i = 0; i < MR; ++i) store_row<T, VB, NVU>(c[i], C + idx(i0 + i) * ldc + c0, wv, acc);
+    for (int i = 0; i < mr; ++i) store_row<T, VB, NVU>(c[i], C + idx(i0 + i) * ldc + c0, wv, acc);
+}
+
+// C (M x N, ldc) = op(A) (M x K) Bp (+ C when acc). ta: A is stored K x M
+// (op(A) = A^T), row stride lda. Tiles of MR rows x one whole panel (NR
+// columns in NR*sizeof(T)/VB vectors).
+template <typename T, int VB, int MR, bool TA>
+FASTSEQ_INLINE void gemm_pb_impl(int M, int N, int K, const T* A, idx lda, const T* Bp, T* C, idx ldc, bool acc) {
+    constexpr int W = NR<T>, L = VB / int(sizeof(T)), NV = W / L;
+    for (int p0 = 0; p0 < N; p0 += W) {
+        const int w = std::min(W, N - p0);
+        const T* bp = Bp + idx(p0 / W) * K * W;
+        for (int i0 = 0; i0 < M; i0 += MR)
+            tile_pb<T, VB, MR, NV, TA>(K, A, lda, i0, std::min(MR, M - i0), bp, 0, C + p0, ldc, w, acc);
+    }
 }
 
 // The same product as gemm_pb_impl for a 16-register ISA (AVX2), with tiles
@@ -188,13 +166,14 @@ FASTSEQ_INLINE void gemm_pb_rows(int M, int N, int K, const T* A, idx lda, const
         T* cp = C + p0;
         for (int h = 0; h < 2; ++h) {
             if (h * HV * L >= w) break;  // the panel's second half is all padding
-            for (int i0 = 0; i0 < full; i0 += 6) tile_pb<T, VB, 6, HV, TA>(K, A, lda, i0, bp, h * HV, cp, ldc, w, acc);
-            if (rem == 5) tile_pb<T, VB, 5, HV, TA>(K, A, lda, full, bp, h * HV, cp, ldc, w, acc);
-            if (rem == 4) tile_pb<T, VB, 4, HV, TA>(K, A, lda, full, bp, h * HV, cp, ldc, w, acc);
+            for (int i0 = 0; i0 < full; i0 += 6)
+                tile_pb<T, VB, 6, HV, TA>(K, A, lda, i0, 6, bp, h * HV, cp, ldc, w, acc);
+            if (rem == 5) tile_pb<T, VB, 5, HV, TA>(K, A, lda, full, 5, bp, h * HV, cp, ldc, w, acc);
+            if (rem == 4) tile_pb<T, VB, 4, HV, TA>(K, A, lda, full, 4, bp, h * HV, cp, ldc, w, acc);
         }
-        if (rem == 3) tile_pb<T, VB, 3, NV, TA>(K, A, lda, full, bp, 0, cp, ldc, w, acc);
-        if (rem == 2) tile_pb<T, VB, 2, NV, TA>(K, A, lda, full, bp, 0, cp, ldc, w, acc);
-        if (rem == 1) tile_pb<T, VB, 1, NV, TA>(K, A, lda, full, bp, 0, cp, ldc, w, acc);
+        if (rem == 3) tile_pb<T, VB, 3, NV, TA>(K, A, lda, full, 3, bp, 0, cp, ldc, w, acc);
+        if (rem == 2) tile_pb<T, VB, 2, NV, TA>(K, A, lda, full, 2, bp, 0, cp, ldc, w, acc);
+        if (rem == 1) tile_pb<T, VB, 1, NV, TA>(K, A, lda, full, 1, bp, 0, cp, ldc, w, acc);
     }
 }
 

@@ -16,7 +16,8 @@ process (all its threads: the kernel's two threads count twice):
     engine      the rest of the Trainer's loop (divergence and finiteness checks, accumulators, callbacks)
 
 and, once each, the costs that come every epoch (the held-out evaluation) or every 30 s (the command's
-checkpoint), spread over the steps of an epoch and of 30 s. The optimizer's two backends (the NumPy
+checkpoint), spread over the steps of an epoch and of 30 s; and bench_rnn.py's kernel-only step of the
+same cell and size (the roofline's row) in the same run. The optimizer's two backends (the NumPy
 reference and the fused C++ update, bit-equal) take turns on the same trainer, round by round, so the
 machine's load hits both alike.
 
@@ -143,6 +144,7 @@ def measure(steps=10, rounds=3, threads=2):
             for k in clock.wall:
                 sums[backend].add(k, clock.wall[k], clock.cpu[k])
             counted[backend] += steps
+    kernel_only = _kernel_only(hp, rounds * steps)
     w, c = time.perf_counter(), time.process_time()
     evaluate(tr.model, val_ids, tr.eval_batch_size, tr.eval_steps)
     evaluation = (time.perf_counter() - w, time.process_time() - c)
@@ -152,7 +154,21 @@ def measure(steps=10, rounds=3, threads=2):
         checkpoint.save(d, tr.model, vocab, hp, step=tr.step, resume=tr.state_dict(),
                         history={"epochs": tr.history, "log": tr.log})
         saving = (time.perf_counter() - w, time.process_time() - c)
-    return {b: table(sums[b], counted[b]) for b in sums}, evaluation, saving, len(tr.loader), hp
+    return {b: table(sums[b], counted[b]) for b in sums}, evaluation, saving, kernel_only, len(tr.loader), hp
+
+
+def _kernel_only(hp, n):
+    """(wall, cpu) ms of bench_rnn.py's kernel-only step of the same cell and size (the roofline's row: no
+    dropout, clip and a plain SGD update), the mean of n in this run."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_rnn
+
+    step = bench_rnn.fastseq_cell_step(hp["cell"], hp["hidden"], hp["layers"])
+    step()
+    w, c = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - w) / n * 1e3, (time.process_time() - c) / n * 1e3
 
 
 def _steps(tr, n):
@@ -166,7 +182,7 @@ def _steps(tr, n):
         tr.callbacks.pop(0)
 
 
-def report(res, evaluation, saving, epoch_steps, hp, threads, steps, rounds):
+def report(res, evaluation, saving, kernel_only, epoch_steps, hp, threads, steps, rounds):
     per, lines = res, []
     machine = f"{os.uname().machine}, {os.cpu_count()} cores, {fastseq._core.build_info()['compiler']}"
     lines.append(f"10-minute recipe: {hp['cell']} H={hp['hidden']} L={hp['layers']} T={hp['steps']} "
@@ -192,7 +208,9 @@ def report(res, evaluation, saving, epoch_steps, hp, threads, steps, rounds):
         wall = t["step"][0] + ev[0] + ck[0]
         lines.append(f"- {name}: {1e3 / wall:.2f} steps/s with the periodic costs (step {t['step'][0]:.1f} ms "
                      f"wall, {t['step'][1]:.1f} ms CPU); the step is {t['step'][0] / t['kernel'][0]:.3f}x the "
-                     f"kernel's wall time ({t['kernel'][0]:.1f} ms), {t['step'][1] / t['kernel'][1]:.3f}x its CPU time")
+                     f"kernel's wall time ({t['kernel'][0]:.1f} ms), {t['step'][1] / t['kernel'][1]:.3f}x its CPU time; "
+                     f"with the periodic costs {wall / kernel_only[0]:.3f}x bench_rnn's kernel-only step "
+                     f"({kernel_only[0]:.1f} ms wall, {kernel_only[1]:.1f} ms CPU, the same run)")
     lines.append(f"- fused / NumPy Adam: optimizer {b['optimizer'][1] / a['optimizer'][1]:.3f}x CPU, "
                  f"step {b['step'][1] / a['step'][1]:.3f}x CPU, {b['step'][0] / a['step'][0]:.3f}x wall")
     return "\n".join(lines) + "\n"

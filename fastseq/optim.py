@@ -96,6 +96,9 @@ class Adam:
         for k, p in params.items():
             if k not in self.m:
                 self.m[k], self.v[k] = np.zeros(p.shape), np.zeros(p.shape)
+            elif self.m[k].shape != p.shape:      # moments loaded from another model's state
+                raise ArgumentError(f"params[{k!r}]: shape {p.shape}, but its Adam moments (state_dict) have "
+                                    f"shape {self.m[k].shape}")
             _update(self.backend, p, grads[k], self.m[k], self.v[k], self.lr, b1, b2, c1, c2, self.eps)
 
     def state_dict(self):

@@ -143,6 +143,18 @@ def test_adam_backend_is_checked():
         optim.Adam(backend="torch")
 
 
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+def test_adam_moments_of_another_shape_are_named(backend):
+    a = optim.Adam(0.1)
+    a.step({"w": np.ones(4)}, {"w": np.ones(4)})
+    b = optim.Adam(0.1, backend=backend)
+    b.load_state_dict(a.state_dict())
+    p = {"w": np.ones(5)}
+    with pytest.raises(ArgumentError, match=r"params\['w'\]: shape \(5,\), but its Adam moments"):
+        b.step(p, {"w": np.ones(5)})
+    np.testing.assert_array_equal(p["w"], 1.0)
+
+
 def _ok():
     p = np.ones(10, np.float32)
     return [p, np.ones(10, np.float32), np.zeros(10), np.zeros(10), 0.1, 0.9, 0.999, 0.1, 0.001, 1e-8]

@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <vector>
@@ -125,13 +126,18 @@ py::array adam_array(const py::handle& obj, const char* name, const py::dtype& d
     return a;
 }
 
+std::string num(double x) {  // %g: 1e-08, not to_string's 0.000000
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", x);
+    return b;
+}
+
 // A hyperparameter in [lo, hi] (each end open when asked), finite.
 double adam_hyper(const py::handle& o, const char* name, double lo, bool lo_open, double hi, bool hi_open) {
     const double x = fastseq::real_arg(o, name);
     if (!std::isfinite(x) || x < lo || (lo_open && x == lo) || x > hi || (hi_open && x == hi))
         throw fastseq::ArgumentError(std::string(name) + ": expected a finite number in " + (lo_open ? "(" : "[") +
-                                     std::to_string(lo) + ", " + (std::isinf(hi) ? "inf" : std::to_string(hi)) +
-                                     (hi_open ? ")" : "]") + ", got " + std::to_string(x));
+                                     num(lo) + ", " + num(hi) + (hi_open ? ")" : "]") + ", got " + num(x));
     return x;
 }
 

@@ -4,7 +4,7 @@
 //     m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2;   p <- p - lr (m / c1) / (sqrt(v / c2) + eps)
 // with c1 = 1 - b1^t, c2 = 1 - b2^t (the bias corrections of step t), the moments in double whatever
 // the parameter's type, and the step rounded to the parameter's type before it is subtracted.
-// Contract: n contiguous elements in each array, no two of p, m, v overlapping, hyperparameters
+// Contract: n contiguous elements in each array, no two of p, g, m, v overlapping, hyperparameters
 // checked by the caller (csrc/module.cpp).
 #pragma once
 #include <algorithm>

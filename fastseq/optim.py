@@ -90,15 +90,16 @@ class Adam:
 
     def step(self, params, grads):
         _check_pair(params, grads)
+        for k, p in params.items():               # before anything changes
+            if k in self.m and self.m[k].shape != p.shape:     # moments loaded from another model's state
+                raise ArgumentError(f"params[{k!r}]: shape {p.shape}, but its Adam moments (state_dict) have "
+                                    f"shape {self.m[k].shape}")
         b1, b2 = self.betas
         self.t += 1
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for k, p in params.items():
             if k not in self.m:
                 self.m[k], self.v[k] = np.zeros(p.shape), np.zeros(p.shape)
-            elif self.m[k].shape != p.shape:      # moments loaded from another model's state
-                raise ArgumentError(f"params[{k!r}]: shape {p.shape}, but its Adam moments (state_dict) have "
-                                    f"shape {self.m[k].shape}")
             _update(self.backend, p, grads[k], self.m[k], self.v[k], self.lr, b1, b2, c1, c2, self.eps)
 
     def state_dict(self):
@@ -135,10 +136,11 @@ class Adam:
 
 
 def _fused(p, g):
-    """Whether the C++ update takes p and g as they are: both C-contiguous, aligned, of one float dtype."""
+    """Whether the C++ update takes p and g as they are: both C-contiguous, aligned, of one float dtype,
+    in separate memory."""
     return (isinstance(p, np.ndarray) and isinstance(g, np.ndarray) and p.dtype == g.dtype
             and p.dtype in (np.float32, np.float64) and p.flags.c_contiguous and g.flags.c_contiguous
-            and p.flags.aligned and g.flags.aligned and p.flags.writeable)
+            and p.flags.aligned and g.flags.aligned and p.flags.writeable and not np.may_share_memory(p, g))
 
 
 def _update(backend, p, g, m, v, lr, b1, b2, c1, c2, eps):

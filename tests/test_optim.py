@@ -133,6 +133,9 @@ def test_adam_takes_arrays_the_kernel_cannot_through_the_reference():
         b.step(copy, {"w": g})
     np.testing.assert_array_equal(view["w"], copy["w"])
     np.testing.assert_array_equal(base[:, ::2], copy["w"])      # the view was updated in place
+    same = np.ones(4, np.float32)                    # the gradient is the parameter: the reference takes it
+    optim.Adam(0.1).step({"w": same}, {"w": same})
+    np.testing.assert_allclose(same, 1 - 0.1 / (1 + 1e-8), rtol=1e-7)
     p64 = {"w": np.ones(5)}
     optim.Adam(0.1).step(p64, {"w": np.ones(5, dtype=np.float32)})     # float32 grads of a float64 parameter
     np.testing.assert_allclose(p64["w"], 1 - 0.1 / (1 + 1e-8), rtol=1e-15)    # the first step: lr g / (|g| + eps)
@@ -149,10 +152,12 @@ def test_adam_moments_of_another_shape_are_named(backend):
     a.step({"w": np.ones(4)}, {"w": np.ones(4)})
     b = optim.Adam(0.1, backend=backend)
     b.load_state_dict(a.state_dict())
-    p = {"w": np.ones(5)}
+    p = {"a": np.ones(3), "w": np.ones(5)}
+    b.m["a"], b.v["a"] = np.zeros(3), np.zeros(3)
     with pytest.raises(ArgumentError, match=r"params\['w'\]: shape \(5,\), but its Adam moments"):
-        b.step(p, {"w": np.ones(5)})
-    np.testing.assert_array_equal(p["w"], 1.0)
+        b.step(p, {"a": np.ones(3), "w": np.ones(5)})
+    np.testing.assert_array_equal(p["a"], 1.0)           # nothing was updated, not even the parameter before
+    assert b.t == 1
 
 
 def _ok():
@@ -181,7 +186,8 @@ NAMES = ("p", "g", "m", "v", "lr", "b1", "b2", "c1", "c2", "eps")
     (6, float("nan"), r"^b2:"),
     (7, 0.0, r"^c1: expected a finite number in \(0"),
     (8, 1.5, r"^c2:"),
-    (9, 0.0, r"^eps:"),
+    (9, 0.0, r"^eps: expected a finite number in \(0, inf\), got 0$"),
+    (4, -1e-9, r"^lr: expected a finite number in \(0, inf\), got -1e-09$"),
     (9, True, r"^eps: expected a real number, got bool"),
 ])
 def test_adam_update_checks_its_arguments(i, bad, match):

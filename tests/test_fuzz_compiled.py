@@ -358,6 +358,22 @@ def test_fuzz_core_layer_and_clip(data):
         _core.set_num_threads(old)
 
 
+@FUZZ
+@given(st.data())
+def test_fuzz_core_adam_update(data):
+    draw = data.draw
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    shape = draw(st.sampled_from([(0,), (1,), (7,), (3, 5), (70000,)]))
+    p = mutate(draw, rng.normal(size=shape).astype(dtype))
+    g = p if draw(st.integers(0, 9)) == 0 else mutate(draw, rng.normal(size=shape).astype(dtype))   # aliasing
+    m = mutate(draw, np.zeros(shape))
+    v = m if draw(st.integers(0, 9)) == 0 else mutate(draw, np.zeros(shape))
+    hyper = [draw(st.sampled_from([0.5, 1.0, 0.0, -1.0, float("nan"), float("inf"), 1e-300, "1", None, 2**70]))
+             for _ in range(6)]
+    expect_argument_error(lambda: _core.adam_update(p, g, m, v, *hyper))
+
+
 def _cell_params(draw, cell, D, H, L, dtype, rng, V=None):
     G = {"gru": 3, "lstm": 4}.get(cell, 1)
     p = {}

@@ -1290,25 +1290,49 @@ cdef class QueryCore:
 
     cdef double _sentence(self, const char* p, int64_t n, bint bos, bint eos, int64_t* tokens,
                           int64_t* oovs, double* oov_sum) noexcept nogil:
+        """_step over the sentence's words, each next word found and looked up in the vocabulary
+        while the current one's probes are in flight (they wait on memory; the next word's text
+        and id do not depend on them)."""
         cdef int32_t ctx[MAXCTX]
         cdef double bo[MAXCTX]
+        cdef uint64_t key[MAXCTX]
+        cdef uint64_t slot[MAXCTX]
+        cdef int32_t nxt[MAXCTX]
+        cdef double pr[MAXCTX]
+        cdef double bk[MAXCTX]
         cdef const char* e = p + n
         cdef const char* b
         cdef double total = 0, x
-        cdef int32_t w
+        cdef int32_t w, wn = 0
         cdef int length
-        self._start(ctx, bo, bos)
-        while _next_word(&p, e, &b):
+        cdef bint has = _next_word(&p, e, &b), is_word = has
+        if has:
             w = self._index(b, p - b)
-            x = self._step(ctx, bo, w, ctx, bo, &length)
+        elif eos:
+            w = self.eos
+        else:
+            return 0
+        self._start(ctx, bo, bos)
+        while True:
+            self._prepare(ctx, w, key, slot)
+            if is_word:
+                has = _next_word(&p, e, &b)
+                if has:
+                    wn = self._index(b, p - b)
+            x = self._finish(ctx, bo, w, nxt, pr, bk, self._resolve(ctx, key, slot, nxt, pr, bk), ctx, bo, &length)
             total += x
             tokens[0] += 1
+            if not is_word:                              # '</s>' was the last token
+                break
             if w == 0:
                 oovs[0] += 1
                 oov_sum[0] += x
-        if eos:
-            total += self._step(ctx, bo, self.eos, ctx, bo, &length)
-            tokens[0] += 1
+            if has:
+                w = wn
+            elif eos:
+                w, is_word = self.eos, False
+            else:
+                break
         return total
 
     cdef const char* _utf8(self, sentence, Py_ssize_t* n) except NULL:

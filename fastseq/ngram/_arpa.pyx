@@ -1183,7 +1183,7 @@ cdef class QueryCore:
             raise TypeError(f"word: expected a str, got {type(word).__name__}")
         return self._index(p, n)
 
-    # A word's lookup in three stages, so that score_batch can run several sentences in lockstep and
+    # A word's lookup in two stages, so that score_batch can run several sentences in lockstep and
     # overlap their cache misses: _prepare computes every order's probe slot (the contexts are
     # known) and prefetches it; _lookup probes (one cache line a slot: key and numbers) and sums.
     cdef inline void _prepare(self, const int32_t* ctx, int32_t w, uint64_t* key, uint64_t* slot) noexcept nogil:

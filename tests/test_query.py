@@ -69,6 +69,30 @@ def test_states_chained_word_by_word_as_kenlm(models, tm_split):
                     qs, qo = qo, qs
 
 
+def test_score_is_the_sum_of_its_words_base_scores(models, tm_split):
+    # score() looks the next word up while the current one's probes are in flight: it must still add,
+    # in order, exactly the numbers that BaseScore gives word by word (first and last words, OOVs,
+    # '</s>' as a word, empty and blank sentences, each bos/eos), and count tokens and OOVs as they are
+    _, qa, qb = models
+    sents = held_out(tm_split)[::7] + ["the", "zzz", " ", "the zzz", "zzz the time", "the time machine qqq"]
+    for q in (qa, qb):
+        tokens = oovs = 0
+        for s in sents:
+            for bos in (True, False):
+                for eos in (True, False):
+                    st, out = State(), State()
+                    (q.BeginSentenceWrite if bos else q.NullContextWrite)(st)
+                    total = 0.0
+                    for w in s.split() + (["</s>"] if eos else []):
+                        total += q.BaseScore(st, w, out)
+                        st, out = out, st
+                    assert q.score(s, bos=bos, eos=eos) == total, (s, bos, eos)
+            tokens += len(s.split()) + 1
+            oovs += sum(w not in q for w in s.split())
+        _, _, t, o = q.corpus_perplexity(sents)
+        assert (t, o) == (tokens, oovs)
+
+
 def test_membership_and_state_semantics(models):
     k, qa, _ = models
     for w in ("the", "time", "zzz", "<unk>", "<s>", "</s>", ""):

@@ -1087,10 +1087,6 @@ cdef struct _Lane:
     uint64_t th
     int32_t ctx[MAXCTX]
     double bo[MAXCTX]
-    int32_t nxt[MAXCTX]
-    double np_[MAXCTX]
-    double nb[MAXCTX]
-    uint64_t ext
     uint64_t key[MAXCTX]
     uint64_t slot[MAXCTX]
 
@@ -1187,9 +1183,9 @@ cdef class QueryCore:
             raise TypeError(f"word: expected a str, got {type(word).__name__}")
         return self._index(p, n)
 
-    # A word's lookup in three stages, so that score_batch can run several sentences in lockstep and
+    # A word's lookup in two stages, so that score_batch can run several sentences in lockstep and
     # overlap their cache misses: _prepare computes every order's probe slot (the contexts are
-    # known) and prefetches it; _resolve probes (one cache line a slot: key and numbers); _finish sums.
+    # known) and prefetches it; _lookup probes (one cache line a slot: key and numbers) and sums.
     cdef inline void _prepare(self, const int32_t* ctx, int32_t w, uint64_t* key, uint64_t* slot) noexcept nogil:
         cdef int k
         cdef int32_t c
@@ -1198,7 +1194,7 @@ cdef class QueryCore:
         fs_prefetch(self.lb1 + w)
         for k in range(2, self.order + 1):
             c = ctx[k - 2]
-            if c < 0 and self.closed:                    # no longer n-gram is stored (see _resolve)
+            if c < 0 and self.closed:                    # no longer n-gram is stored (see _lookup)
                 break
             if c >= 0:
                 key[k - 2] = _slot_key(<uint32_t> c, <uint32_t> w)
@@ -1213,56 +1209,48 @@ cdef class QueryCore:
                 fs_prefetch(t + 8)
                 fs_prefetch(t + 16)
 
-    cdef inline uint64_t _resolve(self, const int32_t* ctx, const uint64_t* key, const uint64_t* slot,
-                                  int32_t* nxt, double* p, double* b) noexcept nogil:
-        """nxt[k - 1]: the slot of the k-gram ending at the word (-1: not stored or not searched),
-        p[k - 1] and b[k - 1] its log10 probability and backoff. Returns the orders (bit k - 1)
-        whose k-gram a State keeps (_EXT)."""
-        cdef int k, s
+    cdef inline double _lookup(self, const int32_t* ctx, const double* bo, int32_t w, const uint64_t* key,
+                               const uint64_t* slot, int32_t* out, double* outb, int* length) noexcept nogil:
+        """log10 P(w | ctx) by back-off, reading the probes _prepare placed in one pass over the orders:
+        the longest stored n-gram's probability plus the backoff of every longer context; out, outb:
+        the state after w (may alias ctx, bo: written after they are read), the n-grams found that a
+        State keeps (_EXT); length: the longest n-gram found."""
+        cdef int32_t nxt[MAXCTX]
+        cdef double nb[MAXCTX]
+        cdef double r = self.lp1[w]
+        cdef int k, s, found = 1
         cdef uint64_t i, S, v, ext = 0
         cdef const uint64_t* t
-        cdef bint missed = False
+        cdef bint search = True
         for k in range(2, self.order + 1):
-            nxt[k - 1] = -1
-            if ctx[k - 2] < 0 or missed:
+            if ctx[k - 2] < 0:
                 # suffix-closed: with no context, or after a miss, no longer n-gram is stored
-                missed = self.closed
+                search = search and not self.closed
+                continue
+            if not search:
+                r += bo[k - 2]                           # b(c) P(w | shorter context)
                 continue
             t, S, s, i = self.tb[k - 1], self.ts[k - 1], self.sw[k - 1], slot[k - 2]
             while True:
                 v = t[s * i]
                 if v == _EMPTY_KEY:
-                    missed = self.closed
+                    r += bo[k - 2]
+                    search = not self.closed
                     break
                 if (v & ~_EXT) == key[k - 2]:
-                    nxt[k - 1] = <int32_t> i
-                    p[k - 1] = fs_f64(t[s * i + 1])
-                    b[k - 1] = fs_f64(t[s * i + 2]) if s == 3 else 0.0
-                    ext |= (v >> 63) << (k - 1)
+                    r, found = fs_f64(t[s * i + 1]), k   # the n-gram is stored
+                    if s == 3:
+                        nxt[k - 1], nb[k - 1] = <int32_t> i, fs_f64(t[s * i + 2])
+                        ext |= (v >> 63) << (k - 1)
                     break
                 i += 1
                 if i == S:
                     i = 0
-        return ext
-
-    cdef inline double _finish(self, const int32_t* ctx, const double* bo, int32_t w, const int32_t* nxt,
-                               const double* p, const double* b, uint64_t ext, int32_t* out, double* outb,
-                               int* length) noexcept nogil:
-        """log10 P(w | ctx) by back-off from the n-grams found (ext: _resolve's); out, outb: the
-        state after w (may alias ctx, bo: read before written)."""
-        cdef double r = self.lp1[w]
-        cdef int k, found = 1
-        for k in range(2, self.order + 1):
-            if nxt[k - 1] >= 0:
-                r = p[k - 1]                             # the n-gram is stored
-                found = k
-            elif ctx[k - 2] >= 0:
-                r += bo[k - 2]                           # b(c) P(w | shorter context)
         if self.order > 1:
             out[0], outb[0] = w, self.lb1[w]
             for k in range(1, self.order - 1):
                 if (ext >> k) & 1:
-                    out[k], outb[k] = nxt[k], b[k]
+                    out[k], outb[k] = nxt[k], nb[k]
                 else:
                     out[k], outb[k] = -1, 0.0
         length[0] = found
@@ -1273,12 +1261,8 @@ cdef class QueryCore:
         """log10 P(w | ctx) by back-off; out, outb: the state after w (may alias ctx, bo)."""
         cdef uint64_t key[MAXCTX]
         cdef uint64_t slot[MAXCTX]
-        cdef int32_t nxt[MAXCTX]
-        cdef double p[MAXCTX]
-        cdef double b[MAXCTX]
         self._prepare(ctx, w, key, slot)
-        cdef uint64_t ext = self._resolve(ctx, key, slot, nxt, p, b)
-        return self._finish(ctx, bo, w, nxt, p, b, ext, out, outb, length)
+        return self._lookup(ctx, bo, w, key, slot, out, outb, length)
 
     cdef void _start(self, int32_t* ctx, double* bo, bint bos) noexcept nogil:
         """The context at a sentence start ('<s>') or the empty context."""
@@ -1290,25 +1274,46 @@ cdef class QueryCore:
 
     cdef double _sentence(self, const char* p, int64_t n, bint bos, bint eos, int64_t* tokens,
                           int64_t* oovs, double* oov_sum) noexcept nogil:
+        """_step over the sentence's words, each next word found and looked up in the vocabulary
+        while the current one's probes are in flight (they wait on memory; the next word's text
+        and id do not depend on them)."""
         cdef int32_t ctx[MAXCTX]
         cdef double bo[MAXCTX]
+        cdef uint64_t key[MAXCTX]
+        cdef uint64_t slot[MAXCTX]
         cdef const char* e = p + n
         cdef const char* b
         cdef double total = 0, x
-        cdef int32_t w
+        cdef int32_t w, wn = 0
         cdef int length
-        self._start(ctx, bo, bos)
-        while _next_word(&p, e, &b):
+        cdef bint has = _next_word(&p, e, &b), is_word = has
+        if has:
             w = self._index(b, p - b)
-            x = self._step(ctx, bo, w, ctx, bo, &length)
+        elif eos:
+            w = self.eos
+        else:
+            return 0
+        self._start(ctx, bo, bos)
+        while True:
+            self._prepare(ctx, w, key, slot)
+            if is_word:
+                has = _next_word(&p, e, &b)
+                if has:
+                    wn = self._index(b, p - b)
+            x = self._lookup(ctx, bo, w, key, slot, ctx, bo, &length)
             total += x
             tokens[0] += 1
+            if not is_word:                              # '</s>' was the last token
+                break
             if w == 0:
                 oovs[0] += 1
                 oov_sum[0] += x
-        if eos:
-            total += self._step(ctx, bo, self.eos, ctx, bo, &length)
-            tokens[0] += 1
+            if has:
+                w = wn
+            elif eos:
+                w, is_word = self.eos, False
+            else:
+                break
         return total
 
     cdef const char* _utf8(self, sentence, Py_ssize_t* n) except NULL:
@@ -1396,8 +1401,7 @@ cdef class QueryCore:
                 L = &lanes[g]
                 if L.sent < 0:
                     continue
-                L.ext = self._resolve(L.ctx, L.key, L.slot, L.nxt, L.np_, L.nb)
-                L.total += self._finish(L.ctx, L.bo, L.w, L.nxt, L.np_, L.nb, L.ext, L.ctx, L.bo, &length)
+                L.total += self._lookup(L.ctx, L.bo, L.w, L.key, L.slot, L.ctx, L.bo, &length)
                 if self._lane_next(L, B):
                     self._prepare(L.ctx, L.w, L.key, L.slot)
                 else:

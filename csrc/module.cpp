@@ -157,7 +157,8 @@ void adam_update(const py::handle& p_o, const py::handle& g_o, const py::handle&
     py::array m = adam_array(m_o, "m", f64, true, &p);
     py::array v = adam_array(v_o, "v", f64, true, &p);
     const double inf = std::numeric_limits<double>::infinity();
-    const double lr = adam_hyper(lr_o, "lr", 0, true, inf, true);
+    // lr = 0 is a rate schedules reach (CosineDecay with final = 0 at the end of the run): a step of 0.
+    const double lr = adam_hyper(lr_o, "lr", 0, false, inf, true);
     const double b1 = adam_hyper(b1_o, "b1", 0, false, 1, true);
     const double b2 = adam_hyper(b2_o, "b2", 0, false, 1, true);
     const double c1 = adam_hyper(c1_o, "c1", 0, true, 1, false);

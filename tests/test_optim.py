@@ -178,7 +178,7 @@ NAMES = ("p", "g", "m", "v", "lr", "b1", "b2", "c1", "c2", "eps")
     (2, np.zeros(10, np.float32), r"^m: expected dtype float64"),
     (3, np.zeros(11), r"^v: expected the shape of p"),
     (3, np.zeros((10, 2))[:, 1], r"^v: expected a C-contiguous"),
-    (4, 0.0, r"^lr: expected a finite number in \(0"),
+    (4, -1e-300, r"^lr: expected a finite number in \[0"),
     (4, float("inf"), r"^lr:"),
     (4, "0.1", r"^lr: expected a real number"),
     (5, 1.0, r"^b1: expected a finite number in \[0"),
@@ -187,7 +187,7 @@ NAMES = ("p", "g", "m", "v", "lr", "b1", "b2", "c1", "c2", "eps")
     (7, 0.0, r"^c1: expected a finite number in \(0"),
     (8, 1.5, r"^c2:"),
     (9, 0.0, r"^eps: expected a finite number in \(0, inf\), got 0$"),
-    (4, -1e-9, r"^lr: expected a finite number in \(0, inf\), got -1e-09$"),
+    (4, -1e-9, r"^lr: expected a finite number in \[0, inf\), got -1e-09$"),
     (9, True, r"^eps: expected a real number, got bool"),
 ])
 def test_adam_update_checks_its_arguments(i, bad, match):
@@ -224,3 +224,28 @@ def test_adam_update_refuses_read_only_and_shared_memory():
     args[2] = unaligned
     with pytest.raises(ArgumentError, match=r"^m: expected an aligned array"):
         _core.adam_update(*args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_takes_the_zero_rate_a_cosine_schedule_ends_at(dtype):
+    """CosineDecay(final=0) sets lr = 0 at progress 1 (a time-budgeted run's last step): both backends
+    take it (the step moves nothing, the moments still advance) and agree to the bit."""
+    out = []
+    for backend in ("cpp", "numpy"):
+        rng = np.random.default_rng(4)
+        p = {"w": rng.normal(size=50).astype(dtype)}
+        g = {"w": rng.normal(size=50).astype(dtype)}
+        a = optim.Adam(0.01, backend=backend)
+        a.step(p, g)
+        before = p["w"].copy()
+        assert optim.CosineDecay(final=0.0).at_progress(1.0, a) == 0.0
+        a.step(p, g)
+        np.testing.assert_array_equal(p["w"], before)
+        assert a.t == 2
+        out.append((p["w"], a.m["w"], a.v["w"]))
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)
+    p, g, m, v = _arrays(np.random.default_rng(5), 9, np.float64)
+    P = p.copy()
+    _core.adam_update(p, g, m, v, 0.0, 0.9, 0.999, 0.1, 0.001, 1e-8)
+    np.testing.assert_array_equal(p, P)

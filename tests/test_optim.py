@@ -249,3 +249,38 @@ def test_adam_takes_the_zero_rate_a_cosine_schedule_ends_at(dtype):
     P = p.copy()
     _core.adam_update(p, g, m, v, 0.0, 0.9, 0.999, 0.1, 0.001, 1e-8)
     np.testing.assert_array_equal(p, P)
+
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("bad, match", [
+    (lambda p, g, a: p.__setitem__("b", _read_only(p["b"].copy())), r"^params\['b'\]: expected a writeable"),
+    (lambda p, g, a: p.__setitem__("b", [1.0, 2.0, 3.0]), r"^params\['b'\]: expected a writeable NumPy array"),
+    (lambda p, g, a: g.__setitem__("b", np.array(["x", "y", "z"])), r"^grads\['b'\]: expected"),
+    (lambda p, g, a: setattr(a, "lr", float("nan")), r"^lr:"),
+    (lambda p, g, a: setattr(a, "lr", -0.1), r"^lr:"),
+    (lambda p, g, a: setattr(a, "eps", 0.0), r"^eps:"),
+    (lambda p, g, a: setattr(a, "betas", (1.0, 0.999)), r"^betas:"),
+])
+def test_adam_step_that_fails_changes_nothing(backend, bad, match):
+    """A step refused for its second parameter (or a hyperparameter set out of range by hand) leaves
+    the first parameter, every moment and t as they were, on both backends: a step is all or nothing."""
+    rng = np.random.default_rng(6)
+    p = {"a": rng.normal(size=4), "b": rng.normal(size=3)}
+    g = {"a": rng.normal(size=4), "b": rng.normal(size=3)}
+    a = optim.Adam(0.1, backend=backend)
+    a.step(p, g)
+    bad(p, g, a)
+    before = a.state_dict()
+    pa = p["a"].copy()
+    with pytest.raises(ArgumentError, match=match):
+        a.step(p, g)
+    np.testing.assert_array_equal(p["a"], pa)
+    assert a.t == before["t"] == 1
+    for name in ("m", "v"):
+        for k in ("a", "b"):
+            np.testing.assert_array_equal(getattr(a, name)[k], before[name][k], err_msg=f"{name}[{k}]")

@@ -44,11 +44,9 @@ py::array as_array(const py::handle& obj, const std::string& name) {
     return py::reinterpret_borrow<py::array>(obj);
 }
 
-// Equivalent, not identical, descriptors: np.longlong and np.int64 (or a dtype
-// carrying metadata) are distinct objects for the same native type.
 template <typename T>
 bool has_dtype(const py::array& a) {
-    return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
+    return fastseq::same_dtype(a.dtype(), py::dtype::of<T>());
 }
 
 // The kernels (and the compiler's vectorised loops) assume each element sits at

@@ -105,7 +105,7 @@ py::array adam_array(const py::handle& obj, const char* name, const py::dtype& d
     if (!py::isinstance<py::array>(obj))
         throw fastseq::ArgumentError(n + ": expected a NumPy array, got " + fastseq::type_name(obj));
     py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().is(dtype))
+    if (!fastseq::same_dtype(a.dtype(), dtype))
         throw fastseq::ArgumentError(n + ": expected dtype " + std::string(py::str(dtype)) + ", got " +
                                      std::string(py::str(a.dtype())));
     if (shape_of) {
@@ -148,8 +148,8 @@ void adam_update(const py::handle& p_o, const py::handle& g_o, const py::handle&
     if (!py::isinstance<py::array>(p_o))
         throw fastseq::ArgumentError("p: expected a NumPy array, got " + fastseq::type_name(p_o));
     const py::dtype pd = py::reinterpret_borrow<py::array>(p_o).dtype();
-    const bool is_d = pd.is(py::dtype::of<double>());
-    if (!is_d && !pd.is(py::dtype::of<float>()))
+    const bool is_d = fastseq::same_dtype(pd, py::dtype::of<double>());
+    if (!is_d && !fastseq::same_dtype(pd, py::dtype::of<float>()))
         throw fastseq::ArgumentError("p: expected dtype float32 or float64, got " + std::string(py::str(pd)));
     const py::dtype f64 = py::dtype::of<double>();
     py::array p = adam_array(p_o, "p", pd, true, nullptr);

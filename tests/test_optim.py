@@ -284,3 +284,27 @@ def test_adam_step_that_fails_changes_nothing(backend, bad, match):
     for name in ("m", "v"):
         for k in ("a", "b"):
             np.testing.assert_array_equal(getattr(a, name)[k], before[name][k], err_msg=f"{name}[{k}]")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_update_takes_a_dtype_with_metadata(dtype):
+    """np.dtype(float64, metadata=...) is float64 (==, the same memory) but another descriptor object:
+    the kernel takes it as the reference does (it said 'expected dtype float32 or float64, got float64'
+    and Adam.step, which sends such arrays to it, failed half-way through a step)."""
+    dt = np.dtype(dtype, metadata={"unit": "m"})
+    _, want = _both(20, dtype)
+    rng = np.random.default_rng(0)
+    p, g, m, v = _arrays(rng, 20, dtype)
+    p, g = p.astype(dt), g.astype(dt)
+    m, v = m.astype(np.dtype(np.float64, metadata={"x": 1})), v.astype(np.dtype(np.float64, metadata={"x": 1}))
+    assert p.dtype.metadata and m.dtype.metadata
+    for t in range(1, 4):
+        _core.adam_update(p, g, m, v, HYPER["lr"], HYPER["b1"], HYPER["b2"], 1 - HYPER["b1"] ** t,
+                          1 - HYPER["b2"] ** t, HYPER["eps"])
+    for a, b in zip((p, m, v), want):
+        np.testing.assert_array_equal(a, b)
+    params, grads = {"w": np.ones(3, dt)}, {"w": np.ones(3, dt)}
+    plain = {"w": np.ones(3, dtype)}
+    optim.Adam(0.1).step(params, grads)
+    optim.Adam(0.1, backend="numpy").step(plain, {"w": np.ones(3, dtype)})
+    np.testing.assert_array_equal(params["w"], plain["w"])

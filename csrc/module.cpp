@@ -36,8 +36,8 @@ GradView grad_view(const py::handle& obj, std::size_t i) {
         throw fastseq::ArgumentError(name + ": expected a NumPy array, got " +
                               fastseq::type_name(obj));
     py::array a = py::reinterpret_borrow<py::array>(obj);
-    const bool is_f = a.dtype().is(py::dtype::of<float>());
-    const bool is_d = a.dtype().is(py::dtype::of<double>());
+    const bool is_f = fastseq::same_dtype(a.dtype(), py::dtype::of<float>());
+    const bool is_d = fastseq::same_dtype(a.dtype(), py::dtype::of<double>());
     if (!is_f && !is_d)
         throw fastseq::ArgumentError(name + ": expected dtype float32 or float64, got " +
                               std::string(py::str(a.dtype())));

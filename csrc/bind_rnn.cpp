@@ -120,8 +120,8 @@ void check_size(idx rows, idx width, const char* what) {
 enum class Kind { F32, F64 };
 Kind kind_of(const py::dict& params) {
     py::array w = as_array(param(params, "W_hh"), "params['W_hh']");
-    if (w.dtype().is(py::dtype::of<float>())) return Kind::F32;
-    if (w.dtype().is(py::dtype::of<double>())) return Kind::F64;
+    if (fastseq::same_dtype(w.dtype(), py::dtype::of<float>())) return Kind::F32;
+    if (fastseq::same_dtype(w.dtype(), py::dtype::of<double>())) return Kind::F64;
     throw fastseq::ArgumentError("params['W_hh']: expected dtype float32 or float64, got " + std::string(py::str(w.dtype())));
 }
 

@@ -2,6 +2,7 @@
 // raises ValueError naming it; pybind11's own conversion would raise a
 // TypeError whose message prints every argument (the whole params dict).
 #pragma once
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <climits>
@@ -62,6 +63,12 @@ inline double real_arg(const py::handle& o, const char* name) {
         throw fastseq::ArgumentError(what + type_name(o));
     }
     return v;
+}
+
+// Equivalent, not identical, descriptors: np.longlong and np.int64 (or a dtype
+// carrying metadata) are distinct objects for the same native type.
+inline bool same_dtype(const py::dtype& a, const py::dtype& b) {
+    return py::detail::npy_api::get().PyArray_EquivTypes_(a.ptr(), b.ptr());
 }
 
 inline std::string str_arg(const py::handle& o, const char* name) {

@@ -44,11 +44,9 @@ py::array as_array(const py::handle& obj, const std::string& name) {
     return py::reinterpret_borrow<py::array>(obj);
 }
 
-// Equivalent, not identical, descriptors: np.longlong and np.int64 (or a dtype
-// carrying metadata) are distinct objects for the same native type.
 template <typename T>
 bool has_dtype(const py::array& a) {
-    return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
+    return fastseq::same_dtype(a.dtype(), py::dtype::of<T>());
 }
 
 // The kernels (and the compiler's vectorised loops) assume each element sits at
@@ -122,8 +120,8 @@ void check_size(idx rows, idx width, const char* what) {
 enum class Kind { F32, F64 };
 Kind kind_of(const py::dict& params) {
     py::array w = as_array(param(params, "W_hh"), "params['W_hh']");
-    if (w.dtype().is(py::dtype::of<float>())) return Kind::F32;
-    if (w.dtype().is(py::dtype::of<double>())) return Kind::F64;
+    if (fastseq::same_dtype(w.dtype(), py::dtype::of<float>())) return Kind::F32;
+    if (fastseq::same_dtype(w.dtype(), py::dtype::of<double>())) return Kind::F64;
     throw fastseq::ArgumentError("params['W_hh']: expected dtype float32 or float64, got " + std::string(py::str(w.dtype())));
 }
 

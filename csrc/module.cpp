@@ -36,8 +36,8 @@ GradView grad_view(const py::handle& obj, std::size_t i) {
         throw fastseq::ArgumentError(name + ": expected a NumPy array, got " +
                               fastseq::type_name(obj));
     py::array a = py::reinterpret_borrow<py::array>(obj);
-    const bool is_f = a.dtype().is(py::dtype::of<float>());
-    const bool is_d = a.dtype().is(py::dtype::of<double>());
+    const bool is_f = fastseq::same_dtype(a.dtype(), py::dtype::of<float>());
+    const bool is_d = fastseq::same_dtype(a.dtype(), py::dtype::of<double>());
     if (!is_f && !is_d)
         throw fastseq::ArgumentError(name + ": expected dtype float32 or float64, got " +
                               std::string(py::str(a.dtype())));
@@ -105,7 +105,7 @@ py::array adam_array(const py::handle& obj, const char* name, const py::dtype& d
     if (!py::isinstance<py::array>(obj))
         throw fastseq::ArgumentError(n + ": expected a NumPy array, got " + fastseq::type_name(obj));
     py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().is(dtype))
+    if (!fastseq::same_dtype(a.dtype(), dtype))
         throw fastseq::ArgumentError(n + ": expected dtype " + std::string(py::str(dtype)) + ", got " +
                                      std::string(py::str(a.dtype())));
     if (shape_of) {
@@ -148,8 +148,8 @@ void adam_update(const py::handle& p_o, const py::handle& g_o, const py::handle&
     if (!py::isinstance<py::array>(p_o))
         throw fastseq::ArgumentError("p: expected a NumPy array, got " + fastseq::type_name(p_o));
     const py::dtype pd = py::reinterpret_borrow<py::array>(p_o).dtype();
-    const bool is_d = pd.is(py::dtype::of<double>());
-    if (!is_d && !pd.is(py::dtype::of<float>()))
+    const bool is_d = fastseq::same_dtype(pd, py::dtype::of<double>());
+    if (!is_d && !fastseq::same_dtype(pd, py::dtype::of<float>()))
         throw fastseq::ArgumentError("p: expected dtype float32 or float64, got " + std::string(py::str(pd)));
     const py::dtype f64 = py::dtype::of<double>();
     py::array p = adam_array(p_o, "p", pd, true, nullptr);
@@ -157,7 +157,8 @@ void adam_update(const py::handle& p_o, const py::handle& g_o, const py::handle&
     py::array m = adam_array(m_o, "m", f64, true, &p);
     py::array v = adam_array(v_o, "v", f64, true, &p);
     const double inf = std::numeric_limits<double>::infinity();
-    const double lr = adam_hyper(lr_o, "lr", 0, true, inf, true);
+    // lr = 0 is a rate schedules reach (CosineDecay with final = 0 at the end of the run): a step of 0.
+    const double lr = adam_hyper(lr_o, "lr", 0, false, inf, true);
     const double b1 = adam_hyper(b1_o, "b1", 0, false, 1, true);
     const double b2 = adam_hyper(b2_o, "b2", 0, false, 1, true);
     const double c1 = adam_hyper(c1_o, "c1", 0, true, 1, false);

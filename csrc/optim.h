@@ -87,8 +87,10 @@ void adam_update_n(T* p, const T* g, double* m, double* v, std::size_t n, double
 constexpr std::size_t kAdamMinShare = 1 << 15;
 
 // adam_update_n over `parts` contiguous shares side by side (the elements are independent, so the
-// result does not depend on the split); every share but the last is a whole number of 64-byte lines,
-// so two threads never write to one cache line.
+// result does not depend on the split); every share but the last is a whole number of 64 bytes of p
+// (and of m and v), so two threads write to no common cache line when the arrays start on a line
+// (NumPy only guarantees 16 bytes: then the one line at a boundary is shared, a cost, never a
+// wrong result).
 template <typename T>
 void adam_update(T* p, const T* g, double* m, double* v, std::size_t n, double lr, double b1, double b2,
                  double c1, double c2, double eps, int parts) {

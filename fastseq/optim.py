@@ -26,9 +26,16 @@ def _check_pair(params, grads):
     if not isinstance(params, dict) or not isinstance(grads, dict) or set(params) != set(grads):
         raise ArgumentError(f"grads: expected a dict with the keys of params {sorted(params)}, "
                             f"got {sorted(grads) if isinstance(grads, dict) else type(grads).__name__}")
-    for k, p in params.items():
-        if grads[k].shape != p.shape:
-            raise ArgumentError(f"grads[{k!r}]: expected shape {p.shape}, got {grads[k].shape}")
+    for k, p in params.items():                   # all checked before any is updated: a step is all or nothing
+        if not isinstance(p, np.ndarray) or not p.flags.writeable:
+            raise ArgumentError(f"params[{k!r}]: expected a writeable NumPy array (updated in place), got "
+                                f"{'a read-only array' if isinstance(p, np.ndarray) else type(p).__name__}")
+        g = grads[k]
+        if not isinstance(g, np.ndarray) or g.dtype.kind not in "biuf":
+            raise ArgumentError(f"grads[{k!r}]: expected a NumPy array of real numbers, got "
+                                f"{g.dtype if isinstance(g, np.ndarray) else type(g).__name__}")
+        if g.shape != p.shape:
+            raise ArgumentError(f"grads[{k!r}]: expected shape {p.shape}, got {g.shape}")
 
 
 def _check_state(state, kind, keys):
@@ -94,13 +101,15 @@ class Adam:
             if k in self.m and self.m[k].shape != p.shape:     # moments loaded from another model's state
                 raise ArgumentError(f"params[{k!r}]: shape {p.shape}, but its Adam moments (state_dict) have "
                                     f"shape {self.m[k].shape}")
-        b1, b2 = self.betas
+        # set by hand or by a schedule since __init__: checked here, not half-way through the parameters
+        lr, eps = check_real("lr", self.lr, lo=0), check_real("eps", self.eps, lo=0, lo_open=True)
+        b1, b2 = self._betas(self.betas, "betas")
         self.t += 1
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for k, p in params.items():
             if k not in self.m:
                 self.m[k], self.v[k] = np.zeros(p.shape), np.zeros(p.shape)
-            _update(self.backend, p, grads[k], self.m[k], self.v[k], self.lr, b1, b2, c1, c2, self.eps)
+            _update(self.backend, p, grads[k], self.m[k], self.v[k], lr, b1, b2, c1, c2, eps)
 
     def state_dict(self):
         return {"type": "Adam", "lr": self.lr, "betas": self.betas, "eps": self.eps, "t": self.t,

@@ -109,3 +109,20 @@ def test_bad_theta_type_and_unaligned_arrays_name_the_argument():
     g = buf.view(np.float64)
     with pytest.raises(ValueError, match=r"grads\[0\]: expected an aligned array"):
         clip_grad_norm([g], 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_dtype_with_metadata_is_its_type(dtype):
+    """np.dtype(float32, metadata=...) is float32 (==, the same memory) but another descriptor object:
+    clipped as the plain type (it was refused with 'expected dtype float32 or float64, got float32')."""
+    rng = np.random.default_rng(2)
+    plain = [rng.normal(size=(4, 5)).astype(dtype) * 3, rng.normal(size=7).astype(dtype)]
+    meta = [a.astype(np.dtype(dtype, metadata={"unit": "m"})) for a in plain]
+    assert meta[0].dtype.metadata
+    ref = [a.copy() for a in plain]
+    n_ref = clip_ref(ref, 1.0)
+    n_plain = clip_grad_norm(plain, 1.0)                 # the kernel on the plain type (checked above)
+    assert clip_grad_norm(meta, 1.0) == n_plain == pytest.approx(n_ref, rel=1e-12)
+    for a, b, r in zip(meta, plain, ref):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, r, rtol=RTOL[dtype], atol=0)

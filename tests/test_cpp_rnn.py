@@ -886,3 +886,23 @@ def test_fork_while_another_thread_runs_a_kernel_keeps_the_thread_count():
     back; it inherited the kernel's reference without the thread that would release it."""
     r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, (f"{r.returncode} of 20 children kept 1 BLAS thread", r.stderr[-2000:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_params_of_a_dtype_with_metadata_are_that_type(dtype):
+    """np.dtype(float32, metadata=...) is float32 (==, the same memory) but another descriptor object:
+    the model computes with it as with the plain type (it said 'params['W_hh']: expected dtype float32
+    or float64, got float32')."""
+    m = fastseq.RNNLM(10, 8, seed=0, dtype=dtype)
+    X = np.random.default_rng(0).integers(0, 10, (3, 5))
+    want, wgrads, _ = m.loss_and_grad(X, X, m.begin_state(3))
+    meta = np.dtype(dtype, metadata={"unit": "m"})
+    for k in m.params:
+        m.params[k] = m.params[k].astype(meta)
+    assert m.params["W_hh"].dtype.metadata
+    got, grads, _ = m.loss_and_grad(X, X, m.begin_state(3))
+    assert got == want                               # the same kernel as the plain type's, so the same bits
+    for k in wgrads:
+        np.testing.assert_array_equal(grads[k], wgrads[k], err_msg=k)
+    ref = fastseq.RNNLM(10, 8, seed=0, dtype=dtype, backend="numpy")
+    assert got == pytest.approx(ref.loss_and_grad(X, X, ref.begin_state(3))[0], rel=1e-5)

@@ -178,7 +178,7 @@ NAMES = ("p", "g", "m", "v", "lr", "b1", "b2", "c1", "c2", "eps")
     (2, np.zeros(10, np.float32), r"^m: expected dtype float64"),
     (3, np.zeros(11), r"^v: expected the shape of p"),
     (3, np.zeros((10, 2))[:, 1], r"^v: expected a C-contiguous"),
-    (4, 0.0, r"^lr: expected a finite number in \(0"),
+    (4, -1e-300, r"^lr: expected a finite number in \[0"),
     (4, float("inf"), r"^lr:"),
     (4, "0.1", r"^lr: expected a real number"),
     (5, 1.0, r"^b1: expected a finite number in \[0"),
@@ -187,7 +187,7 @@ NAMES = ("p", "g", "m", "v", "lr", "b1", "b2", "c1", "c2", "eps")
     (7, 0.0, r"^c1: expected a finite number in \(0"),
     (8, 1.5, r"^c2:"),
     (9, 0.0, r"^eps: expected a finite number in \(0, inf\), got 0$"),
-    (4, -1e-9, r"^lr: expected a finite number in \(0, inf\), got -1e-09$"),
+    (4, -1e-9, r"^lr: expected a finite number in \[0, inf\), got -1e-09$"),
     (9, True, r"^eps: expected a real number, got bool"),
 ])
 def test_adam_update_checks_its_arguments(i, bad, match):
@@ -224,3 +224,87 @@ def test_adam_update_refuses_read_only_and_shared_memory():
     args[2] = unaligned
     with pytest.raises(ArgumentError, match=r"^m: expected an aligned array"):
         _core.adam_update(*args)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_takes_the_zero_rate_a_cosine_schedule_ends_at(dtype):
+    """CosineDecay(final=0) sets lr = 0 at progress 1 (a time-budgeted run's last step): both backends
+    take it (the step moves nothing, the moments still advance) and agree to the bit."""
+    out = []
+    for backend in ("cpp", "numpy"):
+        rng = np.random.default_rng(4)
+        p = {"w": rng.normal(size=50).astype(dtype)}
+        g = {"w": rng.normal(size=50).astype(dtype)}
+        a = optim.Adam(0.01, backend=backend)
+        a.step(p, g)
+        before = p["w"].copy()
+        assert optim.CosineDecay(final=0.0).at_progress(1.0, a) == 0.0
+        a.step(p, g)
+        np.testing.assert_array_equal(p["w"], before)
+        assert a.t == 2
+        out.append((p["w"], a.m["w"], a.v["w"]))
+    for x, y in zip(*out):
+        np.testing.assert_array_equal(x, y)
+    p, g, m, v = _arrays(np.random.default_rng(5), 9, np.float64)
+    P = p.copy()
+    _core.adam_update(p, g, m, v, 0.0, 0.9, 0.999, 0.1, 0.001, 1e-8)
+    np.testing.assert_array_equal(p, P)
+
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("bad, match", [
+    (lambda p, g, a: p.__setitem__("b", _read_only(p["b"].copy())), r"^params\['b'\]: expected a writeable"),
+    (lambda p, g, a: p.__setitem__("b", [1.0, 2.0, 3.0]), r"^params\['b'\]: expected a writeable NumPy array"),
+    (lambda p, g, a: g.__setitem__("b", np.array(["x", "y", "z"])), r"^grads\['b'\]: expected"),
+    (lambda p, g, a: setattr(a, "lr", float("nan")), r"^lr:"),
+    (lambda p, g, a: setattr(a, "lr", -0.1), r"^lr:"),
+    (lambda p, g, a: setattr(a, "eps", 0.0), r"^eps:"),
+    (lambda p, g, a: setattr(a, "betas", (1.0, 0.999)), r"^betas:"),
+])
+def test_adam_step_that_fails_changes_nothing(backend, bad, match):
+    """A step refused for its second parameter (or a hyperparameter set out of range by hand) leaves
+    the first parameter, every moment and t as they were, on both backends: a step is all or nothing."""
+    rng = np.random.default_rng(6)
+    p = {"a": rng.normal(size=4), "b": rng.normal(size=3)}
+    g = {"a": rng.normal(size=4), "b": rng.normal(size=3)}
+    a = optim.Adam(0.1, backend=backend)
+    a.step(p, g)
+    bad(p, g, a)
+    before = a.state_dict()
+    pa = p["a"].copy()
+    with pytest.raises(ArgumentError, match=match):
+        a.step(p, g)
+    np.testing.assert_array_equal(p["a"], pa)
+    assert a.t == before["t"] == 1
+    for name in ("m", "v"):
+        for k in ("a", "b"):
+            np.testing.assert_array_equal(getattr(a, name)[k], before[name][k], err_msg=f"{name}[{k}]")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_update_takes_a_dtype_with_metadata(dtype):
+    """np.dtype(float64, metadata=...) is float64 (==, the same memory) but another descriptor object:
+    the kernel takes it as the reference does (it said 'expected dtype float32 or float64, got float64'
+    and Adam.step, which sends such arrays to it, failed half-way through a step)."""
+    dt = np.dtype(dtype, metadata={"unit": "m"})
+    _, want = _both(20, dtype)
+    rng = np.random.default_rng(0)
+    p, g, m, v = _arrays(rng, 20, dtype)
+    p, g = p.astype(dt), g.astype(dt)
+    m, v = m.astype(np.dtype(np.float64, metadata={"x": 1})), v.astype(np.dtype(np.float64, metadata={"x": 1}))
+    assert p.dtype.metadata and m.dtype.metadata
+    for t in range(1, 4):
+        _core.adam_update(p, g, m, v, HYPER["lr"], HYPER["b1"], HYPER["b2"], 1 - HYPER["b1"] ** t,
+                          1 - HYPER["b2"] ** t, HYPER["eps"])
+    for a, b in zip((p, m, v), want):
+        np.testing.assert_array_equal(a, b)
+    params, grads = {"w": np.ones(3, dt)}, {"w": np.ones(3, dt)}
+    plain = {"w": np.ones(3, dtype)}
+    optim.Adam(0.1).step(params, grads)
+    optim.Adam(0.1, backend="numpy").step(plain, {"w": np.ones(3, dtype)})
+    np.testing.assert_array_equal(params["w"], plain["w"])

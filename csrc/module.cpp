@@ -6,6 +6,7 @@
 
 #include <cblas.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "blas.h"
 #include "clip.h"
 #include "nogil.h"
+#include "optim.h"
 
 namespace py = pybind11;
 
@@ -94,6 +96,94 @@ double clip_grad_norm(const py::handle& grads_o, const py::handle& theta_o) {
     return norm;
 }
 
+// One array of adam_update, checked: a NumPy array of `dtype`, C-contiguous and aligned (the kernel
+// reads it as plain memory), writeable when the update writes it, with `shape` when given.
+py::array adam_array(const py::handle& obj, const char* name, const py::dtype& dtype, bool write,
+                     const py::array* shape_of) {
+    const std::string n(name);
+    if (!py::isinstance<py::array>(obj))
+        throw fastseq::ArgumentError(n + ": expected a NumPy array, got " + fastseq::type_name(obj));
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().is(dtype))
+        throw fastseq::ArgumentError(n + ": expected dtype " + std::string(py::str(dtype)) + ", got " +
+                                     std::string(py::str(a.dtype())));
+    if (shape_of) {
+        bool same = a.ndim() == shape_of->ndim();
+        for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == shape_of->shape(i);
+        if (!same)
+            throw fastseq::ArgumentError(n + ": expected the shape of p " +
+                                         std::string(py::str(shape_of->attr("shape"))) + ", got " +
+                                         std::string(py::str(a.attr("shape"))));
+    }
+    const int flags = a.flags();
+    if (!(flags & py::array::c_style))
+        throw fastseq::ArgumentError(n + ": expected a C-contiguous array");
+    if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw fastseq::ArgumentError(n + ": expected an aligned array");
+    if (write && !a.writeable())
+        throw fastseq::ArgumentError(n + ": expected a writeable array (the update is in place)");
+    return a;
+}
+
+// A hyperparameter in [lo, hi] (each end open when asked), finite.
+double adam_hyper(const py::handle& o, const char* name, double lo, bool lo_open, double hi, bool hi_open) {
+    const double x = fastseq::real_arg(o, name);
+    if (!std::isfinite(x) || x < lo || (lo_open && x == lo) || x > hi || (hi_open && x == hi))
+        throw fastseq::ArgumentError(std::string(name) + ": expected a finite number in " + (lo_open ? "(" : "[") +
+                                     std::to_string(lo) + ", " + (std::isinf(hi) ? "inf" : std::to_string(hi)) +
+                                     (hi_open ? ")" : "]") + ", got " + std::to_string(x));
+    return x;
+}
+
+// Adam's update of one parameter in place (csrc/optim.h); the reference is fastseq/reference/optim.py.
+void adam_update(const py::handle& p_o, const py::handle& g_o, const py::handle& m_o, const py::handle& v_o,
+                 const py::handle& lr_o, const py::handle& b1_o, const py::handle& b2_o, const py::handle& c1_o,
+                 const py::handle& c2_o, const py::handle& eps_o) {
+    if (!py::isinstance<py::array>(p_o))
+        throw fastseq::ArgumentError("p: expected a NumPy array, got " + fastseq::type_name(p_o));
+    const py::dtype pd = py::reinterpret_borrow<py::array>(p_o).dtype();
+    const bool is_d = pd.is(py::dtype::of<double>());
+    if (!is_d && !pd.is(py::dtype::of<float>()))
+        throw fastseq::ArgumentError("p: expected dtype float32 or float64, got " + std::string(py::str(pd)));
+    const py::dtype f64 = py::dtype::of<double>();
+    py::array p = adam_array(p_o, "p", pd, true, nullptr);
+    py::array g = adam_array(g_o, "g", pd, false, &p);
+    py::array m = adam_array(m_o, "m", f64, true, &p);
+    py::array v = adam_array(v_o, "v", f64, true, &p);
+    const double inf = std::numeric_limits<double>::infinity();
+    const double lr = adam_hyper(lr_o, "lr", 0, true, inf, true);
+    const double b1 = adam_hyper(b1_o, "b1", 0, false, 1, true);
+    const double b2 = adam_hyper(b2_o, "b2", 0, false, 1, true);
+    const double c1 = adam_hyper(c1_o, "c1", 0, true, 1, false);
+    const double c2 = adam_hyper(c2_o, "c2", 0, true, 1, false);
+    const double eps = adam_hyper(eps_o, "eps", 0, true, inf, true);
+    // The kernel reads and writes through restrict pointers: the four arrays must be four memories.
+    const py::array* arrs[] = {&p, &g, &m, &v};
+    const char* names[] = {"p", "g", "m", "v"};
+    for (int j = 1; j < 4; ++j)
+        for (int k = 0; k < j; ++k) {
+            const auto* a0 = static_cast<const char*>(arrs[k]->data());
+            const auto* b0 = static_cast<const char*>(arrs[j]->data());
+            const auto* a1 = a0 + arrs[k]->nbytes();
+            const auto* b1e = b0 + arrs[j]->nbytes();
+            if (arrs[k]->size() && arrs[j]->size() && a0 < b1e && b0 < a1)
+                throw fastseq::ArgumentError(std::string(names[j]) + ": shares memory with " + names[k]);
+        }
+    const std::size_t n = std::size_t(p.size());
+    const int parts = std::min(fastseq::blas::SingleThreaded::user_threads(), fastseq::usable_cores());
+    void* pp = p.mutable_data();  // with the GIL: mutable_data checks the flags and may raise
+    const void* gp = g.data();
+    double* mp = static_cast<double*>(m.mutable_data());
+    double* vp = static_cast<double*>(v.mutable_data());
+    fastseq::NoGil nogil;  // see csrc/nogil.h
+    if (is_d)
+        fastseq::adam_update(static_cast<double*>(pp), static_cast<const double*>(gp), mp, vp, n, lr, b1, b2, c1,
+                             c2, eps, parts);
+    else
+        fastseq::adam_update(static_cast<float*>(pp), static_cast<const float*>(gp), mp, vp, n, lr, b1, b2, c1, c2,
+                             eps, parts);
+}
+
 py::dict build_info() {
     py::dict d;
     d["blas"] = "scipy-openblas32";
@@ -139,6 +229,10 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "fastseq compiled kernels (private; use the fastseq package)";
     m.def("clip_grad_norm", &clip_grad_norm, py::arg("grads"), py::arg("theta"),
           "Clip in place: g <- min(1, theta/||g||) g over all arrays together; returns ||g|| before clipping.");
+    m.def("adam_update", &adam_update, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"),
+          py::arg("b1"), py::arg("b2"), py::arg("c1"), py::arg("c2"), py::arg("eps"),
+          "Adam's update of one parameter in place: m, v (float64, p's shape) and p from the gradient g "
+          "(p's dtype); c1, c2 are the bias corrections 1 - b1^t, 1 - b2^t.");
     m.def("build_info", &build_info);
     m.def("set_num_threads", [](const py::handle& no) {
         const int n = fastseq::count_arg(no, "n");

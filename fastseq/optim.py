@@ -10,8 +10,10 @@ import numbers
 
 import numpy as np
 
+from . import _core
 from ._checks import check_choice, check_int, check_real
 from .errors import ArgumentError
+from .reference.optim import adam_update
 
 __all__ = ["SGD", "Adam", "ReduceLROnPlateau", "CosineDecay", "OPTIMIZERS", "from_spec"]
 
@@ -62,12 +64,18 @@ class Adam:
     """Adam (Kingma and Ba): m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
     p <- p - lr * m_hat / (sqrt(v_hat) + eps) with bias-corrected m_hat, v_hat.
     Moments are kept in float64 per parameter name.
+
+    backend: 'cpp' (default) updates each parameter in one fused pass of the C++ kernel (csrc/optim.h;
+    a parameter or gradient it cannot take as is, e.g. not contiguous, goes to the NumPy update);
+    'numpy' always runs the NumPy reference (fastseq.reference.optim.adam_update). Both give the same
+    bits, so a run may resume on either; the backend is not part of ``state_dict``.
     """
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, backend="cpp"):
         self.lr = _lr(lr)
         self.betas = self._betas(betas, "betas")
         self.eps = check_real("eps", eps, lo=0, lo_open=True)
+        self.backend = check_choice("backend", backend, ("cpp", "numpy"))
         self.t = 0
         self.m, self.v = {}, {}
 
@@ -86,14 +94,12 @@ class Adam:
         self.t += 1
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for k, p in params.items():
-            g = grads[k].astype(np.float64)
-            m = self.m.setdefault(k, np.zeros(p.shape))
-            v = self.v.setdefault(k, np.zeros(p.shape))
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            p -= (self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)).astype(p.dtype)
+            if k not in self.m:
+                self.m[k], self.v[k] = np.zeros(p.shape), np.zeros(p.shape)
+            elif self.m[k].shape != p.shape:      # moments loaded from another model's state
+                raise ArgumentError(f"params[{k!r}]: shape {p.shape}, but its Adam moments (state_dict) have "
+                                    f"shape {self.m[k].shape}")
+            _update(self.backend, p, grads[k], self.m[k], self.v[k], self.lr, b1, b2, c1, c2, self.eps)
 
     def state_dict(self):
         return {"type": "Adam", "lr": self.lr, "betas": self.betas, "eps": self.eps, "t": self.t,
@@ -126,6 +132,20 @@ class Adam:
         eps = check_real("state['eps']", state["eps"], lo=0, lo_open=True)
         self.lr, self.betas, self.eps, self.t = lr, betas, eps, t
         self.m, self.v = moments["m"], moments["v"]
+
+
+def _fused(p, g):
+    """Whether the C++ update takes p and g as they are: both C-contiguous, aligned, of one float dtype."""
+    return (isinstance(p, np.ndarray) and isinstance(g, np.ndarray) and p.dtype == g.dtype
+            and p.dtype in (np.float32, np.float64) and p.flags.c_contiguous and g.flags.c_contiguous
+            and p.flags.aligned and g.flags.aligned and p.flags.writeable)
+
+
+def _update(backend, p, g, m, v, lr, b1, b2, c1, c2, eps):
+    if backend == "cpp" and _fused(p, g):
+        _core.adam_update(p, g, m, v, lr, b1, b2, c1, c2, eps)
+    else:
+        adam_update(p, g, m, v, lr, b1, b2, c1, c2, eps)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}

@@ -1,18 +1,16 @@
-"""Where a training step of the 10-minute recipe goes (issue 11): fastseq's step as `fastseq train` runs it
-and the nn.LSTM row's step of bench/quality_cells.py, part by part, CPU and wall milliseconds per step.
+"""The nn.LSTM row's training step (bench/quality_cells.py's torch_row) part by part, and fastseq's dropout
+masks drawn now and as before, for the recipe of a budget (issue 11); CPU and wall milliseconds per step.
 
-fastseq: the parts of fastseq.training's step (Trainer._run_epoch -> _step) called one by one on the
-command's own objects (fastseq.cli.runs: the settings of `fastseq train --minutes M`, its model, loader,
-optimizer and schedule): the batch, the dropout masks (RNNLM.draw_masks from the trainer's Generator),
-the argument checks, the kernels' forward and backward (ops.lm_loss_and_grad), clipping, the optimizer,
-the finiteness check and the schedule. PyTorch: the loop of quality_cells.torch_row, the same parts.
+fastseq's own step, part by part as the Trainer runs it, is bench/bench_loop.py's. Here:
+  * PyTorch: the loop of quality_cells.torch_row on the command's batches: the batch, its tensors, the
+    forward (nn.LSTM, the output dropout, nn.Linear, cross-entropy), the backward, clipping and Adam;
+  * fastseq masks: RNNLM.draw_masks (uniforms in the mask's dtype, written in place) against the draw of
+    before (float64 uniforms, then a select into the dtype), for --input-dropout as the recipe has it and 0.
 
 Usage (machine shared: compare the parts of one run; CPU time is the load-independent figure):
     python bench/profile_step.py --threads 2 --steps 20
-    FASTSEQ_ISA=avx2 OPENBLAS_CORETYPE=Haswell python bench/profile_step.py --threads 2
 """
 import argparse
-import math
 import os
 import sys
 import time
@@ -59,29 +57,17 @@ def masks_before(model, rng, T, B):
     return one(model.input_dropout, (T, B, GH)), None, one(model.dropout, (T, B, model.num_hiddens))
 
 
-def fastseq_parts(hp, vocab, train_ids, val_ids, steps, warmup, before=False):
-    model = runs.new_model(hp, len(vocab), "cpp")
-    tr = runs.trainer(hp, model, train_ids, val_ids)
-    draw = model.draw_masks
-    if before:                      # the NumPy Adam step and the float64 draw
-        tr.optimizer.fused = False
-        draw = lambda rng, T, B: masks_before(model, rng, T, B)  # noqa: E731
-    batches = iter(tr.loader)
-    state = model.begin_state(hp["batch"])
+def mask_parts(hp, vocab, steps):
+    """(name, wall ms, CPU ms, share) per draw of one step's masks: now and before, with and without input dropout."""
+    rng = np.random.default_rng(0)
     t = Parts()
-    for i in range(warmup + steps):
-        if i == warmup:
-            t = Parts()
-        t("schedule", tr.schedule.at_progress, 0.5, tr.optimizer)
-        X, Y = t("data (next batch)", next, batches)
-        masks = t("dropout masks", draw, tr.rng, X.shape[1], X.shape[0])
-        ids, Yc, s0, plan = t("argument checks", model._step_inputs, X, Y, state, tr.bptt)
-        loss, grads, state = t("kernels: forward + backward", model.ops.lm_loss_and_grad, model.cell, ids, Yc, s0,
-                               model.params, plan, masks)
-        t("clip", model.ops.clip_grad_norm, grads, tr.clip)
-        t("optimizer (Adam)", tr.optimizer.step, model.params, grads)
-        t("finite check", lambda: [math.isfinite(p.sum()) for p in model.params.values()])
-    return t.rows(steps)
+    for q in sorted({hp["input_dropout"], 0.0}, reverse=True):
+        model = runs.new_model(dict(hp, input_dropout=q), len(vocab), "cpp")
+        T, B = hp["steps"], hp["batch"]
+        for _ in range(steps):
+            t(f"now, input dropout {q:g}", model.draw_masks, rng, T, B)
+            t(f"before, input dropout {q:g}", masks_before, model, rng, T, B)
+    return t.rows(steps)[:-1]
 
 
 def torch_parts(hp, vocab, train_ids, steps, warmup, threads):
@@ -109,7 +95,8 @@ def torch_parts(hp, vocab, train_ids, steps, warmup, threads):
         if i == warmup:
             t = Parts()
         X, Y = t("data (next batch)", next, batches)
-        x, y = t("data (to tensors)", lambda: (torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))))
+        x, y = t("data (to tensors)", lambda: (torch.from_numpy(X.astype(np.int64)),
+                                               torch.from_numpy(Y.astype(np.int64))))
         loss, state = t("forward (with dropout)", fwd, x, y, state)
         t("backward", bwd, loss)
         t("clip", torch.nn.utils.clip_grad_norm_, model.parameters, hp["clip"])
@@ -126,20 +113,15 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--train-arg", action="append", default=[], help="an extra `fastseq train` option (repeatable)")
     p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--before", action="store_true",
-                   help="also profile fastseq's step with the NumPy Adam step and the float64 mask draw (one layer)")
     a = p.parse_args(argv)
     fastseq.set_num_threads(a.threads)
     hp = recipe("lstm", a.minutes, a.train_arg)
-    vocab, train_ids, val_ids = runs.prepare_data(hp)
+    vocab, train_ids, _ = runs.prepare_data(hp)
     lines = [f"machine: {machine_line()}; FASTSEQ_ISA={os.environ.get('FASTSEQ_ISA', 'unset')}; "
              f"{a.threads} threads; load average {os.getloadavg()[0]:.1f} at the start",
              f"recipe: {', '.join(f'{k} {hp[k]}' for k in ('hidden', 'steps', 'batch', 'dropout', 'input_dropout'))}; "
              f"{a.steps} steps after {a.warmup}", ""]
-    blocks = [("fastseq", fastseq_parts(hp, vocab, train_ids, val_ids, a.steps, a.warmup))]
-    if a.before:
-        blocks.append(("fastseq before (NumPy Adam, float64 mask draw)",
-                       fastseq_parts(hp, vocab, train_ids, val_ids, a.steps, a.warmup, before=True)))
+    blocks = [("fastseq dropout masks of one step", mask_parts(hp, vocab, a.steps))]
     if not a.no_torch:
         blocks.append(("PyTorch nn.LSTM row", torch_parts(hp, vocab, train_ids, a.steps, a.warmup, a.threads)))
     for name, rows in blocks:

@@ -14,10 +14,12 @@ train, the last 10% are held out, the vocabulary comes from the training part. R
   `fastseq.optim.CosineDecay` on the same progress, the larger of elapsed/budget and step/total steps --
   clipping, full BPTT over each window with the state carried over, the held-out evaluation after each
   epoch) for the same wall-clock budget, scored by `fastseq.training.evaluate`. Dropout, when the
-  recipe has it: nn.LSTM's own between layers and the same inverted dropout on the top layer's output;
-  not on the input (fastseq drops elements of the gathered input rows W_xh[ids]; nn.LSTM computes its
-  input projection inside, and dropping the one-hot rows instead would drop whole characters, a
-  different and stronger noise), so the PyTorch model gets the lighter regularisation of the two;
+  recipe has it: nn.LSTM's own between layers and the same inverted dropout on the top layer's output.
+  Not on the input: fastseq's input dropout drops elements of the gathered input rows W_xh[ids], and
+  nn.LSTM computes its input projection inside (dropping the one-hot rows instead would drop whole
+  characters, a different and stronger noise). The recipe at 10 minutes has no input dropout
+  (`--input-dropout 0`, the budget's setting), so both rows are the same recipe; with a recipe that has it
+  (`--train-arg=--input-dropout=P`) the PyTorch row says in its note that it lacks it;
 * each fastseq cell through the command itself: `fastseq train --corpus tinyshakespeare --cell C
   --minutes M`, then `fastseq eval` of its checkpoint on the held-out text (the same evaluator).
 
@@ -228,7 +230,9 @@ def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
     train_wall = time.perf_counter() - t_start
     ppl = evaluate(model, val_ids)
     n_params = sum(p.numel() for p in model.parameters)
-    return dict(model=f"PyTorch nn.{'LSTM' if cell == 'lstm' else cell} (torch {torch.__version__}, "
+    lacks = hp.get("input_dropout", 0.0)
+    return dict(note=f"no input dropout (the fastseq rows drop the input rows with p = {lacks:g})" if lacks else None,
+                model=f"PyTorch nn.{'LSTM' if cell == 'lstm' else cell} (torch {torch.__version__}, "
                       f"{threads} thread{'s' if threads > 1 else ''})",
                 ppl=ppl, wall=train_wall, cpu=time.process_time() - c_start, steps=steps, epochs=epochs,
                 tokens_per_s=tokens / train_wall, params=n_params, load=load(),

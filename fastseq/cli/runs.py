@@ -38,8 +38,8 @@ ADAM_LR_WIDTH_POWER = 0.5
 # where 15 epochs take about 75 s of CPU; a budget keeps it there and costs nothing on faster machines.
 MAIN_JOB_MINUTES = 0.75
 # Settings that define the run; they cannot change on --resume (the learning rate can: fine-tuning).
-RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "cell", "layers", "dropout", "input_dropout", "hidden", "steps", "batch",
-            "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction", "lr_decay_to",
+RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "cell", "layers", "dropout", "input_dropout", "hidden",
+            "steps", "batch", "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction", "lr_decay_to",
             "lr_hold")
 DEFAULT_OUT = "fastseq-train"
 

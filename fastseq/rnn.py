@@ -340,7 +340,7 @@ class RNNLM(_Model):
     or 'numpy' (the reference), or an ops object.
     """
 
-    _CONFIG_KEYS = ("vocab_size", "num_hiddens", "cell", "num_layers", "dropout", "input_dropout", "dtype")
+    _CONFIG_KEYS = ("vocab_size", "num_hiddens", "cell", "num_layers", "dropout", "dtype", "input_dropout")
 
     def __init__(self, vocab_size, num_hiddens, nonlinearity=None, dtype=np.float32, seed=0, backend="cpp", *,
                  cell=None, num_layers=1, dropout=0.0, input_dropout=None):

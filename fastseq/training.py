@@ -71,7 +71,8 @@ DIVERGED_TIMES_UNIFORM = 10
 #     The dropout is not on the input rows W_xh[ids] (input_dropout 0), which is also nn.LSTM's recipe
 #     with one-hot inputs (bench/quality_cells.py): step for step it is better. Same settings, 4 epochs
 #     (1,960 steps) by step count, 1 thread, load 4-6 (bench/RESULTS.md, fifth session): held-out
-#     4.630 without input dropout against 4.864 with it; nn.LSTM by the same recipe 4.719. And without
+#     4.630 and 4.709 (two seeds) without input dropout against 4.864 with it; nn.LSTM by the same
+#     recipe 4.719 (level with fastseq within the seeds' spread). And without
 #     the input rows' mask a step draws a fifth of the uniforms (4 ms of CPU instead of 18).
 #   >= 30 min: two layers of 512 with dropout 0.2: not measured (a 2-layer step at H = 512 takes 307 ms).
 BUDGET_SETTINGS = (

@@ -14,10 +14,12 @@ train, the last 10% are held out, the vocabulary comes from the training part. R
   `fastseq.optim.CosineDecay` on the same progress, the larger of elapsed/budget and step/total steps --
   clipping, full BPTT over each window with the state carried over, the held-out evaluation after each
   epoch) for the same wall-clock budget, scored by `fastseq.training.evaluate`. Dropout, when the
-  recipe has it: nn.LSTM's own between layers and the same inverted dropout on the top layer's output;
-  not on the input (fastseq drops elements of the gathered input rows W_xh[ids]; nn.LSTM computes its
-  input projection inside, and dropping the one-hot rows instead would drop whole characters, a
-  different and stronger noise), so the PyTorch model gets the lighter regularisation of the two;
+  recipe has it: nn.LSTM's own between layers and the same inverted dropout on the top layer's output.
+  Not on the input: fastseq's input dropout drops elements of the gathered input rows W_xh[ids], and
+  nn.LSTM computes its input projection inside (dropping the one-hot rows instead would drop whole
+  characters, a different and stronger noise). The recipe at 10 minutes has no input dropout
+  (`--input-dropout 0`, the budget's setting), so both rows are the same recipe; with a recipe that has it
+  (`--train-arg=--input-dropout=P`) the PyTorch row says in its note that it lacks it;
 * each fastseq cell through the command itself: `fastseq train --corpus tinyshakespeare --cell C
   --minutes M`, then `fastseq eval` of its checkpoint on the held-out text (the same evaluator).
 
@@ -54,7 +56,7 @@ from fastseq.training import evaluate  # noqa: E402
 
 CORPUS = "tinyshakespeare"
 # The settings a row's recipe line shows (and that the nn.LSTM row must share with the fastseq row).
-RECIPE_KEYS = ("hidden", "layers", "dropout", "steps", "batch", "optimizer", "lr", "lr_decay_to", "lr_hold", "clip")
+RECIPE_KEYS = ("hidden", "layers", "dropout", "input_dropout", "steps", "batch", "optimizer", "lr", "lr_decay_to", "lr_hold", "clip")
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 KN_ORDER = 7
 
@@ -68,16 +70,29 @@ def load():
 EPOCHS = 100000
 
 
-def recipe(cell, minutes, extra=()):
+def recipe(cell, minutes, extra=(), epochs=None):
     """The command's settings of a run of ``cell`` on the corpus for a budget of ``minutes`` (its defaults
     for that budget, as `fastseq train --minutes M --epochs EPOCHS` takes them, with ``extra`` options
-    such as ["--hidden=256"])."""
+    such as ["--hidden=256"]). With ``epochs``, the same settings for a run of that many epochs and no
+    time budget (the rate's decay then follows the steps alone): fixed_options(hp) give them to the
+    command."""
     from fastseq.cli.main import build_parser
 
     argv = ["train", "--corpus", CORPUS, "--minutes", str(minutes), "--epochs", str(EPOCHS), *extra]
     if cell:
         argv += ["--cell", cell]
-    return runs.hparams_from_args(build_parser().parse_args(argv))
+    hp = runs.hparams_from_args(build_parser().parse_args(argv))
+    if epochs is not None:
+        hp.update(epochs=epochs, minutes=None)
+    return hp
+
+
+# The settings a budget chooses, given explicitly to a run of a fixed number of epochs (--epochs).
+FIXED_KEYS = ("hidden", "layers", "steps", "dropout", "input_dropout", "lr", "lr_decay_to", "lr_hold")
+
+
+def fixed_options(hp):
+    return [f"--{k.replace('_', '-')}={hp[k]!r}" for k in FIXED_KEYS]
 
 
 def kn_rows(vocab, train_ids, val_ids):
@@ -153,7 +168,8 @@ class TorchLM:
 
 
 def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
-    """nn.<cell> trained on the command's batches with its optimizer, schedule, clipping and budget."""
+    """nn.<cell> trained on the command's batches with its optimizer, schedule, clipping and budget
+    (``minutes``; None: hp's epochs, progress by steps alone)."""
     import torch
 
     from fastseq import optim
@@ -171,6 +187,7 @@ def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
     decay = hp.get("lr_decay_to", 1.0)
     schedule = optim.CosineDecay(decay, hp.get("lr_hold", 0.0), base_lr=hp["lr"]) if decay < 1 else None
     total_steps = hp["epochs"] * len(loader)
+    budget = None if minutes is None else minutes * 60
 
     class Rate:                                    # CosineDecay sets .lr on an optimizer-like object
         lr = hp["lr"]
@@ -178,7 +195,7 @@ def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
     F = torch.nn.functional
     t_start, c_start = time.perf_counter(), time.process_time()
     start = time.monotonic()
-    deadline = start + minutes * 60
+    deadline = None if budget is None else start + budget
     steps = epochs = tokens = 0
     done = False
     while not done:
@@ -186,7 +203,8 @@ def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
         model.train(True)
         for X, Y in loader:
             if schedule is not None:
-                progress = min(1.0, max((time.monotonic() - start) / (minutes * 60), steps / total_steps))
+                by_time = 0.0 if budget is None else (time.monotonic() - start) / budget
+                progress = min(1.0, max(by_time, steps / total_steps))
                 schedule.at_progress(progress, Rate)
                 for g in opt.param_groups:
                     g["lr"] = Rate.lr
@@ -200,18 +218,21 @@ def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
             opt.step()
             state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             steps, tokens = steps + 1, tokens + Y.size
-            if time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 done = True
                 break
         else:
             epochs += 1
             model.train(False)
             evaluate(model, val_ids)               # the Trainer's held-out evaluation after each epoch
+            done = epochs >= hp["epochs"]
     model.train(False)
     train_wall = time.perf_counter() - t_start
     ppl = evaluate(model, val_ids)
     n_params = sum(p.numel() for p in model.parameters)
-    return dict(model=f"PyTorch nn.{'LSTM' if cell == 'lstm' else cell} (torch {torch.__version__}, "
+    lacks = hp.get("input_dropout", 0.0)
+    return dict(note=f"no input dropout (the fastseq rows drop the input rows with p = {lacks:g})" if lacks else None,
+                model=f"PyTorch nn.{'LSTM' if cell == 'lstm' else cell} (torch {torch.__version__}, "
                       f"{threads} thread{'s' if threads > 1 else ''})",
                 ppl=ppl, wall=train_wall, cpu=time.process_time() - c_start, steps=steps, epochs=epochs,
                 tokens_per_s=tokens / train_wall, params=n_params, load=load(),
@@ -226,10 +247,12 @@ def _run(cmd, log):
     return json.loads(r.stdout)
 
 
-def fastseq_row(cell, heldout, workdir, minutes, threads, extra, val_ids):
+def fastseq_row(cell, heldout, workdir, minutes, threads, extra, val_ids, epochs=None):
     out = os.path.join(workdir, cell)
-    cmd = [sys.executable, "-m", "fastseq", "train", "--corpus", CORPUS, "--cell", cell, "--minutes", str(minutes),
-           "--epochs", str(EPOCHS), "--out", out, "--overwrite", "--no-ngram", "--no-progress", "--sample-length", "0",
+    # a fixed number of epochs: the budget's settings given as options, no budget (recipe, fixed_options)
+    length = ["--minutes", str(minutes), "--epochs", str(EPOCHS)] if epochs is None else \
+        ["--epochs", str(epochs), *fixed_options(recipe(cell, minutes, extra, epochs))]
+    cmd = [sys.executable, "-m", "fastseq", "train", "--corpus", CORPUS, "--cell", cell, *length, "--out", out, "--overwrite", "--no-ngram", "--no-progress", "--sample-length", "0",
            "--threads", str(threads), "--json", *extra]
     with open(os.path.join(workdir, f"{cell}.log"), "w") as log:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -253,8 +276,10 @@ def fastseq_row(cell, heldout, workdir, minutes, threads, extra, val_ids):
 
 
 # ----------------------------------------------------------------------------- the table
-def table(rows, minutes, split):
-    lines = [f"Tiny Shakespeare characters, {split}; budget {minutes:g} min of training wall time per RNN row.", "",
+def table(rows, minutes, split, epochs=None):
+    length = f"budget {minutes:g} min of training wall time per RNN row" if epochs is None else \
+        f"{epochs} epochs per RNN row with the settings of a {minutes:g}-minute budget (no time limit)"
+    lines = [f"Tiny Shakespeare characters, {split}; {length}.", "",
              "| model | held-out perplexity | train wall s | CPU s | steps | epochs | tokens/s | load avg at start, end |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -279,6 +304,9 @@ def main(argv=None):
     p.add_argument("--recipe-of", choices=CELLS,
                    help="the fastseq cell whose recipe (the command's settings for the budget, with --train-arg) "
                         "the PyTorch rows follow (default: the first of --cells)")
+    p.add_argument("--epochs", type=int,
+                   help="end every RNN row after this many epochs instead of the budget (a comparison per step, "
+                        "which the machine's load does not change); the settings stay the budget's")
     p.add_argument("--threads", type=int, default=1, help="threads of every row (the command's default: 1)")
     p.add_argument("--no-kn", action="store_true", help="skip the Kneser-Ney rows")
     p.add_argument("--workdir", help="checkpoints and logs (default: a temporary folder)")
@@ -316,12 +344,12 @@ def main(argv=None):
     recipe_cell = a.recipe_of or (cells[0] if cells else "lstm")
     for cell in torch_cells:
         start = load()
-        hp = recipe(recipe_cell, a.minutes, a.train_arg)
-        add(torch_row(cell, hp, vocab, train_ids, val_ids, a.minutes, a.threads), start)
+        hp = recipe(recipe_cell, a.minutes, a.train_arg, a.epochs)
+        add(torch_row(cell, hp, vocab, train_ids, val_ids, None if a.epochs else a.minutes, a.threads), start)
     for cell in cells:
         start = load()
-        add(fastseq_row(cell, heldout, workdir, a.minutes, a.threads, a.train_arg, val_ids), start)
-    text = "\n".join([table(rows, a.minutes, split), "", head,
+        add(fastseq_row(cell, heldout, workdir, a.minutes, a.threads, a.train_arg, val_ids, a.epochs), start)
+    text = "\n".join([table(rows, a.minutes, split, a.epochs), "", head,
                       f"load average at the end {load():.1f}",
                       "command: python bench/quality_cells.py " + " ".join(argv if argv is not None else sys.argv[1:])])
     print("\n" + text)

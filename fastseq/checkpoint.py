@@ -462,9 +462,11 @@ def _check_manifest(meta, meta_path):
         L = s.int(s.get(config, "num_layers", "model.config.num_layers"), "model.config.num_layers", 1)
         if L > most:
             s.fail("model.config.num_layers", L, f"an integer in [1, {most}] (the weights hold {most} tensors)")
-        p = s.get(config, "dropout", "model.config.dropout")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-            s.fail("model.config.dropout", p, "a number in [0, 1)")
+        for key in ("dropout", "input_dropout"):       # input_dropout: absent before it existed (= dropout)
+            if key == "dropout" or key in config:
+                p = s.get(config, key, f"model.config.{key}")
+                if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                    s.fail(f"model.config.{key}", p, "a number in [0, 1)")
 
     vocab = s.obj(s.get(meta, "vocab", "vocab"), "vocab")
     itos = s.get(vocab, "idx_to_token", "vocab.idx_to_token")

@@ -333,20 +333,28 @@ class RNNLM(_Model):
     from Scratch").
 
     params: the layer's with D_0 = V (one-hot input: W_xh's rows are gathered), then W_hq (H, V),
-    b_q (V,). dropout p, applied only by loss_and_grad given an rng (training): on the input rows
-    W_xh[ids] (before b_h), between layers, and on the top layer's H_t where it enters W_hq.
+    b_q (V,). dropout p, applied only by loss_and_grad given an rng (training): between layers and on
+    the top layer's H_t where it enters W_hq, and on the input rows W_xh[ids] (before b_h) with
+    input_dropout (None: the same p; 0: none, as nn.LSTM fed one-hot inputs, which drops nothing there).
     Initialisation as RNN's, W_hq and b_q last (zero b_q for the plain RNN). backend: 'cpp' (default)
     or 'numpy' (the reference), or an ops object.
     """
 
-    _CONFIG_KEYS = ("vocab_size", "num_hiddens", "cell", "num_layers", "dropout", "dtype")
+    _CONFIG_KEYS = ("vocab_size", "num_hiddens", "cell", "num_layers", "dropout", "dtype", "input_dropout")
 
     def __init__(self, vocab_size, num_hiddens, nonlinearity=None, dtype=np.float32, seed=0, backend="cpp", *,
-                 cell=None, num_layers=1, dropout=0.0):
+                 cell=None, num_layers=1, dropout=0.0, input_dropout=None):
         V = self.vocab_size = check_int("vocab_size", vocab_size, 1)
         H = self.num_hiddens = check_int("num_hiddens", num_hiddens, 1)
         self._init({"vocab_size": V, "num_hiddens": H}, V, V, nonlinearity, dtype, seed, backend, cell,
                    num_layers, dropout)
+        # None: the input rows share `dropout` (the model before input_dropout existed, and its configs)
+        self.input_dropout = self.dropout if input_dropout is None else \
+            check_real("input_dropout", input_dropout, lo=0, hi=1, hi_open=True)
+
+    @property
+    def config(self):
+        return dict(super().config, input_dropout=self.input_dropout)
 
     @property
     def hidden_size(self):
@@ -369,11 +377,12 @@ class RNNLM(_Model):
 
     def draw_masks(self, rng, T, B):
         """The contract's masks (m_in (T, B, G*H), m_layers (L-1, T, B, H), m_out (T, B, H)) drawn from rng
-        in that order, or None when the dropout is 0."""
-        if self.dropout == 0:
+        in that order, or None when both dropouts are 0; m_in is None (not drawn) when input_dropout is 0,
+        the others when dropout is."""
+        if self.dropout == 0 and self.input_dropout == 0:
             return None
         GH = self.params["b_h"].shape[0]
-        m_in = dropout_mask(rng, self.dropout, (T, B, GH), self.dtype)
+        m_in = dropout_mask(rng, self.input_dropout, (T, B, GH), self.dtype)
         m_layers = self._layer_masks(rng, T, B)
         return m_in, m_layers, dropout_mask(rng, self.dropout, (T, B, self.num_hiddens), self.dtype)
 

@@ -72,6 +72,7 @@ def train(d, out, *extra, epochs=2, check=0):
     (["--dropout", "1"], ["--dropout", "[0, 1)", "'1'"]),
     (["--dropout", "-0.1"], ["--dropout", "[0, 1)"]),
     (["--dropout", "nan"], ["--dropout", "[0, 1)"]),
+    (["--input-dropout", "1"], ["--input-dropout", "[0, 1)", "'1'"]),
     (["--cell", "gru", "--nonlinearity", "relu"], ["--nonlinearity relu", "conflicts with --cell gru"]),
     (["--cell", "rnn_tanh", "--nonlinearity", "relu"], ["--nonlinearity relu", "--cell rnn_tanh"]),
 ])
@@ -171,6 +172,34 @@ def test_dropout_changes_training_not_evaluation(text_dir):
         np.testing.assert_array_equal(b[k], c[k], err_msg=k)
 
 
+def test_input_dropout_is_its_own_option_saved_with_the_model(text_dir):
+    """--input-dropout 0 drops no input rows (other weights than --dropout alone); the value is in the
+    hparams and the model's config; without it the input rows take --dropout (as before the option)."""
+    train(text_dir, "i0", "--cell", "lstm", "--backend", "numpy", "--dropout", "0.3", "--input-dropout", "0",
+          epochs=1)
+    a, meta = load_weights(text_dir / "i0")
+    assert meta["hparams"]["input_dropout"] == 0.0 and meta["model"]["config"]["input_dropout"] == 0.0
+    train(text_dir, "i3", "--cell", "lstm", "--backend", "numpy", "--dropout", "0.3", epochs=1)
+    b, meta_b = load_weights(text_dir / "i3")                 # --dropout 0.3 alone
+    assert meta_b["hparams"]["input_dropout"] == 0.3 and meta_b["model"]["config"]["input_dropout"] == 0.3
+    assert not np.allclose(a["W_hh"], b["W_hh"])
+    # a checkpoint of before the option (no input_dropout anywhere) resumes with its input rows dropped
+    old = text_dir / "i-old"
+    p = train(text_dir, "i-old", "--cell", "lstm", "--backend", "numpy", "--dropout", "0.3", "--stop-after", 20,
+              epochs=1)
+    assert "stopped after step 20" in p.stdout
+    meta_path = old / "fastseq.json"
+    m = json.loads(meta_path.read_text())
+    del m["hparams"]["input_dropout"], m["model"]["config"]["input_dropout"]
+    from fastseq.checkpoint import _integrity
+    m["integrity"] = _integrity(m)                            # as the older fastseq wrote it
+    meta_path.write_text(json.dumps(m))
+    run("train", "--resume", "i-old", "--no-progress", "--no-ngram", "--sample-length", 0, cwd=text_dir, check=0)
+    c, _ = load_weights(old)
+    for k in b:                                               # the same run as --dropout 0.3 from the start
+        np.testing.assert_array_equal(b[k], c[k], err_msg=k)
+
+
 # ------------------------------------------------------------------ resume
 @pytest.mark.parametrize("cell, extra", [("lstm", ["--layers", "2", "--dropout", "0.3"]),
                                          ("gru", ["--dropout", "0.2", "--bptt", "random:0.5"])])
@@ -192,6 +221,7 @@ def test_resume_of_a_cell_run_gives_identical_weights(text_dir, cell, extra):
     (["--cell", "gru"], ["--cell", "cannot change", "'lstm'"]),
     (["--layers", "3"], ["--layers", "cannot change"]),
     (["--dropout", "0.5"], ["--dropout", "cannot change"]),
+    (["--input-dropout", "0.5"], ["--input-dropout", "cannot change"]),
     (["--nonlinearity", "tanh"], ["--nonlinearity", "cannot change", "'lstm'"]),
 ])
 def test_resume_cannot_change_the_cell(text_dir, flags, words):

@@ -72,8 +72,8 @@ def sfx(l):
 
 
 def masks_of(rng, p, shape, dtype):
-    """The documented draw: rng.random(shape) >= p, kept entries 1/(1-p)."""
-    return ((rng.random(shape) >= p) / (1 - p)).astype(dtype)
+    """The documented draw: rng.random(shape, dtype) >= p (uniforms in the mask's dtype), kept entries 1/(1-p)."""
+    return ((rng.random(shape, dtype=dtype) >= dtype(p)) / (1 - p)).astype(dtype)
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -326,10 +326,10 @@ def test_layer_forward_and_backward_match_the_oracle(backend, dtype, cell, L, ki
 
 
 # ----------------------------------------------------------------------------- the language model
-def lm_case(backend, dtype, cell, seed, L=1, dropout=0.0, V=7, H=5, B=3, T=6):
+def lm_case(backend, dtype, cell, seed, L=1, dropout=0.0, V=7, H=5, B=3, T=6, input_dropout=None):
     rng = np.random.default_rng(seed)
-    m = randomized(fastseq.RNNLM(V, H, dtype=dtype, backend=backend, cell=cell, num_layers=L, dropout=dropout),
-                   rng)
+    m = randomized(fastseq.RNNLM(V, H, dtype=dtype, backend=backend, cell=cell, num_layers=L, dropout=dropout,
+                                 input_dropout=input_dropout), rng)
     X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     state = rng.normal(0, 0.5, m.state_shape(B)).astype(dtype)
     return m, X, Y, state, rng
@@ -437,6 +437,51 @@ def test_evaluation_never_drops(backend, cell):
     assert ld != la                                   # and training does drop
     with pytest.raises(ArgumentError, match="^rng: expected None or a numpy.random.Generator, got int"):
         m.loss_and_grad(X, Y, state, rng=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("input_dropout", [0.0, 0.5])
+def test_input_dropout_is_its_own_and_both_backends_see_the_same_masks(dtype, input_dropout):
+    """input_dropout sets m_in's probability alone (0: m_in is not drawn at all, so m_layers and m_out
+    come first from the Generator); both ops get the masks of the documented draw and agree."""
+    L, p = 2, 0.3
+    ref = None
+    for backend in OPS_NAMES:
+        m, X, Y, state, _ = lm_case(backend, dtype, "lstm", 41, L=L, dropout=p, input_dropout=input_dropout)
+        B, T = X.shape
+        got = m.loss_and_grad(X, Y, state, rng=np.random.default_rng(8))
+        rng = np.random.default_rng(8)
+        want_masks = (None if input_dropout == 0 else masks_of(rng, input_dropout, (T, B, 4 * 5), dtype),
+                      masks_of(rng, p, (L - 1, T, B, 5), dtype), masks_of(rng, p, (T, B, 5), dtype))
+        ids, Yc, s0, plan = m._step_inputs(X, Y, state, None)
+        want = m.ops.lm_loss_and_grad(m.cell, ids, Yc, s0, m.params, plan, want_masks)
+        assert got[0] == want[0]
+        for k in want[1]:
+            np.testing.assert_array_equal(got[1][k], want[1][k], err_msg=k)
+        if ref is None:
+            ref = got
+        else:                                         # the C++ and NumPy ops on the same masks
+            assert_close(got[0], ref[0], dtype, "loss")
+            for k in ref[1]:
+                assert_close(got[1][k], ref[1][k], dtype, k)
+    with_in = lm_case("numpy", dtype, "lstm", 41, L=L, dropout=p)[0]
+    loss_in = with_in.loss_and_grad(X, Y, state, rng=np.random.default_rng(8))[0]
+    assert (loss_in == got[0]) == (input_dropout == p)   # None (the default) is dropout's probability
+
+
+def test_input_dropout_in_the_config_and_its_checks():
+    m = fastseq.RNNLM(7, 5, cell="gru", dropout=0.2, input_dropout=0.0)
+    assert m.config["input_dropout"] == 0.0 and m.config["dropout"] == 0.2
+    assert fastseq.RNNLM.from_config(m.config).input_dropout == 0.0
+    old = {k: v for k, v in m.config.items() if k != "input_dropout"}     # a config from before the option
+    assert fastseq.RNNLM.from_config(old).input_dropout == 0.2
+    only_in = fastseq.RNNLM(7, 5, cell="gru", dropout=0.0, input_dropout=0.4)
+    masks = only_in.draw_masks(np.random.default_rng(0), 3, 2)
+    assert masks[0].shape == (3, 2, 15) and masks[1] is None and masks[2] is None
+    assert fastseq.RNNLM(7, 5, dropout=0.0, input_dropout=0.0).draw_masks(np.random.default_rng(0), 3, 2) is None
+    for bad in (1.0, -0.1, "x", float("nan")):
+        with pytest.raises(ArgumentError, match="^input_dropout:"):
+            fastseq.RNNLM(7, 5, input_dropout=bad)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

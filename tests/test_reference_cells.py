@@ -375,6 +375,12 @@ def test_dropout_masks():
     assert abs(np.mean(m == 0) - 0.25) < 0.01
     again = dropout_masks(np.random.default_rng(0), 0.25, 3, 50, 40, 30)
     assert np.array_equal(m, again)                     # the caller's Generator decides the mask
+    # the documented draw, uniforms in the mask's dtype: float32 draws its own, float64 the float64 ones
+    for dt in (np.float32, np.float64):
+        m = dropout_masks(np.random.default_rng(4), 0.25, 2, 50, 40, 30, dtype=dt)
+        u = np.random.default_rng(4).random((1, 50, 40, 30), dtype=dt)
+        assert m.dtype == dt
+        np.testing.assert_array_equal(m, np.where(u >= dt(0.25), dt(1 / 0.75), dt(0)))
 
 
 @pytest.mark.parametrize("call, message", [
@@ -384,6 +390,7 @@ def test_dropout_masks():
     (lambda: dropout_masks(np.random.default_rng(0), 1.0, 2, T, B, H), "dropout:"),
     (lambda: dropout_masks(np.random.default_rng(0), -0.1, 2, T, B, H), "dropout:"),
     (lambda: dropout_masks(0, 0.5, 2, T, B, H), "rng:"),
+    (lambda: dropout_masks(np.random.default_rng(0), 0.5, 2, T, B, H, dtype=np.int32), "dtype:"),
 ])
 def test_bad_arguments_name_themselves(call, message):
     with pytest.raises(ArgumentError, match=f"^{message}"):

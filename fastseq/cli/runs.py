@@ -12,7 +12,7 @@ from .args import UsageError, cleaning, info
 
 TRAIN_DEFAULTS = dict(
     corpus="pydoc", token="char", cleaning="none", max_tokens=0, cell="lstm", layers=1, dropout=0.0,
-    hidden=128, steps=35, batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full",
+    input_dropout=None, hidden=128, steps=35, batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full",
     sampling="sequential", dtype="float32", seed=0, val_fraction=0.1, lr_decay_to=1.0, lr_hold=0.0,
 )
 # The main job's cell is the LSTM: it wins the 10-minute quality tables on tinyshakespeare (bench/RESULTS.md:
@@ -38,8 +38,8 @@ ADAM_LR_WIDTH_POWER = 0.5
 # where 15 epochs take about 75 s of CPU; a budget keeps it there and costs nothing on faster machines.
 MAIN_JOB_MINUTES = 0.75
 # Settings that define the run; they cannot change on --resume (the learning rate can: fine-tuning).
-RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "cell", "layers", "dropout", "hidden", "steps", "batch",
-            "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction", "lr_decay_to",
+RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "cell", "layers", "dropout", "input_dropout", "hidden",
+            "steps", "batch", "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction", "lr_decay_to",
             "lr_hold")
 DEFAULT_OUT = "fastseq-train"
 
@@ -86,6 +86,8 @@ def hparams_from_args(args):
     for k, v in budget_settings(hp["minutes"]).items():
         if getattr(args, k, None) is None:
             hp[k] = v
+    if hp["input_dropout"] is None:        # --input-dropout defaults to --dropout
+        hp["input_dropout"] = hp["dropout"]
     if hp["lr"] is None:
         hp["lr"] = default_lr(hp["cell"], hp["optimizer"], hp["hidden"])
     if not 0 <= hp["lr_decay_to"] <= 1:
@@ -126,7 +128,7 @@ def cell_of(args):
 def upgrade(hp):
     """The settings of a run saved before cells (issue 11) in today's keys: its 'nonlinearity' is the cell
     'rnn_' + nonlinearity, one layer, no dropout; one saved before the learning-rate schedule kept its
-    rate constant (lr_decay_to 1)."""
+    rate constant (lr_decay_to 1); one saved before --input-dropout dropped the input rows with its dropout."""
     hp = dict(hp)
     hp.setdefault("lr_decay_to", 1.0)
     hp.setdefault("lr_hold", 0.0)
@@ -134,6 +136,7 @@ def upgrade(hp):
         hp["cell"] = "rnn_" + str(hp.pop("nonlinearity"))
         hp.setdefault("layers", 1)
         hp.setdefault("dropout", 0.0)
+    hp.setdefault("input_dropout", hp.get("dropout", 0.0))
     return hp
 
 
@@ -195,7 +198,7 @@ def new_model(hp, vocab_size, backend):
     from ..rnn import RNNLM
 
     return RNNLM(vocab_size, hp["hidden"], cell=hp["cell"], num_layers=hp["layers"], dropout=hp["dropout"],
-                 dtype=hp["dtype"], seed=hp["seed"], backend=backend or "cpp")
+                 input_dropout=hp.get("input_dropout"), dtype=hp["dtype"], seed=hp["seed"], backend=backend or "cpp")
 
 
 def fresh_default_out(args):

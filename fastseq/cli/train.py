@@ -53,6 +53,8 @@ def add_parsers(subparsers, corpora):
     t.add_argument("--layers", type=int_at_least(1), help=f"stacked layers L (default: {d['layers']}{by_budget})")
     t.add_argument("--dropout", type=fraction,
                    help=f"dropout probability P in training (default: {d['dropout']:g}{by_budget})")
+    t.add_argument("--input-dropout", type=fraction, metavar="P",
+                   help=f"dropout probability of the input rows W_xh[ids] alone (default: --dropout's{by_budget})")
     t.add_argument("--nonlinearity", choices=("tanh", "relu"),
                    help="phi of the plain RNN, the older spelling of --cell rnn_tanh / rnn_relu")
     t.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default: float32)")
@@ -197,6 +199,8 @@ def cmd_train(args):
                f"{len(val_ids):,} held out, vocabulary {len(vocab)}")
     layers = f" x {hp['layers']} layers" if hp["layers"] > 1 else ""
     drop = f", dropout {hp['dropout']:g}" if hp["dropout"] else ""
+    if hp.get("input_dropout", hp["dropout"]) != hp["dropout"]:
+        drop += f", input dropout {hp['input_dropout']:g}"
     info(args, f"model RNNLM V={len(vocab)} H={hp['hidden']} {hp['cell']}{layers}{drop} {hp['dtype']} "
                f"on {tr.model.backend}{_threads(args, tr.model.backend)}; {hp['optimizer']} lr {tr.lr:g}{_decay(hp)}, clip {hp['clip']:g}, "
                f"bptt {hp['bptt']}, batch {hp['batch']} x {hp['steps']} steps, "

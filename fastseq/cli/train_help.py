@@ -19,7 +19,8 @@ Learning, chapter 8, "Backpropagation Through Time"), random:P randomized trunca
 "Recurrent Neural Networks"; gru and lstm are the gated cells of its next chapter, as
 PyTorch's nn.GRU and nn.LSTM compute them. --layers stacks cells (layer l's states are
 layer l+1's input); --dropout P drops the input rows, the states between layers and the
-top layer's states during training only, as nn.LSTM(dropout=P) does between layers.
+top layer's states during training only, as nn.LSTM(dropout=P) does between layers;
+--input-dropout P sets the input rows' own (0: none, as nn.LSTM with one-hot inputs).
 CELL_NOTE
 --clip: global-norm gradient clipping (Dive into Deep Learning, "Recurrent Neural
 Network Implementation from Scratch").
@@ -55,6 +56,8 @@ def budget_note():
         when = f"under {end:g} min" if start == 0 else (f"{start:g}-{end:g} min" if end else f"{start:g} min or more")
         layers = f", --layers {s['layers']}" if s["layers"] > 1 else ""
         drop = f", dropout {s['dropout']:g}" if s["dropout"] else ""
+        if s.get("input_dropout", s["dropout"]) != s["dropout"]:
+            drop += f", --input-dropout {s['input_dropout']:g}"
         decay = f"rate decaying to {s['lr_decay_to']:g}x" if s["lr_decay_to"] < 1 else "constant rate"
         rows.append(f"  {when:>15}: --hidden {s['hidden']}{layers}, --steps {s['steps']}{drop}, {decay}")
     return "\n".join(rows)

@@ -26,6 +26,6 @@ class RNNLM(_rnn.RNNLM):
     """``fastseq.RNNLM`` on the NumPy reference ops by default (see its documentation)."""
 
     def __init__(self, vocab_size, num_hiddens, nonlinearity=None, dtype=np.float32, seed=0, backend="numpy", *,
-                 cell=None, num_layers=1, dropout=0.0):
+                 cell=None, num_layers=1, dropout=0.0, input_dropout=None):
         super().__init__(vocab_size, num_hiddens, nonlinearity, dtype, seed, backend,
-                         cell=cell, num_layers=num_layers, dropout=dropout)
+                         cell=cell, num_layers=num_layers, dropout=dropout, input_dropout=input_dropout)

@@ -74,6 +74,10 @@ DIVERGED_TIMES_UNIFORM = 10
 #     4.630 and 4.709 (two seeds) without input dropout against 4.864 with it; nn.LSTM by the same
 #     recipe 4.719 (level with fastseq within the seeds' spread). And without
 #     the input rows' mask a step draws a fifth of the uniforms (4 ms of CPU instead of 18).
+#     Not yet enough at 10 minutes on a fast machine: on a quiet 2-core Zen 4 EPYC, 2 threads, the run
+#     took 6,411 steps (13 epochs) and its held-out perplexity was lowest after epoch 7 (4.455), then
+#     rose to 4.604 while the training perplexity fell to 2.88 (nn.LSTM, 8 epochs: 4.424): the
+#     regularisation has to grow with the epochs a budget affords (bench/RESULTS.md, fifth session).
 #   >= 30 min: two layers of 512 with dropout 0.2: not measured (a 2-layer step at H = 512 takes 307 ms).
 BUDGET_SETTINGS = (
     (0.0, dict(hidden=128, layers=1, steps=35, dropout=0.0, lr_decay_to=1.0)),

@@ -244,7 +244,7 @@ def test_initialisation_is_documented_and_seeded():
     np.testing.assert_array_equal(layer.params["W_xh"], rng.normal(0, 0.01, (4, 3)))
     np.testing.assert_array_equal(layer.params["W_hh"], rng.normal(0, 0.01, (3, 3)))
     assert m.config == dict(vocab_size=5, num_hiddens=3, cell="rnn_tanh", num_layers=1, dropout=0.0,
-                            dtype="float32")
+                            dtype="float32", input_dropout=0.0)
     m2 = RNNLM(**{**m.config, "dtype": np.dtype(m.config["dtype"])}, seed=42)
     for k in m.params:
         np.testing.assert_array_equal(m2.params[k], m.params[k])

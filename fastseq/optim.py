@@ -145,11 +145,10 @@ class Adam:
 
 
 def _fused(p, g):
-    """Whether the C++ update takes p and g as they are: both C-contiguous, aligned, of one float dtype,
-    in separate memory."""
-    return (isinstance(p, np.ndarray) and isinstance(g, np.ndarray) and p.dtype == g.dtype
-            and p.dtype in (np.float32, np.float64) and p.flags.c_contiguous and g.flags.c_contiguous
-            and p.flags.aligned and g.flags.aligned and p.flags.writeable and not np.may_share_memory(p, g))
+    """Whether the C++ update takes p and g as they are (_check_pair has made them arrays, p writeable):
+    both C-contiguous, aligned, of one float dtype, in separate memory."""
+    return (p.dtype == g.dtype and p.dtype in (np.float32, np.float64) and p.flags.c_contiguous
+            and g.flags.c_contiguous and p.flags.aligned and g.flags.aligned and not np.may_share_memory(p, g))
 
 
 def _update(backend, p, g, m, v, lr, b1, b2, c1, c2, eps):

@@ -72,7 +72,7 @@ DIVERGED_TIMES_UNIFORM = 10
 #     with one-hot inputs (bench/quality_cells.py): step for step it is better. Same settings, 4 epochs
 #     (1,960 steps) by step count, 1 thread, load 4-6 (bench/RESULTS.md, fifth session): held-out
 #     4.630 and 4.709 (two seeds) without input dropout against 4.864 with it; nn.LSTM by the same
-#     recipe 4.719 (level with fastseq within the seeds' spread). And without
+#     recipe 4.719 (level with fastseq: the two initialisations differ by as much). And without
 #     the input rows' mask a step draws a fifth of the uniforms (4 ms of CPU instead of 18).
 #     Not yet enough at 10 minutes on a fast machine: on a quiet 2-core Zen 4 EPYC, 2 threads, the run
 #     took 6,411 steps (13 epochs) and its held-out perplexity was lowest after epoch 7 (4.455), then

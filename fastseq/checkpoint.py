@@ -458,7 +458,8 @@ def _check_manifest(meta, meta_path):
         if config["cell"] not in CELLS:
             s.fail("model.config.cell", config["cell"], "one of " + ", ".join(map(repr, CELLS)))
         # every layer has 3 or 4 tensors: a bound on num_layers before param shapes are listed
-        most = len(s.obj(s.get(meta, "weights", "weights").get("tensors"), "weights.tensors"))
+        weights = s.obj(s.get(meta, "weights", "weights"), "weights")
+        most = len(s.obj(s.get(weights, "tensors", "weights.tensors"), "weights.tensors"))
         L = s.int(s.get(config, "num_layers", "model.config.num_layers"), "model.config.num_layers", 1)
         if L > most:
             s.fail("model.config.num_layers", L, f"an integer in [1, {most}] (the weights hold {most} tensors)")

@@ -10,7 +10,8 @@ train, the last 10% are held out, the vocabulary comes from the training part. R
 * PyTorch's `nn.LSTM` (one-hot input, as fastseq's model) trained by the recipe of the command's
   defaults for the budget (`fastseq.cli.runs.hparams_from_args` with `--minutes M`: the hidden size,
   layers, dropout and window the budget chooses, the same batches in the same order from
-  `fastseq.cli.runs.loader`, the optimizer, learning rate and its schedule -- the same
+  `fastseq.cli.runs.loader`, the optimizer (Adam, as `torch.optim.AdamW` with the recipe's weight decay),
+  learning rate and its schedule -- the same
   `fastseq.optim.CosineDecay` on the same progress, the larger of elapsed/budget and step/total steps --
   clipping, full BPTT over each window with the state carried over, the held-out evaluation after each
   epoch) for the same wall-clock budget, scored by `fastseq.training.evaluate`. Dropout, when the
@@ -56,7 +57,8 @@ from fastseq.training import evaluate  # noqa: E402
 
 CORPUS = "tinyshakespeare"
 # The settings a row's recipe line shows (and that the nn.LSTM row must share with the fastseq row).
-RECIPE_KEYS = ("hidden", "layers", "dropout", "input_dropout", "steps", "batch", "optimizer", "lr", "lr_decay_to", "lr_hold", "clip")
+RECIPE_KEYS = ("hidden", "layers", "dropout", "input_dropout", "steps", "batch", "optimizer", "lr", "lr_decay_to", "lr_hold",
+               "weight_decay", "clip")
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 KN_ORDER = 7
 
@@ -88,7 +90,7 @@ def recipe(cell, minutes, extra=(), epochs=None):
 
 
 # The settings a budget chooses, given explicitly to a run of a fixed number of epochs (--epochs).
-FIXED_KEYS = ("hidden", "layers", "steps", "dropout", "input_dropout", "lr", "lr_decay_to", "lr_hold")
+FIXED_KEYS = ("hidden", "layers", "steps", "dropout", "input_dropout", "lr", "lr_decay_to", "lr_hold", "weight_decay")
 
 
 def fixed_options(hp):
@@ -180,7 +182,9 @@ def torch_row(cell, hp, vocab, train_ids, val_ids, minutes, threads):
         raise SystemExit(f"the nn.{cell} row implements adam, full BPTT, sequential batches, float32; "
                          f"the command's defaults changed: {hp}")
     model = TorchLM(cell, len(vocab), hp, torch)
-    opt = torch.optim.Adam(model.parameters, lr=hp["lr"])
+    # AdamW: fastseq.optim.Adam's decoupled weight decay (0: plain Adam); torch's default decay is 0.01,
+    # so it is always given
+    opt = torch.optim.AdamW(model.parameters, lr=hp["lr"], weight_decay=hp.get("weight_decay", 0.0))
     loader = runs.loader(hp, train_ids)
     # The command's schedule (runs.trainer): the same object on the same progress as the Trainer's
     # (fastseq.training.Trainer.run_progress), applied to Adam's rate before every step.

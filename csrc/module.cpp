@@ -141,10 +141,11 @@ double adam_hyper(const py::handle& o, const char* name, double lo, bool lo_open
     return x;
 }
 
-// Adam's update of one parameter in place (csrc/optim.h); the reference is fastseq/reference/optim.py.
+// Adam's update of one parameter in place, with AdamW's decoupled weight decay (csrc/optim.h); the
+// reference is fastseq/reference/optim.py.
 void adam_update(const py::handle& p_o, const py::handle& g_o, const py::handle& m_o, const py::handle& v_o,
                  const py::handle& lr_o, const py::handle& b1_o, const py::handle& b2_o, const py::handle& c1_o,
-                 const py::handle& c2_o, const py::handle& eps_o) {
+                 const py::handle& c2_o, const py::handle& eps_o, const py::handle& wd_o) {
     if (!py::isinstance<py::array>(p_o))
         throw fastseq::ArgumentError("p: expected a NumPy array, got " + fastseq::type_name(p_o));
     const py::dtype pd = py::reinterpret_borrow<py::array>(p_o).dtype();
@@ -164,6 +165,7 @@ void adam_update(const py::handle& p_o, const py::handle& g_o, const py::handle&
     const double c1 = adam_hyper(c1_o, "c1", 0, true, 1, false);
     const double c2 = adam_hyper(c2_o, "c2", 0, true, 1, false);
     const double eps = adam_hyper(eps_o, "eps", 0, true, inf, true);
+    const double wd = adam_hyper(wd_o, "weight_decay", 0, false, inf, true);
     // The kernel reads and writes through restrict pointers: the four arrays must be four memories.
     const py::array* arrs[] = {&p, &g, &m, &v};
     const char* names[] = {"p", "g", "m", "v"};
@@ -185,10 +187,10 @@ void adam_update(const py::handle& p_o, const py::handle& g_o, const py::handle&
     fastseq::NoGil nogil;  // see csrc/nogil.h
     if (is_d)
         fastseq::adam_update(static_cast<double*>(pp), static_cast<const double*>(gp), mp, vp, n, lr, b1, b2, c1,
-                             c2, eps, parts);
+                             c2, eps, wd, parts);
     else
         fastseq::adam_update(static_cast<float*>(pp), static_cast<const float*>(gp), mp, vp, n, lr, b1, b2, c1, c2,
-                             eps, parts);
+                             eps, wd, parts);
 }
 
 py::dict build_info() {
@@ -237,9 +239,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("clip_grad_norm", &clip_grad_norm, py::arg("grads"), py::arg("theta"),
           "Clip in place: g <- min(1, theta/||g||) g over all arrays together; returns ||g|| before clipping.");
     m.def("adam_update", &adam_update, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"),
-          py::arg("b1"), py::arg("b2"), py::arg("c1"), py::arg("c2"), py::arg("eps"),
+          py::arg("b1"), py::arg("b2"), py::arg("c1"), py::arg("c2"), py::arg("eps"), py::arg("weight_decay") = 0.0,
           "Adam's update of one parameter in place: m, v (float64, p's shape) and p from the gradient g "
-          "(p's dtype); c1, c2 are the bias corrections 1 - b1^t, 1 - b2^t.");
+          "(p's dtype); c1, c2 are the bias corrections 1 - b1^t, 1 - b2^t; weight_decay is AdamW's "
+          "decoupled decay, p <- p (1 - lr weight_decay) before the step.");
     m.def("build_info", &build_info);
     m.def("set_num_threads", [](const py::handle& no) {
         const int n = fastseq::count_arg(no, "n");

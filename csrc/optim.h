@@ -1,9 +1,12 @@
-// Adam's update over one parameter (Kingma and Ba, "Adam: A Method for Stochastic Optimization", 2015),
-// fused into one pass: fastseq.optim.Adam's NumPy update (fastseq/reference/optim.py, the reference)
-// makes six float64 temporaries of the parameter's size and seven passes over memory per step.
-//     m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2;   p <- p - lr (m / c1) / (sqrt(v / c2) + eps)
+// Adam's update over one parameter (Kingma and Ba, "Adam: A Method for Stochastic Optimization", 2015)
+// with AdamW's decoupled weight decay wd (Loshchilov and Hutter, "Decoupled Weight Decay Regularization",
+// ICLR 2019), fused into one pass: fastseq.optim.Adam's NumPy update (fastseq/reference/optim.py, the
+// reference) makes six float64 temporaries of the parameter's size and seven passes over memory per step.
+//     p <- p (1 - lr wd);   m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2;
+//     p <- p - lr (m / c1) / (sqrt(v / c2) + eps)
 // with c1 = 1 - b1^t, c2 = 1 - b2^t (the bias corrections of step t), the moments in double whatever
-// the parameter's type, and the step rounded to the parameter's type before it is subtracted.
+// the parameter's type, the decayed parameter computed in double and rounded to the parameter's type
+// (see adam_update_body), and the step rounded to the parameter's type before it is subtracted.
 // Contract: n contiguous elements in each array, no two of p, g, m, v overlapping, hyperparameters
 // checked by the caller (csrc/module.cpp).
 #pragma once
@@ -33,16 +36,22 @@ namespace fastseq {
 template <typename T>
 FASTSEQ_INLINE void adam_update_body(T* __restrict p, const T* __restrict g, double* __restrict m,
                                      double* __restrict v, std::size_t n, double lr, double b1, double b2,
-                                     double c1, double c2, double eps) {
+                                     double c1, double c2, double eps, double wd) {
     FASTSEQ_NO_CONTRACT
     const double a1 = 1 - b1, a2 = 1 - b2;
+    // The decay factor in double, not T: float's spacing below 1 is 6e-8, so in float a decay lr wd of
+    // 9e-8 (lr = wd = 3e-4) would become 1.19e-7. The decayed parameter is rounded to T before the
+    // step is subtracted, torch.optim.AdamW's order (param.mul_, then addcdiv_); with wd = 0 the factor
+    // is exactly 1 and the product changes no bit, so the update is the one without decay.
+    const double keep = 1 - lr * wd;
     for (std::size_t i = 0; i < n; ++i) {
         const double gi = double(g[i]);
         const double mi = m[i] * b1 + a1 * gi;
         const double vi = v[i] * b2 + (a2 * gi) * gi;
         m[i] = mi;
         v[i] = vi;
-        p[i] = p[i] - T(lr * (mi / c1) / (std::sqrt(vi / c2) + eps));
+        const T pi = T(double(p[i]) * keep);
+        p[i] = pi - T(lr * (mi / c1) / (std::sqrt(vi / c2) + eps));
     }
 }
 
@@ -53,13 +62,13 @@ FASTSEQ_INLINE void adam_update_body(T* __restrict p, const T* __restrict g, dou
 #define FASTSEQ_ADAM_VERSIONS(T)                                                                              \
     FASTSEQ_AVX512 static void adam_update_512(T* p, const T* g, double* m, double* v, std::size_t n,        \
                                                double lr, double b1, double b2, double c1, double c2,         \
-                                               double eps) {                                                  \
-        adam_update_body(p, g, m, v, n, lr, b1, b2, c1, c2, eps);                                             \
+                                               double eps, double wd) {                                       \
+        adam_update_body(p, g, m, v, n, lr, b1, b2, c1, c2, eps, wd);                                         \
     }                                                                                                         \
     FASTSEQ_AVX2 static void adam_update_256(T* p, const T* g, double* m, double* v, std::size_t n,          \
                                              double lr, double b1, double b2, double c1, double c2,           \
-                                             double eps) {                                                    \
-        adam_update_body(p, g, m, v, n, lr, b1, b2, c1, c2, eps);                                             \
+                                             double eps, double wd) {                                         \
+        adam_update_body(p, g, m, v, n, lr, b1, b2, c1, c2, eps, wd);                                         \
     }
 FASTSEQ_ADAM_VERSIONS(float)
 FASTSEQ_ADAM_VERSIONS(double)
@@ -68,13 +77,13 @@ FASTSEQ_ADAM_VERSIONS(double)
 
 template <typename T>
 void adam_update_n(T* p, const T* g, double* m, double* v, std::size_t n, double lr, double b1, double b2,
-                   double c1, double c2, double eps) {
+                   double c1, double c2, double eps, double wd) {
 #ifdef FASTSEQ_DISPATCH
     const int level = kern::isa_level();
-    if (level == 2) return adam_update_512(p, g, m, v, n, lr, b1, b2, c1, c2, eps);
-    if (level == 1) return adam_update_256(p, g, m, v, n, lr, b1, b2, c1, c2, eps);
+    if (level == 2) return adam_update_512(p, g, m, v, n, lr, b1, b2, c1, c2, eps, wd);
+    if (level == 1) return adam_update_256(p, g, m, v, n, lr, b1, b2, c1, c2, eps, wd);
 #endif
-    adam_update_body(p, g, m, v, n, lr, b1, b2, c1, c2, eps);
+    adam_update_body(p, g, m, v, n, lr, b1, b2, c1, c2, eps, wd);
 }
 
 #if !defined(__clang__) && defined(__GNUC__)
@@ -93,7 +102,7 @@ constexpr std::size_t kAdamMinShare = 1 << 15;
 // wrong result).
 template <typename T>
 void adam_update(T* p, const T* g, double* m, double* v, std::size_t n, double lr, double b1, double b2,
-                 double c1, double c2, double eps, int parts) {
+                 double c1, double c2, double eps, double wd, int parts) {
     const std::size_t most = n / kAdamMinShare;
     if (parts > 1 && most >= 2) {
         parts = int(std::min<std::size_t>(std::size_t(parts), most));
@@ -101,11 +110,11 @@ void adam_update(T* p, const T* g, double* m, double* v, std::size_t n, double l
         const std::size_t share = ((n + parts - 1) / parts + line - 1) / line * line;  // parts * share >= n
         SlicePool::instance().run(parts, [&](int q) {
             const std::size_t lo = std::min(n, q * share), hi = std::min(n, lo + share);
-            adam_update_n(p + lo, g + lo, m + lo, v + lo, hi - lo, lr, b1, b2, c1, c2, eps);
+            adam_update_n(p + lo, g + lo, m + lo, v + lo, hi - lo, lr, b1, b2, c1, c2, eps, wd);
         });
         return;
     }
-    adam_update_n(p, g, m, v, n, lr, b1, b2, c1, c2, eps);
+    adam_update_n(p, g, m, v, n, lr, b1, b2, c1, c2, eps, wd);
 }
 
 }  // namespace fastseq

@@ -72,16 +72,21 @@ class Adam:
     p <- p - lr * m_hat / (sqrt(v_hat) + eps) with bias-corrected m_hat, v_hat.
     Moments are kept in float64 per parameter name.
 
+    weight_decay: AdamW's decoupled weight decay (Loshchilov and Hutter, "Decoupled Weight Decay
+    Regularization", ICLR 2019): p <- p (1 - lr weight_decay) before each update, with the step's lr
+    (a schedule scales the decay too), as torch.optim.AdamW; 0 (the default) is plain Adam.
+
     backend: 'cpp' (default) updates each parameter in one fused pass of the C++ kernel (csrc/optim.h;
     a parameter or gradient it cannot take as is, e.g. not contiguous, goes to the NumPy update);
     'numpy' always runs the NumPy reference (fastseq.reference.optim.adam_update). Both give the same
     bits, so a run may resume on either; the backend is not part of ``state_dict``.
     """
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, backend="cpp"):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend="cpp"):
         self.lr = _lr(lr)
         self.betas = self._betas(betas, "betas")
         self.eps = check_real("eps", eps, lo=0, lo_open=True)
+        self.weight_decay = check_real("weight_decay", weight_decay, lo=0)
         self.backend = check_choice("backend", backend, ("cpp", "numpy"))
         self.t = 0
         self.m, self.v = {}, {}
@@ -103,16 +108,18 @@ class Adam:
                                     f"shape {self.m[k].shape}")
         # set by hand or by a schedule since __init__: checked here, not half-way through the parameters
         lr, eps = check_real("lr", self.lr, lo=0), check_real("eps", self.eps, lo=0, lo_open=True)
+        wd = check_real("weight_decay", self.weight_decay, lo=0)
         b1, b2 = self._betas(self.betas, "betas")
         self.t += 1
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for k, p in params.items():
             if k not in self.m:
                 self.m[k], self.v[k] = np.zeros(p.shape), np.zeros(p.shape)
-            _update(self.backend, p, grads[k], self.m[k], self.v[k], lr, b1, b2, c1, c2, eps)
+            _update(self.backend, p, grads[k], self.m[k], self.v[k], lr, b1, b2, c1, c2, eps, wd)
 
     def state_dict(self):
-        return {"type": "Adam", "lr": self.lr, "betas": self.betas, "eps": self.eps, "t": self.t,
+        return {"type": "Adam", "lr": self.lr, "betas": self.betas, "eps": self.eps,
+                "weight_decay": self.weight_decay, "t": self.t,
                 "m": {k: a.copy() for k, a in self.m.items()},
                 "v": {k: a.copy() for k, a in self.v.items()}}
 
@@ -140,7 +147,9 @@ class Adam:
         lr = _lr(state["lr"], "state['lr']")
         betas = self._betas(state["betas"], "state['betas']")
         eps = check_real("state['eps']", state["eps"], lo=0, lo_open=True)
-        self.lr, self.betas, self.eps, self.t = lr, betas, eps, t
+        # a state saved before weight decay existed is plain Adam's
+        wd = check_real("state['weight_decay']", state.get("weight_decay", 0.0), lo=0)
+        self.lr, self.betas, self.eps, self.weight_decay, self.t = lr, betas, eps, wd, t
         self.m, self.v = moments["m"], moments["v"]
 
 
@@ -151,11 +160,11 @@ def _fused(p, g):
             and g.flags.c_contiguous and p.flags.aligned and g.flags.aligned and not np.may_share_memory(p, g))
 
 
-def _update(backend, p, g, m, v, lr, b1, b2, c1, c2, eps):
+def _update(backend, p, g, m, v, lr, b1, b2, c1, c2, eps, wd):
     if backend == "cpp" and _fused(p, g):
-        _core.adam_update(p, g, m, v, lr, b1, b2, c1, c2, eps)
+        _core.adam_update(p, g, m, v, lr, b1, b2, c1, c2, eps, wd)
     else:
-        adam_update(p, g, m, v, lr, b1, b2, c1, c2, eps)
+        adam_update(p, g, m, v, lr, b1, b2, c1, c2, eps, wd)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}

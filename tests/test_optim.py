@@ -27,16 +27,18 @@ def _arrays(rng, n, dtype):
     return p, g, m, v
 
 
-def _both(n, dtype, steps=3, seed=0, **hyper):
-    """(kernel's p, m, v, reference's p, m, v) after `steps` steps from the same arrays."""
+def _both(n, dtype, steps=3, seed=0, wd=None, **hyper):
+    """(kernel's p, m, v, reference's p, m, v) after `steps` steps from the same arrays; wd None leaves
+    the weight decay to the functions' defaults."""
     h = dict(HYPER, **hyper)
+    decay = () if wd is None else (wd,)
     rng = np.random.default_rng(seed)
     p, g, m, v = _arrays(rng, n, dtype)
     P, M, W = p.copy(), m.copy(), v.copy()
     for t in range(1, steps + 1):
         c1, c2 = 1 - h["b1"] ** t, 1 - h["b2"] ** t
-        _core.adam_update(p, g, m, v, h["lr"], h["b1"], h["b2"], c1, c2, h["eps"])
-        adam_update(P, g, M, W, h["lr"], h["b1"], h["b2"], c1, c2, h["eps"])
+        _core.adam_update(p, g, m, v, h["lr"], h["b1"], h["b2"], c1, c2, h["eps"], *decay)
+        adam_update(P, g, M, W, h["lr"], h["b1"], h["b2"], c1, c2, h["eps"], *decay)
     return (p, m, v), (P, M, W)
 
 
@@ -44,15 +46,18 @@ def _both(n, dtype, steps=3, seed=0, **hyper):
 SIZES = (0, 1, 7, 100, 65537, 3 * (1 << 15) + 13)
 
 
+@pytest.mark.parametrize("wd", [None, 0.0, 0.1, 30.0])      # lr wd up to 0.15: the decay shows in float32
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", SIZES)
-def test_fused_adam_is_bit_equal_to_the_reference(dtype, n):
-    got, want = _both(n, dtype)
+def test_fused_adam_is_bit_equal_to_the_reference(dtype, n, wd):
+    got, want = _both(n, dtype, wd=wd)
     for a, b, what in zip(got, want, "pmv"):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b, err_msg=what)
     if n:
         assert not np.array_equal(got[0], _arrays(np.random.default_rng(0), n, dtype)[0])   # it did move
+    if wd and n > 3:        # the decay reached both: the parameters differ from plain Adam's
+        assert not np.array_equal(got[0], _both(n, dtype)[0][0])
 
 
 @pytest.mark.parametrize("b1, b2", [(0.0, 0.0), (0.5, 0.9), (0.99, 0.9999)])
@@ -68,7 +73,7 @@ def test_fused_adam_does_not_depend_on_the_thread_count():
         out = []
         for threads in (1, 2, 3):
             fastseq.set_num_threads(threads)
-            out.append(_both(5 * (1 << 15) + 3, np.float32)[0])
+            out.append(_both(5 * (1 << 15) + 3, np.float32, wd=0.5)[0])
     finally:
         fastseq.set_num_threads(old)
     for other in out[1:]:
@@ -82,8 +87,9 @@ sys.path.insert(0, {tests!r})
 from test_optim import _both
 for dt in (np.float32, np.float64):
     for n in (0, 1, 7, 100, 65537):
-        got, want = _both(n, dt)
-        assert all(np.array_equal(a, b) for a, b in zip(got, want)), (dt, n)
+        for wd in (None, 0.1, 30.0):
+            got, want = _both(n, dt, wd=wd)
+            assert all(np.array_equal(a, b) for a, b in zip(got, want)), (dt, n, wd)
 print("ok")
 """
 
@@ -265,6 +271,8 @@ def _read_only(a):
     (lambda p, g, a: setattr(a, "lr", -0.1), r"^lr:"),
     (lambda p, g, a: setattr(a, "eps", 0.0), r"^eps:"),
     (lambda p, g, a: setattr(a, "betas", (1.0, 0.999)), r"^betas:"),
+    (lambda p, g, a: setattr(a, "weight_decay", -0.1), r"^weight_decay:"),
+    (lambda p, g, a: setattr(a, "weight_decay", float("inf")), r"^weight_decay:"),
 ])
 def test_adam_step_that_fails_changes_nothing(backend, bad, match):
     """A step refused for its second parameter (or a hyperparameter set out of range by hand) leaves
@@ -308,3 +316,126 @@ def test_adam_update_takes_a_dtype_with_metadata(dtype):
     optim.Adam(0.1).step(params, grads)
     optim.Adam(0.1, backend="numpy").step(plain, {"w": np.ones(3, dtype)})
     np.testing.assert_array_equal(params["w"], plain["w"])
+
+
+# p after three steps of plain Adam (lr 0.01, betas (0.9, 0.999), eps 1e-8) from P0 with the gradients
+# G0, -G0/2, G0/4, as the update computed before weight decay existed (commit ab04532's reference,
+# bit-equal to its kernel): weight_decay=0 must keep these bits.
+P0, G0 = [0.5, -1.25, 3.0, 1e-3, 0.0], [0.1, 2.0, -0.3, 1e-6, -4.0]
+STORED = {
+    np.float32: ["0x1.ef8bf6p-2", "-0x1.441d02p+0", "0x1.820e82p+1", "-0x1.e7bd92p-7", "0x1.0740a8p-6"],
+    np.float64: ["0x1.ef8bf596a5232p-2", "-0x1.441d02a1e4fedp+0", "0x1.820e814fd20d7p+1",
+                 "-0x1.e7bd924b81c68p-7", "0x1.0740a885f96fcp-6"],
+}
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kwargs", [{}, {"weight_decay": 0.0}, {"weight_decay": 0}])
+def test_adam_without_weight_decay_keeps_the_stored_bits(backend, dtype, kwargs):
+    p, g = {"w": np.array(P0, dtype)}, np.array(G0, dtype)
+    a = optim.Adam(0.01, backend=backend, **kwargs)
+    for _ in range(3):
+        a.step(p, {"w": g})
+        g = g * dtype(-0.5)
+    np.testing.assert_array_equal(p["w"], np.array([float.fromhex(x) for x in STORED[dtype]], dtype))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_weight_decay_is_decoupled_and_follows_the_rate(backend, dtype):
+    """With a zero gradient Adam's step is 0 (m = 0), so a step is the decay alone: p (1 - lr wd), the
+    product in float64 rounded to p's dtype, with the rate of that step (a schedule's)."""
+    p0 = np.array([1.5, -2.0, 1e-3, 0.0, -0.0, 7e30], dtype)
+    p, zero = {"w": p0.copy()}, {"w": np.zeros(6, dtype)}
+    a = optim.Adam(0.1, weight_decay=0.2, backend=backend)
+    a.step(p, zero)
+    once = (p0.astype(np.float64) * 0.98).astype(dtype)
+    np.testing.assert_array_equal(p["w"], once)
+    a.lr = 0.5                                       # as CosineDecay.at_progress sets it
+    a.step(p, zero)
+    np.testing.assert_array_equal(p["w"], (once.astype(np.float64) * 0.9).astype(dtype))
+    assert np.signbit(p["w"][4])                     # -0.0 stays -0.0
+
+
+def test_adam_weight_decay_factor_is_float64_for_float32_parameters():
+    """1 - lr wd is not rounded to float32: lr = wd = 3e-4 (lr wd = 9e-8) would become 1.19e-7 there (a
+    third more decay); the product is computed in float64 and rounded once to float32."""
+    p0 = np.random.default_rng(11).normal(size=1000).astype(np.float32)
+    want = (p0.astype(np.float64) * (1 - 3e-4 * 3e-4)).astype(np.float32)
+    assert np.sum(want != p0 * np.float32(1 - 3e-4 * 3e-4)) > 100          # a float32 factor differs
+    for backend in ("cpp", "numpy"):
+        w = {"w": p0.copy()}
+        optim.Adam(3e-4, weight_decay=3e-4, backend=backend).step(w, {"w": np.zeros(1000, np.float32)})
+        np.testing.assert_array_equal(w["w"], want)
+
+
+@pytest.mark.parametrize("bad", [-1e-9, float("nan"), float("inf"), "0.1", True, None])
+def test_adam_weight_decay_is_checked(bad):
+    with pytest.raises(ArgumentError, match=r"^weight_decay: expected a finite number >= 0"):
+        optim.Adam(0.1, weight_decay=bad)
+    args = _ok()
+    before = args[0].copy()
+    with pytest.raises(ArgumentError, match=r"^weight_decay: expected a (finite number in \[0, inf\)|real number)"):
+        _core.adam_update(*args, bad)
+    with pytest.raises(ArgumentError, match=r"^weight_decay:"):
+        _core.adam_update(*args, weight_decay=bad)
+    np.testing.assert_array_equal(args[0], before)
+
+
+def test_adam_state_carries_weight_decay_and_an_older_state_loads_as_plain_adam():
+    rng = np.random.default_rng(9)
+    p, g = {"w": rng.normal(size=5)}, {"w": rng.normal(size=5)}
+    a = optim.Adam(0.1, weight_decay=0.25)
+    a.step(p, g)
+    state = a.state_dict()
+    assert state["weight_decay"] == 0.25
+    b = optim.Adam(0.1)
+    b.load_state_dict(state)
+    assert b.weight_decay == 0.25
+    old = {k: v for k, v in state.items() if k != "weight_decay"}     # saved before weight decay existed
+    c = optim.Adam(0.1, weight_decay=0.5)
+    c.load_state_dict(old)
+    assert c.weight_decay == 0.0
+    q, r = {"w": p["w"].copy()}, {"w": p["w"].copy()}
+    b.step(q, g)
+    a.step(r, g)                                     # the loaded optimizer continues as the saved one
+    np.testing.assert_array_equal(q["w"], r["w"])
+    with pytest.raises(ArgumentError, match=r"^state\['weight_decay'\]: expected a finite number >= 0"):
+        optim.Adam().load_state_dict(dict(state, weight_decay=-1.0))
+
+
+def test_adam_weight_decay_matches_torch_adamw():
+    """torch.optim.AdamW (the decay first, p <- p (1 - lr wd), then Adam's step), 10 steps on float64
+    tensors with a rate that changes between steps as a schedule's: the same parameters to 1e-12
+    (relative; torch computes the step in another order, sqrt(v) / sqrt(c2) and lr / c1)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    shapes = {"W": (4, 3), "b": (3,)}
+    start = {k: rng.normal(size=s) for k, s in shapes.items()}
+    grads = [{k: rng.normal(size=s) * 10.0 ** rng.integers(-3, 2) for k, s in shapes.items()} for _ in range(10)]
+    rates = [0.05 * (1 - i / 12) for i in range(10)]
+    tp = {k: torch.tensor(a, requires_grad=True) for k, a in start.items()}
+    topt = torch.optim.AdamW(list(tp.values()), lr=rates[0], betas=(0.8, 0.99), eps=1e-7, weight_decay=0.3)
+    ours = {b: ({k: a.copy() for k, a in start.items()},
+                optim.Adam(rates[0], betas=(0.8, 0.99), eps=1e-7, weight_decay=0.3, backend=b))
+            for b in ("cpp", "numpy")}
+    for lr, g in zip(rates, grads):
+        topt.param_groups[0]["lr"] = lr
+        for k, t in tp.items():
+            t.grad = torch.tensor(g[k])
+        topt.step()
+        for p, opt in ours.values():
+            opt.lr = lr
+            opt.step(p, g)
+    for p, _ in ours.values():
+        for k, t in tp.items():
+            want = t.detach().numpy()
+            np.testing.assert_allclose(p[k], want, rtol=1e-12, atol=0, err_msg=k)
+            assert not np.allclose(want, start[k], rtol=1e-3)              # they moved
+    plain = optim.Adam(rates[0], betas=(0.8, 0.99), eps=1e-7)           # and the decay is part of it
+    p = {k: a.copy() for k, a in start.items()}
+    for lr, g in zip(rates, grads):
+        plain.lr = lr
+        plain.step(p, g)
+    assert not np.allclose(p["W"], ours["cpp"][0]["W"], rtol=1e-6)

@@ -13,7 +13,7 @@ from .args import UsageError, cleaning, info
 TRAIN_DEFAULTS = dict(
     corpus="pydoc", token="char", cleaning="none", max_tokens=0, cell="lstm", layers=1, dropout=0.0,
     input_dropout=None, hidden=128, steps=35, batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full",
-    sampling="sequential", dtype="float32", seed=0, val_fraction=0.1, lr_decay_to=1.0, lr_hold=0.0,
+    sampling="sequential", dtype="float32", seed=0, val_fraction=0.1, lr_decay_to=1.0, lr_hold=0.0, weight_decay=0.0,
 )
 # The main job's cell is the LSTM: it wins the 10-minute quality tables on tinyshakespeare (bench/RESULTS.md:
 # held-out 5.15 against the GRU's 5.53 with half nn.LSTM's CPU time; bench/RESULTS.md) and ends within the main
@@ -40,7 +40,7 @@ MAIN_JOB_MINUTES = 0.75
 # Settings that define the run; they cannot change on --resume (the learning rate can: fine-tuning).
 RUN_KEYS = ("corpus", "token", "cleaning", "max_tokens", "cell", "layers", "dropout", "input_dropout", "hidden",
             "steps", "batch", "optimizer", "clip", "bptt", "sampling", "dtype", "seed", "val_fraction", "lr_decay_to",
-            "lr_hold")
+            "lr_hold", "weight_decay")
 DEFAULT_OUT = "fastseq-train"
 
 SMOKE_ENV = "FASTSEQ_SMOKE"
@@ -75,8 +75,10 @@ def hparams_from_args(args):
     """The settings of a new run: the options given, the defaults for the rest, checked before any work.
 
     With a time budget, the settings the budget decides (fastseq.training.budget_settings: the model's
-    size, the window, dropout, the learning rate's decay) replace TRAIN_DEFAULTS' for every option not
-    given; the learning rate's default then follows the hidden size (default_lr)."""
+    size, the window, dropout, the learning rate's decay, weight decay where it sets one) replace
+    TRAIN_DEFAULTS' for every option not given; the learning rate's default then follows the hidden size
+    (default_lr). Weight decay is Adam's alone (AdamW's, fastseq.optim.Adam): --optimizer sgd refuses
+    --weight-decay > 0 and leaves a budget's at 0."""
     from ..training import budget_settings
 
     cell = cell_of(args)
@@ -90,6 +92,12 @@ def hparams_from_args(args):
         hp["input_dropout"] = hp["dropout"]
     if hp["lr"] is None:
         hp["lr"] = default_lr(hp["cell"], hp["optimizer"], hp["hidden"])
+    if hp["weight_decay"] and hp["optimizer"] != "adam":
+        if getattr(args, "weight_decay", None) is None:       # the budget's recipe is Adam's
+            hp["weight_decay"] = 0.0
+        else:
+            raise UsageError(f"--weight-decay {hp['weight_decay']:g}: decoupled weight decay is Adam's (AdamW); "
+                             f"--optimizer {hp['optimizer']} takes none (use --optimizer adam or --weight-decay 0)")
     if not 0 <= hp["lr_decay_to"] <= 1:
         raise UsageError(f"--lr-decay-to: expected a fraction in [0, 1] of --lr, got {hp['lr_decay_to']:g}")
     if not 0 <= hp["lr_hold"] < 1:
@@ -128,10 +136,12 @@ def cell_of(args):
 def upgrade(hp):
     """The settings of a run saved before cells (issue 11) in today's keys: its 'nonlinearity' is the cell
     'rnn_' + nonlinearity, one layer, no dropout; one saved before the learning-rate schedule kept its
-    rate constant (lr_decay_to 1); one saved before --input-dropout dropped the input rows with its dropout."""
+    rate constant (lr_decay_to 1); one saved before --input-dropout dropped the input rows with its dropout;
+    one saved before --weight-decay had none."""
     hp = dict(hp)
     hp.setdefault("lr_decay_to", 1.0)
     hp.setdefault("lr_hold", 0.0)
+    hp.setdefault("weight_decay", 0.0)
     if "cell" not in hp and "nonlinearity" in hp:
         hp["cell"] = "rnn_" + str(hp.pop("nonlinearity"))
         hp.setdefault("layers", 1)
@@ -188,7 +198,9 @@ def trainer(hp, model, train_ids, val_ids, callbacks=(), progress=False):
     from ..training import Trainer
 
     decay = hp.get("lr_decay_to", 1.0)
-    return Trainer(model, loader(hp, train_ids), optim.from_spec(hp["optimizer"], hp["lr"]), bptt=strategy(hp),
+    wd = hp.get("weight_decay", 0.0)
+    opt = optim.from_spec(hp["optimizer"], hp["lr"], **({"weight_decay": wd} if wd else {}))
+    return Trainer(model, loader(hp, train_ids), opt, bptt=strategy(hp),
                    clip=hp["clip"] or None, val_ids=val_ids if len(val_ids) >= 2 else None,
                    schedule=optim.CosineDecay(decay, hp.get("lr_hold", 0.0)) if decay < 1 else None,
                    callbacks=callbacks, progress=progress)
@@ -251,6 +263,9 @@ def resume(args):
     if lacking:
         raise UsageError(f"--resume {args.resume}: the checkpoint's hparams lack {', '.join(lacking)} "
                          "(fastseq.json was edited or damaged)")
+    if hp["weight_decay"] and hp["optimizer"] != "adam":      # hparams_from_args refuses it: an edited file
+        raise UsageError(f"--resume {args.resume}: the checkpoint's hparams are damaged (weight_decay "
+                         f"{hp['weight_decay']!r} with optimizer {hp['optimizer']!r}, which takes none)")
     given_cell = cell_of(args)
     for k in RUN_KEYS:
         given = given_cell if k == "cell" else getattr(args, k, None)

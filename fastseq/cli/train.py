@@ -39,6 +39,10 @@ def add_parsers(subparsers, corpora):
                         f"constant (default: {d['lr_decay_to']:g}{by_budget})")
     t.add_argument("--lr-hold", type=finite(0, lo_open=False), metavar="F",
                    help=f"the fraction of the run at the full rate before the decay starts (default: {d['lr_hold']:g})")
+    t.add_argument("--weight-decay", type=finite(0, lo_open=False), metavar="L",
+                   help="Adam's decoupled weight decay: every step first multiplies the weights by 1 - lr * L, as "
+                        "torch.optim.AdamW (Loshchilov & Hutter, \"Decoupled Weight Decay Regularization\", "
+                        f"2019); not with --optimizer sgd (default: {d['weight_decay']:g}{by_budget})")
     t.add_argument("--clip", type=finite(0, lo_open=False),
                    help=f"gradient clipping threshold theta, 0 for none (default: {d['clip']:g})")
     t.add_argument("--epochs", type=int_at_least(1), help=f"epochs (default: {d['epochs']})")
@@ -132,6 +136,11 @@ def _threads(args, backend):
     return f", {args.threads} thread{'s' if args.threads > 1 else ''}" if backend == "cpp" else ""
 
 
+def _wd(hp):
+    """', weight decay L' when the run has one."""
+    return f", weight decay {hp['weight_decay']:g}" if hp.get("weight_decay") else ""
+
+
 def _decay(hp):
     """' decaying to X (cosine)' when the run's learning rate follows the schedule."""
     f = hp.get("lr_decay_to", 1.0)
@@ -202,7 +211,7 @@ def cmd_train(args):
     if hp.get("input_dropout", hp["dropout"]) != hp["dropout"]:
         drop += f", input dropout {hp['input_dropout']:g}"
     info(args, f"model RNNLM V={len(vocab)} H={hp['hidden']} {hp['cell']}{layers}{drop} {hp['dtype']} "
-               f"on {tr.model.backend}{_threads(args, tr.model.backend)}; {hp['optimizer']} lr {tr.lr:g}{_decay(hp)}, clip {hp['clip']:g}, "
+               f"on {tr.model.backend}{_threads(args, tr.model.backend)}; {hp['optimizer']} lr {tr.lr:g}{_decay(hp)}{_wd(hp)}, clip {hp['clip']:g}, "
                f"bptt {hp['bptt']}, batch {hp['batch']} x {hp['steps']} steps, "
                f"{hp['epochs']} epochs of {len(tr.loader)} steps")
     if args.resume:

@@ -228,7 +228,16 @@ py::dict build_info() {
 #ifdef __ARM_NEON
     isa.append("neon");
 #endif
-    d["isa"] = isa;
+    d["isa"] = isa;     // the baseline the whole module is compiled for
+    // What the kernels run: each hot kernel is compiled once per instruction set and picks one at first
+    // use (kern::isa_level, lowered by FASTSEQ_ISA), so an AVX2 machine runs AVX2 kernels although "isa"
+    // above lists only the portable baseline.
+#ifdef FASTSEQ_DISPATCH
+    static const char* const kLevels[] = {"baseline", "avx2", "avx512"};
+    d["kernel_isa"] = kLevels[fastseq::kern::isa_level()];
+#else
+    d["kernel_isa"] = "baseline";
+#endif
     return d;
 }
 

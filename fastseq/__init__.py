@@ -48,7 +48,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 
 def build_info():
-    """How the kernels were built: BLAS library, version and threads, compiler, ISA flags."""
+    """How the kernels were built: BLAS library, version and threads, compiler, ISA flags ('isa': the
+    baseline the module is compiled for), and 'kernel_isa', the instruction set the hot kernels run on
+    this machine ('avx512', 'avx2' or 'baseline'; FASTSEQ_ISA=avx2 or baseline lowers it)."""
     info = dict(_core.build_info())
     info["version"] = __version__
     return info

@@ -162,6 +162,32 @@ def test_build_info_and_threads():
     assert info["blas_config"].startswith("OpenBLAS")
     for key in ("blas_version", "blas_threads", "compiler", "isa_flags", "isa", "version"):
         assert key in info
+
+
+def test_build_info_reports_the_instruction_set_the_kernels_run():
+    """kernel_isa follows the CPU (read from /proc/cpuinfo here, not from the module) and FASTSEQ_ISA."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("the dispatch is x86-64's; the CPU's flags are read from Linux's /proc/cpuinfo")
+    with open("/proc/cpuinfo") as f:
+        flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    native = ("avx512" if {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma"} <= flags
+              else "avx2" if {"avx2", "fma"} <= flags else "baseline")
+
+    def reported(isa):
+        env = {k: v for k, v in os.environ.items() if k != "FASTSEQ_ISA"}
+        if isa:
+            env["FASTSEQ_ISA"] = isa
+        code = "import fastseq; print(fastseq.build_info()['kernel_isa'])"
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert reported(None) == native
+    assert reported("avx2") == ("avx2" if native != "baseline" else "baseline")
+    assert reported("baseline") == "baseline"
     old = fastseq.get_num_threads()
     try:
         fastseq.set_num_threads(1)

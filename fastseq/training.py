@@ -62,7 +62,7 @@ DIVERGED_TIMES_UNIFORM = 10
 #     longer: 4 epochs of Tiny Shakespeare at H = 128 (1,960 steps of 32 x 64) ended at 5.168 with it
 #     and 5.135 without (side by side, load 6-8).
 #   3-8 min: H = 256, T = 64 with the decay: between the two measured rows (not measured itself).
-#   8-30 min: H = 512, T = 64 with the decay and dropout 0.2 on the non-recurrent connections (Zaremba,
+#   8-30 min: H = 512, T = 64 with the decay and dropout on the non-recurrent connections (Zaremba,
 #     Sutskever and Vinyals, "Recurrent Neural Network Regularization", 2014): without dropout this
 #     model overfits Tiny Shakespeare within the 10 minutes' 9 epochs (4,410 steps by step count, 1
 #     thread, load 6-8: held-out 4.577 after epoch 7, then 4.586 and 4.611 at the end while the training
@@ -78,20 +78,34 @@ DIVERGED_TIMES_UNIFORM = 10
 #     took 6,411 steps (13 epochs) and its held-out perplexity was lowest after epoch 7 (4.455), then
 #     rose to 4.604 while the training perplexity fell to 2.88 (nn.LSTM, 8 epochs: 4.424): the
 #     regularisation has to grow with the epochs a budget affords (bench/RESULTS.md, fifth session).
-#   >= 30 min: two layers of 512 with dropout 0.2: not measured (a 2-layer step at H = 512 takes 307 ms).
+#     So from 8 minutes the regularisation grows: dropout 0.35 on the output and AdamW's decoupled weight
+#     decay 0.1 (Loshchilov and Hutter 2019; fastseq.optim.Adam(weight_decay=)). By step count, GRU of
+#     512, 13 epochs (6,370 steps: what a fastseq GRU step affords in 10 minutes on a 2-core AVX2 Zen 3),
+#     1 thread, two runs side by side (bench/RESULTS.md, sixth session): held-out 4.506 with dropout 0.2,
+#     4.461 with 0.35, 4.425 with 0.35 and weight decay 0.03, 4.365 with 0.35 and weight decay 0.1
+#     (4.345-4.352 over epochs 10-12, where the run without decay rose from 4.425 to 4.461); a GRU of
+#     768 units for the 7 epochs it affords: 4.545.
+#     And the cell is the GRU: in the 10-minute table with this recipe (quiet 2-core AVX2 Zen 3, 2
+#     threads, one run) the fastseq GRU did 7,436 steps (15 epochs) and ended at 4.379, the fastseq LSTM
+#     5,657 steps and 4.400, nn.LSTM 4,092 steps and 4.393 (the Kneser-Ney 7-gram: 4.557). Below 8
+#     minutes the LSTM stays (the main job, side by side on 1 thread each: LSTM 3.679, GRU 3.774).
+#   >= 30 min: two GRU layers of 512 with the same regularisation: not measured (a 2-layer step at H = 512
+#     takes 250-370 ms).
 BUDGET_SETTINGS = (
     (0.0, dict(hidden=128, layers=1, steps=35, dropout=0.0, lr_decay_to=1.0)),
     (3.0, dict(hidden=256, layers=1, steps=64, dropout=0.0, lr_decay_to=0.05)),
-    (8.0, dict(hidden=512, layers=1, steps=64, dropout=0.2, input_dropout=0.0, lr_decay_to=0.05)),
-    (30.0, dict(hidden=512, layers=2, steps=64, dropout=0.2, input_dropout=0.0, lr_decay_to=0.05)),
+    (8.0, dict(cell="gru", hidden=512, layers=1, steps=64, dropout=0.35, input_dropout=0.0, weight_decay=0.1,
+               lr_decay_to=0.05)),
+    (30.0, dict(cell="gru", hidden=512, layers=2, steps=64, dropout=0.35, input_dropout=0.0, weight_decay=0.1,
+                lr_decay_to=0.05)),
 )
 
 
 def budget_settings(minutes):
     """The model size, window, dropout and learning-rate decay for a budget of ``minutes``
     (BUDGET_SETTINGS: hidden, layers, steps, dropout, lr_decay_to, and input_dropout where the rows with
-    dropout set it; without it the input rows take the dropout); {} for None (no budget: the caller's own
-    defaults)."""
+    dropout set it, without it the input rows take the dropout; cell and weight_decay where a row sets
+    them); {} for None (no budget: the caller's own defaults)."""
     if minutes is None:
         return {}
     minutes = check_real("minutes", minutes, lo=0, lo_open=True)

@@ -43,45 +43,66 @@ def settings(*argv):
     return hparams_from_args(build_parser().parse_args(["train", *argv]))
 
 
-SIZE_KEYS = ("hidden", "layers", "steps", "dropout", "input_dropout", "lr", "lr_decay_to")
+SIZE_KEYS = ("hidden", "layers", "steps", "dropout", "input_dropout", "weight_decay", "lr", "lr_decay_to")
 
 
 @pytest.mark.parametrize("argv, expected", [
     # the main job (neither --epochs nor --minutes: 45 s): the model it always had, a constant rate
-    ([], dict(hidden=128, layers=1, steps=35, dropout=0.0, input_dropout=0.0, lr=0.01, lr_decay_to=1.0)),
-    (["--minutes", "2.9"], dict(hidden=128, layers=1, steps=35, dropout=0.0, input_dropout=0.0, lr=0.01,
-                                lr_decay_to=1.0)),
+    ([], dict(hidden=128, layers=1, steps=35, dropout=0.0, input_dropout=0.0, weight_decay=0.0, lr=0.01,
+              lr_decay_to=1.0)),
+    (["--minutes", "2.9"], dict(hidden=128, layers=1, steps=35, dropout=0.0, input_dropout=0.0, weight_decay=0.0,
+                                lr=0.01, lr_decay_to=1.0)),
     # a row without dropout leaves the input rows' to --dropout
-    (["--dropout", "0.3"], dict(hidden=128, layers=1, steps=35, dropout=0.3, input_dropout=0.3, lr=0.01,
-                                lr_decay_to=1.0)),
+    (["--dropout", "0.3"], dict(hidden=128, layers=1, steps=35, dropout=0.3, input_dropout=0.3, weight_decay=0.0,
+                                lr=0.01, lr_decay_to=1.0)),
     # lr: 0.01 * sqrt(128 / 256) = 0.0070710678, 0.01 * sqrt(128 / 512) = 0.005
-    (["--minutes", "3"], dict(hidden=256, layers=1, steps=64, dropout=0.0, input_dropout=0.0, lr=0.0070710678,
-                              lr_decay_to=0.05)),
-    # from 8 minutes: dropout 0.2 but not on the input rows (nn.LSTM's recipe with one-hot inputs)
-    (["--minutes", "10"], dict(hidden=512, layers=1, steps=64, dropout=0.2, input_dropout=0.0, lr=0.005,
-                               lr_decay_to=0.05)),
-    (["--minutes", "10", "--epochs", "3"], dict(hidden=512, layers=1, steps=64, dropout=0.2, input_dropout=0.0,
-                                                lr=0.005, lr_decay_to=0.05)),
-    (["--minutes", "45"], dict(hidden=512, layers=2, steps=64, dropout=0.2, input_dropout=0.0, lr=0.005,
-                               lr_decay_to=0.05)),
+    (["--minutes", "3"], dict(hidden=256, layers=1, steps=64, dropout=0.0, input_dropout=0.0, weight_decay=0.0,
+                              lr=0.0070710678, lr_decay_to=0.05)),
+    # from 8 minutes: dropout 0.35 but not on the input rows (nn.LSTM's recipe with one-hot inputs), and
+    # AdamW's weight decay 0.1
+    (["--minutes", "10"], dict(hidden=512, layers=1, steps=64, dropout=0.35, input_dropout=0.0, weight_decay=0.1,
+                               lr=0.005, lr_decay_to=0.05)),
+    (["--minutes", "10", "--epochs", "3"], dict(hidden=512, layers=1, steps=64, dropout=0.35, input_dropout=0.0,
+                                                weight_decay=0.1, lr=0.005, lr_decay_to=0.05)),
+    (["--minutes", "45"], dict(hidden=512, layers=2, steps=64, dropout=0.35, input_dropout=0.0, weight_decay=0.1,
+                               lr=0.005, lr_decay_to=0.05)),
     # no budget (--epochs only): the options' own defaults, as before budgets chose anything (the input
     # rows' dropout is --dropout's)
-    (["--epochs", "4"], dict(hidden=128, layers=1, steps=35, dropout=0.0, input_dropout=0.0, lr=0.01,
-                             lr_decay_to=1.0)),
+    (["--epochs", "4"], dict(hidden=128, layers=1, steps=35, dropout=0.0, input_dropout=0.0, weight_decay=0.0,
+                             lr=0.01, lr_decay_to=1.0)),
     (["--epochs", "4", "--dropout", "0.3"], dict(hidden=128, layers=1, steps=35, dropout=0.3, input_dropout=0.3,
-                                                 lr=0.01, lr_decay_to=1.0)),
-    (["--minutes", "10", "--input-dropout", "0.1"], dict(hidden=512, layers=1, steps=64, dropout=0.2,
-                                                          input_dropout=0.1, lr=0.005, lr_decay_to=0.05)),
+                                                 weight_decay=0.0, lr=0.01, lr_decay_to=1.0)),
+    (["--minutes", "10", "--input-dropout", "0.1"], dict(hidden=512, layers=1, steps=64, dropout=0.35,
+                                                          input_dropout=0.1, weight_decay=0.1, lr=0.005,
+                                                          lr_decay_to=0.05)),
+    (["--minutes", "10", "--weight-decay", "0"], dict(hidden=512, layers=1, steps=64, dropout=0.35,
+                                                       input_dropout=0.0, weight_decay=0.0, lr=0.005,
+                                                       lr_decay_to=0.05)),
     # the plain RNN's Adam rate is 0.001 at H = 128: 0.001 * 0.5 at H = 512
-    (["--minutes", "10", "--cell", "rnn_tanh"], dict(hidden=512, layers=1, steps=64, dropout=0.2,
-                                                     input_dropout=0.0, lr=0.0005, lr_decay_to=0.05)),
-    # SGD's rate does not follow the width
-    (["--minutes", "10", "--optimizer", "sgd"], dict(hidden=512, layers=1, steps=64, dropout=0.2,
-                                                     input_dropout=0.0, lr=1.0, lr_decay_to=0.05)),
+    (["--minutes", "10", "--cell", "rnn_tanh"], dict(hidden=512, layers=1, steps=64, dropout=0.35,
+                                                     input_dropout=0.0, weight_decay=0.1, lr=0.0005,
+                                                     lr_decay_to=0.05)),
+    # SGD's rate does not follow the width, and SGD takes no weight decay: the budget's is dropped
+    (["--minutes", "10", "--optimizer", "sgd"], dict(hidden=512, layers=1, steps=64, dropout=0.35,
+                                                     input_dropout=0.0, weight_decay=0.0, lr=1.0,
+                                                     lr_decay_to=0.05)),
 ])
 def test_the_budget_chooses_the_size(argv, expected):
     hp = settings("--corpus", "pydoc", *argv)
     assert {k: hp[k] for k in SIZE_KEYS} == pytest.approx(expected, rel=1e-8)
+
+
+@pytest.mark.parametrize("argv, cell", [
+    ([], "lstm"),                                         # the main job keeps the LSTM
+    (["--minutes", "5"], "lstm"),
+    (["--minutes", "10"], "gru"),                         # from 8 minutes the GRU, which wins there
+    (["--minutes", "45"], "gru"),
+    (["--epochs", "3"], "lstm"),                          # no budget: the option's default
+    (["--minutes", "10", "--cell", "lstm"], "lstm"),      # a cell given is taken as it is
+    (["--minutes", "10", "--nonlinearity", "relu"], "rnn_relu"),   # the older flag names a cell too
+])
+def test_the_budget_chooses_the_cell(argv, cell):
+    assert settings("--corpus", "pydoc", *argv)["cell"] == cell
 
 
 def test_options_given_are_taken_as_they_are():
@@ -125,7 +146,9 @@ def test_help_documents_the_budget_rule_and_the_schedule():
 
     out = " ".join(run("train", "--help", check=0).stdout.split())
     for words in ("--lr-decay-to", "--lr-hold", "under 3 min: --hidden 128, --steps 35, constant rate",
-                  "8-30 min: --hidden 512, --steps 64, dropout 0.2, --input-dropout 0, rate decaying to 0.05x",
-                  "30 min or more: --hidden 512, --layers 2, --steps 64, dropout 0.2",
+                  "8-30 min: --cell gru, --hidden 512, --steps 64, dropout 0.35, --input-dropout 0, "
+                  "--weight-decay 0.1, "
+                  "rate decaying to 0.05x",
+                  "30 min or more: --cell gru, --hidden 512, --layers 2, --steps 64, dropout 0.35",
                   "Learning Rate Scheduling", "sqrt(128/H)", "Options given are taken as they are"):
         assert words in out, words

@@ -45,7 +45,8 @@ def resign(folder, edit):
 # ------------------------------------------------------------------ settings
 @pytest.mark.parametrize("argv, expected", [
     ([], 0.0),                                                # the main job: plain Adam
-    (["--minutes", "10"], 0.0),                               # BUDGET_SETTINGS has none today
+    (["--minutes", "5"], 0.0),                                # the 3-8 minute row has none
+    (["--minutes", "10"], 0.1),                               # from 8 minutes the budget's 0.1
     (["--weight-decay", "0.1"], 0.1),
     (["--minutes", "10", "--weight-decay", "0.01"], 0.01),
     (["--optimizer", "sgd", "--weight-decay", "0"], 0.0),
@@ -69,7 +70,7 @@ def test_a_bad_weight_decay_is_a_usage_error(tmp_path, value):
 
 
 def test_a_budget_row_with_weight_decay_flows_like_dropout(monkeypatch):
-    """A weight_decay in a BUDGET_SETTINGS row (none has one today) is the run's unless --weight-decay is
+    """A weight_decay in a BUDGET_SETTINGS row (here 0.05 in the 8-minute row) is the run's unless --weight-decay is
     given, reaches the optimizer, and --help's budget note prints it; SGD leaves it at 0 (the row's
     recipe is Adam's) rather than refusing an option the user never gave."""
     from fastseq.cli import runs
@@ -85,8 +86,9 @@ def test_a_budget_row_with_weight_decay_flows_like_dropout(monkeypatch):
     assert settings("--minutes", "2")["weight_decay"] == 0.0
     assert settings("--minutes", "10", "--optimizer", "sgd")["weight_decay"] == 0.0
     note = budget_note()
-    assert "8-30 min: --hidden 512, --steps 64, dropout 0.2, --input-dropout 0, --weight-decay 0.05, rate" in note
-    assert note.count("--weight-decay") == 1
+    assert ("8-30 min: --cell gru, --hidden 512, --steps 64, dropout 0.35, --input-dropout 0, --weight-decay 0.05, "
+            "rate") in note
+    assert note.count("--weight-decay") == 2         # the 8- and the 30-minute rows
     hp = settings("--minutes", "10", "--max-tokens", "2000", "--hidden", "8", "--steps", "8", "--batch", "2")
     vocab, train_ids, val_ids = runs.prepare_data(hp)
     tr = runs.trainer(hp, runs.new_model(hp, len(vocab), "numpy"), train_ids, val_ids)

@@ -15,9 +15,9 @@ TRAIN_DEFAULTS = dict(
     input_dropout=None, hidden=128, steps=35, batch=32, optimizer="adam", lr=None, clip=1.0, epochs=15, bptt="full",
     sampling="sequential", dtype="float32", seed=0, val_fraction=0.1, lr_decay_to=1.0, lr_hold=0.0, weight_decay=0.0,
 )
-# The main job's cell is the LSTM: it wins the 10-minute quality tables on tinyshakespeare (bench/RESULTS.md:
-# held-out 5.15 against the GRU's 5.53 with half nn.LSTM's CPU time; bench/RESULTS.md) and ends within the main
-# job's minute on both ISA paths. H=128 stays: on the shared 2-core machine a row gets 100-250 CPU s, and at
+# The main job's cell is the LSTM: on the main job itself, side by side on 1 thread each, it ended at 3.679
+# against the GRU's 3.774 (bench/RESULTS.md, sixth session), and it ends within the main job's minute on both
+# ISA paths. From 8 minutes the budget chooses the GRU (fastseq.training.BUDGET_SETTINGS), which wins there. H=128 stays: on the shared 2-core machine a row gets 100-250 CPU s, and at
 # equal CPU time H=192 and H=256 ended far behind (6.25 and 7.14 against 5.62, bench/RESULTS.md).
 # The recurrent cells (fastseq.reference.cells): the book's plain RNN with tanh or relu, and the gated cells
 # of its next chapter as PyTorch's nn.GRU and nn.LSTM compute them.
@@ -86,7 +86,8 @@ def hparams_from_args(args):
     hp["cell"] = cell or hp["cell"]
     hp["minutes"] = run_minutes(args)
     for k, v in budget_settings(hp["minutes"]).items():
-        if getattr(args, k, None) is None:
+        given = cell if k == "cell" else getattr(args, k, None)    # --nonlinearity names a cell too
+        if given is None:
             hp[k] = v
     if hp["input_dropout"] is None:        # --input-dropout defaults to --dropout
         hp["input_dropout"] = hp["dropout"]

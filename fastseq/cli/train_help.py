@@ -60,7 +60,8 @@ def budget_note():
             drop += f", --input-dropout {s['input_dropout']:g}"
         decay = f"rate decaying to {s['lr_decay_to']:g}x" if s["lr_decay_to"] < 1 else "constant rate"
         wd = f", --weight-decay {s['weight_decay']:g}" if s.get("weight_decay") else ""
-        rows.append(f"  {when:>15}: --hidden {s['hidden']}{layers}, --steps {s['steps']}{drop}{wd}, {decay}")
+        cell = f"--cell {s['cell']}, " if "cell" in s else ""
+        rows.append(f"  {when:>15}: {cell}--hidden {s['hidden']}{layers}, --steps {s['steps']}{drop}{wd}, {decay}")
     return "\n".join(rows)
 
 

@@ -1,7 +1,7 @@
 """Where a training step of the 10-minute recipe goes: the kernel against everything around it.
 
 The run is `fastseq train --corpus tinyshakespeare --minutes 10`'s own: its settings
-(fastseq.cli.runs.hparams_from_args with the budget's BUDGET_SETTINGS: LSTM H=512, one layer, T=64, B=32,
+(fastseq.cli.runs.hparams_from_args with the budget's BUDGET_SETTINGS: GRU H=512, one layer, T=64, B=32,
 dropout 0.35, AdamW with weight decay 0.1 and the cosine decay, clip 1), its data, model and Trainer (fastseq.cli.runs), on
 --threads cores. Every part of a step is timed where it is called, in wall time and in CPU time of the
 process (all its threads: the kernel's two threads count twice):

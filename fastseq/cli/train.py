@@ -52,7 +52,7 @@ def add_parsers(subparsers, corpora):
     t.add_argument("--bptt", help="full | block:K | sliding:K | random:P (default: full over the T steps)")
     t.add_argument("--sampling", choices=("sequential", "random"),
                    help="minibatches: sequential (state carries over) or random (default: sequential)")
-    t.add_argument("--cell", choices=CELL_CHOICES, help=f"recurrent cell (default: {d['cell']}); supersedes "
+    t.add_argument("--cell", choices=CELL_CHOICES, help=f"recurrent cell (default: {d['cell']}{by_budget}); supersedes "
                    "--nonlinearity")
     t.add_argument("--layers", type=int_at_least(1), help=f"stacked layers L (default: {d['layers']}{by_budget})")
     t.add_argument("--dropout", type=fraction,

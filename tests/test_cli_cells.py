@@ -83,10 +83,10 @@ def test_cell_flags_usage_errors(text_dir, argv, words):
 
 
 def test_help_documents_cells_and_defaults():
-    out = run("train", "--help", check=0).stdout
+    out = " ".join(run("train", "--help", check=0).stdout.split())      # argparse wraps the option texts
     for word in ("--cell", "rnn_tanh", "rnn_relu", "gru", "lstm", "--layers", "--dropout", "supersedes",
                  "nn.LSTM(dropout=P)", "Every cell has the same defaults except Adam's learning rate: 0.001, but gru 0.01, lstm 0.01",
-                 "(default: lstm)"):
+                 "(default: lstm; with a time budget, the budget's"):
         assert word in out, word
     out = run("compare-bptt", "--help", check=0).stdout
     assert "--cell" in out and "--layers" in out and "--dropout" in out

@@ -17,8 +17,9 @@ TRAIN_DEFAULTS = dict(
 )
 # The main job's cell is the LSTM: on the main job itself, side by side on 1 thread each, it ended at 3.679
 # against the GRU's 3.774 (bench/RESULTS.md, sixth session), and it ends within the main job's minute on both
-# ISA paths. From 8 minutes the budget chooses the GRU (fastseq.training.BUDGET_SETTINGS), which wins there. H=128 stays: on the shared 2-core machine a row gets 100-250 CPU s, and at
-# equal CPU time H=192 and H=256 ended far behind (6.25 and 7.14 against 5.62, bench/RESULTS.md).
+# ISA paths. From 8 minutes the budget chooses the GRU (fastseq.training.BUDGET_SETTINGS), which wins there.
+# H=128 stays: on the shared 2-core machine a row gets 100-250 CPU s, and at equal CPU time H=192 and H=256
+# ended far behind (6.25 and 7.14 against 5.62, bench/RESULTS.md).
 # The recurrent cells (fastseq.reference.cells): the book's plain RNN with tanh or relu, and the gated cells
 # of its next chapter as PyTorch's nn.GRU and nn.LSTM compute them.
 CELL_CHOICES = ("rnn_tanh", "rnn_relu", "gru", "lstm")
@@ -81,13 +82,10 @@ def hparams_from_args(args):
     --weight-decay > 0 and leaves a budget's at 0."""
     from ..training import budget_settings
 
-    cell = cell_of(args)
-    hp = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in TRAIN_DEFAULTS.items()}
-    hp["cell"] = cell or hp["cell"]
+    hp = {k: v if given(args, k) is None else given(args, k) for k, v in TRAIN_DEFAULTS.items()}
     hp["minutes"] = run_minutes(args)
     for k, v in budget_settings(hp["minutes"]).items():
-        given = cell if k == "cell" else getattr(args, k, None)    # --nonlinearity names a cell too
-        if given is None:
+        if given(args, k) is None:
             hp[k] = v
     if hp["input_dropout"] is None:        # --input-dropout defaults to --dropout
         hp["input_dropout"] = hp["dropout"]
@@ -122,6 +120,12 @@ def default_lr(cell, optimizer, hidden=None):
     if hidden is not None and hidden > ADAM_LR_BASE_WIDTH:
         lr *= (ADAM_LR_BASE_WIDTH / hidden) ** ADAM_LR_WIDTH_POWER
     return lr
+
+
+def given(args, key):
+    """What the options give for the run setting ``key``, or None: for 'cell', --cell or the older
+    --nonlinearity (cell_of)."""
+    return cell_of(args) if key == "cell" else getattr(args, key, None)
 
 
 def cell_of(args):
@@ -267,10 +271,9 @@ def resume(args):
     if hp["weight_decay"] and hp["optimizer"] != "adam":      # hparams_from_args refuses it: an edited file
         raise UsageError(f"--resume {args.resume}: the checkpoint's hparams are damaged (weight_decay "
                          f"{hp['weight_decay']!r} with optimizer {hp['optimizer']!r}, which takes none)")
-    given_cell = cell_of(args)
     for k in RUN_KEYS:
-        given = given_cell if k == "cell" else getattr(args, k, None)
-        if given is not None and given != hp.get(k):
+        value = given(args, k)
+        if value is not None and value != hp.get(k):
             flag = "--cell" if k == "cell" and args.cell is not None else \
                 "--nonlinearity" if k == "cell" else f"--{k.replace('_', '-')}"
             raise UsageError(f"{flag}: cannot change when resuming "
